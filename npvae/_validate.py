@@ -1,0 +1,76 @@
+"""Input checks for the public boundary.
+
+Every message names the argument, what was expected and what came, so that a
+caller never meets a broadcast error from deep inside an op.
+"""
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_dtype(dtype, name="dtype"):
+    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise ValueError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"{name}: expected float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(value, name, minimum=1):
+    """Return ``int(value)`` if it is an integer >= ``minimum``, else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def choice(value, name, options):
+    """Return ``value`` lower-cased if it is one of ``options``, else raise ValueError."""
+    if not isinstance(value, str) or value.lower() not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
+    return value.lower()
+
+
+def float_array(a, name, shape, dtype=None, lo=None, hi=None):
+    """Check a float array's shape, finiteness and range.
+
+    Parameters
+    ----------
+    a : array_like
+    name : str
+        The argument's name, for messages.
+    shape : tuple
+        Expected shape: integers must match, strings (axis names such as
+        ``"B"``) match any size and name the axis in messages, e.g. ``("B", 784)``.
+    dtype : dtype, optional
+        If given, the array is converted to it (no copy when it already is).
+    lo, hi : float, optional
+        Inclusive bounds on the values.
+
+    Returns
+    -------
+    ndarray
+    """
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+    if a.dtype.kind != "f":
+        raise ValueError(f"{name}: expected a float array, got dtype {a.dtype}")
+    want = "(" + ", ".join(str(s) for s in shape) + ")"
+    if a.ndim != len(shape) or any(isinstance(s, int) and s != n for s, n in zip(shape, a.shape)):
+        raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
+    if 0 in a.shape:
+        raise ValueError(f"{name}: expected a non-empty array of shape {want}, got {a.shape}")
+    if dtype is not None:
+        a = a.astype(dtype, copy=False)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    if lo is not None and a.min() < lo or hi is not None and a.max() > hi:
+        raise ValueError(f"{name}: expected values in [{lo}, {hi}], got values in [{a.min()}, {a.max()}]")
+    return a

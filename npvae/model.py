@@ -1,0 +1,306 @@
+"""The VAE: parameters, encoder, decoder, and the loss with its gradients.
+
+The model is the MLP VAE of Kingma & Welling (2014) and of the classic Keras
+example: a Gaussian encoder ``q(z|x) = N(mu(x), diag(exp(log_var(x))))``, the
+reparameterization ``z = mu + exp(log_var / 2) * eps`` with ``eps`` of shape
+``(B, S, L)``, and a Bernoulli decoder ``p(x|z)`` given by logits.
+"""
+
+import numpy as np
+
+from . import _validate as check
+from . import objectives as obj
+from . import ops
+
+__all__ = ["VAE"]
+
+
+class VAE:
+    """A variational autoencoder with hand-written forward and backward passes.
+
+    Parameters
+    ----------
+    input_dim : int, default 784
+        Data size ``D``.
+    hidden : int or sequence of int, default (256,)
+        Hidden layer sizes of the encoder; the decoder uses them reversed.
+    latent_dim : int, default 2
+        Latent size ``L``.
+    activation : {"relu", "tanh"}, default "relu"
+        Hidden-layer activation.
+    seed : int or None, default 0
+        Seed of the weights' initialization (Keras' glorot_uniform, biases 0).
+    dtype : {np.float64, np.float32}, default np.float64
+        Parameter and computation dtype. Gradient checks need float64.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        ``"enc.0.W"``, ``"enc.0.b"``, ... (one pair per hidden layer),
+        ``"enc.mu.W"``, ``"enc.mu.b"``, ``"enc.logvar.W"``, ``"enc.logvar.b"``,
+        ``"dec.0.W"``, ``"dec.0.b"``, ..., ``"dec.out.W"``, ``"dec.out.b"``.
+        ``W`` is shaped ``(fan_in, fan_out)``. The arrays may be assigned
+        (same shape and dtype) or updated in place.
+
+    Examples
+    --------
+    >>> import numpy as np, npvae
+    >>> model = npvae.VAE(input_dim=784, hidden=(256,), latent_dim=2, seed=0)
+    >>> x = np.random.default_rng(0).random((5, 784))
+    >>> eps = model.sample_eps(5, mc_samples=3, rng=np.random.default_rng(1))
+    >>> loss, grads = model.loss_and_grads(x, eps, objective="elbo")
+    """
+
+    def __init__(self, input_dim=784, hidden=(256,), latent_dim=2, activation="relu",
+                 seed=0, dtype=np.float64):
+        self.input_dim = check.positive_int(input_dim, "input_dim")
+        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
+            hidden = (hidden,)
+        try:
+            hidden = tuple(hidden)
+        except TypeError:
+            raise ValueError(f"hidden: expected an int or a sequence of ints, got {hidden!r}") from None
+        self.hidden = tuple(check.positive_int(h, "hidden") for h in hidden)
+        if not self.hidden:
+            raise ValueError("hidden: expected at least one hidden layer size, got ()")
+        self.latent_dim = check.positive_int(latent_dim, "latent_dim")
+        self.activation = check.choice(activation, "activation", tuple(ops.ACTIVATIONS))
+        if seed is not None:
+            seed = check.positive_int(seed, "seed", minimum=0)
+        self.seed = seed
+        self.dtype = check.float_dtype(dtype)
+        self.params = self._init_params(np.random.default_rng(seed))
+
+    # ------------------------------------------------------------------
+    def _layer_shapes(self):
+        """(name, fan_in, fan_out) of every dense layer, encoder then decoder."""
+        layers = []
+        sizes = (self.input_dim,) + self.hidden
+        for i in range(len(self.hidden)):
+            layers.append((f"enc.{i}", sizes[i], sizes[i + 1]))
+        layers.append(("enc.mu", self.hidden[-1], self.latent_dim))
+        layers.append(("enc.logvar", self.hidden[-1], self.latent_dim))
+        sizes = (self.latent_dim,) + self.hidden[::-1]
+        for i in range(len(self.hidden)):
+            layers.append((f"dec.{i}", sizes[i], sizes[i + 1]))
+        layers.append(("dec.out", self.hidden[0], self.input_dim))
+        return layers
+
+    def _init_params(self, rng):
+        # Keras' glorot_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
+        # Drawn in float64 so that float32 and float64 models of one seed agree.
+        params = {}
+        for name, fan_in, fan_out in self._layer_shapes():
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            params[f"{name}.W"] = rng.uniform(-limit, limit, (fan_in, fan_out)).astype(self.dtype)
+            params[f"{name}.b"] = np.zeros(fan_out, dtype=self.dtype)
+        return params
+
+    def _check_params(self):
+        for name, fan_in, fan_out in self._layer_shapes():
+            for key, shape in ((f"{name}.W", (fan_in, fan_out)), (f"{name}.b", (fan_out,))):
+                p = self.params.get(key)
+                if not isinstance(p, np.ndarray) or p.shape != shape or p.dtype != self.dtype:
+                    got = "missing" if p is None else (
+                        f"shape {getattr(p, 'shape', '?')} dtype {getattr(p, 'dtype', type(p).__name__)}")
+                    raise ValueError(f"params[{key!r}]: expected shape {shape} dtype {self.dtype}, got {got}")
+
+    def __repr__(self):
+        return (f"VAE(input_dim={self.input_dim}, hidden={self.hidden}, latent_dim={self.latent_dim}, "
+                f"activation={self.activation!r}, seed={self.seed}, dtype=np.{self.dtype.name})")
+
+    @property
+    def config(self):
+        """The constructor arguments, as a dict (what :func:`npvae.load` rebuilds from)."""
+        return dict(input_dim=self.input_dim, hidden=list(self.hidden), latent_dim=self.latent_dim,
+                    activation=self.activation, seed=self.seed, dtype=self.dtype.name)
+
+    # ------------------------------------------------------------------
+    # Input checks
+    # ------------------------------------------------------------------
+    def _check_x(self, x, name="x"):
+        return check.float_array(x, name, ("B", self.input_dim), dtype=self.dtype, lo=0.0, hi=1.0)
+
+    def _check_eps(self, eps, batch):
+        eps = check.float_array(eps, "eps", (batch, "S", self.latent_dim), dtype=self.dtype)
+        return eps
+
+    def sample_eps(self, batch, mc_samples=1, rng=None):
+        """Draw standard normal noise of shape ``(batch, mc_samples, latent_dim)``.
+
+        Parameters
+        ----------
+        batch, mc_samples : int
+        rng : numpy.random.Generator or int or None
+            The source of randomness (an int seeds a new Generator).
+        """
+        batch = check.positive_int(batch, "batch")
+        mc_samples = check.positive_int(mc_samples, "mc_samples")
+        rng = np.random.default_rng(rng)
+        return rng.standard_normal((batch, mc_samples, self.latent_dim), dtype=self.dtype)
+
+    # ------------------------------------------------------------------
+    # Forward pieces
+    # ------------------------------------------------------------------
+    def _encode(self, x):
+        act_forward, _ = ops.ACTIVATIONS[self.activation]
+        p, caches, h = self.params, [], x
+        for i in range(len(self.hidden)):
+            a, c_dense = ops.dense_forward(h, p[f"enc.{i}.W"], p[f"enc.{i}.b"])
+            h, c_act = act_forward(a)
+            caches.append((c_dense, c_act))
+        mu, c_mu = ops.dense_forward(h, p["enc.mu.W"], p["enc.mu.b"])
+        log_var, c_lv = ops.dense_forward(h, p["enc.logvar.W"], p["enc.logvar.b"])
+        return mu, log_var, (caches, c_mu, c_lv)
+
+    def _encode_backward(self, dmu, dlog_var, cache, grads):
+        _, act_backward = ops.ACTIVATIONS[self.activation]
+        caches, c_mu, c_lv = cache
+        dh, grads["enc.mu.W"], grads["enc.mu.b"] = ops.dense_backward(dmu, c_mu)
+        dh_lv, grads["enc.logvar.W"], grads["enc.logvar.b"] = ops.dense_backward(dlog_var, c_lv)
+        dh += dh_lv
+        for i in reversed(range(len(self.hidden))):
+            c_dense, c_act = caches[i]
+            da = act_backward(dh, c_act)
+            dh, grads[f"enc.{i}.W"], grads[f"enc.{i}.b"] = ops.dense_backward(da, c_dense)
+
+    def _decode_logits(self, z):
+        act_forward, _ = ops.ACTIVATIONS[self.activation]
+        p, caches, h = self.params, [], z
+        for i in range(len(self.hidden)):
+            a, c_dense = ops.dense_forward(h, p[f"dec.{i}.W"], p[f"dec.{i}.b"])
+            h, c_act = act_forward(a)
+            caches.append((c_dense, c_act))
+        logits, c_out = ops.dense_forward(h, p["dec.out.W"], p["dec.out.b"])
+        return logits, (caches, c_out)
+
+    def _decode_backward(self, dlogits, cache, grads):
+        _, act_backward = ops.ACTIVATIONS[self.activation]
+        caches, c_out = cache
+        dh, grads["dec.out.W"], grads["dec.out.b"] = ops.dense_backward(dlogits, c_out)
+        for i in reversed(range(len(self.hidden))):
+            c_dense, c_act = caches[i]
+            da = act_backward(dh, c_act)
+            dh, grads[f"dec.{i}.W"], grads[f"dec.{i}.b"] = ops.dense_backward(da, c_dense)
+        return dh
+
+    # ------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------
+    def encode(self, x):
+        """Parameters of ``q(z|x)``.
+
+        Parameters
+        ----------
+        x : ndarray, shape (B, input_dim), values in [0, 1]
+
+        Returns
+        -------
+        mu, log_var : ndarray, shape (B, latent_dim)
+        """
+        self._check_params()
+        mu, log_var, _ = self._encode(self._check_x(x))
+        return mu, log_var
+
+    def decode(self, z):
+        """Bernoulli means ``sigmoid(logits)`` of ``p(x|z)``.
+
+        Parameters
+        ----------
+        z : ndarray, shape (..., latent_dim)
+            Any leading axes, e.g. ``(B, latent_dim)`` or ``(B, S, latent_dim)``.
+
+        Returns
+        -------
+        probs : ndarray, shape (..., input_dim)
+        """
+        self._check_params()
+        z = np.asarray(z)
+        if z.dtype.kind != "f" or z.ndim < 1 or z.shape[-1] != self.latent_dim or z.size == 0:
+            raise ValueError(f"z: expected a float array of shape (..., {self.latent_dim}), "
+                             f"got dtype {z.dtype} shape {z.shape}")
+        z = z.astype(self.dtype, copy=False)
+        if not np.isfinite(z).all():
+            raise ValueError("z: expected finite values, got NaN or inf")
+        logits, _ = self._decode_logits(z)
+        return ops.sigmoid(logits)
+
+    def loss_and_grads(self, x, eps, objective="elbo", kl="analytic", return_bound=False):
+        """The training loss on a batch and its gradient for every parameter.
+
+        Parameters
+        ----------
+        x : ndarray, shape (B, input_dim)
+            Targets in [0, 1] (grayscale or binarized).
+        eps : ndarray, shape (B, S, latent_dim)
+            Standard normal noise; ``S`` is the number of Monte Carlo samples.
+        objective : {"elbo", "iwae"}
+            The bound whose negative batch mean is the loss (see
+            :mod:`npvae.objectives`).
+        kl : {"analytic", "mc"}, default "analytic"
+            For the ELBO: the closed-form KL (as in the Keras example), or its
+            Monte Carlo estimate ``mean_s log q(z_s|x) - log p(z_s)``, which
+            makes the ELBO the mean of the IWAE's log weights. Ignored by IWAE.
+        return_bound : bool, default False
+            Return a :class:`npvae.objectives.Bound` (loss, per-example bound,
+            reconstruction and KL terms) in place of the scalar loss.
+
+        Returns
+        -------
+        loss : float or Bound
+        grads : dict of str to ndarray
+            Same keys, shapes and dtype as :attr:`params`.
+        """
+        objective = check.choice(objective, "objective", obj.OBJECTIVES)
+        kl = check.choice(kl, "kl", ("analytic", "mc"))
+        self._check_params()
+        x = self._check_x(x)
+        eps = self._check_eps(eps, x.shape[0])
+        return self._loss_and_grads(x, eps, objective, kl, return_bound)
+
+    def _loss_and_grads(self, x, eps, objective, kl="analytic", return_bound=False):
+        """:meth:`loss_and_grads` on trusted inputs (the training loop checks once)."""
+        B = x.shape[0]
+        log_weights = objective == "iwae" or kl == "mc"
+        # ---- forward ----------------------------------------------------
+        mu, log_var, c_enc = self._encode(x)                        # (B, L) each
+        z, c_z = ops.reparam_forward(mu, log_var, eps)              # (B, S, L)
+        logits, c_dec = self._decode_logits(z)                      # (B, S, D)
+        nll, c_nll = ops.bernoulli_nll_forward(logits, x)           # (B, S)
+        kl_exact, c_kl = ops.gaussian_kl_forward(mu, log_var)       # (B,)
+        if log_weights:
+            log_pz, c_pz = ops.log_standard_normal_forward(z)       # (B, S)
+            log_qz, c_qz = ops.log_normal_diag_forward(z, mu, log_var)
+            log_w = -nll + log_pz - log_qz                          # (B, S)
+        if objective == "iwae":
+            bound, c_bound = obj.iwae_forward(log_w)                # (B,)
+        elif log_weights:
+            bound, c_bound = obj.elbo_forward(log_w, np.zeros_like(kl_exact))
+        else:
+            bound, c_bound = obj.elbo_forward(-nll, kl_exact)
+        loss = -bound.mean()
+
+        # ---- backward ---------------------------------------------------
+        grads = {}
+        dbound = np.full(B, -1.0 / B, dtype=self.dtype)             # d loss / d bound
+        if objective == "iwae":
+            dlog_w = obj.iwae_backward(dbound, c_bound)             # (B, S)
+        elif log_weights:
+            dlog_w, _ = obj.elbo_backward(dbound, c_bound)
+        if log_weights:
+            dlog_px = dlog_w
+            dz = ops.log_standard_normal_backward(dlog_w, c_pz)     # (B, S, L)
+            dz_q, dmu, dlog_var = ops.log_normal_diag_backward(-dlog_w, c_qz)
+            dz = dz + dz_q
+        else:
+            dlog_px, dkl = obj.elbo_backward(dbound, c_bound)       # (B, S), (B,)
+            dmu, dlog_var = ops.gaussian_kl_backward(dkl, c_kl)     # (B, L)
+            dz = 0.0
+        dlogits = ops.bernoulli_nll_backward(-dlog_px, c_nll)       # (B, S, D)
+        dz = dz + self._decode_backward(dlogits, c_dec, grads)      # (B, S, L)
+        dmu_z, dlog_var_z = ops.reparam_backward(dz, c_z)           # (B, L)
+        self._encode_backward(dmu + dmu_z, dlog_var + dlog_var_z, c_enc, grads)
+
+        if return_bound:
+            return obj.Bound(float(loss), bound, float(nll.mean()), float(kl_exact.mean())), grads
+        return float(loss), grads

@@ -1,0 +1,356 @@
+"""NumPy reference ops: every forward beside its backward.
+
+Each op comes as a pair ``x_forward(...) -> (out, cache)`` and
+``x_backward(dout, cache) -> grads``, in the style of cs231n's ``layers.py``.
+The forward keeps what the backward needs in ``cache``; the backward receives
+the gradient of a scalar loss with respect to ``out`` and returns the
+gradients with respect to the forward's differentiable inputs, in order.
+
+These functions are the specification of npvae's math. The numba kernels in
+:mod:`npvae.kernels` share their contracts and are tested equal to them.
+
+Shapes use ``B`` batch, ``S`` Monte Carlo samples, ``L`` latent size, ``D``
+data size, ``H`` hidden size. Inputs are trusted here: validation happens at
+the public boundary (:class:`npvae.VAE`, :func:`npvae.fit`).
+"""
+
+import math
+
+import numpy as np
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+__all__ = [
+    "dense_forward", "dense_backward",
+    "relu_forward", "relu_backward",
+    "tanh_forward", "tanh_backward",
+    "sigmoid",
+    "reparam_forward", "reparam_backward",
+    "bernoulli_nll_forward", "bernoulli_nll_backward",
+    "gaussian_kl_forward", "gaussian_kl_backward",
+    "log_standard_normal_forward", "log_standard_normal_backward",
+    "log_normal_diag_forward", "log_normal_diag_backward",
+    "logsumexp_forward", "logsumexp_backward",
+    "ACTIVATIONS",
+]
+
+
+# --------------------------------------------------------------------------
+# Dense (affine) layer
+# --------------------------------------------------------------------------
+def dense_forward(x, W, b):
+    """Affine layer on inputs with any leading axes.
+
+    ``out = x @ W + b``
+
+    Parameters
+    ----------
+    x : ndarray, shape (..., F_in)
+        E.g. ``(B, D)`` in the encoder or ``(B, S, H)`` in the decoder.
+    W : ndarray, shape (F_in, F_out)
+    b : ndarray, shape (F_out,)
+
+    Returns
+    -------
+    out : ndarray, shape (..., F_out)
+    cache : tuple ``(x, W)``
+    """
+    # A 2-D view lets BLAS see one (N, F_in) @ (F_in, F_out) product,
+    # whatever the leading axes (B, or B and S).
+    x2 = x.reshape(-1, x.shape[-1])
+    out = (x2 @ W + b).reshape(x.shape[:-1] + (W.shape[1],))
+    return out, (x, W)
+
+
+def dense_backward(dout, cache):
+    """Backward of :func:`dense_forward`.
+
+    ``dx = dout @ W.T``, ``dW = sum_n x_n^T dout_n``, ``db = sum_n dout_n``,
+    where ``n`` runs over all leading axes (batch and samples).
+
+    Parameters
+    ----------
+    dout : ndarray, shape (..., F_out)
+    cache : from :func:`dense_forward`
+
+    Returns
+    -------
+    dx : ndarray, shape (..., F_in)
+    dW : ndarray, shape (F_in, F_out)
+    db : ndarray, shape (F_out,)
+    """
+    x, W = cache
+    x2 = x.reshape(-1, x.shape[-1])
+    dout2 = dout.reshape(-1, dout.shape[-1])
+    dx = (dout2 @ W.T).reshape(x.shape)
+    dW = x2.T @ dout2
+    db = dout2.sum(axis=0)
+    return dx, dW, db
+
+
+# --------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------
+def relu_forward(a):
+    """``out = max(a, 0)``; shape preserved. Cache: the mask ``a > 0``."""
+    mask = a > 0
+    return a * mask, mask
+
+
+def relu_backward(dout, cache):
+    """``da = dout * 1[a > 0]`` (the subgradient at 0 is taken as 0)."""
+    return dout * cache
+
+
+def tanh_forward(a):
+    """``out = tanh(a)``; shape preserved. Cache: ``out`` itself."""
+    out = np.tanh(a)
+    return out, out
+
+
+def tanh_backward(dout, cache):
+    """``da = dout * (1 - tanh(a)^2)``."""
+    return dout * (1.0 - cache * cache)
+
+
+# name -> (forward, backward), as scikit-learn keeps its activations.
+ACTIVATIONS = {
+    "relu": (relu_forward, relu_backward),
+    "tanh": (tanh_forward, tanh_backward),
+}
+
+
+def sigmoid(a):
+    """Logistic function ``1 / (1 + exp(-a))``, without overflow for any ``a``."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(a.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------
+# Reparameterization
+# --------------------------------------------------------------------------
+def reparam_forward(mu, log_var, eps):
+    """Reparameterized samples of the diagonal Gaussian ``q(z|x)``.
+
+    ``z[b, s] = mu[b] + exp(log_var[b] / 2) * eps[b, s]``
+    (Kingma & Welling 2014, eq. 10).
+
+    Parameters
+    ----------
+    mu, log_var : ndarray, shape (B, L)
+    eps : ndarray, shape (B, S, L)
+        Standard normal noise, one row per Monte Carlo sample.
+
+    Returns
+    -------
+    z : ndarray, shape (B, S, L)
+    cache : tuple ``(sigma, eps)``, ``sigma`` of shape (B, L)
+    """
+    sigma = np.exp(0.5 * log_var)
+    z = mu[:, None, :] + sigma[:, None, :] * eps
+    return z, (sigma, eps)
+
+
+def reparam_backward(dz, cache):
+    """Backward of :func:`reparam_forward`.
+
+    Each of the S samples depends on the same ``mu`` and ``log_var``, so
+    their gradients are sums over the sample axis:
+    ``dmu = sum_s dz[:, s]``, ``dlog_var = sum_s dz[:, s] * eps[:, s] * sigma / 2``.
+
+    Parameters
+    ----------
+    dz : ndarray, shape (B, S, L)
+
+    Returns
+    -------
+    dmu, dlog_var : ndarray, shape (B, L)
+    """
+    sigma, eps = cache
+    dmu = dz.sum(axis=1)
+    dlog_var = 0.5 * sigma * (dz * eps).sum(axis=1)
+    return dmu, dlog_var
+
+
+# --------------------------------------------------------------------------
+# Bernoulli likelihood from logits
+# --------------------------------------------------------------------------
+def bernoulli_nll_forward(logits, x):
+    """Bernoulli negative log-likelihood from logits, summed over pixels.
+
+    For targets ``x`` in [0, 1] and logits ``l``,
+    ``-log p(x|z) = sum_d softplus(l_d) - x_d * l_d``,
+    computed as ``max(l, 0) - x*l + log1p(exp(-|l|))`` so that it is exact and
+    finite for any logit (no ``log(sigmoid)``, no clipping). For grayscale
+    targets this is the binary cross-entropy of the original Keras example.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (B, S, D)
+    x : ndarray, shape (B, D)
+        Targets, broadcast over the sample axis.
+
+    Returns
+    -------
+    nll : ndarray, shape (B, S)
+        Per example and per sample.
+    cache : tuple ``(logits, x)``
+    """
+    xb = x[:, None, :]
+    elementwise = np.maximum(logits, 0) - xb * logits + np.log1p(np.exp(-np.abs(logits)))
+    # Sum the D pixels in float64: float32 sums of 784 terms drift.
+    nll = elementwise.sum(axis=-1, dtype=np.float64).astype(logits.dtype, copy=False)
+    return nll, (logits, x)
+
+
+def bernoulli_nll_backward(dnll, cache):
+    """Backward of :func:`bernoulli_nll_forward` with respect to the logits.
+
+    ``dlogits[b, s, d] = dnll[b, s] * (sigmoid(l[b, s, d]) - x[b, d])``.
+    The targets are data, not parameters: no gradient is returned for them.
+
+    Parameters
+    ----------
+    dnll : ndarray, shape (B, S)
+
+    Returns
+    -------
+    dlogits : ndarray, shape (B, S, D)
+    """
+    logits, x = cache
+    return dnll[:, :, None] * (sigmoid(logits) - x[:, None, :])
+
+
+# --------------------------------------------------------------------------
+# KL divergence to the prior
+# --------------------------------------------------------------------------
+def gaussian_kl_forward(mu, log_var):
+    """Analytic ``KL(N(mu, diag(exp(log_var))) || N(0, I))`` per example.
+
+    ``KL = -1/2 sum_l (1 + log_var_l - mu_l^2 - exp(log_var_l))``
+    (Kingma & Welling 2014, appendix B).
+
+    Parameters
+    ----------
+    mu, log_var : ndarray, shape (B, L)
+
+    Returns
+    -------
+    kl : ndarray, shape (B,)
+    cache : tuple ``(mu, var)``
+    """
+    var = np.exp(log_var)
+    kl = -0.5 * (1.0 + log_var - mu * mu - var).sum(axis=-1)
+    return kl, (mu, var)
+
+
+def gaussian_kl_backward(dkl, cache):
+    """``dmu = dkl * mu``, ``dlog_var = dkl * (exp(log_var) - 1) / 2``; shapes (B, L)."""
+    mu, var = cache
+    d = dkl[:, None]
+    return d * mu, d * 0.5 * (var - 1.0)
+
+
+# --------------------------------------------------------------------------
+# Log-densities for importance weights
+# --------------------------------------------------------------------------
+def log_standard_normal_forward(z):
+    """Log-density of the prior ``log p(z) = log N(z; 0, I)``.
+
+    ``log p(z) = -1/2 sum_l (z_l^2 + log 2 pi)``
+
+    Parameters
+    ----------
+    z : ndarray, shape (B, S, L)
+
+    Returns
+    -------
+    log_pz : ndarray, shape (B, S)
+    cache : ``z``
+    """
+    log_pz = -0.5 * (z * z).sum(axis=-1) - 0.5 * z.shape[-1] * LOG_2PI
+    return log_pz, z
+
+
+def log_standard_normal_backward(dlog_pz, cache):
+    """``dz = -dlog_pz * z``; shape (B, S, L)."""
+    return -dlog_pz[:, :, None] * cache
+
+
+def log_normal_diag_forward(z, mu, log_var):
+    """Log-density of the encoder ``log q(z|x) = log N(z; mu, diag(exp(log_var)))``.
+
+    ``log q = -1/2 sum_l (log 2 pi + log_var_l + (z_l - mu_l)^2 exp(-log_var_l))``
+
+    ``z`` is an input in its own right: for reparameterized samples the
+    gradient reaches ``mu`` and ``log_var`` both directly (returned here) and
+    through ``z`` (via :func:`reparam_backward`). Estimators such as
+    "sticking the landing" keep only the path through ``z``.
+
+    Parameters
+    ----------
+    z : ndarray, shape (B, S, L)
+    mu, log_var : ndarray, shape (B, L)
+
+    Returns
+    -------
+    log_qz : ndarray, shape (B, S)
+    cache : tuple ``(diff, inv_var)``, ``diff = z - mu`` and ``inv_var = exp(-log_var)``
+    """
+    inv_var = np.exp(-log_var)
+    diff = z - mu[:, None, :]
+    quad = (diff * diff * inv_var[:, None, :]).sum(axis=-1)
+    log_qz = -0.5 * (quad + log_var.sum(axis=-1)[:, None] + z.shape[-1] * LOG_2PI)
+    return log_qz, (diff, inv_var)
+
+
+def log_normal_diag_backward(dlog_qz, cache):
+    """Backward of :func:`log_normal_diag_forward`.
+
+    With ``r = (z - mu) * exp(-log_var)``:
+    ``dz = -dlog_qz * r``, ``dmu = sum_s dlog_qz * r``,
+    ``dlog_var = sum_s dlog_qz * ((z - mu) * r - 1) / 2``.
+
+    Returns
+    -------
+    dz : ndarray, shape (B, S, L)
+    dmu, dlog_var : ndarray, shape (B, L)
+    """
+    diff, inv_var = cache
+    r = diff * inv_var[:, None, :]
+    d = dlog_qz[:, :, None]
+    dz = -d * r
+    dmu = (d * r).sum(axis=1)
+    dlog_var = 0.5 * (d * (diff * r - 1.0)).sum(axis=1)
+    return dz, dmu, dlog_var
+
+
+# --------------------------------------------------------------------------
+# logsumexp over the last axis
+# --------------------------------------------------------------------------
+def logsumexp_forward(a):
+    """Numerically stable ``log sum_s exp(a_s)`` over the last axis.
+
+    The maximum is subtracted before exponentiating; rows that are all
+    ``-inf`` give ``-inf`` (not NaN).
+
+    Parameters
+    ----------
+    a : ndarray, shape (..., S)
+
+    Returns
+    -------
+    out : ndarray, shape (...)
+    cache : tuple ``(a, out)``
+    """
+    m = a.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.exp(a - m).sum(axis=-1)) + m[..., 0]
+    return out, (a, out)
+
+
+def logsumexp_backward(dout, cache):
+    """``da = dout * softmax(a)``: the normalized weights ``exp(a - out)``."""
+    a, out = cache
+    return dout[..., None] * np.exp(a - out[..., None])

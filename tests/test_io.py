@@ -1,0 +1,360 @@
+"""Tests for npvae.io: round trips, atomicity under failure, refusing pickles, and clear
+errors for missing or damaged files."""
+
+import hashlib
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from npvae import io as nio
+from npvae.io import (
+    ModelFileError,
+    atomic_savez,
+    atomic_write_text,
+    from_json_array,
+    from_str_array,
+    load_npz,
+    to_json_array,
+    to_str_array,
+)
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(0)
+    return {
+        "enc/w1": rng.standard_normal((20, 7)).astype(np.float32),
+        "b": rng.standard_normal(7),
+        "iterations": np.array(12, dtype=np.int64),
+        "nesterov": np.array(True),
+        "name": np.array("adam"),
+        "meta": to_json_array({"lr": 1e-3, "layers": [784, 200, 50], "note": "é ✓"}),
+        "empty": np.zeros((0, 3)),
+        "fortran": np.asfortranarray(rng.standard_normal((3, 4))),
+    }
+
+
+def assert_same(got, want):
+    assert list(got) == list(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def leftovers(directory):
+    """Anything but the expected files: temporaries are named .<name>.*.tmp"""
+    return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
+
+
+# ----------------------------------------------------------------------------------------
+# Round trips
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_savez_round_trip_keeps_keys_dtypes_shapes_and_values(tmp_path, arrays, compress):
+    path = atomic_savez(tmp_path / "model.npz", arrays, compress=compress)
+    assert path == tmp_path / "model.npz"
+    got = load_npz(path)
+    assert_same(got, arrays)
+    assert all(a.flags.writeable for a in got.values())  # models update them in place
+    assert leftovers(tmp_path) == []
+
+
+def test_saved_file_loads_with_plain_numpy_and_no_pickle(tmp_path, arrays):
+    path = atomic_savez(str(tmp_path / "model.npz"), arrays)
+    with np.load(path, allow_pickle=False) as f:
+        assert_same({k: f[k] for k in f.files}, arrays)
+
+
+def test_compression_makes_redundant_data_smaller(tmp_path):
+    big = {"zeros": np.zeros(100_000)}
+    plain = atomic_savez(tmp_path / "plain.npz", big)
+    packed = atomic_savez(tmp_path / "packed.npz", big, compress=True)
+    assert packed.stat().st_size < plain.stat().st_size / 10
+    with zipfile.ZipFile(packed) as zf:
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in zf.infolist())
+
+
+def test_keys_that_clash_with_savez_keywords_are_fine(tmp_path):
+    # np.savez(file, **arrays) would fail on these names
+    arrays = {"file": np.ones(2), "allow_pickle": np.zeros(1), "args": np.arange(3)}
+    assert_same(load_npz(atomic_savez(tmp_path / "k.npz", arrays)), arrays)
+
+
+def test_equal_arrays_give_byte_identical_files(tmp_path, arrays):
+    a = atomic_savez(tmp_path / "a.npz", arrays)
+    b = atomic_savez(tmp_path / "b.npz", dict(arrays))
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+
+
+def test_path_is_used_as_given_and_parents_are_created(tmp_path):
+    path = tmp_path / "runs" / "exp1" / "checkpoint"  # no .npz added
+    atomic_savez(path, {"x": np.ones(1)})
+    assert path.is_file() and not path.with_suffix(".npz").exists()
+
+
+def test_savez_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "m.npz"
+    atomic_savez(path, {"x": np.ones(3)})
+    atomic_savez(path, {"y": np.zeros(2)})
+    assert_same(load_npz(path), {"y": np.zeros(2)})
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_new_files_get_default_permissions_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_savez(tmp_path / "m.npz", {"x": np.ones(1)})
+        text = atomic_write_text(tmp_path / "m.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(text.stat().st_mode) == 0o644
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_replacing_a_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "m.npz"
+    atomic_savez(path, {"x": np.ones(1)})
+    os.chmod(path, 0o600)
+    atomic_savez(path, {"x": np.zeros(1)})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# ----------------------------------------------------------------------------------------
+# Atomicity
+# ----------------------------------------------------------------------------------------
+
+def test_failed_rename_leaves_the_original_untouched_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    atomic_savez(path, {"x": np.ones(3)})
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(nio.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        atomic_savez(path, {"x": np.zeros(3)})
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_failure_halfway_through_writing_leaves_the_original_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    atomic_savez(path, {"x": np.ones(3)})
+    before = path.read_bytes()
+
+    # the first array is written into the temporary file, the second one fails
+    real_write_array = np.lib.format.write_array
+    calls = []
+
+    def write_array_then_fail(fp, array, **kwargs):
+        calls.append(array.shape)
+        if len(calls) == 2:
+            raise OSError("simulated disk full")
+        real_write_array(fp, array, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", write_array_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_savez(path, {"a": np.arange(1000.0), "b": np.zeros(5)})
+    assert len(calls) == 2
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_interrupt_while_writing_removes_the_temp_file(tmp_path, monkeypatch):
+    def interrupted(fp, array, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np.lib.format, "write_array", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_savez(tmp_path / "new.npz", {"a": np.ones(2)})
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_text_write_leaves_the_original_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    atomic_write_text(path, '{"lr": 0.001}\n')
+    monkeypatch.setattr(nio.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("EIO")))
+    with pytest.raises(OSError, match="EIO"):
+        atomic_write_text(path, '{"lr": 0.1}\n')
+    assert path.read_text() == '{"lr": 0.001}\n'
+    assert leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------
+# Refusing pickles
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    np.array([{"a": 1}], dtype=object),
+    np.array([1, "two"], dtype=object),
+    np.zeros(2, dtype=[("x", "f8"), ("o", "O")]),  # structured with an object field
+    [np.ones(2), np.ones(3)],  # ragged: an object array in old NumPy, an error in new
+])
+def test_object_arrays_are_refused_naming_the_key(tmp_path, value):
+    path = tmp_path / "m.npz"
+    with pytest.raises(ValueError, match=r"arrays\['bad'\] must (not )?be an (object )?array"):
+        atomic_savez(path, {"ok": np.ones(2), "bad": value})
+    assert os.listdir(tmp_path) == []  # nothing written, not even a temporary
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({1: np.ones(1)}, "keys must be non-empty strings, got 1"),
+    ({"": np.ones(1)}, "keys must be non-empty strings, got ''"),
+    ([("x", np.ones(1))], "arrays must be a dict"),
+])
+def test_bad_arrays_argument_raises(tmp_path, arrays, match):
+    with pytest.raises(ValueError, match=match):
+        atomic_savez(tmp_path / "m.npz", arrays)
+
+
+def test_atomic_write_text_round_trip_and_type_check(tmp_path):
+    text = '{\n  "name": "vae",\n  "note": "é ✓"\n}\n'
+    path = atomic_write_text(tmp_path / "sub" / "config.json", text)
+    assert path.read_bytes() == text.encode("utf-8")  # no newline translation
+    with pytest.raises(ValueError, match="text must be a str, got bytes"):
+        atomic_write_text(path, b"{}")
+
+
+# ----------------------------------------------------------------------------------------
+# Missing and damaged files
+# ----------------------------------------------------------------------------------------
+
+def test_missing_file_raises_file_not_found_naming_the_path(tmp_path):
+    path = tmp_path / "nope.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        load_npz(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.9, 0.99])
+def test_truncated_file_raises_a_clear_error(tmp_path, arrays, compress, fraction):
+    path = atomic_savez(tmp_path / "m.npz", arrays, compress=compress)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ModelFileError, match="is damaged or is not an npvae .npz file") as info:
+        load_npz(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_every_truncation_and_many_bit_flips_raise_only_model_file_error(tmp_path):
+    # whatever zipfile, zlib or numpy trip over, the caller sees one error type
+    # (a flip in an unused byte of the archive may leave it loadable, which is fine)
+    rng = np.random.default_rng(1)
+    path = atomic_savez(tmp_path / "m.npz", {"a": rng.standard_normal((8, 5)), "s": np.array("x")})
+    data = path.read_bytes()
+    damaged = [data[:n] for n in range(0, len(data), 5)]
+    for _ in range(150):
+        b = bytearray(data)
+        b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
+        damaged.append(bytes(b))
+    failures = 0
+    for d in damaged:
+        path.write_bytes(d)
+        try:
+            load_npz(path)
+        except ModelFileError:
+            failures += 1
+    assert failures > len(data) // 5
+
+
+@pytest.mark.parametrize("content", [
+    b"",
+    b"this is not an npz file\n",
+    pickle.dumps({"weights": [1, 2, 3]}),
+], ids=["empty", "text", "pickle"])
+def test_foreign_files_raise_model_file_error(tmp_path, content):
+    path = tmp_path / "m.npz"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="m.npz"):
+        load_npz(path)
+
+
+def test_a_lone_npy_file_is_not_an_npz(tmp_path):
+    path = tmp_path / "w.npy"
+    np.save(path, np.ones(3))
+    with pytest.raises(ModelFileError, match="not an .npz archive"):
+        load_npz(path)
+
+
+def test_npz_with_pickled_objects_is_refused_on_load(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, a=np.array([{"x": 1}], dtype=object))  # numpy's own writer pickles
+    with pytest.raises(ModelFileError, match="evil.npz") as info:
+        load_npz(path)
+    assert "allow_pickle" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------
+# String and JSON metadata
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("s", ["", "adam", "é ✓ 漢字", "a\x00b", "line\nbreak"])
+def test_str_array_round_trip_through_a_file(tmp_path, s):
+    a = to_str_array(s)
+    assert a.shape == () and a.dtype.kind == "U"
+    path = atomic_savez(tmp_path / "m.npz", {"s": a})
+    assert from_str_array(load_npz(path)["s"]) == s
+
+
+def test_to_str_array_rejects_what_would_not_round_trip():
+    with pytest.raises(ValueError, match="s must be a str, got int"):
+        to_str_array(3)
+    with pytest.raises(ValueError, match="NUL"):
+        to_str_array("abc\x00")
+
+
+@pytest.mark.parametrize("a", [np.array(3), np.array(["a", "b"]), "adam", np.array(b"x")])
+def test_from_str_array_rejects_non_string_arrays(a):
+    with pytest.raises(ValueError, match="a must be a 0-d unicode array"):
+        from_str_array(a)
+
+
+def test_json_array_round_trip_of_nested_metadata(tmp_path):
+    meta = {
+        "format_version": 1,
+        "model": {"layers": [784, 200, 200, 50], "likelihood": "bernoulli"},
+        "optimizer": {"name": "rmsprop", "lr": 1e-3, "rho": 0.9},
+        "history": [{"epoch": 1, "loss": 101.25}, {"epoch": 2, "loss": 98.5}],
+        "notes": None,
+        "unicode": "μ, σ²",
+    }
+    path = atomic_savez(tmp_path / "m.npz", {"meta": to_json_array(meta)})
+    assert from_json_array(load_npz(path)["meta"]) == meta
+    # sorted keys: insertion order does not change the stored text
+    assert from_str_array(to_json_array({"b": 1, "a": 2})) == '{"a": 2, "b": 1}'
+
+
+def test_json_array_errors_name_the_argument():
+    with pytest.raises(ValueError, match="obj must be JSON-serializable"):
+        to_json_array({"w": np.ones(2)})
+    with pytest.raises(ValueError, match="a must hold JSON text"):
+        from_json_array(to_str_array("{not json"))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="needs sys.stdlib_module_names")
+def test_module_imports_with_only_numpy_and_the_standard_library():
+    # load the file on its own, in a fresh interpreter, so the package __init__ (and
+    # whatever it may import) does not count
+    path = os.path.abspath(nio.__file__)
+    code = (
+        "import importlib.util, sys\n"
+        "before = set(sys.modules)\n"
+        f"spec = importlib.util.spec_from_file_location('npvae_io_alone', {path!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "top = {m.partition('.')[0] for m in set(sys.modules) - before}\n"
+        "print(sorted(top - set(sys.stdlib_module_names) - {'numpy'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

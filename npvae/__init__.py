@@ -2,15 +2,26 @@
 
 The public API:
 
-* :class:`VAE` -- the model: ``loss_and_grads(x, eps, objective)``, ``encode``, ``decode``.
+* :class:`VAE` -- the model: ``loss_and_grads(x, eps, objective)``, ``encode``, ``decode``, ``save``.
+* :func:`fit` -- train with S Monte Carlo samples, checkpoints and resume; :func:`load`.
+* :func:`load_mnist` -- find, verify and decode MNIST.
 * :mod:`npvae.ops` -- every forward op beside its hand-written backward.
 * :mod:`npvae.objectives` -- the ELBO and IWAE bounds on the sample axis.
 * :mod:`npvae.gradcheck` -- finite-difference checks usable on any op.
 """
 
 from . import gradcheck, objectives, ops
+from .datasets import DataError, binarize, load_mnist
+from .evaluate import evaluate_bound
+from .io import ModelFileError
+from .io import load_model as load
 from .model import VAE
+from .train import History, TrainingError, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["VAE", "gradcheck", "objectives", "ops", "__version__"]
+__all__ = [
+    "VAE", "fit", "History", "load", "load_mnist", "binarize", "evaluate_bound",
+    "DataError", "ModelFileError", "TrainingError",
+    "gradcheck", "objectives", "ops", "__version__",
+]

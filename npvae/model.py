@@ -136,8 +136,12 @@ class VAE:
         """
         batch = check.positive_int(batch, "batch")
         mc_samples = check.positive_int(mc_samples, "mc_samples")
-        rng = np.random.default_rng(rng)
-        return rng.standard_normal((batch, mc_samples, self.latent_dim), dtype=self.dtype)
+        return self._draw_eps(np.random.default_rng(rng), batch, mc_samples)
+
+    def _draw_eps(self, rng, batch, mc_samples):
+        # Drawn in float64 whatever the model's dtype: a float32 run then sees the
+        # same noise as a float64 run of the same seed, rounded.
+        return rng.standard_normal((batch, mc_samples, self.latent_dim)).astype(self.dtype, copy=False)
 
     # ------------------------------------------------------------------
     # Forward pieces
@@ -258,49 +262,76 @@ class VAE:
         eps = self._check_eps(eps, x.shape[0])
         return self._loss_and_grads(x, eps, objective, kl, return_bound)
 
+    def bound(self, x, eps, objective="elbo", kl="analytic"):
+        """Evaluate a bound on a batch without gradients.
+
+        Same arguments as :meth:`loss_and_grads`; returns a
+        :class:`npvae.objectives.Bound`.
+        """
+        objective = check.choice(objective, "objective", obj.OBJECTIVES)
+        kl = check.choice(kl, "kl", ("analytic", "mc"))
+        self._check_params()
+        x = self._check_x(x)
+        return self._forward(x, self._check_eps(eps, x.shape[0]), objective, kl)[0]
+
     def _loss_and_grads(self, x, eps, objective, kl="analytic", return_bound=False):
         """:meth:`loss_and_grads` on trusted inputs (the training loop checks once)."""
-        B = x.shape[0]
-        log_weights = objective == "iwae" or kl == "mc"
-        # ---- forward ----------------------------------------------------
-        mu, log_var, c_enc = self._encode(x)                        # (B, L) each
-        z, c_z = ops.reparam_forward(mu, log_var, eps)              # (B, S, L)
-        logits, c_dec = self._decode_logits(z)                      # (B, S, D)
-        nll, c_nll = ops.bernoulli_nll_forward(logits, x)           # (B, S)
-        kl_exact, c_kl = ops.gaussian_kl_forward(mu, log_var)       # (B,)
-        if log_weights:
-            log_pz, c_pz = ops.log_standard_normal_forward(z)       # (B, S)
-            log_qz, c_qz = ops.log_normal_diag_forward(z, mu, log_var)
+        bound, cache = self._forward(x, eps, objective, kl)
+        grads = self._backward(cache)
+        return (bound if return_bound else bound.loss), grads
+
+    def _forward(self, x, eps, objective, kl):
+        """The bound, and every op's cache for :meth:`_backward`."""
+        c = {"objective": objective, "log_weights": objective == "iwae" or kl == "mc"}
+        mu, log_var, c["enc"] = self._encode(x)                     # (B, L) each
+        z, c["z"] = ops.reparam_forward(mu, log_var, eps)           # (B, S, L)
+        logits, c["dec"] = self._decode_logits(z)                   # (B, S, D)
+        nll, c["nll"] = ops.bernoulli_nll_forward(logits, x)        # (B, S)
+        kl_exact, c["kl"] = ops.gaussian_kl_forward(mu, log_var)    # (B,)
+        if c["log_weights"]:
+            log_pz, c["pz"] = ops.log_standard_normal_forward(z)    # (B, S)
+            log_qz, c["qz"] = ops.log_normal_diag_forward(z, mu, log_var)
             log_w = -nll + log_pz - log_qz                          # (B, S)
         if objective == "iwae":
-            bound, c_bound = obj.iwae_forward(log_w)                # (B,)
-        elif log_weights:
-            bound, c_bound = obj.elbo_forward(log_w, np.zeros_like(kl_exact))
+            bound, c["bound"] = obj.iwae_forward(log_w)             # (B,)
+        elif c["log_weights"]:
+            bound, c["bound"] = obj.elbo_forward(log_w, np.zeros_like(kl_exact))
         else:
-            bound, c_bound = obj.elbo_forward(-nll, kl_exact)
-        loss = -bound.mean()
+            bound, c["bound"] = obj.elbo_forward(-nll, kl_exact)
+        result = obj.Bound(float(-bound.mean()), bound, float(nll.mean()), float(kl_exact.mean()))
+        return result, c
 
-        # ---- backward ---------------------------------------------------
+    def _backward(self, c):
+        """Gradients of the loss ``-mean(bound)`` for every parameter, in reverse order of :meth:`_forward`."""
         grads = {}
+        B = c["kl"][0].shape[0]
         dbound = np.full(B, -1.0 / B, dtype=self.dtype)             # d loss / d bound
-        if objective == "iwae":
-            dlog_w = obj.iwae_backward(dbound, c_bound)             # (B, S)
-        elif log_weights:
-            dlog_w, _ = obj.elbo_backward(dbound, c_bound)
-        if log_weights:
+        if c["objective"] == "iwae":
+            dlog_w = obj.iwae_backward(dbound, c["bound"])          # (B, S)
+        elif c["log_weights"]:
+            dlog_w, _ = obj.elbo_backward(dbound, c["bound"])
+        if c["log_weights"]:
             dlog_px = dlog_w
-            dz = ops.log_standard_normal_backward(dlog_w, c_pz)     # (B, S, L)
-            dz_q, dmu, dlog_var = ops.log_normal_diag_backward(-dlog_w, c_qz)
+            dz = ops.log_standard_normal_backward(dlog_w, c["pz"])  # (B, S, L)
+            dz_q, dmu, dlog_var = ops.log_normal_diag_backward(-dlog_w, c["qz"])
             dz = dz + dz_q
         else:
-            dlog_px, dkl = obj.elbo_backward(dbound, c_bound)       # (B, S), (B,)
-            dmu, dlog_var = ops.gaussian_kl_backward(dkl, c_kl)     # (B, L)
+            dlog_px, dkl = obj.elbo_backward(dbound, c["bound"])    # (B, S), (B,)
+            dmu, dlog_var = ops.gaussian_kl_backward(dkl, c["kl"])  # (B, L)
             dz = 0.0
-        dlogits = ops.bernoulli_nll_backward(-dlog_px, c_nll)       # (B, S, D)
-        dz = dz + self._decode_backward(dlogits, c_dec, grads)      # (B, S, L)
-        dmu_z, dlog_var_z = ops.reparam_backward(dz, c_z)           # (B, L)
-        self._encode_backward(dmu + dmu_z, dlog_var + dlog_var_z, c_enc, grads)
+        dlogits = ops.bernoulli_nll_backward(-dlog_px, c["nll"])    # (B, S, D)
+        dz = dz + self._decode_backward(dlogits, c["dec"], grads)   # (B, S, L)
+        dmu_z, dlog_var_z = ops.reparam_backward(dz, c["z"])        # (B, L)
+        self._encode_backward(dmu + dmu_z, dlog_var + dlog_var_z, c["enc"], grads)
+        return grads
 
-        if return_bound:
-            return obj.Bound(float(loss), bound, float(nll.mean()), float(kl_exact.mean())), grads
-        return float(loss), grads
+    # ------------------------------------------------------------------
+    # Files
+    # ------------------------------------------------------------------
+    def save(self, path):
+        """Write the architecture and parameters to a versioned ``.npz`` (atomically).
+
+        Load it back with :func:`npvae.load`.
+        """
+        from .io import save_model
+        return save_model(self, path)

@@ -1,0 +1,288 @@
+"""Training: the fit loop, its history, checkpoints and resume.
+
+Randomness comes from numbered streams of one seed, so a run is a function of
+its settings and seed alone:
+
+* ``default_rng(seed)``: shuffling, fresh ``eps``, dynamic binarization. Its
+  state is saved in each checkpoint, so a resumed run draws the same numbers
+  as an uninterrupted one.
+* ``default_rng([seed, 1])``: the one ``eps`` array per training example of
+  ``noise="fixed"``, drawn once and reused every epoch.
+* ``default_rng([seed, 2, epoch])``: validation noise (and binarization) of
+  each epoch, independent of training.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import _validate as check
+from . import datasets, io, optim
+from .evaluate import _evaluate
+from .objectives import OBJECTIVES
+
+__all__ = ["fit", "History", "TrainingError", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "npvae-checkpoint"
+NOISE = ("fresh", "fixed")
+BINARIZE = ("none", "threshold", "dynamic")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN or inf)."""
+
+
+class History:
+    """Per-epoch records of a training run.
+
+    Each record is a dict with ``epoch`` (1-based), ``loss``, ``recon``, ``kl``
+    (training averages over the epoch), ``seconds`` (training time of the
+    epoch), and, with validation data, ``val_loss``, ``val_recon``, ``val_kl``.
+
+    ``history["loss"]`` gives a column as an array; ``history[-1]`` a record.
+    """
+
+    def __init__(self, records=()):
+        self.records = [dict(r) for r in records]
+
+    def append(self, record):
+        self.records.append(dict(record))
+
+    def __len__(self):
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if not self.records or key not in self.records[0]:
+                raise KeyError(f"history has no column {key!r}; columns: {sorted(self.records[0]) if self.records else []}")
+            return np.array([r[key] for r in self.records])
+        return self.records[key]
+
+    def __repr__(self):
+        last = f", last={self.records[-1]}" if self.records else ""
+        return f"History(epochs={len(self.records)}{last})"
+
+    def to_json(self):
+        """The records as a JSON list (one object per epoch)."""
+        return json.dumps(self.records, indent=1)
+
+    def save(self, path):
+        """Write :meth:`to_json` to ``path`` atomically."""
+        return io.atomic_write_text(path, self.to_json() + "\n")
+
+
+def _settings(model, n_train, n_val, batch_size, mc_samples, objective, kl, noise, binarize, seed, opt):
+    """What a resumed run must share with the run that wrote the checkpoint."""
+    architecture = {k: v for k, v in model.config.items() if k != "seed"}  # init is overwritten on resume
+    return dict(model=architecture, n_train=n_train, n_val=n_val, batch_size=batch_size,
+                mc_samples=mc_samples, objective=objective, kl=kl, noise=noise, binarize=binarize,
+                seed=seed, optimizer=opt.get_config() | {"name": type(opt).__name__.lower()})
+
+
+def _save_checkpoint(path, model, opt, rng, history, settings):
+    arrays = io.model_arrays(model)
+    arrays["format"] = io.to_str_array(CHECKPOINT_FORMAT)
+    arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
+    arrays["train"] = io.to_json_array({"epoch": len(history), "rng_state": rng.bit_generator.state,
+                                        "settings": settings, "history": history.records})
+    io.atomic_savez(path, arrays)
+
+
+def load_checkpoint(path):
+    """Read a training checkpoint.
+
+    Returns
+    -------
+    dict
+        ``model`` (a VAE with the saved parameters), ``optimizer_state``,
+        ``epoch`` (epochs completed), ``rng_state``, ``settings`` and
+        ``history`` (a :class:`History`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    arrays = io.load_npz(path)
+    if "train" not in arrays or io.from_str_array(arrays.get("format", io.to_str_array("?"))) != CHECKPOINT_FORMAT:
+        raise io.ModelFileError(f"{str(path)!r} is not an npvae training checkpoint")
+    model = io.model_from_arrays(arrays, repr(str(path)))
+    meta = io.from_json_array(arrays["train"])
+    return dict(model=model, epoch=meta["epoch"], rng_state=meta["rng_state"], settings=meta["settings"],
+                history=History(meta["history"]),
+                optimizer_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+
+
+class _Progress:
+    """Keras-like display: a bar redrawn in place on a terminal, one line per epoch."""
+
+    def __init__(self, epochs, steps, verbose, file):
+        self.epochs, self.steps, self.verbose = epochs, steps, verbose
+        self.file = file if file is not None else sys.stdout
+        self.live = verbose == 1 and getattr(self.file, "isatty", lambda: False)()
+        self._last = 0.0
+
+    def step(self, epoch, step, loss):
+        now = time.perf_counter()
+        if not self.live or (now - self._last < 0.1 and step < self.steps):
+            return
+        self._last = now
+        width = 30
+        done = int(width * step / self.steps)
+        bar = "=" * max(done - 1, 0) + (">" if done < width else "=") + "." * (width - done)
+        self.file.write(f"\rEpoch {epoch}/{self.epochs} [{bar}] {step}/{self.steps}  loss {loss:.4f}")
+        self.file.flush()
+
+    def end_epoch(self, record):
+        if not self.verbose:
+            return
+        line = f"Epoch {record['epoch']}/{self.epochs}  loss {record['loss']:.4f}"
+        if "val_loss" in record:
+            line += f"  val_loss {record['val_loss']:.4f}"
+        line += f"  {record['seconds']:.1f} s"
+        prefix = "\r\033[K" if self.live else ""
+        print(prefix + line, file=self.file, flush=True)
+
+    def message(self, text):
+        if self.verbose:
+            print(("\r\033[K" if self.live else "") + text, file=self.file, flush=True)
+
+
+def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo", optimizer="rmsprop",
+        validation_data=None, noise="fresh", binarize="none", seed=0, kl="analytic",
+        checkpoint=None, resume=False, verbose=1, file=None):
+    """Train ``model`` in place by minibatch gradient descent on ``-bound``.
+
+    Parameters
+    ----------
+    model : npvae.VAE
+    x_train : ndarray, shape (N, input_dim)
+        Training data in [0, 1] (converted once to the model's dtype).
+    epochs : int, default 50
+        Total epochs (a resumed run continues up to this number).
+    batch_size : int, default 100
+        Examples per step; the last batch of an epoch may be smaller.
+    mc_samples : int, default 1
+        Monte Carlo samples ``S`` per example.
+    objective : {"elbo", "iwae"}, default "elbo"
+    optimizer : str or npvae.optim.Optimizer, default "rmsprop"
+        A name (``"sgd"``, ``"rmsprop"``, ``"adam"``, with default settings) or
+        an optimizer instance. RMSprop's defaults are Keras' (lr 1e-3, rho 0.9).
+    validation_data : ndarray or (ndarray, labels) or None
+        Evaluated after every epoch with the same objective and ``S``.
+    noise : {"fresh", "fixed"}, default "fresh"
+        ``"fresh"`` draws new ``eps`` every step; ``"fixed"`` draws one ``eps``
+        per training example before training and reuses it every epoch.
+    binarize : {"none", "threshold", "dynamic"}, default "none"
+        Targets as given (grayscale), thresholded at 0.5, or a fresh Bernoulli
+        draw per batch (see :func:`npvae.datasets.binarize`).
+    seed : int, default 0
+        Seeds shuffling, noise, binarization and validation noise.
+    kl : {"analytic", "mc"}, default "analytic"
+        As in :meth:`npvae.VAE.loss_and_grads`.
+    checkpoint : path, optional
+        Written atomically at the end of every epoch: parameters, optimizer
+        state, RNG state and history (``.npz``, no pickle).
+    resume : bool, default False
+        Continue from ``checkpoint`` if it exists; the result is then the same,
+        bit for bit, as an uninterrupted run.
+    verbose : {0, 1, 2}, default 1
+        0 quiet, 1 a progress bar (on a terminal) and a line per epoch, 2 a line per epoch.
+    file : file-like, optional
+        Where progress goes (default ``sys.stdout``).
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    TrainingError
+        If the loss becomes NaN or inf; the last checkpoint stays as it was.
+    """
+    x_train = model._check_x(x_train, "x_train")
+    epochs = check.positive_int(epochs, "epochs")
+    batch_size = check.positive_int(batch_size, "batch_size")
+    mc_samples = check.positive_int(mc_samples, "mc_samples")
+    objective = check.choice(objective, "objective", OBJECTIVES)
+    kl = check.choice(kl, "kl", ("analytic", "mc"))
+    noise = check.choice(noise, "noise", NOISE)
+    binarize = check.choice(binarize, "binarize", BINARIZE)
+    seed = check.positive_int(seed, "seed", minimum=0)
+    if verbose not in (0, 1, 2, False, True):
+        raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
+    if isinstance(validation_data, tuple):
+        validation_data = validation_data[0]
+    x_val = None if validation_data is None else model._check_x(validation_data, "validation_data")
+    if resume and checkpoint is None:
+        raise ValueError("resume: resuming needs a checkpoint path, got checkpoint=None")
+    opt = optim.get_optimizer(optimizer)
+    model._check_params()
+
+    n = x_train.shape[0]
+    settings = _settings(model, n, None if x_val is None else x_val.shape[0], batch_size, mc_samples,
+                         objective, kl, noise, binarize, seed, opt)
+    rng = np.random.default_rng(seed)
+    history = History()
+    if resume and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint)
+        _check_resume(state["settings"], settings, checkpoint)
+        model.params.update(state["model"].params)
+        opt.load_state_dict(state["optimizer_state"])
+        rng.bit_generator.state = state["rng_state"]
+        history = state["history"]
+    fixed_eps = None
+    if noise == "fixed":
+        fixed_eps = model._draw_eps(np.random.default_rng([seed, 1]), n, mc_samples)
+
+    steps = -(-n // batch_size)
+    progress = _Progress(epochs, steps, int(verbose), file)
+    if len(history):
+        progress.message(f"Resuming from {checkpoint} after epoch {len(history)}")
+    for epoch in range(len(history) + 1, epochs + 1):
+        t0 = time.perf_counter()
+        totals = np.zeros(3)
+        order = rng.permutation(n)
+        for step in range(steps):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            xb = x_train[idx]
+            if binarize != "none":
+                xb = datasets.binarize(xb, binarize, rng=rng)
+            if fixed_eps is None:
+                eps = model._draw_eps(rng, len(idx), mc_samples)
+            else:
+                eps = fixed_eps[idx]
+            bound, grads = model._loss_and_grads(xb, eps, objective, kl, return_bound=True)
+            if not np.isfinite(bound.loss):
+                where = f"the last good checkpoint (epoch {len(history)}) is {str(checkpoint)!r}" if (
+                    checkpoint is not None and len(history)) else "no checkpoint was written"
+                raise TrainingError(f"the loss became {bound.loss} at epoch {epoch}, step {step + 1}/{steps}; "
+                                    f"training stopped and {where}. A smaller learning rate may help.")
+            opt.step(model.params, grads)
+            totals += len(idx) * np.array([bound.loss, bound.recon, bound.kl])
+            progress.step(epoch, step + 1, bound.loss)
+        seconds = time.perf_counter() - t0
+        loss, recon, kl_mean = totals / n
+        record = dict(epoch=epoch, loss=float(loss), recon=float(recon), kl=float(kl_mean), seconds=seconds)
+        if x_val is not None:
+            vrng = np.random.default_rng([seed, 2, epoch])
+            xv = x_val if binarize == "none" else datasets.binarize(x_val, binarize, rng=vrng)
+            val = _evaluate(model, xv, mc_samples, objective, 1000, vrng, kl)
+            record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
+        history.append(record)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, opt, rng, history, settings)
+        progress.end_epoch(record)
+    return history
+
+
+def _check_resume(stored, current, path):
+    diffs = [f"{k}: checkpoint has {stored.get(k)!r}, this run has {current[k]!r}"
+             for k in current if stored.get(k) != current[k]]
+    if diffs:
+        raise ValueError(f"resume: the checkpoint {str(path)!r} was written by a run with other settings; "
+                         + "; ".join(diffs))

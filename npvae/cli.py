@@ -1,0 +1,225 @@
+"""Command line: ``npvae train``, ``npvae plot``, ``npvae evaluate`` (also ``python -m npvae``).
+
+A run folder (``--out``) holds ``config.json`` (the settings), ``checkpoint.npz``
+(written after every epoch), ``history.json``, ``model.npz`` and ``figures/``.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .datasets import DataError, load_mnist
+from .evaluate import evaluate_bound
+from .model import VAE
+from .train import BINARIZE, NOISE, History, TrainingError, fit, load_checkpoint
+
+# Settings of `npvae train` that a resumed run takes from config.json, with their defaults.
+TRAIN_DEFAULTS = dict(epochs=50, batch_size=100, mc_samples=1, latent_dim=2, hidden=[256], activation="relu",
+                      optimizer="rmsprop", lr=None, objective="elbo", noise="fresh", binarize="none", seed=0,
+                      dtype="float64", kl="analytic")
+
+
+class CLIError(Exception):
+    """A problem to report in one line, with a non-zero exit status."""
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="npvae", description="A NumPy VAE with an explicit Monte Carlo sample axis.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train on MNIST; writes a run folder",
+                       description="Train the MLP VAE on MNIST. Unset options take their defaults "
+                                   "(or, with --resume, the run folder's settings).")
+    t.add_argument("--epochs", type=_positive, help="total epochs (default 50)")
+    t.add_argument("--batch-size", type=_positive, help="examples per step (default 100)")
+    t.add_argument("--mc-samples", type=_positive, help="Monte Carlo samples S per example (default 1)")
+    t.add_argument("--latent-dim", type=_positive, help="latent size (default 2)")
+    t.add_argument("--hidden", type=_positive, nargs="+", help="hidden layer sizes (default 256)")
+    t.add_argument("--activation", choices=("relu", "tanh"), help="hidden activation (default relu)")
+    t.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"), help="default rmsprop (Keras settings)")
+    t.add_argument("--lr", type=_positive_float, help="learning rate (default: the optimizer's)")
+    t.add_argument("--objective", choices=("elbo", "iwae"), help="default elbo")
+    t.add_argument("--kl", choices=("analytic", "mc"), help="KL term of the ELBO (default analytic)")
+    t.add_argument("--noise", choices=NOISE, help="fresh eps every step, or fixed per example (default fresh)")
+    t.add_argument("--binarize", choices=BINARIZE, help="targets: none (grayscale), threshold, dynamic")
+    t.add_argument("--seed", type=_non_negative, help="seed of init, shuffling and noise (default 0)")
+    t.add_argument("--dtype", choices=("float64", "float32"), help="default float64")
+    t.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
+    t.add_argument("--out", help="run folder (default runs/<objective>-S<S>-seed<seed>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--no-figures", action="store_true", help="skip drawing the figures at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = sub.add_parser("plot", help="redraw a run folder's figures")
+    p.add_argument("run_dir", help="a run folder written by `npvae train`")
+    p.add_argument("--data", help="folder holding MNIST")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seed of the reconstruction samples")
+
+    e = sub.add_parser("evaluate", help="test-set bound of a model")
+    e.add_argument("model", help="a model .npz, a checkpoint, or a run folder")
+    e.add_argument("--mc-samples", type=_positive, default=1, help="Monte Carlo samples S (default 1)")
+    e.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
+    e.add_argument("--seed", type=_non_negative, default=0)
+    e.add_argument("--batch-size", type=_positive, default=500)
+    e.add_argument("--data", help="folder holding MNIST")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+def _train(args):
+    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None:
+            raise CLIError("--resume needs --out RUN_DIR (the folder of the run to continue)")
+        config_path = out / "config.json"
+        if not config_path.exists():
+            raise CLIError(f"--resume: no run to continue in {str(out)!r} (config.json not found)")
+        stored = json.loads(config_path.read_text())
+        clash = {k: (stored[k], v) for k, v in given.items() if k != "epochs" and stored.get(k) != v}
+        if clash:
+            raise CLIError("--resume: these options differ from the run's settings: "
+                           + ", ".join(f"{k} (run has {a!r}, given {b!r})" for k, (a, b) in clash.items()))
+        settings = {**TRAIN_DEFAULTS, **stored, **given}
+    else:
+        settings = {**TRAIN_DEFAULTS, **given}
+        if out is None:
+            out = Path("runs") / f"{settings['objective']}-S{settings['mc_samples']}-seed{settings['seed']}"
+        if (out / "checkpoint.npz").exists():
+            raise CLIError(f"{str(out)!r} already holds a run; continue it with --resume or choose another --out")
+    s = settings
+    (x_train, _), (x_test, y_test) = load_mnist(args.data, progress=not args.quiet)
+    model = VAE(input_dim=x_train.shape[1], hidden=s["hidden"], latent_dim=s["latent_dim"],
+                activation=s["activation"], seed=s["seed"], dtype=s["dtype"])
+    from .optim import get_optimizer
+    optimizer = get_optimizer(s["optimizer"], **({} if s["lr"] is None else {"lr": s["lr"]}))
+    out.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_text(out / "config.json", json.dumps(s, indent=1) + "\n")
+    checkpoint = out / "checkpoint.npz"
+    try:
+        history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
+                      objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
+                      binarize=s["binarize"], seed=s["seed"], kl=s["kl"], checkpoint=checkpoint,
+                      resume=args.resume, verbose=0 if args.quiet else 1)
+    except KeyboardInterrupt:
+        done = load_checkpoint(checkpoint)["history"] if checkpoint.exists() else History()
+        if len(done):
+            done.save(out / "history.json")
+        print(f"\nInterrupted. {len(done)} epoch(s) are saved in {checkpoint}; continue with:\n"
+              f"  npvae train --out {out} --resume", file=sys.stderr)
+        return 130
+    history.save(out / "history.json")
+    model.save(out / "model.npz")
+    print(f"Model: {out / 'model.npz'}  history: {out / 'history.json'}")
+    if not args.no_figures:
+        _figures(model, history, x_test, y_test, out / "figures", seed=0)
+    return 0
+
+
+def _figures(model, history, x_test, y_test, folder, seed):
+    from .plots import save_all
+    try:
+        paths, messages = save_all(model, list(history), x_test, y_test, folder, seed=seed)
+    except ImportError as exc:
+        print(f"Figures skipped: {exc}", file=sys.stderr)
+        return
+    for m in messages:
+        print(m)
+    print("Figures: " + ", ".join(str(p) for p in paths))
+
+
+def _load_any(path):
+    """A model from a .npz model file, a checkpoint, or a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.npz", "checkpoint.npz"):
+            if (path / name).exists():
+                return io.load_model(path / name)
+        raise CLIError(f"{str(path)!r} holds neither model.npz nor checkpoint.npz")
+    return io.load_model(path)
+
+
+def _plot(args):
+    run = Path(args.run_dir)
+    model = _load_any(run)
+    history = []
+    if (run / "history.json").exists():
+        history = json.loads((run / "history.json").read_text())
+    _, (x_test, y_test) = load_mnist(args.data)
+    _check_dims(model, x_test)
+    _figures(model, history, x_test, y_test, run / "figures", seed=args.seed)
+    return 0
+
+
+def _check_dims(model, x):
+    if model.input_dim != x.shape[1]:
+        raise CLIError(f"the model takes {model.input_dim}-dimensional inputs but the data has {x.shape[1]}")
+
+
+def _evaluate(args):
+    model = _load_any(args.model)
+    _, (x_test, _) = load_mnist(args.data, progress=not args.json)
+    _check_dims(model, x_test)
+    result = evaluate_bound(model, x_test, mc_samples=args.mc_samples, objective=args.objective,
+                            batch_size=args.batch_size, rng=args.seed)
+    bound_name = "elbo" if args.objective == "elbo" else "iwae_bound"
+    report = {"model": str(args.model), "objective": args.objective, "mc_samples": args.mc_samples,
+              "n": result["n"], bound_name: -result["loss"], "loss": result["loss"],
+              "recon": result["recon"], "kl": result["kl"], "seed": args.seed}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"test {bound_name} ({args.mc_samples} sample(s), {result['n']} images): {-result['loss']:.4f} nats"
+              f"  (loss {result['loss']:.4f} = recon {result['recon']:.4f} + kl {result['kl']:.4f})")
+    return 0
+
+
+def main(argv=None):
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = {"train": _train, "plot": _plot, "evaluate": _evaluate}[args.command]
+    try:
+        return command(args)
+    except (CLIError, DataError, ValueError, FileNotFoundError, TrainingError) as exc:
+        print(f"npvae {args.command}: error: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, TrainingError) else 1
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return 130

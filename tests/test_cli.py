@@ -1,0 +1,121 @@
+"""End-to-end command line: train, resume, evaluate, plot, and clean failures."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from npvae import cli
+
+pytest.importorskip("matplotlib")
+
+
+def run_cli(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    status = run_cli("train", "--epochs", 1, "--hidden", 32, "--mc-samples", 2, "--dtype", "float32",
+                     "--data", mnist_dir, "--out", out, "--quiet")
+    assert status == 0
+    return out
+
+
+def test_train_writes_the_run_folder(run_dir):
+    for name in ("config.json", "checkpoint.npz", "history.json", "model.npz"):
+        assert (run_dir / name).exists(), name
+    for name in ("latent.png", "manifold.png", "reconstructions.png", "history.png"):
+        assert (run_dir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history) == 1
+    assert set(history[0]) >= {"epoch", "loss", "val_loss", "seconds"}
+    assert 100 < history[0]["val_loss"] < 300  # nats per image: far below the untrained ~545
+
+
+def test_resume_continues_and_refuses_changed_settings(run_dir, mnist_dir, capsys):
+    assert run_cli("train", "--out", run_dir, "--resume", "--mc-samples", 3, "--data", mnist_dir) == 2
+    assert "mc_samples (run has 2, given 3)" in capsys.readouterr().err
+    assert run_cli("train", "--out", run_dir, "--resume", "--epochs", 2, "--data", mnist_dir, "--quiet",
+                   "--no-figures") == 0
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_train_refuses_to_overwrite_a_run(run_dir, mnist_dir, capsys):
+    assert run_cli("train", "--out", run_dir, "--data", mnist_dir) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_evaluate_json(run_dir, mnist_dir, capsys):
+    assert run_cli("evaluate", run_dir / "model.npz", "--mc-samples", 2, "--json", "--data", mnist_dir) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 10000 and report["mc_samples"] == 2
+    assert report["elbo"] == pytest.approx(-report["loss"])
+    assert report["loss"] == pytest.approx(report["recon"] + report["kl"], rel=1e-6)
+
+
+def test_evaluate_iwae_is_tighter(run_dir, mnist_dir, capsys):
+    run_cli("evaluate", run_dir, "--mc-samples", 10, "--objective", "elbo", "--json", "--data", mnist_dir)
+    elbo = json.loads(capsys.readouterr().out)["elbo"]
+    run_cli("evaluate", run_dir, "--mc-samples", 10, "--objective", "iwae", "--json", "--data", mnist_dir)
+    iwae = json.loads(capsys.readouterr().out)["iwae_bound"]
+    assert iwae > elbo
+
+
+def test_plot_redraws_figures(run_dir, mnist_dir):
+    for png in (run_dir / "figures").glob("*.png"):
+        png.unlink()
+    assert run_cli("plot", run_dir, "--data", mnist_dir) == 0
+    assert (run_dir / "figures" / "manifold.png").exists()
+
+
+def test_interrupt_keeps_finished_epochs(mnist_dir, tmp_path, monkeypatch, capsys):
+    def interrupted_fit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", interrupted_fit)
+    assert run_cli("train", "--out", tmp_path / "r", "--data", mnist_dir, "--hidden", 8) == 130
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--epochs", "0"], "expected a positive integer, got 0"),
+    (["train", "--mc-samples", "many"], "expected a positive integer, got 'many'"),
+    (["train", "--objective", "vae"], "invalid choice: 'vae'"),
+    (["train", "--lr", "-1"], "expected a positive number"),
+    (["evaluate"], "the following arguments are required: model"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_flags_give_usage_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: npvae" in err and message in err
+
+
+def test_missing_model_file_is_one_line(tmp_path, capsys):
+    assert run_cli("evaluate", tmp_path / "nope.npz") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npvae evaluate: error: model file not found") and "Traceback" not in err
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NPVAE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "m.npz"
+    from npvae import VAE
+    VAE(hidden=(4,)).save(model)
+    # an empty folder and no network: one message naming where to put the files
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    assert run_cli("evaluate", model, "--data", tmp_path / "empty") == 2
+    err = capsys.readouterr().err
+    assert "npvae evaluate: error:" in err and "NPVAE_DATA" in err and "Traceback" not in err
+
+
+def test_python_dash_m_runs():
+    result = subprocess.run([sys.executable, "-m", "npvae", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout

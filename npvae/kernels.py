@@ -1,0 +1,607 @@
+"""Numba kernels for the model's hot loop, with the contracts of :mod:`npvae.ops`.
+
+Each kernel is a plain Python function over arrays, compiled with
+``numba.njit(cache=True)`` when numba can be imported. The same bodies run
+uncompiled under ``NUMBA_DISABLE_JIT=1`` (debugging, line coverage) or when
+numba is missing, so ``import npvae.kernels`` never fails; callers that need
+speed check :data:`AVAILABLE` or call :func:`require` first. This is the only
+npvae module that imports numba.
+
+What the kernels do, and what they leave to the caller:
+
+* Large matrix products stay in BLAS (``h2d @ W``, ``np.matmul(..., out=)``);
+  kernels do the elementwise and reduction passes around them, fused, and
+  write into caller-provided output arrays (the last arguments) so that a
+  training step can reuse preallocated workspaces. They return nothing.
+* Arrays must be C-contiguous with the shapes documented (row-wise kernels
+  take 2-D ``(N, F)`` arrays: pass ``a.reshape(-1, F)`` views of ``(B, S, F)``
+  arrays). Inside, shapes are trusted: validate at the public boundary.
+* One dtype per call: float32 or float64 inputs and outputs alike. A float32
+  call computes elementwise in float32, as the NumPy ops do, and accumulates
+  sums over pixels, samples and rows in float64.
+* The upstream gradient of an op is *not* always applied inside the kernel;
+  each docstring says which factor is left to the caller and why.
+
+Transcendentals over large arrays are left to NumPy. Numba calls the C
+library's scalar ``expf``/``log1pf``/``tanhf`` once per element (the PyPI
+llvmlite has no SVML to vectorize them), while NumPy's ufuncs use SIMD
+implementations; on the development machine (AVX-512) a numba loop calling
+``log1p`` was ~15x slower than ``np.log1p``, enough that a single fused numba
+pass over the ``(B, S, D)`` logits lost to the unfused NumPy ops. So
+:func:`bernoulli_nll_and_grad` walks the logits in blocks of rows small enough
+to stay in cache: ``np.exp`` and ``np.log1p`` write a block of scratch, then a
+numba kernel does everything else for that block in one pass. The big arrays
+are still read and written once, no ``(B, S, D)`` temporary is made, and the
+gradient is the reference's bit for bit (the same ufuncs, the same float
+operations in the same order; the NLL differs only in the order of its float64
+sum). The tanh activation likewise uses ``np.tanh``.
+
+Activation codes for :func:`bias_act_forward` and :func:`act_backward` are
+:data:`RELU`, :data:`TANH`, :data:`IDENTITY` (by name in :data:`ACT_CODES`).
+"""
+
+import math
+
+import numpy as np
+
+try:
+    import numba
+except ImportError as exc:  # numba is needed only for speed
+    numba = None
+    _IMPORT_ERROR = exc
+else:
+    _IMPORT_ERROR = None
+
+__all__ = [
+    "AVAILABLE", "require", "RELU", "TANH", "IDENTITY", "ACT_CODES",
+    "bias_act_forward", "act_backward", "bias_grad", "weighted_bias_grad", "scale_rows",
+    "bernoulli_nll_and_grad", "bernoulli_workspace", "BLOCK_ELEMENTS",
+    "reparam_kl_forward", "reparam_kl_backward",
+    "log_weights", "log_weights_backward", "logsumexp_weights",
+    "rmsprop_step",
+]
+
+#: True when numba could be imported (the kernels are then compiled on first call).
+AVAILABLE = numba is not None
+
+RELU, TANH, IDENTITY = 0, 1, 2
+#: Activation name -> code for :func:`bias_act_forward` / :func:`act_backward`.
+ACT_CODES = {"relu": RELU, "tanh": TANH, "identity": IDENTITY}
+
+
+def require():
+    """Raise a clear :class:`ImportError` unless numba is available.
+
+    Call this where the numba backend is selected (e.g. ``VAE(backend="numba")``),
+    so the user learns at once, not from a model that is silently slow.
+    """
+    if not AVAILABLE:
+        raise ImportError(
+            "the numba backend needs the numba package, which could not be imported "
+            f"({_IMPORT_ERROR}); install it with `pip install numba`, or use backend='numpy'"
+        ) from _IMPORT_ERROR
+
+
+def _kernel(fn):
+    """Compile with ``njit(cache=True)`` when numba is there; else keep the function.
+
+    ``error_model="numpy"``: a float division by zero gives inf/NaN as in NumPy
+    instead of raising ZeroDivisionError; without it numba guards every division
+    with a branch and the loops do not vectorize (RMSprop's step was 8x slower).
+    It does not change any result that the Python error model would return.
+    """
+    if not AVAILABLE:
+        return fn
+    try:
+        return numba.njit(cache=True, error_model="numpy")(fn)
+    except RuntimeError:
+        # numba found no writable cache directory (read-only install and no usable
+        # NUMBA_CACHE_DIR): compile on every run rather than fail at import
+        return numba.njit(error_model="numpy")(fn)
+
+
+# --------------------------------------------------------------------------
+# Dense-layer passes around the BLAS product: bias + activation and back
+# --------------------------------------------------------------------------
+def bias_act_forward(a, b, act, out):
+    """``out = act(a + b)``, the elementwise half of a dense layer plus its activation.
+
+    Equals ``ops.relu_forward(a + b)[0]`` (``act=RELU``), ``ops.tanh_forward(a + b)[0]``
+    (``TANH``) or ``a + b`` (``IDENTITY``), bit for bit, where ``a = x2d @ W`` comes
+    from BLAS: with it, this is ``ops.dense_forward`` followed by the activation.
+    ReLU and identity are one numba pass; tanh is ``np.add`` then ``np.tanh`` in place
+    (see the module docstring).
+
+    Parameters
+    ----------
+    a : ndarray, shape (N, F)
+        Pre-activations without bias, e.g. ``(B * S, H)``.
+    b : ndarray, shape (F,)
+    act : int
+        :data:`RELU`, :data:`TANH` or :data:`IDENTITY`.
+    out : ndarray, shape (N, F)
+        Written. May be ``a`` itself (in place).
+    """
+    if act == TANH:
+        np.add(a, b, out=out)
+        np.tanh(out, out=out)
+    else:
+        _bias_relu_or_identity(a, b, act == RELU, out)
+
+
+@_kernel
+def _bias_relu_or_identity(a, b, relu, out):
+    """``out = max(a + b, 0)`` if ``relu`` else ``a + b``, over (N, F)."""
+    n, f = a.shape
+    zero = a.dtype.type(0.0)
+    if relu:
+        for i in range(n):
+            for j in range(f):
+                v = a[i, j] + b[j]
+                # written so that NaN propagates (NaN <= 0 is False), as in a * (a > 0)
+                out[i, j] = zero if v <= zero else v
+    else:
+        for i in range(n):
+            for j in range(f):
+                out[i, j] = a[i, j] + b[j]
+
+
+@_kernel
+def act_backward(dout, out_act, act, dst):
+    """``dst = dout * act'(a)``, from the activation's forward *output*.
+
+    ReLU: ``dout * 1[out > 0]`` (``out > 0`` exactly when ``a > 0``), equal to
+    ``ops.relu_backward`` bit for bit; tanh: ``dout * (1 - out^2)``, equal to
+    ``ops.tanh_backward``; identity: ``dout``.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F)
+    out_act : ndarray, shape (N, F)
+        What :func:`bias_act_forward` wrote.
+    act : int
+    dst : ndarray, shape (N, F)
+        Written. May be ``dout`` itself (in place).
+    """
+    n, f = dout.shape
+    zero = dout.dtype.type(0.0)
+    one = dout.dtype.type(1.0)
+    if act == RELU:
+        for i in range(n):
+            for j in range(f):
+                # a multiply, not a select, so that the result equals dout * mask exactly
+                dst[i, j] = dout[i, j] * (one if out_act[i, j] > zero else zero)
+    elif act == TANH:
+        for i in range(n):
+            for j in range(f):
+                o = out_act[i, j]
+                dst[i, j] = dout[i, j] * (one - o * o)
+    else:
+        for i in range(n):
+            for j in range(f):
+                dst[i, j] = dout[i, j]
+
+
+@_kernel
+def bias_grad(d, db):
+    """Column sums ``db[j] = sum_i d[i, j]``: the ``db`` of ``ops.dense_backward``.
+
+    Accumulated in float64 (for float32, a more accurate sum than NumPy's).
+
+    Parameters
+    ----------
+    d : ndarray, shape (N, F)
+        Gradient of the layer's output, e.g. ``dlogits.reshape(-1, D)``.
+    db : ndarray, shape (F,)
+        Written.
+    """
+    n, f = d.shape
+    acc = np.zeros(f, dtype=np.float64)
+    for i in range(n):
+        for j in range(f):
+            acc[j] += d[i, j]
+    for j in range(f):
+        db[j] = acc[j]
+
+
+@_kernel
+def weighted_bias_grad(d, w, db):
+    """Weighted column sums ``db[j] = sum_i w[i] * d[i, j]``, accumulated in float64.
+
+    The bias gradient of the decoder's output layer when the per-row upstream
+    factor is kept out of ``d`` (see :func:`bernoulli_nll_and_grad`): with
+    ``d = sigmoid(l) - x`` and ``w = dnll.reshape(-1)`` it equals the ``db`` of
+    ``ops.dense_backward(ops.bernoulli_nll_backward(dnll, ...), ...)``.
+
+    Parameters
+    ----------
+    d : ndarray, shape (N, F)
+    w : ndarray, shape (N,)
+    db : ndarray, shape (F,)
+        Written.
+    """
+    n, f = d.shape
+    acc = np.zeros(f, dtype=np.float64)
+    for i in range(n):
+        wi = np.float64(w[i])
+        for j in range(f):
+            acc[j] += wi * d[i, j]
+    for j in range(f):
+        db[j] = acc[j]
+
+
+@_kernel
+def scale_rows(a, w):
+    """``a[i, :] *= w[i]`` in place.
+
+    Applies a per-(example, sample) upstream factor to a ``(B * S, F)`` array: e.g.
+    ``dnll`` to ``sigmoid(l) - x`` (giving ``ops.bernoulli_nll_backward`` exactly),
+    or, cheaper, to ``dh = (sigmoid(l) - x) @ W.T`` on the ``(B * S, H)`` side,
+    since a row scale commutes with a right product.
+
+    Parameters
+    ----------
+    a : ndarray, shape (N, F)
+        Updated in place.
+    w : ndarray, shape (N,)
+        E.g. ``dnll.reshape(-1)``.
+    """
+    n, f = a.shape
+    for i in range(n):
+        wi = w[i]
+        for j in range(f):
+            a[i, j] = a[i, j] * wi
+
+
+# --------------------------------------------------------------------------
+# Decoder output: Bernoulli NLL and its gradient in one pass over the logits
+# --------------------------------------------------------------------------
+#: Elements per block of :func:`bernoulli_nll_and_grad`: two float32 blocks of
+#: 64K elements (256 KiB each) stay in a core's L2 cache between the passes.
+BLOCK_ELEMENTS = 1 << 16
+
+
+def bernoulli_workspace(D, dtype, block_elements=BLOCK_ELEMENTS):
+    """Scratch for :func:`bernoulli_nll_and_grad`: shape ``(2, rows, D)``.
+
+    ``rows = max(1, block_elements // D)`` rows of ``D`` pixels per block. Allocate it
+    once per model and pass it as ``work`` to avoid an allocation per call.
+    """
+    rows = max(1, block_elements // D)
+    return np.empty((2, rows, D), dtype=dtype)
+
+
+def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None):
+    """Bernoulli NLL per sample and ``d nll / d logits``, one pass over ``(B, S, D)``.
+
+    ``nll[b, s] = sum_d max(l, 0) - x[b, d] * l + log1p(exp(-|l|))`` with
+    ``l = logits[b, s, d]`` (summed in float64), and
+    ``dlogits[b, s, d] = sigmoid(l) - x[b, d]``, the stable sigmoid sharing
+    ``exp(-|l|)`` with the NLL. Exact and finite for any finite logit.
+
+    ``nll`` equals ``ops.bernoulli_nll_forward(logits, x)[0]`` (up to the order of
+    the float64 sum) and ``dlogits`` equals, bit for bit,
+    ``ops.bernoulli_nll_backward(ones((B, S)), cache)``: the upstream ``dnll[b, s]``
+    is **not** applied, because for the IWAE it depends on every sample's NLL,
+    known only after this pass. Apply it afterwards: either :func:`scale_rows` on
+    ``dlogits.reshape(-1, D)`` (one more pass over ``(B, S, D)``; then the plain
+    ``dense_backward`` follows), or on the ``(B * S, H)`` side, since a row scale
+    commutes with the products: ``dh = scale_rows(g @ W.T, w)``,
+    ``dW = (w[:, None] * h).T @ g`` (a ``(B * S, H)`` scratch; ``h`` itself is still
+    needed by the activation's backward) and ``db`` from :func:`weighted_bias_grad`,
+    where ``g = dlogits.reshape(-1, D)`` and ``w = dnll.reshape(-1)``.
+
+    Works through blocks of rows: ``np.exp`` and ``np.log1p`` (SIMD) fill a block
+    of ``work``, then a numba kernel does the rest of the block in one pass.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (B, S, D)
+    x : ndarray, shape (B, D)
+        Targets in [0, 1], broadcast over samples.
+    nll : ndarray, shape (B, S)
+        Written.
+    dlogits : ndarray, shape (B, S, D)
+        Written. May be ``logits`` itself (in place).
+    work : ndarray, shape (2, rows, D), optional
+        Scratch of the logits' dtype, from :func:`bernoulli_workspace`
+        (allocated here if not given).
+    """
+    B, S, D = logits.shape
+    if work is None:
+        work = bernoulli_workspace(D, logits.dtype)
+    rows = work.shape[1]
+    flat = logits.reshape(B * S, D)
+    for r0 in range(0, B * S, rows):
+        n = min(rows, B * S - r0)
+        e, log1p_e = work[0, :n], work[1, :n]
+        np.abs(flat[r0:r0 + n], out=e)
+        np.negative(e, out=e)
+        np.exp(e, out=e)                  # exp(-|l|): never overflows
+        np.log1p(e, out=log1p_e)
+        _bernoulli_rows(logits, x, e, log1p_e, r0, nll, dlogits)
+
+
+@_kernel
+def _bernoulli_rows(logits, x, e, log1p_e, r0, nll, dlogits):
+    """Rows ``r0 .. r0 + n`` (flat ``b * S + s``) of :func:`bernoulli_nll_and_grad`.
+
+    ``e`` and ``log1p_e`` of shape (n, D) hold ``exp(-|l|)`` and ``log1p`` of it;
+    ``log1p_e`` is overwritten with the per-pixel NLL terms.
+    """
+    B, S, D = logits.shape
+    n = e.shape[0]
+    zero = logits.dtype.type(0.0)
+    one = logits.dtype.type(1.0)
+    for i in range(n):
+        b = (r0 + i) // S
+        s = (r0 + i) - b * S
+        term = log1p_e[i]
+        # no reduction in this loop, so that it vectorizes (a float64 running sum
+        # would be a strict-order dependency chain); the row is summed just below
+        for d in range(D):
+            l = logits[b, s, d]
+            xd = x[b, d]
+            ed = e[i, d]
+            # the term in the dtype, as ops does; only the sum over D is in float64
+            term[d] = ((l if l > zero else zero) - xd * l) + term[d]
+            # sigmoid(l) = 1 / (1 + e) for l >= 0, e / (1 + e) below, as ops.sigmoid
+            dlogits[b, s, d] = (one if l >= zero else ed) / (one + ed) - xd
+        nll[b, s] = _sum_f64(term)
+
+
+@_kernel
+def _sum_f64(t):
+    """``sum(t)`` in float64 with eight interleaved partial sums (not one latency chain)."""
+    D = t.shape[0]
+    D8 = D - D % 8
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float64(0.0)
+    for d in range(0, D8, 8):
+        a0 += t[d]
+        a1 += t[d + 1]
+        a2 += t[d + 2]
+        a3 += t[d + 3]
+        a4 += t[d + 4]
+        a5 += t[d + 5]
+        a6 += t[d + 6]
+        a7 += t[d + 7]
+    tail = np.float64(0.0)
+    for d in range(D8, D):
+        tail += t[d]
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + tail
+
+
+# --------------------------------------------------------------------------
+# Latent part: reparameterization, KL, importance weights (small arrays)
+# --------------------------------------------------------------------------
+@_kernel
+def reparam_kl_forward(mu, log_var, eps, z, kl):
+    """Reparameterized samples and the analytic KL to the prior.
+
+    ``z[b, s] = mu[b] + exp(log_var[b] / 2) * eps[b, s]`` (``ops.reparam_forward``) and
+    ``kl[b] = -1/2 sum_l (1 + log_var - mu^2 - exp(log_var))`` (``ops.gaussian_kl_forward``,
+    summed in float64).
+
+    Parameters
+    ----------
+    mu, log_var : ndarray, shape (B, L)
+    eps : ndarray, shape (B, S, L)
+    z : ndarray, shape (B, S, L)
+        Written.
+    kl : ndarray, shape (B,)
+        Written.
+    """
+    B, S, L = eps.shape
+    half = mu.dtype.type(0.5)
+    one = mu.dtype.type(1.0)
+    sigma = np.empty(L, dtype=mu.dtype)
+    for b in range(B):
+        acc = np.float64(0.0)
+        for j in range(L):
+            lv = log_var[b, j]
+            m = mu[b, j]
+            acc += ((one + lv) - m * m) - np.exp(lv)
+            sigma[j] = np.exp(half * lv)
+        kl[b] = -0.5 * acc
+        for s in range(S):
+            for j in range(L):
+                z[b, s, j] = mu[b, j] + sigma[j] * eps[b, s, j]
+
+
+@_kernel
+def reparam_kl_backward(dz, eps, mu, log_var, dkl, dmu, dlog_var):
+    """Gradients reaching ``mu`` and ``log_var`` through ``z`` and through the analytic KL.
+
+    ``dmu = sum_s dz[:, s] + dkl * mu`` and
+    ``dlog_var = sigma / 2 * sum_s dz[:, s] * eps[:, s] + dkl * (exp(log_var) - 1) / 2``,
+    ``sigma = exp(log_var / 2)``: the sums of ``ops.reparam_backward(dz, ...)`` and
+    ``ops.gaussian_kl_backward(dkl, ...)``. The sums over samples are in float64.
+    Pass ``dkl = 0`` when no analytic KL is in the loss (IWAE, Monte Carlo KL).
+
+    Parameters
+    ----------
+    dz : ndarray, shape (B, S, L)
+    eps : ndarray, shape (B, S, L)
+    mu, log_var : ndarray, shape (B, L)
+    dkl : ndarray, shape (B,)
+    dmu, dlog_var : ndarray, shape (B, L)
+        Written.
+    """
+    B, S, L = dz.shape
+    acc_dz = np.empty(L, dtype=np.float64)
+    acc_dz_eps = np.empty(L, dtype=np.float64)
+    for b in range(B):
+        for j in range(L):
+            acc_dz[j] = 0.0
+            acc_dz_eps[j] = 0.0
+        for s in range(S):
+            for j in range(L):
+                g = np.float64(dz[b, s, j])
+                acc_dz[j] += g
+                acc_dz_eps[j] += g * eps[b, s, j]
+        k = np.float64(dkl[b])
+        for j in range(L):
+            lv = np.float64(log_var[b, j])
+            dmu[b, j] = acc_dz[j] + k * mu[b, j]
+            dlog_var[b, j] = 0.5 * np.exp(0.5 * lv) * acc_dz_eps[j] + k * 0.5 * (np.exp(lv) - 1.0)
+
+
+@_kernel
+def log_weights(nll, z, log_var, eps, log_w):
+    """Log importance weights ``log w = log p(x|z) + log p(z) - log q(z|x)``.
+
+    ``log_w[b, s] = -nll[b, s] + log N(z; 0, I) - log N(z; mu, diag(exp(log_var)))``,
+    i.e. ``-nll + ops.log_standard_normal_forward(z)[0]
+    - ops.log_normal_diag_forward(z, mu, log_var)[0]``. For reparameterized samples
+    ``(z - mu)^2 / var = eps^2`` exactly, so ``eps`` is used (``mu`` is not needed)
+    and the two ``log 2 pi`` terms cancel:
+    ``log_w = -nll - 1/2 sum_l z^2 + 1/2 sum_l eps^2 + 1/2 sum_l log_var``, summed in
+    float64. This is more accurate than the reference, which forms ``z - mu``.
+
+    Parameters
+    ----------
+    nll : ndarray, shape (B, S)
+        From :func:`bernoulli_nll_and_grad`.
+    z, eps : ndarray, shape (B, S, L)
+    log_var : ndarray, shape (B, L)
+    log_w : ndarray, shape (B, S)
+        Written.
+    """
+    B, S, L = z.shape
+    for b in range(B):
+        sum_lv = np.float64(0.0)
+        for j in range(L):
+            sum_lv += log_var[b, j]
+        for s in range(S):
+            quad = np.float64(0.0)
+            for j in range(L):
+                zj = np.float64(z[b, s, j])
+                ej = np.float64(eps[b, s, j])
+                quad += ej * ej - zj * zj
+            log_w[b, s] = 0.5 * (quad + sum_lv) - nll[b, s]
+
+
+@_kernel
+def log_weights_backward(dlog_w, z, eps, log_var, dz, dmu, dlog_var):
+    """Backward of :func:`log_weights` (its ``log p(z) - log q(z|x)`` part).
+
+    With ``r = (z - mu) / var = eps / sigma`` and ``d = dlog_w[b, s]``:
+    ``dz = d * (r - z)``, ``dmu = -sum_s d * r``,
+    ``dlog_var = -1/2 sum_s d * (eps^2 - 1)``: ``ops.log_standard_normal_backward(d)``
+    plus ``ops.log_normal_diag_backward(-d)``. These are the *direct* gradients
+    (``z`` held fixed); ``dz`` still has to go through the reparameterization
+    (:func:`reparam_kl_backward`) after the decoder's ``dz`` is added to it. The
+    gradient with respect to ``nll`` is ``-dlog_w``. Sums over samples in float64.
+
+    Parameters
+    ----------
+    dlog_w : ndarray, shape (B, S)
+    z, eps : ndarray, shape (B, S, L)
+    log_var : ndarray, shape (B, L)
+    dz : ndarray, shape (B, S, L)
+        Written (not added to).
+    dmu, dlog_var : ndarray, shape (B, L)
+        Written.
+    """
+    B, S, L = z.shape
+    inv_sigma = np.empty(L, dtype=np.float64)
+    acc_r = np.empty(L, dtype=np.float64)
+    acc_q = np.empty(L, dtype=np.float64)
+    for b in range(B):
+        for j in range(L):
+            inv_sigma[j] = np.exp(-0.5 * np.float64(log_var[b, j]))
+            acc_r[j] = 0.0
+            acc_q[j] = 0.0
+        for s in range(S):
+            d = np.float64(dlog_w[b, s])
+            for j in range(L):
+                ej = np.float64(eps[b, s, j])
+                dr = d * ej * inv_sigma[j]
+                dz[b, s, j] = dr - d * z[b, s, j]
+                acc_r[j] += dr
+                acc_q[j] += d * (ej * ej - 1.0)
+        for j in range(L):
+            dmu[b, j] = -acc_r[j]
+            dlog_var[b, j] = -0.5 * acc_q[j]
+
+
+@_kernel
+def logsumexp_weights(log_w, bound, w_tilde):
+    """IWAE bound and normalized importance weights, per example.
+
+    ``bound[b] = logsumexp_s(log_w[b, s]) - log S`` (``objectives.iwae_forward``) and
+    ``w_tilde[b, s] = exp(log_w[b, s] - logsumexp_s(log_w[b]))``, the softmax over
+    samples (``ops.logsumexp_backward`` with ``dout = 1``; ``objectives.iwae_backward``
+    is ``dbound[:, None] * w_tilde``). Stable: the row maximum is subtracted, computed
+    in float64, and the weights are formed as ``exp(log_w - max) / sum`` (accurate to
+    a few ulps however large ``|log_w|``; the reference's ``exp(log_w - logsumexp)``
+    loses ``ulp(|log_w|)``, e.g. 1e-13 relative at ``log_w = -500``). Rows that are
+    all ``-inf`` give ``bound = -inf`` and NaN weights, as the reference does.
+
+    Parameters
+    ----------
+    log_w : ndarray, shape (B, S)
+    bound : ndarray, shape (B,)
+        Written.
+    w_tilde : ndarray, shape (B, S)
+        Written. May be ``log_w`` itself (in place).
+    """
+    B, S = log_w.shape
+    log_S = math.log(S)
+    for b in range(B):
+        m = np.float64(log_w[b, 0])
+        for s in range(1, S):
+            v = np.float64(log_w[b, s])
+            if v > m or v != v:  # NaN wins, as in np.max
+                m = v
+        if not math.isfinite(m):
+            m = 0.0
+        total = np.float64(0.0)
+        for s in range(S):
+            total += np.exp(np.float64(log_w[b, s]) - m)
+        bound[b] = (np.log(total) + m) - log_S
+        # exp(a - m) / total rather than the reference's exp(a - logsumexp): the
+        # same weights without the rounding of logsumexp (an ulp of |m|) in the exponent
+        for s in range(S):
+            w_tilde[b, s] = np.exp(np.float64(log_w[b, s]) - m) / total
+
+
+# --------------------------------------------------------------------------
+# Optimizer step
+# --------------------------------------------------------------------------
+@_kernel
+def rmsprop_step(p, g, v, lr, rho, eps):
+    """One RMSprop step (Keras 2), in place, flushing subnormal state in the same pass.
+
+    ``v <- rho * v + (1 - rho) * g^2``; ``p <- p - lr * g / (sqrt(v) + eps)``; then
+    entries of ``v`` below ``np.finfo(v.dtype).tiny`` are set to 0. Operation for
+    operation (and rounding for rounding, scalars cast to ``p``'s dtype first) the
+    ``_update`` plus ``_flush_subnormals`` of :class:`npvae.optim.RMSprop`, so results
+    are bit for bit the same; the step count is kept by the caller.
+
+    Parameters
+    ----------
+    p : ndarray, any shape, C-contiguous
+        Parameter, updated in place.
+    g : ndarray, same shape
+        Gradient (``p``'s dtype, or float64, rounded as the reference does).
+    v : ndarray, same shape and dtype as ``p``
+        Running mean of squared gradients, updated in place.
+    lr, rho, eps : float
+    """
+    pf = p.reshape(p.size)
+    gf = g.reshape(g.size)
+    vf = v.reshape(v.size)
+    t = p.dtype.type
+    lr_ = t(lr)
+    rho_ = t(rho)
+    one_minus_rho = t(1.0 - rho)
+    eps_ = t(eps)
+    tiny = np.finfo(v.dtype).tiny
+    zero = t(0.0)
+    for i in range(pf.size):
+        gi = gf[i]
+        vi = vf[i] * rho_ + t(gi * gi) * one_minus_rho
+        step = t(gi / (np.sqrt(vi) + eps_)) * lr_
+        pf[i] = pf[i] - step
+        vf[i] = zero if vi < tiny else vi

@@ -1,0 +1,366 @@
+"""The numba kernels against the NumPy ops they stand for (npvae.ops is the specification).
+
+Where a kernel does the reference's float operations in the reference's order it is
+checked bit for bit; elsewhere float64 to ~1e-12 and float32 to its precision, relative
+to the scale of the array (sums with cancellation have no useful elementwise relative
+error). Each kernel compiles once per dtype; the shapes vary freely.
+"""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from npvae import kernels as K  # noqa: E402
+from npvae import objectives as obj  # noqa: E402
+from npvae import ops  # noqa: E402
+from npvae.optim import RMSprop  # noqa: E402
+
+DTYPES = [np.float64, np.float32]
+RTOL = {np.float64: 1e-12, np.float32: 2e-6}
+SHAPES = [(1, 1, 7, 5, 3), (3, 4, 7, 5, 3), (1, 5, 3, 1, 2), (4, 1, 13, 9, 1)]  # B, S, D, H, L
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240601)
+
+
+def assert_close(got, want, dtype):
+    """``|got - want| <= rtol * max|want|`` elementwise, plus float32 output for float32."""
+    assert got.dtype == dtype and got.shape == want.shape
+    scale = max(float(np.max(np.abs(want))), 1e-300) if want.size else 1.0
+    np.testing.assert_allclose(got, want, rtol=RTOL[dtype], atol=RTOL[dtype] * scale)
+
+
+def normal(rng, shape, dtype, scale=1.0):
+    return (rng.normal(size=shape) * scale).astype(dtype)
+
+
+def test_module_reports_numba_available():
+    assert K.AVAILABLE is True
+    K.require()  # no error
+
+
+# --------------------------------------------------------------------------
+# Dense-layer passes
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("N,F", [(1, 1), (7, 5), (12, 9)])
+def test_bias_act_forward_equals_dense_bias_then_activation(rng, dtype, act, N, F):
+    a, b = normal(rng, (N, F), dtype, 2.0), normal(rng, (F,), dtype)
+    want = a + b if act == "identity" else ops.ACTIVATIONS[act][0](a + b)[0]
+    out = np.full_like(a, np.nan)
+    K.bias_act_forward(a, b, K.ACT_CODES[act], out)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, want)
+    K.bias_act_forward(a, b, K.ACT_CODES[act], a)  # in place
+    np.testing.assert_array_equal(a, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
+def test_act_backward_from_forward_output_equals_ops_backward(rng, dtype, act):
+    a, dout = normal(rng, (6, 5), dtype), normal(rng, (6, 5), dtype)
+    a[0, :2] = 0.0  # the ReLU kink: subgradient 0
+    if act == "identity":
+        out_act, want = a, dout
+    else:
+        fwd, bwd = ops.ACTIVATIONS[act]
+        out_act, cache = fwd(a)
+        want = bwd(dout, cache)
+    dst = np.full_like(dout, np.nan)
+    K.act_backward(dout, out_act, K.ACT_CODES[act], dst)
+    np.testing.assert_array_equal(dst, want)
+    K.act_backward(dout, out_act, K.ACT_CODES[act], dout)  # dst aliases dout
+    np.testing.assert_array_equal(dout, want)
+
+
+def test_relu_forward_propagates_nan():
+    out = np.empty((1, 3))
+    K.bias_act_forward(np.array([[np.nan, -1.0, 2.0]]), np.zeros(3), K.RELU, out)
+    np.testing.assert_array_equal(out, [[np.nan, 0.0, 2.0]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,F", [(1, 1), (7, 5), (300, 3)])
+def test_bias_grad_equals_dense_backward_db(rng, dtype, N, F):
+    d = normal(rng, (N, F), dtype)
+    _, _, want = ops.dense_backward(d.astype(np.float64), (np.zeros((N, 2)), np.zeros((2, F))))
+    db = np.empty(F, dtype)
+    K.bias_grad(d, db)
+    assert_close(db, want.astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S,D,H,L", SHAPES)
+def test_decoder_output_backward_composes_to_ops(rng, dtype, B, S, D, H, L):
+    """Leaving dnll out of the output pass and applying it to dh is the reference's result."""
+    logits, x = normal(rng, (B, S, D), dtype, 3.0), rng.random((B, D)).astype(dtype)
+    h, W = normal(rng, (B, S, H), dtype), normal(rng, (H, D), dtype)
+    dnll = normal(rng, (B, S), dtype)
+    _, c_nll = ops.bernoulli_nll_forward(logits, x)
+    want_dh, want_dW, want_db = ops.dense_backward(ops.bernoulli_nll_backward(dnll, c_nll), (h, W))
+
+    nll, g = np.empty((B, S), dtype), np.empty_like(logits)
+    K.bernoulli_nll_and_grad(logits, x, nll, g)
+    g2, w = g.reshape(-1, D), dnll.reshape(-1)
+    db = np.empty(D, dtype)
+    K.weighted_bias_grad(g2, w, db)
+    dh = g2 @ W.T                                 # (B * S, H), unscaled
+    dW = (h.reshape(-1, H) * w[:, None]).T @ g2   # the row scale moved onto h
+    K.scale_rows(dh, w)
+    assert_close(dh.reshape(B, S, H), want_dh, dtype)
+    assert_close(dW, want_dW, dtype)
+    assert_close(db, want_db, dtype)
+    # scaling the (B * S, D) rows directly gives the reference's dlogits bit for bit
+    K.scale_rows(g2, w)
+    np.testing.assert_array_equal(g, ops.bernoulli_nll_backward(dnll, c_nll))
+
+
+# --------------------------------------------------------------------------
+# Decoder output
+# --------------------------------------------------------------------------
+def bernoulli_reference(logits, x):
+    nll, cache = ops.bernoulli_nll_forward(logits, x)
+    return nll, ops.bernoulli_nll_backward(np.ones(nll.shape, logits.dtype), cache)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S,D,H,L", SHAPES)
+@pytest.mark.parametrize("block_rows", [None, 1, 5])
+def test_bernoulli_nll_and_grad_equals_ops(rng, dtype, B, S, D, H, L, block_rows):
+    logits = normal(rng, (B, S, D), dtype, 4.0)
+    x = rng.random((B, D)).astype(dtype)
+    x[:, ::2] = x[:, ::2] > 0.5  # binarized and grayscale pixels
+    want_nll, want_d = bernoulli_reference(logits, x)
+    work = None if block_rows is None else K.bernoulli_workspace(D, dtype, block_rows * D)
+    nll, dlogits = np.full((B, S), np.nan, dtype), np.full_like(logits, np.nan)
+    K.bernoulli_nll_and_grad(logits, x, nll, dlogits, work)
+    assert nll.dtype == dlogits.dtype == dtype
+    np.testing.assert_array_equal(dlogits, want_d)
+    # only the order of the float64 sum over pixels differs
+    np.testing.assert_allclose(nll, want_nll, rtol=1e-13 if dtype == np.float64 else 1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bernoulli_nll_and_grad_in_place_over_the_logits(rng, dtype):
+    logits, x = normal(rng, (3, 4, 7), dtype, 3.0), rng.random((3, 7)).astype(dtype)
+    want_nll, want_d = bernoulli_reference(logits, x)
+    nll = np.empty((3, 4), dtype)
+    K.bernoulli_nll_and_grad(logits, x, nll, logits, K.bernoulli_workspace(7, dtype, 3 * 7))
+    np.testing.assert_array_equal(logits, want_d)
+    np.testing.assert_allclose(nll, want_nll, rtol=1e-13 if dtype == np.float64 else 1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bernoulli_nll_and_grad_finite_and_exact_at_extreme_logits(dtype):
+    logits = np.array([[[1e4, -1e4, 1e4, -1e4, 40.0, -40.0, 0.0]]], dtype=dtype)
+    x = np.array([[1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0]], dtype=dtype)
+    nll, dlogits = np.empty((1, 1), dtype), np.empty_like(logits)
+    K.bernoulli_nll_and_grad(logits, x, nll, dlogits)
+    want_nll, want_d = bernoulli_reference(logits, x)
+    np.testing.assert_array_equal(dlogits, want_d)
+    np.testing.assert_array_equal(dlogits[0, 0, :4], [0.0, 0.0, 1.0, -1.0])
+    assert np.isfinite(nll[0, 0])
+    e40 = math.exp(-40.0)
+    exact = 2e4 + 2 * math.log1p(e40) + math.log(2.0)
+    assert nll[0, 0] == want_nll[0, 0] == np.asarray(exact, dtype=dtype)
+
+
+def test_bernoulli_float32_sums_pixels_in_float64(rng):
+    logits, x = rng.normal(size=(2, 3, 784)), rng.random((2, 784))
+    nll64, nll32 = np.empty((2, 3)), np.empty((2, 3), np.float32)
+    K.bernoulli_nll_and_grad(logits, x, nll64, np.empty_like(logits))
+    l32, x32 = logits.astype(np.float32), x.astype(np.float32)
+    K.bernoulli_nll_and_grad(l32, x32, nll32, np.empty_like(l32))
+    np.testing.assert_allclose(nll32, nll64, rtol=2e-7)
+
+
+# --------------------------------------------------------------------------
+# Latent part
+# --------------------------------------------------------------------------
+def latent_inputs(rng, dtype, B, S, L):
+    mu, log_var = normal(rng, (B, L), dtype), normal(rng, (B, L), dtype, 0.7)
+    return mu, log_var, normal(rng, (B, S, L), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S,D,H,L", SHAPES)
+def test_reparam_kl_forward_equals_ops(rng, dtype, B, S, D, H, L):
+    mu, log_var, eps = latent_inputs(rng, dtype, B, S, L)
+    z, kl = np.empty_like(eps), np.empty(B, dtype)
+    K.reparam_kl_forward(mu, log_var, eps, z, kl)
+    # references in float64 from the same inputs: float32 kernels must be within float32 noise
+    m64, lv64, e64 = (a.astype(np.float64) for a in (mu, log_var, eps))
+    assert_close(z, ops.reparam_forward(m64, lv64, e64)[0].astype(dtype), dtype)
+    assert_close(kl, ops.gaussian_kl_forward(m64, lv64)[0].astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S,D,H,L", SHAPES)
+def test_reparam_kl_backward_is_the_sum_of_the_ops_backwards(rng, dtype, B, S, D, H, L):
+    mu, log_var, eps = latent_inputs(rng, dtype, B, S, L)
+    dz, dkl = normal(rng, (B, S, L), dtype), normal(rng, (B,), dtype)
+    dmu, dlog_var = np.empty_like(mu), np.empty_like(mu)
+    K.reparam_kl_backward(dz, eps, mu, log_var, dkl, dmu, dlog_var)
+    m64, lv64, e64, dz64 = (a.astype(np.float64) for a in (mu, log_var, eps, dz))
+    _, c_z = ops.reparam_forward(m64, lv64, e64)
+    _, c_kl = ops.gaussian_kl_forward(m64, lv64)
+    dmu_z, dlv_z = ops.reparam_backward(dz64, c_z)
+    dmu_kl, dlv_kl = ops.gaussian_kl_backward(dkl.astype(np.float64), c_kl)
+    assert_close(dmu, (dmu_z + dmu_kl).astype(dtype), dtype)
+    assert_close(dlog_var, (dlv_z + dlv_kl).astype(dtype), dtype)
+
+
+def log_weights_reference(nll, z, mu, log_var):
+    log_pz, c_pz = ops.log_standard_normal_forward(z)
+    log_qz, c_qz = ops.log_normal_diag_forward(z, mu, log_var)
+    return -nll + log_pz - log_qz, (c_pz, c_qz)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S,D,H,L", SHAPES)
+def test_log_weights_equals_ops_log_densities(rng, dtype, B, S, D, H, L):
+    mu, log_var, eps = latent_inputs(rng, dtype, B, S, L)
+    nll = (rng.random((B, S)) * 200).astype(dtype)
+    z = np.empty_like(eps)
+    K.reparam_kl_forward(mu, log_var, eps, z, np.empty(B, dtype))
+    log_w = np.empty((B, S), dtype)
+    K.log_weights(nll, z, log_var, eps, log_w)
+    want, _ = log_weights_reference(*(a.astype(np.float64) for a in (nll, z, mu, log_var)))
+    assert_close(log_w, want.astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S,D,H,L", SHAPES)
+def test_log_weights_backward_equals_ops_backwards(rng, dtype, B, S, D, H, L):
+    mu, log_var, eps = latent_inputs(rng, dtype, B, S, L)
+    z = np.empty_like(eps)
+    K.reparam_kl_forward(mu, log_var, eps, z, np.empty(B, dtype))
+    dlog_w = normal(rng, (B, S), dtype)
+    dz, dmu, dlog_var = np.empty_like(z), np.empty_like(mu), np.empty_like(mu)
+    K.log_weights_backward(dlog_w, z, eps, log_var, dz, dmu, dlog_var)
+    z64, m64, lv64, d64 = (a.astype(np.float64) for a in (z, mu, log_var, dlog_w))
+    _, (c_pz, c_qz) = log_weights_reference(np.zeros((B, S)), z64, m64, lv64)
+    dz_q, dmu_q, dlv_q = ops.log_normal_diag_backward(-d64, c_qz)
+    assert_close(dz, (ops.log_standard_normal_backward(d64, c_pz) + dz_q).astype(dtype), dtype)
+    assert_close(dmu, dmu_q.astype(dtype), dtype)
+    assert_close(dlog_var, dlv_q.astype(dtype), dtype)
+
+
+def iwae_reference(log_w):
+    bound, cache = obj.iwae_forward(log_w)
+    return bound, obj.iwae_backward(np.ones(log_w.shape[0]), cache)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S", [(1, 1), (3, 4), (5, 1), (2, 50)])
+def test_logsumexp_weights_equals_iwae_bound_and_weights(rng, dtype, B, S):
+    log_w = normal(rng, (B, S), dtype, 30.0) - 500.0
+    bound, w_tilde = np.empty(B, dtype), np.empty((B, S), dtype)
+    K.logsumexp_weights(log_w, bound, w_tilde)
+    want_bound, want_w = iwae_reference(log_w.astype(np.float64))
+    assert_close(bound, want_bound.astype(dtype), dtype)
+    assert_close(w_tilde, want_w.astype(dtype), dtype)
+    np.testing.assert_allclose(w_tilde.sum(axis=1, dtype=np.float64), 1.0, rtol=10 * RTOL[dtype])
+    K.logsumexp_weights(log_w, bound, log_w)  # weights over the log weights, in place
+    np.testing.assert_array_equal(log_w, w_tilde)
+
+
+def test_logsumexp_weights_is_stable_and_handles_minus_inf_rows():
+    log_w = np.array([[-1e4 - 1.0, -1e4], [1e4, 1e4], [-np.inf, -np.inf], [-np.inf, 0.0]])
+    bound, w_tilde = np.empty(4), np.empty((4, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        K.logsumexp_weights(log_w, bound, w_tilde)
+        want_bound, want_w = iwae_reference(log_w)
+    e = math.exp(-1.0)
+    np.testing.assert_allclose(bound[:2], [-1e4 + math.log1p(e) - math.log(2.0), 1e4], rtol=1e-15)
+    # exact weights at |log_w| = 1e4 (the reference's exp(log_w - lse) is off by ~1e-12 here)
+    np.testing.assert_allclose(w_tilde[:2], [[e / (1 + e), 1 / (1 + e)], [0.5, 0.5]], rtol=1e-15)
+    np.testing.assert_allclose(bound, want_bound, rtol=1e-15)  # -inf for the -inf row
+    np.testing.assert_array_equal(w_tilde[2:], want_w[2:])  # NaN weights there, as ops
+
+
+# --------------------------------------------------------------------------
+# RMSprop
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,gdtype", [(np.float64, np.float64), (np.float32, np.float32),
+                                          (np.float32, np.float64)])
+def test_rmsprop_step_equals_optim_rmsprop_bit_for_bit(rng, dtype, gdtype):
+    hyper = dict(lr=3e-3, rho=0.5, epsilon=1e-7)
+    params = {"W": normal(rng, (7, 5), dtype), "b": normal(rng, (5,), dtype)}
+    mine = {k: p.copy() for k, p in params.items()}
+    v = {k: np.zeros_like(p) for k, p in params.items()}
+    opt = RMSprop(**hyper)
+    small_g = 8.0 * math.sqrt(np.finfo(dtype).tiny)  # v = 32 tiny after the first step
+    for step in range(20):
+        grads = {k: normal(rng, p.shape, gdtype, 10.0 ** -rng.integers(0, 6)) for k, p in params.items()}
+        # two columns get a gradient only once: their v halves into subnormals, is flushed
+        grads["W"][:, :2] = small_g if step == 0 else 0.0
+        opt.step(params, grads)
+        for k in params:
+            K.rmsprop_step(mine[k], grads[k], v[k], hyper["lr"], hyper["rho"], hyper["epsilon"])
+            np.testing.assert_array_equal(mine[k], params[k])
+            np.testing.assert_array_equal(v[k], opt._state["v"][k])
+            assert mine[k].dtype == v[k].dtype == dtype
+        if step == 0:
+            assert np.all(v["W"][:, :2] > 0.0)
+    assert np.all(v["W"][:, :2] == 0.0)  # flushed, not carried subnormal
+
+
+def test_rmsprop_step_flushes_subnormal_state_in_the_same_pass():
+    tiny = np.finfo(np.float64).tiny
+    p, v = np.ones(3), np.array([tiny * 1.5, tiny * 4.0, 1.0])
+    K.rmsprop_step(p, np.zeros(3), v, 1e-3, 0.5, 1e-7)
+    np.testing.assert_array_equal(v, [0.0, tiny * 2.0, 0.5])
+    np.testing.assert_array_equal(p, 1.0)
+
+
+# --------------------------------------------------------------------------
+# Without numba
+# --------------------------------------------------------------------------
+def test_kernels_import_and_run_as_python_without_numba():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["numba"] = None  # make `import numba` fail
+        import numpy as np
+        import npvae.kernels as K
+        from npvae import ops
+        assert K.AVAILABLE is False
+        try:
+            K.require()
+        except ImportError as exc:
+            assert "pip install numba" in str(exc), exc
+        else:
+            raise AssertionError("require() did not raise")
+        rng = np.random.default_rng(0)
+        logits, x = rng.normal(size=(2, 3, 5)) * 3, rng.random((2, 5))
+        nll, dlogits = np.empty((2, 3)), np.empty_like(logits)
+        K.bernoulli_nll_and_grad(logits, x, nll, dlogits, K.bernoulli_workspace(5, np.float64, 10))
+        want, cache = ops.bernoulli_nll_forward(logits, x)
+        np.testing.assert_allclose(nll, want, rtol=1e-13)
+        np.testing.assert_array_equal(dlogits, ops.bernoulli_nll_backward(np.ones((2, 3)), cache))
+        a, b, out = rng.normal(size=(4, 3)).astype(np.float32), np.ones(3, np.float32), np.empty((4, 3), np.float32)
+        K.bias_act_forward(a, b, K.RELU, out)
+        np.testing.assert_array_equal(out, ops.relu_forward(a + b)[0])
+        log_w, bound, w = rng.normal(size=(2, 3)), np.empty(2), np.empty((2, 3))
+        K.logsumexp_weights(log_w, bound, w)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-15)
+        print("ok")
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            cwd=repo, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert "numba" not in result.stderr

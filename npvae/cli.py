@@ -20,7 +20,7 @@ from .train import BINARIZE, NOISE, History, TrainingError, fit, load_checkpoint
 # Settings of `npvae train` that a resumed run takes from config.json, with their defaults.
 TRAIN_DEFAULTS = dict(epochs=50, batch_size=100, mc_samples=1, latent_dim=2, hidden=[256], activation="relu",
                       optimizer="rmsprop", lr=None, objective="elbo", noise="fresh", binarize="none", seed=0,
-                      dtype="float64", kl="analytic")
+                      dtype="float64", kl="analytic", estimator="standard")
 
 
 class CLIError(Exception):
@@ -75,6 +75,8 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, help="learning rate (default: the optimizer's)")
     t.add_argument("--objective", choices=("elbo", "iwae"), help="default elbo")
     t.add_argument("--kl", choices=("analytic", "mc"), help="KL term of the ELBO (default analytic)")
+    t.add_argument("--estimator", choices=("standard", "stl", "dreg"),
+                   help="encoder gradient estimator (default standard; stl needs --kl mc or iwae, dreg needs iwae)")
     t.add_argument("--noise", choices=NOISE, help="fresh eps every step, or fixed per example (default fresh)")
     t.add_argument("--binarize", choices=BINARIZE, help="targets: none (grayscale), threshold, dynamic")
     t.add_argument("--seed", type=_non_negative, help="seed of init, shuffling and noise (default 0)")
@@ -135,7 +137,7 @@ def _train(args):
     try:
         history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
                       objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
-                      binarize=s["binarize"], seed=s["seed"], kl=s["kl"], checkpoint=checkpoint,
+                      binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"], checkpoint=checkpoint,
                       resume=args.resume, verbose=0 if args.quiet else 1)
     except KeyboardInterrupt:
         done = load_checkpoint(checkpoint)["history"] if checkpoint.exists() else History()

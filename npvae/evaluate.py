@@ -32,8 +32,7 @@ def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, rn
         ``loss`` (mean negative bound), ``recon`` (mean ``-log p(x|z)``), ``kl``
         (mean analytic KL) and ``n`` (examples).
     """
-    objective = check.choice(objective, "objective", obj.OBJECTIVES)
-    kl = check.choice(kl, "kl", ("analytic", "mc"))
+    objective, kl, _ = obj.check_objective(objective, kl)
     mc_samples = check.positive_int(mc_samples, "mc_samples")
     batch_size = check.positive_int(batch_size, "batch_size")
     model._check_params()

@@ -229,7 +229,7 @@ class VAE:
         logits, _ = self._decode_logits(z)
         return ops.sigmoid(logits)
 
-    def loss_and_grads(self, x, eps, objective="elbo", kl="analytic", return_bound=False):
+    def loss_and_grads(self, x, eps, objective="elbo", kl="analytic", estimator="standard", return_bound=False):
         """The training loss on a batch and its gradient for every parameter.
 
         Parameters
@@ -245,6 +245,12 @@ class VAE:
             For the ELBO: the closed-form KL (as in the Keras example), or its
             Monte Carlo estimate ``mean_s log q(z_s|x) - log p(z_s)``, which
             makes the ELBO the mean of the IWAE's log weights. Ignored by IWAE.
+        estimator : {"standard", "stl", "dreg"}, default "standard"
+            How the encoder's gradient is estimated (the decoder's is the same
+            for all three); see :data:`npvae.objectives.ESTIMATORS`. ``"stl"``
+            needs log weights (``objective="iwae"`` or ``kl="mc"``);
+            ``"dreg"`` needs ``objective="iwae"``. Only ``"standard"`` is the
+            exact gradient of the returned loss.
         return_bound : bool, default False
             Return a :class:`npvae.objectives.Bound` (loss, per-example bound,
             reconstruction and KL terms) in place of the scalar loss.
@@ -255,12 +261,11 @@ class VAE:
         grads : dict of str to ndarray
             Same keys, shapes and dtype as :attr:`params`.
         """
-        objective = check.choice(objective, "objective", obj.OBJECTIVES)
-        kl = check.choice(kl, "kl", ("analytic", "mc"))
+        objective, kl, estimator = obj.check_objective(objective, kl, estimator)
         self._check_params()
         x = self._check_x(x)
         eps = self._check_eps(eps, x.shape[0])
-        return self._loss_and_grads(x, eps, objective, kl, return_bound)
+        return self._loss_and_grads(x, eps, objective, kl, estimator, return_bound)
 
     def bound(self, x, eps, objective="elbo", kl="analytic"):
         """Evaluate a bound on a batch without gradients.
@@ -268,16 +273,15 @@ class VAE:
         Same arguments as :meth:`loss_and_grads`; returns a
         :class:`npvae.objectives.Bound`.
         """
-        objective = check.choice(objective, "objective", obj.OBJECTIVES)
-        kl = check.choice(kl, "kl", ("analytic", "mc"))
+        objective, kl, _ = obj.check_objective(objective, kl)
         self._check_params()
         x = self._check_x(x)
         return self._forward(x, self._check_eps(eps, x.shape[0]), objective, kl)[0]
 
-    def _loss_and_grads(self, x, eps, objective, kl="analytic", return_bound=False):
+    def _loss_and_grads(self, x, eps, objective, kl="analytic", estimator="standard", return_bound=False):
         """:meth:`loss_and_grads` on trusted inputs (the training loop checks once)."""
         bound, cache = self._forward(x, eps, objective, kl)
-        grads = self._backward(cache)
+        grads = self._backward(cache, estimator)
         return (bound if return_bound else bound.loss), grads
 
     def _forward(self, x, eps, objective, kl):
@@ -301,7 +305,7 @@ class VAE:
         result = obj.Bound(float(-bound.mean()), bound, float(nll.mean()), float(kl_exact.mean()))
         return result, c
 
-    def _backward(self, c):
+    def _backward(self, c, estimator="standard"):
         """Gradients of the loss ``-mean(bound)`` for every parameter, in reverse order of :meth:`_forward`."""
         grads = {}
         B = c["kl"][0].shape[0]
@@ -315,12 +319,17 @@ class VAE:
             dz = ops.log_standard_normal_backward(dlog_w, c["pz"])  # (B, S, L)
             dz_q, dmu, dlog_var = ops.log_normal_diag_backward(-dlog_w, c["qz"])
             dz = dz + dz_q
+            if estimator != "standard":
+                # STL and DReG drop the score term: log q's direct dependence on mu, log_var
+                dmu, dlog_var = np.zeros_like(dmu), np.zeros_like(dlog_var)
         else:
             dlog_px, dkl = obj.elbo_backward(dbound, c["bound"])    # (B, S), (B,)
             dmu, dlog_var = ops.gaussian_kl_backward(dkl, c["kl"])  # (B, L)
             dz = 0.0
         dlogits = ops.bernoulli_nll_backward(-dlog_px, c["nll"])    # (B, S, D)
         dz = dz + self._decode_backward(dlogits, c["dec"], grads)   # (B, S, L)
+        if estimator == "dreg":
+            dz = obj.dreg_rescale(dz, c["bound"])                   # weights w~ -> w~^2 on the path to the encoder
         dmu_z, dlog_var_z = ops.reparam_backward(dz, c["z"])        # (B, L)
         self._encode_backward(dmu + dmu_z, dlog_var + dlog_var_z, c["enc"], grads)
         return grads

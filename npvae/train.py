@@ -22,7 +22,7 @@ import numpy as np
 from . import _validate as check
 from . import datasets, io, optim
 from .evaluate import _evaluate
-from .objectives import OBJECTIVES
+from .objectives import check_objective
 
 __all__ = ["fit", "History", "TrainingError", "load_checkpoint"]
 
@@ -77,11 +77,11 @@ class History:
         return io.atomic_write_text(path, self.to_json() + "\n")
 
 
-def _settings(model, n_train, n_val, batch_size, mc_samples, objective, kl, noise, binarize, seed, opt):
+def _settings(model, n_train, n_val, batch_size, mc_samples, objective, kl, estimator, noise, binarize, seed, opt):
     """What a resumed run must share with the run that wrote the checkpoint."""
     architecture = {k: v for k, v in model.config.items() if k != "seed"}  # init is overwritten on resume
     return dict(model=architecture, n_train=n_train, n_val=n_val, batch_size=batch_size,
-                mc_samples=mc_samples, objective=objective, kl=kl, noise=noise, binarize=binarize,
+                mc_samples=mc_samples, objective=objective, kl=kl, estimator=estimator, noise=noise, binarize=binarize,
                 seed=seed, optimizer=opt.get_config() | {"name": type(opt).__name__.lower()})
 
 
@@ -153,7 +153,7 @@ class _Progress:
 
 
 def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo", optimizer="rmsprop",
-        validation_data=None, noise="fresh", binarize="none", seed=0, kl="analytic",
+        validation_data=None, noise="fresh", binarize="none", seed=0, kl="analytic", estimator="standard",
         checkpoint=None, resume=False, verbose=1, file=None):
     """Train ``model`` in place by minibatch gradient descent on ``-bound``.
 
@@ -183,6 +183,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     seed : int, default 0
         Seeds shuffling, noise, binarization and validation noise.
     kl : {"analytic", "mc"}, default "analytic"
+    estimator : {"standard", "stl", "dreg"}, default "standard"
         As in :meth:`npvae.VAE.loss_and_grads`.
     checkpoint : path, optional
         Written atomically at the end of every epoch: parameters, optimizer
@@ -208,8 +209,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     epochs = check.positive_int(epochs, "epochs")
     batch_size = check.positive_int(batch_size, "batch_size")
     mc_samples = check.positive_int(mc_samples, "mc_samples")
-    objective = check.choice(objective, "objective", OBJECTIVES)
-    kl = check.choice(kl, "kl", ("analytic", "mc"))
+    objective, kl, estimator = check_objective(objective, kl, estimator)
     noise = check.choice(noise, "noise", NOISE)
     binarize = check.choice(binarize, "binarize", BINARIZE)
     seed = check.positive_int(seed, "seed", minimum=0)
@@ -225,7 +225,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
 
     n = x_train.shape[0]
     settings = _settings(model, n, None if x_val is None else x_val.shape[0], batch_size, mc_samples,
-                         objective, kl, noise, binarize, seed, opt)
+                         objective, kl, estimator, noise, binarize, seed, opt)
     rng = np.random.default_rng(seed)
     history = History()
     if resume and Path(checkpoint).exists():
@@ -256,7 +256,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
                 eps = model._draw_eps(rng, len(idx), mc_samples)
             else:
                 eps = fixed_eps[idx]
-            bound, grads = model._loss_and_grads(xb, eps, objective, kl, return_bound=True)
+            bound, grads = model._loss_and_grads(xb, eps, objective, kl, estimator, return_bound=True)
             if not np.isfinite(bound.loss):
                 where = f"the last good checkpoint (epoch {len(history)}) is {str(checkpoint)!r}" if (
                     checkpoint is not None and len(history)) else "no checkpoint was written"

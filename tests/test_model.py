@@ -300,3 +300,40 @@ def test_sample_eps_checks_mc_samples():
     b = model.sample_eps(3, 2, rng=np.random.default_rng(5))
     np.testing.assert_array_equal(a, b)
     assert a.shape == (3, 2, 3)
+
+
+# ---------------------------------------------------------------------------
+# Gradient estimators (the statistical checks live in test_estimators.py)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("objective,kl,estimator", [("elbo", "mc", "stl"), ("iwae", "analytic", "stl"),
+                                                    ("iwae", "analytic", "dreg")])
+def test_estimators_change_only_the_encoder_gradient(objective, kl, estimator):
+    model = small_model()
+    x, eps = batch(model, 5, 4)
+    loss_std, g_std = model.loss_and_grads(x, eps, objective=objective, kl=kl)
+    loss_est, g_est = model.loss_and_grads(x, eps, objective=objective, kl=kl, estimator=estimator)
+    assert loss_est == loss_std
+    for k in g_std:
+        if k.startswith("dec."):
+            np.testing.assert_array_equal(g_est[k], g_std[k])
+    assert not np.allclose(g_est["enc.0.W"], g_std["enc.0.W"])
+
+
+def test_dreg_equals_stl_with_one_sample():
+    model = small_model()
+    x, eps = batch(model, 5, 1)
+    _, g_stl = model.loss_and_grads(x, eps, objective="iwae", estimator="stl")
+    _, g_dreg = model.loss_and_grads(x, eps, objective="iwae", estimator="dreg")
+    for k in g_stl:
+        np.testing.assert_allclose(g_dreg[k], g_stl[k], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(objective="elbo", estimator="dreg"), r"estimator: 'dreg' .* applies to objective='iwae'"),
+    (dict(objective="elbo", kl="analytic", estimator="stl"), r"estimator: 'stl' .* use kl='mc'"),
+    (dict(estimator="reinforce"), r"estimator: expected one of 'standard', 'stl', 'dreg'"),
+])
+def test_estimator_that_does_not_apply_is_refused(good, kwargs, match):
+    model, x, eps = good
+    with pytest.raises(ValueError, match=match):
+        model.loss_and_grads(x, eps, **kwargs)

@@ -271,7 +271,8 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
         if x_val is not None:
             vrng = np.random.default_rng([seed, 2, epoch])
             xv = x_val if binarize == "none" else datasets.binarize(x_val, binarize, rng=vrng)
-            val = _evaluate(model, xv, mc_samples, objective, 1000, vrng, kl)
+            # about 10,000 (example, sample) rows a chunk bounds memory for any S
+            val = _evaluate(model, xv, mc_samples, objective, max(1, 10000 // mc_samples), vrng, kl)
             record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
         history.append(record)
         if checkpoint is not None:

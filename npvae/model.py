@@ -6,6 +6,8 @@ reparameterization ``z = mu + exp(log_var / 2) * eps`` with ``eps`` of shape
 ``(B, S, L)``, and a Bernoulli decoder ``p(x|z)`` given by logits.
 """
 
+import warnings
+
 import numpy as np
 
 from . import _validate as check
@@ -13,6 +15,44 @@ from . import objectives as obj
 from . import ops
 
 __all__ = ["VAE"]
+
+BACKENDS = ("auto", "numba", "numpy")
+_warned_no_numba = False
+
+
+def _numba_importable():
+    """Whether numba can be imported, without importing it (that costs ~1 s)."""
+    import importlib.util
+    import sys
+    if "numba" in sys.modules:                 # imported, or blocked with sys.modules["numba"] = None
+        return sys.modules["numba"] is not None
+    try:
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _warn_no_numba(reason="numba is not installed"):
+    global _warned_no_numba
+    if not _warned_no_numba:
+        _warned_no_numba = True
+        warnings.warn(f"{reason}; npvae uses its NumPy reference path (slower). pip install numba",
+                      RuntimeWarning, stacklevel=4)
+
+
+def _resolve_backend(backend):
+    """"auto" -> "numba" if numba is installed, else "numpy" with one warning per process."""
+    backend = check.choice(backend, "backend", BACKENDS)
+    if backend == "numba":
+        from . import kernels
+        kernels.require()
+    elif backend == "auto":
+        if _numba_importable():
+            backend = "numba"
+        else:
+            backend = "numpy"
+            _warn_no_numba()
+    return backend
 
 
 class VAE:
@@ -32,6 +72,13 @@ class VAE:
         Seed of the weights' initialization (Keras' glorot_uniform, biases 0).
     dtype : {np.float64, np.float32}, default np.float64
         Parameter and computation dtype. Gradient checks need float64.
+    backend : {"auto", "numba", "numpy"}, default "auto"
+        How the loss and gradients are computed: ``"numpy"`` composes the
+        reference ops of :mod:`npvae.ops` (the specification); ``"numba"`` runs
+        the fused kernels of :mod:`npvae.fused` (same results to float rounding,
+        several times faster, preallocated workspaces). ``"auto"`` picks numba
+        when it is installed, else NumPy with a warning. Not part of
+        :attr:`config`: a saved model loads with ``"auto"``.
 
     Attributes
     ----------
@@ -41,6 +88,8 @@ class VAE:
         ``"dec.0.W"``, ``"dec.0.b"``, ..., ``"dec.out.W"``, ``"dec.out.b"``.
         ``W`` is shaped ``(fan_in, fan_out)``. The arrays may be assigned
         (same shape and dtype) or updated in place.
+    backend : str
+        ``"numba"`` or ``"numpy"``, as resolved from the ``backend`` argument.
 
     Examples
     --------
@@ -52,7 +101,7 @@ class VAE:
     """
 
     def __init__(self, input_dim=784, hidden=(256,), latent_dim=2, activation="relu",
-                 seed=0, dtype=np.float64):
+                 seed=0, dtype=np.float64, backend="auto"):
         self.input_dim = check.positive_int(input_dim, "input_dim")
         if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
             hidden = (hidden,)
@@ -69,6 +118,7 @@ class VAE:
             seed = check.positive_int(seed, "seed", minimum=0)
         self.seed = seed
         self.dtype = check.float_dtype(dtype)
+        self.backend = _resolve_backend(backend)
         self.params = self._init_params(np.random.default_rng(seed))
 
     # ------------------------------------------------------------------
@@ -114,6 +164,20 @@ class VAE:
         """The constructor arguments, as a dict (what :func:`npvae.load` rebuilds from)."""
         return dict(input_dim=self.input_dim, hidden=list(self.hidden), latent_dim=self.latent_dim,
                     activation=self.activation, seed=self.seed, dtype=self.dtype.name)
+
+    def _fused(self):
+        """:mod:`npvae.fused` if this model runs the numba backend, else None.
+
+        Imported here, on first use, so that ``import npvae`` never imports numba.
+        """
+        if self.backend != "numba":
+            return None
+        from . import fused
+        if not fused.K.AVAILABLE:  # "auto" found numba installed, but it failed to import
+            self.backend = "numpy"
+            _warn_no_numba(f"numba could not be imported ({fused.K._IMPORT_ERROR})")
+            return None
+        return fused
 
     # ------------------------------------------------------------------
     # Input checks
@@ -265,7 +329,11 @@ class VAE:
         self._check_params()
         x = self._check_x(x)
         eps = self._check_eps(eps, x.shape[0])
-        return self._loss_and_grads(x, eps, objective, kl, estimator, return_bound)
+        loss, grads = self._loss_and_grads(x, eps, objective, kl, estimator, return_bound)
+        if self.backend == "numba":
+            # the fused path's grads live in a workspace that the next call overwrites
+            grads = {k: g.copy() for k, g in grads.items()}
+        return loss, grads
 
     def bound(self, x, eps, objective="elbo", kl="analytic"):
         """Evaluate a bound on a batch without gradients.
@@ -279,13 +347,27 @@ class VAE:
         return self._forward(x, self._check_eps(eps, x.shape[0]), objective, kl)[0]
 
     def _loss_and_grads(self, x, eps, objective, kl="analytic", estimator="standard", return_bound=False):
-        """:meth:`loss_and_grads` on trusted inputs (the training loop checks once)."""
+        """:meth:`loss_and_grads` on trusted inputs (the training loop checks once).
+
+        With the numba backend the grads are views into a workspace that the next
+        call of the same shapes overwrites (see :func:`npvae.fused.loss_and_grads`).
+        """
+        fused = self._fused()
+        if fused is not None:
+            return fused.loss_and_grads(self, x, eps, objective, kl, estimator, return_bound)
         bound, cache = self._forward(x, eps, objective, kl)
         grads = self._backward(cache, estimator)
         return (bound if return_bound else bound.loss), grads
 
     def _forward(self, x, eps, objective, kl):
-        """The bound, and every op's cache for :meth:`_backward`."""
+        """The bound, and every op's cache for :meth:`_backward`.
+
+        With the numba backend: the bound from :func:`npvae.fused.forward` and no cache
+        (``None``); only the NumPy path's :meth:`_loss_and_grads` uses the cache.
+        """
+        fused = self._fused()
+        if fused is not None:
+            return fused.forward(self, x, eps, objective, kl), None
         c = {"objective": objective, "log_weights": objective == "iwae" or kl == "mc"}
         mu, log_var, c["enc"] = self._encode(x)                     # (B, L) each
         z, c["z"] = ops.reparam_forward(mu, log_var, eps)           # (B, S, L)

@@ -125,6 +125,35 @@ def test_decoder_output_backward_composes_to_ops(rng, dtype, B, S, D, H, L):
     np.testing.assert_array_equal(g, ops.bernoulli_nll_backward(dnll, c_nll))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,F", [(1, 1), (7, 5), (12, 9)])
+def test_scale_rows_into_equals_broadcast_product(rng, dtype, N, F):
+    a, w = normal(rng, (N, F), dtype), normal(rng, (N,), dtype)
+    out = np.full_like(a, np.nan)
+    K.scale_rows_into(a, w, out)
+    np.testing.assert_array_equal(out, a * w[:, None])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("N,F", [(1, 1), (6, 5), (11, 3)])
+def test_act_backward_rows_equals_row_scale_then_ops_backward(rng, dtype, act, N, F):
+    a, dout, w = normal(rng, (N, F), dtype), normal(rng, (N, F), dtype), normal(rng, (N,), dtype)
+    a[0, :1] = 0.0  # the ReLU kink: subgradient 0
+    scaled = dout * w[:, None]
+    if act == "identity":
+        out_act, want = a, scaled
+    else:
+        fwd, bwd = ops.ACTIVATIONS[act]
+        out_act, cache = fwd(a)
+        want = bwd(scaled, cache)
+    dst = np.full_like(dout, np.nan)
+    K.act_backward_rows(dout, out_act, K.ACT_CODES[act], w, dst)
+    np.testing.assert_array_equal(dst, want)
+    K.act_backward_rows(dout, out_act, K.ACT_CODES[act], w, dout)  # in place
+    np.testing.assert_array_equal(dout, want)
+
+
 # --------------------------------------------------------------------------
 # Decoder output
 # --------------------------------------------------------------------------
@@ -147,6 +176,26 @@ def test_bernoulli_nll_and_grad_equals_ops(rng, dtype, B, S, D, H, L, block_rows
     assert nll.dtype == dlogits.dtype == dtype
     np.testing.assert_array_equal(dlogits, want_d)
     # only the order of the float64 sum over pixels differs
+    np.testing.assert_allclose(nll, want_nll, rtol=1e-13 if dtype == np.float64 else 1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S,D,H,L", SHAPES)
+def test_bernoulli_nll_and_grad_adds_the_output_bias_in_its_pass(rng, dtype, B, S, D, H, L):
+    a, bias = normal(rng, (B, S, D), dtype, 4.0), normal(rng, (D,), dtype)
+    x = rng.random((B, D)).astype(dtype)
+    logits = a + bias  # ops.dense_forward's "+ b"
+    want_nll, want_d = bernoulli_reference(logits, x)
+    nll, dlogits = np.empty((B, S), dtype), np.empty_like(a)
+    K.bernoulli_nll_and_grad(a, x, nll, dlogits, K.bernoulli_workspace(D, dtype, 2 * D), bias=bias)
+    np.testing.assert_array_equal(a, logits)  # the biased logits, in place
+    np.testing.assert_array_equal(dlogits, want_d)
+    np.testing.assert_allclose(nll, want_nll, rtol=1e-13 if dtype == np.float64 else 1e-7)
+    a = logits - bias  # in place over the logits too (the fused training step does this)
+    a[...] = normal(rng, (B, S, D), dtype, 4.0)
+    want_nll, want_d = bernoulli_reference(a + bias, x)
+    K.bernoulli_nll_and_grad(a, x, nll, a, bias=bias)
+    np.testing.assert_array_equal(a, want_d)
     np.testing.assert_allclose(nll, want_nll, rtol=1e-13 if dtype == np.float64 else 1e-7)
 
 

@@ -1,4 +1,8 @@
-"""The VAE: its gradients, its bounds on the sample axis, its initialization and its input checks."""
+"""The VAE: its gradients, its bounds on the sample axis, its initialization and its input checks.
+
+These tests hold the NumPy reference path (the specification); test_fused.py holds the
+numba backend equal to it.
+"""
 
 import numpy as np
 import pytest
@@ -10,7 +14,8 @@ TOL = 1e-6
 
 
 def small_model(activation="relu", hidden=(6, 5), seed=3, dtype=np.float64):
-    model = VAE(input_dim=7, hidden=hidden, latent_dim=3, activation=activation, seed=seed, dtype=dtype)
+    model = VAE(input_dim=7, hidden=hidden, latent_dim=3, activation=activation, seed=seed, dtype=dtype,
+                backend="numpy")
     # Nonzero biases, so that their gradients are not checked only at a special point.
     rng = np.random.default_rng(seed + 100)
     for name, p in model.params.items():

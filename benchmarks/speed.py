@@ -1,0 +1,628 @@
+"""Training speed per epoch: npvae (numba float32, numba float64, NumPy reference) against the PyTorch peer.
+
+The seed's model (784-256-2, relu, batch 100, RMSprop lr 1e-3 rho 0.9, ELBO with analytic KL),
+MNIST grayscale. Every measurement runs in its own subprocess with the same thread count for
+BLAS, OpenMP and torch, and the contenders alternate (S by S, in a rotated order per repeat), so
+the ratios come from one run under the same load. Reported per contender and S: the median
+training time per epoch (validation excluded, as in ``npvae.fit``'s and the peer's
+``seconds``), its spread (min-max over the timed epochs), the ratio to the peer, the peak
+memory of the process (``ru_maxrss``, and its growth over the process's footprint after
+setup), and the fraction of this machine's matrix-multiply rate achieved: the dense layers'
+FLOPs of an epoch divided by the epoch time, over the rate of a single
+``(100*S, 256) @ (256, 784)`` product of the same dtype measured in this run with NumPy's BLAS.
+
+Also: a per-phase profile of the numba float32 step (S=1 and S=25), and per-epoch times of a
+20-epoch run of npvae numba float32 (and the peer) at S=1 on a subset, to show that epoch time
+does not drift upward (RMSprop's running averages decaying into subnormal floats).
+
+    python benchmarks/speed.py --subset 10000 --epochs 2 --samples 1 5 25 50 --threads 1
+
+Writes a Markdown table to ``benchmarks/results/speed.md`` (``--out``).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CONTENDERS = ("numba-float32", "numba-float64", "numpy-float64", "torch-float32")
+PEER = "torch-float32"
+D, H, L, BATCH = 784, 256, 2, 100
+
+
+# --------------------------------------------------------------------------
+# Workers (one subprocess per measurement)
+# --------------------------------------------------------------------------
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _maxrss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _load_x(subset):
+    sys.path.insert(0, REPO)
+    import npvae
+    data = os.environ.get("NPVAE_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
+    (x, _), _ = npvae.load_mnist(data if os.path.exists(data) else None, download=False, progress=False)
+    return x if subset is None else x[:subset]
+
+
+class _EpochClock:
+    """Process CPU time at the end of each epoch: a file for ``npvae.fit(verbose=2)`` (one line
+    per epoch) or a callback for the peer's ``train``."""
+
+    def __init__(self):
+        self.marks = [time.process_time()]
+
+    def write(self, text):
+        if text.strip():
+            self.marks.append(time.process_time())
+
+    def flush(self):
+        pass
+
+    def __call__(self, record):
+        self.marks.append(time.process_time())
+
+    def per_epoch(self):
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def _gemm_rate(S, lib, dtype, reps=8):
+    """GFLOPS of ``(100*S, 256) @ (256, 784)`` in this process, right after training."""
+    M = BATCH * S
+    if lib == "torch":
+        import torch
+        a, b, o = torch.rand(M, H), torch.rand(H, D), torch.empty(M, D)
+
+        def f():
+            torch.matmul(a, b, out=o)
+    else:
+        rng = np.random.default_rng(0)
+        a, b = rng.random((M, H)).astype(dtype), rng.random((H, D)).astype(dtype)
+        o = np.empty((M, D), dtype)
+
+        def f():
+            np.matmul(a, b, out=o)
+    f()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return 2.0 * M * H * D / np.median(ts) / 1e9
+
+
+def worker_train(contender, S, epochs, subset, threads, seed=0):
+    """Train a fresh model for ``epochs`` epochs; return per-epoch wall and CPU seconds, memory,
+    and the matrix-multiply rate measured in the same process right after."""
+    x = _load_x(subset)
+    clock = _EpochClock()
+    if contender.startswith("torch"):
+        import torch
+        sys.path.insert(0, os.path.join(HERE, "peers"))
+        import torch_vae as tv
+        torch.set_num_threads(threads)
+        warm = tv.build_model(seed=seed)
+        tv.train(warm, x[:2 * BATCH], 1, mc_samples=S, seed=seed, threads=threads)  # allocator warm-up
+        rss0 = _rss_mb()
+        model = tv.build_model(seed=seed)
+        clock.marks = [time.process_time()]
+        history = tv.train(model, x, epochs, batch_size=BATCH, mc_samples=S, seed=seed, threads=threads,
+                           callback=clock)
+        seconds = [r["seconds"] for r in history]
+        losses = [r["loss"] for r in history]
+    else:
+        import npvae
+        backend, dtype = contender.split("-")
+        backend = {"numba": "numba", "numpy": "numpy"}[backend]
+        warm = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+        npvae.fit(warm, x[:2 * BATCH], epochs=1, batch_size=BATCH, mc_samples=S, verbose=0)  # numba cache load
+        x = x.astype(dtype, copy=False)  # as fit would, outside the clock and the memory growth
+        rss0 = _rss_mb()
+        model = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+        clock.marks = [time.process_time()]
+        history = npvae.fit(model, x, epochs=epochs, batch_size=BATCH, mc_samples=S, verbose=2, seed=seed,
+                            file=clock)
+        seconds = list(history["seconds"])
+        losses = list(history["loss"])
+    maxrss = _maxrss_mb()
+    lib = "torch" if contender.startswith("torch") else "numpy"
+    rate = _gemm_rate(S, lib, np.float32 if contender.endswith("32") else np.float64)
+    return dict(seconds=[float(s) for s in seconds], cpu=clock.per_epoch(), loss=[float(v) for v in losses],
+                rss_setup_mb=rss0, maxrss_mb=maxrss, gemm_gflops=rate)
+
+
+def worker_drift(contender, epochs, subset, threads, seed=0):
+    """Per-epoch wall and CPU seconds of one long run at S=1, with the number of subnormal
+    floats in the optimizer's running averages and in the parameters after each epoch."""
+    x = _load_x(subset)
+    records = []
+    if contender.startswith("torch"):
+        import torch
+        sys.path.insert(0, os.path.join(HERE, "peers"))
+        import torch_vae as tv
+        optimizers = []
+
+        class Recording(torch.optim.RMSprop):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                optimizers.append(self)
+
+        tv.torch.optim.RMSprop = Recording
+        model = tv.build_model(seed=seed)
+        tiny = torch.finfo(torch.float32).tiny
+        cpu = [time.process_time()]
+
+        def count(tensors):
+            return int(sum(((t != 0) & (t.abs() < tiny)).sum().item() for t in tensors))
+
+        def callback(r):
+            now = time.process_time()
+            state = [s["square_avg"] for s in optimizers[-1].state.values()]
+            records.append(dict(seconds=r["seconds"], cpu=now - cpu[0], subnormal_state=count(state),
+                                subnormal_params=count(list(model.parameters()))))
+            cpu[0] = time.process_time()
+
+        tv.train(model, x, epochs, batch_size=BATCH, mc_samples=1, seed=seed, threads=threads, callback=callback)
+    else:
+        import npvae
+        from npvae import optim
+        backend, dtype = contender.split("-")
+        warm = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+        npvae.fit(warm, x[:2 * BATCH], epochs=1, batch_size=BATCH, verbose=0)  # numba cache load
+        model = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+        opt = optim.RMSprop()
+        x = x.astype(dtype)
+        tiny = np.finfo(dtype).tiny
+
+        def count(arrays):
+            return int(sum(np.count_nonzero((a != 0) & (np.abs(a) < tiny)) for a in arrays))
+
+        for epoch in range(epochs):  # one fit call per epoch, the optimizer (and its state) carried over
+            c0 = time.process_time()
+            h = npvae.fit(model, x, epochs=1, batch_size=BATCH, mc_samples=1, optimizer=opt, seed=seed + epoch,
+                          verbose=0)
+            records.append(dict(seconds=float(h["seconds"][0]), cpu=time.process_time() - c0,
+                                subnormal_state=count(opt._state["v"].values()),
+                                subnormal_params=count(model.params.values())))
+    return records
+
+
+def worker_gemm(S, threads, reps=15):
+    """GFLOPS of ``(100*S, 256) @ (256, 784)`` in NumPy (float32, float64) and torch (float32)."""
+    rng = np.random.default_rng(0)
+    out = {}
+
+    def rate(f, flops):
+        f()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        return flops / np.median(ts) / 1e9
+
+    M = BATCH * S
+    flops = 2.0 * M * H * D
+    for dt in (np.float32, np.float64):
+        a, b = rng.random((M, H)).astype(dt), rng.random((H, D)).astype(dt)
+        o = np.empty((M, D), dt)
+        out[f"numpy-{np.dtype(dt).name}"] = rate(lambda: np.matmul(a, b, out=o), flops)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+        a, b = torch.rand(M, H), torch.rand(H, D)
+        o = torch.empty(M, D)
+        out["torch-float32"] = rate(lambda: torch.matmul(a, b, out=o), flops)
+    except ImportError:
+        pass
+    return out
+
+
+class _Profiler:
+    def __init__(self):
+        self.t, self.last = {}, None
+
+    def start(self):
+        self.last = time.perf_counter()
+
+    def mark(self, phase):
+        now = time.perf_counter()
+        self.t[phase] = self.t.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
+def worker_profile(S, steps, subset, threads, dtype="float32"):
+    """Share of each phase of the numba step (+ RMSprop) over ``steps`` training steps."""
+    import npvae
+    from npvae import fused, optim
+    x = _load_x(subset)
+    model = npvae.VAE(dtype=dtype, backend="numba")
+    opt = optim.RMSprop()
+    rng = np.random.default_rng(0)
+    x = x.astype(dtype)
+
+    def batch(i):
+        xb = x[(i * BATCH) % (len(x) - BATCH):][:BATCH]
+        return xb, model._draw_eps(rng, BATCH, S)
+
+    for i in range(3):  # warm-up: compile cache, workspaces, optimizer state
+        _, g = model._loss_and_grads(*batch(i), "elbo", return_bound=True)
+        opt.step(model.params, g)
+    prof = _Profiler()
+    fused.PROFILER = prof
+    total = 0.0
+    for i in range(steps):
+        xb, eps = batch(i)
+        t0 = time.perf_counter()
+        prof.start()
+        _, g = model._loss_and_grads(xb, eps, "elbo", return_bound=True)
+        opt.step(model.params, g)
+        prof.mark("optimizer (RMSprop, fused kernel)")
+        total += time.perf_counter() - t0
+    fused.PROFILER = None
+    return dict(step_ms=1e3 * total / steps, phases={k: v / total for k, v in prof.t.items()})
+
+
+def run_worker(args):
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    if args.worker == "train":
+        res = worker_train(args.contender, args.S, args.epochs, args.subset, args.threads)
+    elif args.worker == "drift":
+        res = worker_drift(args.contender, args.epochs, args.subset, args.threads)
+    elif args.worker == "gemm":
+        res = worker_gemm(args.S, args.threads)
+    else:
+        res = worker_profile(args.S, args.steps, args.subset, args.threads)
+    if isinstance(res, list):
+        res = {"records": res}
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+# --------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------
+def thread_env(threads):
+    env = dict(os.environ)
+    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[k] = str(threads)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def spawn(threads, *argv):
+    cmd = [sys.executable, os.path.abspath(__file__), *map(str, argv), "--threads", str(threads)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads))
+    if p.returncode != 0:
+        raise RuntimeError(f"worker {argv} failed:\n{p.stderr[-3000:]}")
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    res = json.loads(line[len("RESULT "):])
+    res["wall"] = time.perf_counter() - t0
+    return res
+
+
+def dense_flops_per_epoch(n, S, batch=BATCH):
+    """Multiply-add FLOPs (x2) of the dense layers in one epoch: forward, and backward's dW and
+    dX products (no dX for the encoder's input layer: x needs no gradient)."""
+    total = 0.0
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        enc = [(b, D, H), (b, H, L), (b, H, L)]          # (rows, fan_in, fan_out)
+        dec = [(b * S, L, H), (b * S, H, D)]
+        fwd = sum(2.0 * r * i * o for r, i, o in enc + dec)
+        dW = fwd
+        dX = fwd - 2.0 * b * D * H
+        total += fwd + dW + dX
+    return total
+
+
+def loadavg():
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def blas_info():
+    info = {}
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        info["numpy"] = f"NumPy {np.__version__}, {blas.get('name')} {blas.get('version')}"
+    except Exception:  # noqa: BLE001 (older NumPy)
+        info["numpy"] = f"NumPy {np.__version__}"
+    core = _openblas_core()
+    if core:
+        info["numpy"] += f" (OpenBLAS kernels: {core})"
+    try:
+        import numba
+        info["numba"] = f"numba {numba.__version__}"
+    except ImportError:
+        pass
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__); "
+                              "print(torch.__config__.show())"], capture_output=True, text=True).stdout
+        lines = out.splitlines()
+        mkl = [ln.strip(" -") for ln in lines if "Math Kernel" in ln or "MKL-DNN" in ln]
+        info["torch"] = f"torch {lines[0]} ({'; '.join(mkl)})"
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def _openblas_core():
+    """The CPU kernel set OpenBLAS picked at run time (DYNAMIC_ARCH builds), or None."""
+    import ctypes
+    import glob
+    folder = os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs")
+    for path in glob.glob(os.path.join(folder, "*openblas*")):
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                     "openblas_get_corename64_", "openblas_get_corename"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return None
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def fmt_s(v):
+    return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", choices=["train", "gemm", "profile", "drift"], help=argparse.SUPPRESS)
+    p.add_argument("--contender", help=argparse.SUPPRESS)
+    p.add_argument("--S", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=60, help=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per contender, S and repeat")
+    p.add_argument("--samples", type=int, nargs="+", default=[1, 5, 25, 50], help="values of S")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of the alternation")
+    p.add_argument("--threads", type=int, default=1, help="threads for BLAS, OpenMP and torch")
+    p.add_argument("--subset", type=int, default=None, help="train on the first N images (default: all 60000)")
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    p.add_argument("--numpy-samples", type=int, nargs="+", default=None,
+                   help="values of S for the (slow) NumPy reference path (default: all)")
+    p.add_argument("--drift-epochs", type=int, default=20, help="0 to skip the drift run")
+    p.add_argument("--drift-subset", type=int, default=10000)
+    p.add_argument("--drift-contenders", nargs="+", default=["numba-float32", PEER], choices=CONTENDERS)
+    p.add_argument("--profile-samples", type=int, nargs="*", default=[1, 25])
+    p.add_argument("--profile-steps", type=int, default=60)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "speed.md"))
+    args = p.parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+
+    T = args.threads
+    n = args.subset or 60000
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load_start = loadavg()
+    print(f"threads {T}, {n} images, load {load_start}", flush=True)
+    times = {}      # (contender, S) -> list of epoch seconds
+    mem = {}        # (contender, S) -> (maxrss, growth)
+    gemm = {}       # S -> list of {name: GFLOPS}
+    losses = {}     # (contender, S) -> train loss of the last epoch (first repeat)
+    cpus = {}       # (contender, S) -> list of epoch CPU seconds
+    rates = {}      # (contender, S) -> GEMM GFLOPS measured in the worker right after training
+    for rep in range(args.repeats):
+        for S in args.samples:
+            gemm.setdefault(S, []).append(spawn(T, "--worker", "gemm", "--S", S))
+            order = args.contenders[rep % len(args.contenders):] + args.contenders[:rep % len(args.contenders)]
+            for c in order:
+                if c.startswith("numpy") and args.numpy_samples is not None and S not in args.numpy_samples:
+                    continue
+                res = spawn(T, "--worker", "train", "--contender", c, "--S", S, "--epochs", args.epochs,
+                            *(["--subset", args.subset] if args.subset else []))
+                times.setdefault((c, S), []).extend(res["seconds"])
+                cpus.setdefault((c, S), []).extend(res["cpu"])
+                rates.setdefault((c, S), []).append(res["gemm_gflops"])
+                losses.setdefault((c, S), res["loss"][-1])
+                m = mem.get((c, S), (0.0, 0.0))
+                mem[(c, S)] = (max(m[0], res["maxrss_mb"]), max(m[1], res["maxrss_mb"] - res["rss_setup_mb"]))
+                print(f"rep {rep} S={S:3d} {c:14s} epochs {['%.2f' % s for s in res['seconds']]} "
+                      f"cpu {['%.2f' % s for s in res['cpu']]} gemm {res['gemm_gflops']:.1f} "
+                      f"loss {res['loss'][-1]:.3f} maxrss {res['maxrss_mb']:.0f} MB load {loadavg()}", flush=True)
+
+    profiles = {}
+    for S in args.profile_samples:
+        profiles[S] = spawn(T, "--worker", "profile", "--S", S, "--steps", args.profile_steps,
+                            *(["--subset", args.subset] if args.subset else []))
+        print(f"profile S={S}: {profiles[S]['step_ms']:.2f} ms/step", flush=True)
+
+    drift = {}
+    if args.drift_epochs:
+        for c in args.drift_contenders:
+            drift[c] = spawn(T, "--worker", "drift", "--contender", c, "--epochs", args.drift_epochs,
+                             "--subset", args.drift_subset)["records"]
+            print(f"drift {c}: {['%.2f' % r['seconds'] for r in drift[c]]}", flush=True)
+    load_end = loadavg()
+
+    # ---- report -------------------------------------------------------------------
+    cmd = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    info = blas_info()
+    lines = ["# Training speed per epoch", "",
+             f"Command: `{cmd}`  ", f"Started {started}; machine: {cpu_name()}, {os.cpu_count()} logical CPUs; "
+             f"Python {platform.python_version()}.  ",
+             f"Threads: {T} for every contender (OPENBLAS/OMP/MKL_NUM_THREADS={T}, torch.set_num_threads({T})); "
+             "numba kernels are serial.  ",
+             "BLAS: " + "; ".join(info.values()) + ".  ",
+             f"Load average (1/5/15 min) at start {load_start}, at end {load_end}: the machine was shared, "
+             "so absolute times are noisy; the ratios come from the same run, contenders alternating.  ",
+             f"Data: the first {n} MNIST training images (grayscale), batch {BATCH}, 784-256-2 relu, RMSprop "
+             f"(lr 1e-3, rho 0.9), ELBO with analytic KL; {args.epochs} timed epoch(s) per contender and S, "
+             f"{args.repeats} repeat(s); one warm-up step per process before timing (numba's cache load). "
+             "Epoch time is training only (no validation).", ""]
+    lines += ["## Seconds per epoch (median, [min-max]) and ratio to the PyTorch peer", "",
+              "| S | " + " | ".join(args.contenders) + " | " + " | ".join(
+                  f"{c} / peer" for c in args.contenders if c != PEER) + " |",
+              "|---" * (1 + len(args.contenders) + len([c for c in args.contenders if c != PEER])) + "|"]
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    for S in args.samples:
+        cells = []
+        for c in args.contenders:
+            v = times.get((c, S))
+            cells.append("-" if not v else f"{fmt_s(med[(c, S)])} [{fmt_s(min(v))}-{fmt_s(max(v))}]")
+        ratios = []
+        for c in args.contenders:
+            if c == PEER:
+                continue
+            if (c, S) in med and (PEER, S) in med:
+                ratios.append(f"{med[(c, S)] / med[(PEER, S)]:.2f}")
+            else:
+                ratios.append("-")
+        lines.append(f"| {S} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    lines += ["", "Target: numba float32 at most 0.67x the peer at every S.", ""]
+    if "numba-float32" in args.contenders and PEER in args.contenders:
+        for S in args.samples:
+            if ("numba-float32", S) in med and (PEER, S) in med:
+                r = med[("numba-float32", S)] / med[(PEER, S)]
+                verdict = "met" if r <= 0.67 else f"missed by {r / 0.67:.2f}x ({r:.2f} vs 0.67)"
+                lines.append(f"- S={S}: ratio {r:.2f}, {verdict}")
+        lines.append("")
+
+    cmed = {k: float(np.median(v)) for k, v in cpus.items()}
+    lines += ["## CPU seconds per epoch (median, [min-max]) and ratio to the peer", "",
+              "The process's CPU time (`time.process_time`) per epoch: with one thread per contender it "
+              "leaves out the time the process waited for a core on the shared machine, so these ratios "
+              "are steadier than the wall-clock ones (caches and memory bandwidth stay shared). npvae's "
+              "first epoch includes `fit`'s input checks (a pass over the data, ~1% at S=1).", "",
+              "| S | " + " | ".join(args.contenders) + " | " + " | ".join(
+                  f"{c} / peer" for c in args.contenders if c != PEER) + " |",
+              "|---" * (1 + len(args.contenders) + len([c for c in args.contenders if c != PEER])) + "|"]
+    for S in args.samples:
+        cells = [("-" if (c, S) not in cpus else
+                  f"{fmt_s(cmed[(c, S)])} [{fmt_s(min(cpus[(c, S)]))}-{fmt_s(max(cpus[(c, S)]))}]")
+                 for c in args.contenders]
+        ratios = [(f"{cmed[(c, S)] / cmed[(PEER, S)]:.2f}" if (c, S) in cmed and (PEER, S) in cmed else "-")
+                  for c in args.contenders if c != PEER]
+        lines.append(f"| {S} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    if "numba-float32" in args.contenders and PEER in args.contenders:
+        lines.append("")
+        for S in args.samples:
+            if ("numba-float32", S) in cmed and (PEER, S) in cmed:
+                r = cmed[("numba-float32", S)] / cmed[(PEER, S)]
+                verdict = "met" if r <= 0.67 else f"missed by {r / 0.67:.2f}x ({r:.2f} vs 0.67)"
+                lines.append(f"- S={S}, CPU time: ratio {r:.2f}, {verdict}")
+    lines.append("")
+
+    lines += ["## Matrix-multiply rate and achieved fraction", "",
+              "Rate: GFLOPS of one `(100*S, 256) @ (256, 784)` product (the decoder's output layer), measured "
+              "in each training process right after its epochs (median over the processes; same threads, same "
+              "load), with the contender's own library and dtype (NumPy's BLAS for npvae, torch's MKL for the "
+              "peer). The columns NumPy/torch GFLOPS are the same product timed in separate processes "
+              "before each S. Achieved: dense-layer FLOPs of an epoch (forward, dW, dX; no dX for the input "
+              "layer) / median CPU seconds of an epoch / that rate.", "",
+              "| S | GFLOP/epoch | NumPy f32 GFLOPS | NumPy f64 GFLOPS | torch f32 GFLOPS | "
+              + " | ".join(f"{c}: rate, achieved" for c in args.contenders) + " |",
+              "|---" * (5 + len(args.contenders)) + "|"]
+    for S in args.samples:
+        g = {k: float(np.median([r[k] for r in gemm[S] if k in r])) for k in gemm[S][0]}
+        flops = dense_flops_per_epoch(n, S)
+        cells = []
+        for c in args.contenders:
+            if (c, S) not in cmed:
+                cells.append("-")
+                continue
+            own = float(np.median(rates[(c, S)]))
+            cells.append(f"{own:.0f} GFLOPS, {flops / cmed[(c, S)] / 1e9 / own:.0%}")
+        lines.append(f"| {S} | {flops / 1e9:.0f} | {g['numpy-float32']:.1f} | {g['numpy-float64']:.1f} | "
+                     f"{g.get('torch-float32', float('nan')):.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "Target: numba float32 at S >= 25 at least 60% of the machine's measured rate.", ""]
+    if "numba-float32" in args.contenders:
+        for S in args.samples:
+            if S >= 25 and ("numba-float32", S) in cmed:
+                frac = dense_flops_per_epoch(n, S) / cmed[("numba-float32", S)] / 1e9 / float(
+                    np.median(rates[("numba-float32", S)]))
+                verdict = "met" if frac >= 0.6 else f"missed by {0.6 - frac:.0%} points"
+                lines.append(f"- S={S}: {frac:.0%} of the measured rate, {verdict}")
+        lines.append("")
+
+    lines += ["## Peak memory (MB)", "",
+              "`ru_maxrss` of the worker process (data, libraries and training), and in brackets its growth over "
+              "the process's RSS after loading data and libraries (what training itself added).", "",
+              "| S | " + " | ".join(args.contenders) + " |", "|---" * (1 + len(args.contenders)) + "|"]
+    for S in args.samples:
+        cells = [("-" if (c, S) not in mem else f"{mem[(c, S)][0]:.0f} (+{mem[(c, S)][1]:.0f})")
+                 for c in args.contenders]
+        lines.append(f"| {S} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    lines += ["## Training loss after the timed epochs (same seed, same data)", "",
+              "npvae's float32 and float64 runs draw the same noise (in float64, rounded), so they agree to float32 "
+              "noise; the peer draws its own noise and initial weights from torch's generators.", "",
+              "| S | " + " | ".join(args.contenders) + " |", "|---" * (1 + len(args.contenders)) + "|"]
+    for S in args.samples:
+        lines.append(f"| {S} | " + " | ".join("-" if (c, S) not in losses else f"{losses[(c, S)]:.4f}"
+                                                for c in args.contenders) + " |")
+    lines.append("")
+
+    if profiles:
+        lines += ["## Where the numba float32 step spends its time", "",
+                  f"Share of each phase over {args.profile_steps} training steps (batch {BATCH}, ELBO), "
+                  "timed with `npvae.fused.PROFILER` marks; GEMM phases include the bias/activation "
+                  "kernels around them.", "",
+                  "| phase | " + " | ".join(f"S={S}" for S in profiles) + " |",
+                  "|---" * (1 + len(profiles)) + "|"]
+        phases = list(next(iter(profiles.values()))["phases"])
+        for ph in phases:
+            lines.append(f"| {ph} | " + " | ".join(f"{profiles[S]['phases'].get(ph, 0):.1%}" for S in profiles) + " |")
+        lines.append("| step (ms) | " + " | ".join(f"{profiles[S]['step_ms']:.2f}" for S in profiles) + " |")
+        lines.append("")
+
+    if drift:
+        lines += [f"## Epoch time over {args.drift_epochs} epochs (S=1, first {args.drift_subset} images)", "",
+                  "Per epoch, in order: wall seconds / CPU seconds of the process / subnormal floats in RMSprop's "
+                  "running averages (and in the parameters) at the end of the epoch. npvae flushes subnormal "
+                  "running averages to zero every step (`npvae.optim`, `npvae.kernels.rmsprop_step`); the peer "
+                  "does not (`--flush-denormal` is off by default). The machine was shared: wall time follows the "
+                  "load; the subnormal counts are exact.", "",
+                  "| epoch | " + " | ".join(drift) + " |", "|---" * (1 + len(drift)) + "|"]
+        for e in range(args.drift_epochs):
+            cells = []
+            for c in drift:
+                r = drift[c][e] if e < len(drift[c]) else None
+                cells.append("-" if r is None else f"{r['seconds']:.2f} / {r['cpu']:.2f} / "
+                             f"{r['subnormal_state']} ({r['subnormal_params']})")
+            lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
+        for c in drift:
+            d = [r["seconds"] for r in drift[c]]
+            cpu = [r["cpu"] for r in drift[c]]
+            if len(d) >= 10:
+                lines.append(f"\n{c}: median wall of epochs 2-6 {np.median(d[1:6]):.2f} s, of the last 5 "
+                             f"{np.median(d[-5:]):.2f} s (ratio {np.median(d[-5:]) / np.median(d[1:6]):.2f}); "
+                             f"CPU {np.median(cpu[1:6]):.2f} s and {np.median(cpu[-5:]):.2f} s "
+                             f"(ratio {np.median(cpu[-5:]) / np.median(cpu[1:6]):.2f}).")
+        lines.append("")
+
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The numba backend (npvae.fused) against the NumPy reference path, on the same weights and inputs.
+
+The NumPy path of ``VAE._forward``/``VAE._backward`` is the specification: the fused step must
+give the same loss, Bound and gradients (float64 to ~1e-12 relative to each array's scale,
+float32 to its precision), for every objective, KL and estimator, any number of hidden layers,
+both activations, and shapes with S=1, B=1 and odd sizes.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import npvae  # noqa: E402
+from npvae import fused, gradcheck, optim  # noqa: E402
+from npvae.model import VAE  # noqa: E402
+
+RTOL = {np.float64: 1e-11, np.float32: 2e-5}
+COMBOS = [("elbo", "analytic", "standard"), ("elbo", "mc", "standard"), ("elbo", "mc", "stl"),
+          ("iwae", "analytic", "standard"), ("iwae", "analytic", "stl"), ("iwae", "analytic", "dreg")]
+ARCHS = [dict(hidden=(6, 5), activation="relu"), dict(hidden=(7,), activation="tanh")]
+SHAPES = [(1, 1), (1, 3), (4, 1), (5, 3)]  # B, S
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pair(dtype=np.float64, seed=3, input_dim=13, latent_dim=3, **arch):
+    """A NumPy-backend and a numba-backend model with the same (nonzero-bias) weights."""
+    arch = arch or ARCHS[0]
+    ref = VAE(input_dim=input_dim, latent_dim=latent_dim, seed=seed, dtype=dtype, backend="numpy", **arch)
+    rng = np.random.default_rng(seed + 100)
+    for name, p in ref.params.items():
+        if name.endswith(".b"):
+            p[:] = 0.1 * rng.standard_normal(p.shape)
+    fast = VAE(input_dim=input_dim, latent_dim=latent_dim, seed=seed, dtype=dtype, backend="numba", **arch)
+    for name, p in ref.params.items():
+        fast.params[name][...] = p
+    return ref, fast
+
+
+def data(model, B, S, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((B, model.input_dim))
+    x[:, ::2] = x[:, ::2] > 0.5  # binarized and grayscale pixels
+    return x.astype(model.dtype), model.sample_eps(B, S, rng)
+
+
+def assert_close(got, want, dtype, what=""):
+    """``|got - want| <= rtol * max|want|`` (sums with cancellation have no useful elementwise error)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, what
+    scale = max(float(np.max(np.abs(want))), 1e-300)
+    np.testing.assert_allclose(got, want, rtol=RTOL[dtype], atol=RTOL[dtype] * scale, err_msg=what)
+
+
+def assert_same_result(ref_out, fast_out, dtype):
+    (b_ref, g_ref), (b_fast, g_fast) = ref_out, fast_out
+    for field in ("loss", "recon", "kl", "per_example"):
+        assert_close(getattr(b_fast, field), getattr(b_ref, field), dtype, field)
+    assert isinstance(b_fast.loss, float) and b_fast.per_example.dtype == dtype
+    assert list(g_fast) == list(g_ref) or set(g_fast) == set(g_ref)
+    for k in g_ref:
+        assert g_fast[k].dtype == g_ref[k].dtype == dtype and g_fast[k].shape == g_ref[k].shape, k
+        assert_close(g_fast[k], g_ref[k], dtype, k)
+
+
+# --------------------------------------------------------------------------
+# Same results as the NumPy path
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("arch", ARCHS, ids=["relu-2-layers", "tanh-1-layer"])
+@pytest.mark.parametrize("objective,kl,estimator", COMBOS)
+def test_numba_backend_equals_numpy_backend(dtype, arch, objective, kl, estimator):
+    ref, fast = pair(dtype, **arch)
+    for B, S in SHAPES:
+        x, eps = data(ref, B, S, seed=B * 10 + S)
+        args = (x, eps, objective, kl, estimator)
+        assert_same_result(ref.loss_and_grads(*args, return_bound=True),
+                           fast.loss_and_grads(*args, return_bound=True), dtype)
+        loss, _ = fast.loss_and_grads(*args)
+        assert isinstance(loss, float)
+        assert_close(fast.bound(x, eps, objective, kl).per_example,
+                     ref.bound(x, eps, objective, kl).per_example, dtype)
+
+
+def test_numba_backend_equals_numpy_backend_at_the_seed_model_size():
+    ref, fast = pair(np.float64, input_dim=784, latent_dim=2, hidden=(256,), activation="relu")
+    x, eps = data(ref, 7, 5)
+    for objective, kl, estimator in (("elbo", "analytic", "standard"), ("iwae", "analytic", "dreg")):
+        args = (x, eps, objective, kl, estimator)
+        assert_same_result(ref.loss_and_grads(*args, return_bound=True),
+                           fast.loss_and_grads(*args, return_bound=True), np.float64)
+
+
+def test_forward_only_path_works_in_chunks_of_examples(monkeypatch):
+    monkeypatch.setattr(fused, "FORWARD_ROWS", 6)  # 7 examples x 3 samples -> chunks of 2 examples
+    ref, fast = pair(np.float64)
+    x, eps = data(ref, 7, 3)
+    for objective, kl in (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic")):
+        want, got = ref.bound(x, eps, objective, kl), fast.bound(x, eps, objective, kl)
+        for field in ("loss", "recon", "kl", "per_example"):
+            assert_close(getattr(got, field), getattr(want, field), np.float64, field)
+    res = npvae.evaluate_bound(fast, x, mc_samples=3, objective="iwae", batch_size=5, rng=0)
+    assert res == pytest.approx(npvae.evaluate_bound(ref, x, mc_samples=3, objective="iwae", batch_size=5, rng=0),
+                                rel=1e-12)
+
+
+@pytest.mark.parametrize("objective,kl", [("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic")])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_numba_model_gradients_match_finite_differences(objective, kl, activation):
+    _, fast = pair(np.float64, hidden=(6, 5), activation=activation)
+    for B, S in ((1, 1), (4, 3)):
+        x, eps = data(fast, B, S, seed=B + S)
+        errors = gradcheck.check_model(fast, x, eps, objective=objective, kl=kl)
+        assert set(errors) == set(fast.params)
+        assert max(errors.values()) < 1e-6, errors
+
+
+# --------------------------------------------------------------------------
+# Workspaces
+# --------------------------------------------------------------------------
+def test_workspace_reuse_across_shapes_does_not_corrupt_results():
+    ref, fast = pair(np.float64)
+    for i, (B, S) in enumerate([(5, 3), (2, 1), (5, 3), (1, 4), (2, 1), (5, 3)]):
+        x, eps = data(ref, B, S, seed=i)
+        objective = "iwae" if i % 2 else "elbo"
+        assert_same_result(ref.loss_and_grads(x, eps, objective, return_bound=True),
+                           fast.loss_and_grads(x, eps, objective, return_bound=True), np.float64)
+    assert len(fast._workspaces) <= fused.MAX_WORKSPACES
+
+
+def test_public_grads_are_copies_and_internal_grads_are_workspace_views():
+    _, fast = pair(np.float64)
+    x, eps = data(fast, 4, 2)
+    x2, eps2 = data(fast, 4, 2, seed=1)
+    _, g1 = fast.loss_and_grads(x, eps)
+    kept = {k: v.copy() for k, v in g1.items()}
+    fast.loss_and_grads(x2, eps2)
+    for k in g1:  # the public API's grads survive the next call
+        np.testing.assert_array_equal(g1[k], kept[k])
+    _, a = fast._loss_and_grads(x, eps, "elbo")
+    _, b = fast._loss_and_grads(x2, eps2, "elbo")
+    assert all(a[k] is b[k] for k in a)  # zero-copy: fit consumes them before the next step
+
+
+def test_steady_state_step_allocates_no_large_arrays():
+    _, fast = pair(np.float32, input_dim=784, latent_dim=2, hidden=(256,), activation="relu")
+    B, S = 20, 10
+    x, eps = data(fast, B, S)
+    opt = optim.RMSprop()
+    for _ in range(2):  # workspaces, optimizer state
+        _, g = fast._loss_and_grads(x, eps, "iwae", return_bound=True)
+        opt.step(fast.params, g)
+    tracemalloc.start()
+    for _ in range(3):
+        _, g = fast._loss_and_grads(x, eps, "iwae", return_bound=True)
+        opt.step(fast.params, g)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    smallest_large_array = B * S * 256 * 4  # one (B * S, H) float32 array
+    assert peak < smallest_large_array / 4, peak
+
+
+# --------------------------------------------------------------------------
+# Backend choice
+# --------------------------------------------------------------------------
+def test_backend_auto_is_numba_and_not_part_of_config(tmp_path):
+    model = VAE(input_dim=5, hidden=(3,), latent_dim=2)
+    assert model.backend == "numba"
+    assert "backend" not in model.config
+    model.save(tmp_path / "m.npz")
+    assert npvae.load(tmp_path / "m.npz").backend == "numba"
+    assert VAE(input_dim=5, hidden=(3,), backend="NumPy").backend == "numpy"
+
+
+@pytest.mark.parametrize("bad", ["cuda", "", None, 1])
+def test_backend_name_is_validated(bad):
+    with pytest.raises(ValueError, match="backend"):
+        VAE(input_dim=5, hidden=(3,), backend=bad)
+
+
+def run_python(code):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_without_numba_auto_falls_back_with_one_warning_and_numba_raises():
+    result = run_python("""
+        import sys, warnings
+        sys.modules["numba"] = None  # make `import numba` fail
+        import numpy as np
+        import npvae
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = npvae.VAE(input_dim=5, hidden=(3,))
+            b = npvae.VAE(input_dim=5, hidden=(3,))
+        assert a.backend == b.backend == "numpy"
+        assert len(caught) == 1, [str(w.message) for w in caught]
+        assert "pip install numba" in str(caught[0].message)
+        try:
+            npvae.VAE(input_dim=5, hidden=(3,), backend="numba")
+        except ImportError as exc:
+            assert "pip install numba" in str(exc), exc
+        else:
+            raise AssertionError("backend='numba' without numba did not raise")
+        x = np.random.default_rng(0).random((2, 5))
+        loss, grads = a.loss_and_grads(x, a.sample_eps(2, 3, rng=0))
+        print("ok")
+    """)
+    assert result.stdout.strip() == "ok"
+
+
+def test_import_npvae_does_not_import_numba():
+    result = run_python("""
+        import sys
+        import npvae
+        model = npvae.VAE(input_dim=5, hidden=(3,))
+        print(model.backend, "numba" in sys.modules)
+    """)
+    assert result.stdout.split() == ["numba", "False"]
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+def synthetic(n=240, d=20, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.random((4, d)) > 0.5
+    x = centers[rng.integers(0, 4, n)] ^ (rng.random((n, d)) < 0.1)
+    return x.astype(np.float64)
+
+
+@pytest.mark.parametrize("objective,kl,estimator,mc_samples", [("elbo", "analytic", "standard", 1),
+                                                               ("iwae", "analytic", "dreg", 3)])
+def test_fit_numba_float64_gives_the_numpy_history(objective, kl, estimator, mc_samples):
+    x = synthetic()
+    histories = []
+    for backend in ("numpy", "numba"):
+        model = VAE(input_dim=x.shape[1], hidden=(16,), latent_dim=2, seed=1, backend=backend)
+        h = npvae.fit(model, x[:200], epochs=3, batch_size=32, mc_samples=mc_samples, objective=objective,
+                      kl=kl, estimator=estimator, validation_data=x[200:], verbose=0, seed=4)
+        histories.append((h, model))
+    (h_ref, m_ref), (h_fast, m_fast) = histories
+    for col in ("loss", "recon", "kl", "val_loss", "val_recon", "val_kl"):
+        np.testing.assert_allclose(h_fast[col], h_ref[col], rtol=1e-10, err_msg=col)
+    for k in m_ref.params:
+        np.testing.assert_allclose(m_fast.params[k], m_ref.params[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_fit_numba_float32_tracks_numpy_float64():
+    x = synthetic(seed=1)
+    kwargs = dict(epochs=4, batch_size=25, mc_samples=2, verbose=0, seed=2)
+    ref = VAE(input_dim=x.shape[1], hidden=(16,), latent_dim=2, seed=1, backend="numpy")
+    fast = VAE(input_dim=x.shape[1], hidden=(16,), latent_dim=2, seed=1, dtype=np.float32, backend="numba")
+    h_ref = npvae.fit(ref, x, **kwargs)
+    h_fast = npvae.fit(fast, x, **kwargs)
+    np.testing.assert_allclose(h_fast["loss"], h_ref["loss"], rtol=1e-4)
+    for k in ref.params:
+        np.testing.assert_allclose(fast.params[k], ref.params[k], rtol=0, atol=1e-3, err_msg=k)
+
+
+# --------------------------------------------------------------------------
+# RMSprop's fused step
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rmsprop_fused_step_is_bit_identical_to_numpy_step(dtype, monkeypatch):
+    rng = np.random.default_rng(0)
+    shapes = {"W": (7, 5), "b": (5,), "T": (5, 7)}
+    params = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+    params["T"] = np.asfortranarray(params["T"])  # not C-contiguous: the NumPy path for this one
+    mine = {k: p.copy(order="K") for k, p in params.items()}
+    ref_opt, fused_opt = optim.RMSprop(lr=3e-3, rho=0.5), optim.RMSprop(lr=3e-3, rho=0.5)
+    import npvae.kernels  # noqa: F401  (loaded: the fused path is on)
+    tiny_g = 8.0 * np.sqrt(np.finfo(dtype).tiny)
+    for step in range(12):
+        grads = {k: (rng.normal(size=s) * 10.0 ** -rng.integers(0, 5)).astype(dtype) for k, s in shapes.items()}
+        grads["W"][:, :2] = tiny_g if step == 0 else 0.0  # running averages decay into subnormals
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "npvae.kernels", None)  # as if numba were never loaded
+            ref_opt.step(params, grads)
+        fused_opt.step(mine, grads)
+        for k in params:
+            np.testing.assert_array_equal(mine[k], params[k])
+            np.testing.assert_array_equal(fused_opt._state["v"][k], ref_opt._state["v"][k])
+    assert np.all(fused_opt._state["v"]["W"][:, :2] == 0.0)  # flushed, not carried subnormal
+    assert fused_opt.iterations == ref_opt.iterations == 12

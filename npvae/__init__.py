@@ -8,11 +8,13 @@ The public API:
 * :mod:`npvae.ops` -- every forward op beside its hand-written backward.
 * :mod:`npvae.objectives` -- the ELBO and IWAE bounds on the sample axis.
 * :mod:`npvae.gradcheck` -- finite-difference checks usable on any op.
+* :func:`log_likelihood`, :mod:`npvae.diagnostics` -- importance-sampled log-likelihood,
+  gradient signal-to-noise over repeated noise draws.
 """
 
-from . import gradcheck, objectives, ops
+from . import diagnostics, gradcheck, objectives, ops
 from .datasets import DataError, binarize, load_mnist
-from .evaluate import evaluate_bound
+from .evaluate import evaluate_bound, log_likelihood
 from .io import ModelFileError
 from .io import load_model as load
 from .model import VAE
@@ -21,7 +23,7 @@ from .train import History, TrainingError, fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "VAE", "fit", "History", "load", "load_mnist", "binarize", "evaluate_bound",
+    "VAE", "fit", "History", "load", "load_mnist", "binarize", "evaluate_bound", "log_likelihood",
     "DataError", "ModelFileError", "TrainingError",
-    "gradcheck", "objectives", "ops", "__version__",
+    "diagnostics", "gradcheck", "objectives", "ops", "__version__",
 ]

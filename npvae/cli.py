@@ -13,7 +13,7 @@ import numpy as np
 
 from . import io
 from .datasets import DataError, load_mnist
-from .evaluate import evaluate_bound
+from .evaluate import evaluate_bound, log_likelihood
 from .model import VAE
 from .train import BINARIZE, NOISE, History, TrainingError, fit, load_checkpoint
 
@@ -92,14 +92,20 @@ def build_parser():
     p.add_argument("--data", help="folder holding MNIST")
     p.add_argument("--seed", type=_non_negative, default=0, help="seed of the reconstruction samples")
 
-    e = sub.add_parser("evaluate", help="test-set bound of a model")
+    e = sub.add_parser("evaluate", help="test-set bound and log-likelihood of a model",
+                       description="The test-set bound of a model (--objective, --mc-samples) and, with --k, "
+                                   "the importance-sampled log-likelihood log mean_k p(x, z_k) / q(z_k|x) "
+                                   "(Burda et al. 2016 use k = 5000).")
     e.add_argument("model", help="a model .npz, a checkpoint, or a run folder")
     e.add_argument("--mc-samples", type=_positive, default=1, help="Monte Carlo samples S (default 1)")
     e.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
+    e.add_argument("--k", type=_positive, help="also estimate the log-likelihood with K importance samples")
+    e.add_argument("--limit", type=_positive, help="use only the first N test images")
     e.add_argument("--seed", type=_non_negative, default=0)
     e.add_argument("--batch-size", type=_positive, default=500)
     e.add_argument("--data", help="folder holding MNIST")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -196,19 +202,29 @@ def _check_dims(model, x):
 
 def _evaluate(args):
     model = _load_any(args.model)
-    _, (x_test, _) = load_mnist(args.data, progress=not args.json)
+    _, (x_test, _) = load_mnist(args.data, progress=not (args.json or args.quiet))
     _check_dims(model, x_test)
+    if args.limit is not None:
+        x_test = x_test[:args.limit]
     result = evaluate_bound(model, x_test, mc_samples=args.mc_samples, objective=args.objective,
                             batch_size=args.batch_size, rng=args.seed)
     bound_name = "elbo" if args.objective == "elbo" else "iwae_bound"
     report = {"model": str(args.model), "objective": args.objective, "mc_samples": args.mc_samples,
               "n": result["n"], bound_name: -result["loss"], "loss": result["loss"],
               "recon": result["recon"], "kl": result["kl"], "seed": args.seed}
+    ll = None
+    if args.k is not None:
+        # its own noise stream, so that adding --k does not change the bound above
+        ll = log_likelihood(model, x_test, k=args.k, seed=[args.seed, 1], progress=not args.quiet)
+        report.update(ll.to_dict())
     if args.json:
         print(json.dumps(report))
     else:
         print(f"test {bound_name} ({args.mc_samples} sample(s), {result['n']} images): {-result['loss']:.4f} nats"
               f"  (loss {result['loss']:.4f} = recon {result['recon']:.4f} + kl {result['kl']:.4f})")
+        if ll is not None:
+            print(f"test log-likelihood (k={ll.k}, {ll.n} images): {ll.mean:.4f} nats"
+                  f"  (Monte Carlo SE {ll.mc_se:.4f}, SE over images {ll.se:.4f}, median ESS {report['ess_median']:.0f})")
     return 0
 
 

@@ -1,0 +1,471 @@
+"""What does the number of Monte Carlo samples S buy? A study over S, objectives and seeds.
+
+For every cell (S, objective, seed) of the grid this trains the seed's model (784-256-2,
+RMSprop with Keras' settings, batch 100) with ``S`` samples per example, then measures on
+the test images:
+
+* the test ELBO (analytic KL, averaged over 10 samples per image),
+* the test IWAE bound with ``k = S`` (the bound the cell trained, for IWAE) and ``k = 50``,
+* the importance-sampled log-likelihood (``npvae.evaluate.log_likelihood``, ``k = --k``),
+* wall time per training epoch (median over epochs),
+* the signal-to-noise ratio of the encoder's and the decoder's minibatch gradient
+  (``npvae.diagnostics.gradient_snr``, median over coordinates) with the cell's S and
+  objective, at the trained parameters and at the initialization.
+
+Cells are independent: they run in local worker processes (``--workers N``) or on an
+existing Dask distributed cluster (``--scheduler tcp://HOST:PORT``; ``pip install
+"dask[distributed]"``). Each finished cell writes ``<out>/cells/<cell>/result.json``
+(atomically) and is not recomputed on the next run; an interrupted cell resumes from its
+last epoch's checkpoint. At the end ``<out>.md`` (table, command, machine) and
+``<out>_*.png`` (metrics against S, log-scale axis) are written.
+
+Example (the committed run)::
+
+    python benchmarks/sample_sizes.py --samples 1 5 25 50 --objectives elbo iwae --seeds 0 1 2 3 \\
+        --epochs 3 --subset 10000 --test-subset 500 --k 1000 --workers 1
+"""
+
+import os
+import sys
+
+
+def _early_threads(argv):
+    # BLAS reads its thread count when NumPy is imported, so it is set before that
+    # (worker processes inherit the environment).
+    n = "1"
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            n = argv[i + 1]
+        elif a.startswith("--threads="):
+            n = a.split("=", 1)[1]
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, n)
+
+
+if __name__ == "__main__":
+    _early_threads(sys.argv[1:])
+
+import argparse  # noqa: E402
+import concurrent.futures as cf  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import npvae  # noqa: E402
+from npvae import io  # noqa: E402
+from npvae.diagnostics import gradient_snr  # noqa: E402
+from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
+
+RESULT = "result.json"
+METRICS = [  # (key, label, higher is better)
+    ("test_elbo", "test ELBO", True),
+    ("test_iwae_S", "test IWAE bound, k = S", True),
+    ("test_iwae_50", "test IWAE bound, k = 50", True),
+    ("log_likelihood", "log-likelihood (IS)", True),
+    ("seconds_per_epoch", "seconds per epoch", False),
+    ("snr_encoder", "encoder gradient SNR", True),
+    ("snr_decoder", "decoder gradient SNR", True),
+    ("snr_encoder_init", "encoder gradient SNR at init", True),
+    ("snr_decoder_init", "decoder gradient SNR at init", True),
+]
+
+
+# ---------------------------------------------------------------------------
+# One cell
+# ---------------------------------------------------------------------------
+def cell_name(cell):
+    return f"{cell['objective']}-S{cell['mc_samples']}-seed{cell['seed']}"
+
+
+def _load_data(cell):
+    if cell.get("synthetic"):
+        # Tiny stand-in for tests: binary images from a fixed seed, never MNIST-sized.
+        rng = np.random.default_rng(1234)
+        d = cell["synthetic"]
+        proto = rng.random((4, d)) < 0.3
+        pick = rng.integers(0, 4, cell["subset"] + cell["test_subset"])
+        x = (proto[pick] ^ (rng.random((len(pick), d)) < 0.05)).astype(np.float64)
+        return x[:cell["subset"]], x[cell["subset"]:]
+    (x_train, _), (x_test, _) = npvae.load_mnist(cell.get("data"), progress=False)
+    return x_train[:cell["subset"]], x_test[:cell["test_subset"]]
+
+
+def run_cell(cell):
+    """Train and measure one (S, objective, seed) cell; returns its result dict.
+
+    ``cell`` holds the settings (see :func:`make_cells`), including ``dir``, the cell's
+    folder. A ``result.json`` there means the cell is done: it is read back, not
+    recomputed. Otherwise training resumes from ``checkpoint.npz`` if one exists.
+    """
+    folder = Path(cell["dir"])
+    done = folder / RESULT
+    if done.exists():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    t_cell = time.perf_counter()
+    x_train, x_test = _load_data(cell)
+    S, objective, seed = cell["mc_samples"], cell["objective"], cell["seed"]
+    model = npvae.VAE(input_dim=x_train.shape[1], hidden=cell["hidden"], latent_dim=cell["latent_dim"], seed=seed)
+    x_snr = x_train[:cell["snr_batch"]]
+    snr_init = gradient_snr(model, x_snr, S, objective, repeats=cell["snr_repeats"], seed=[seed, 13])
+    checkpoint = folder / "checkpoint.npz"
+    history = npvae.fit(model, x_train, epochs=cell["epochs"], batch_size=cell["batch_size"], mc_samples=S,
+                        objective=objective, seed=seed, checkpoint=checkpoint, resume=True, verbose=0)
+    t_eval = time.perf_counter()
+    elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", rng=[seed, 10])
+    iwae_s = evaluate_bound(model, x_test, mc_samples=S, objective="iwae", rng=[seed, 11], batch_size=200)
+    iwae_50 = evaluate_bound(model, x_test, mc_samples=50, objective="iwae", rng=[seed, 12], batch_size=200)
+    ll = log_likelihood(model, x_test, k=cell["k"], seed=[seed, 14], progress=False)
+    snr = gradient_snr(model, x_snr, S, objective, repeats=cell["snr_repeats"], seed=[seed, 15])
+    result = {
+        "cell": cell_name(cell), "mc_samples": S, "objective": objective, "seed": seed,
+        "test_elbo": -elbo["loss"], "test_iwae_S": -iwae_s["loss"], "test_iwae_50": -iwae_50["loss"],
+        "log_likelihood": ll.mean, "log_likelihood_mc_se": ll.mc_se, "log_likelihood_se": ll.se,
+        "ess_median": float(np.median(ll.ess)),
+        "seconds_per_epoch": float(np.median(history["seconds"])),
+        "train_loss": history[-1]["loss"],
+        "snr_encoder": snr.summary["encoder"]["median_snr"], "snr_decoder": snr.summary["decoder"]["median_snr"],
+        "snr_encoder_init": snr_init.summary["encoder"]["median_snr"],
+        "snr_decoder_init": snr_init.summary["decoder"]["median_snr"],
+        "snr_summary": snr.summary, "snr_summary_init": snr_init.summary,
+        "backend": getattr(model, "backend", "numpy"),
+        "history": list(history), "eval_seconds": time.perf_counter() - t_eval,
+        "cell_seconds": time.perf_counter() - t_cell, "host": platform.node(),
+        "settings": {k: v for k, v in cell.items() if k != "dir"},
+    }
+    io.atomic_write_text(done, json.dumps(result, indent=1, default=_jsonable) + "\n")
+    if not cell.get("keep_checkpoint"):
+        checkpoint.unlink(missing_ok=True)   # the result is what is kept; checkpoints are large
+    return result
+
+
+def _jsonable(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    raise TypeError(f"not JSON serializable: {type(v).__name__}")
+
+
+def make_cells(args):
+    """The grid, largest cells first (so that parallel workers finish together)."""
+    out = Path(args.out)
+    cells = []
+    for S in args.samples:
+        for objective in args.objectives:
+            for seed in args.seeds:
+                cell = dict(mc_samples=S, objective=objective, seed=seed, epochs=args.epochs, subset=args.subset,
+                            test_subset=args.test_subset, k=args.k, batch_size=args.batch_size,
+                            hidden=list(args.hidden), latent_dim=args.latent_dim, snr_batch=args.snr_batch,
+                            snr_repeats=args.snr_repeats, data=args.data, synthetic=args.synthetic,
+                            keep_checkpoint=args.keep_checkpoints)
+                cell["dir"] = str(out / "cells" / cell_name(cell))
+                cells.append(cell)
+    return sorted(cells, key=lambda c: -cost(c))
+
+
+def cost(cell):
+    """Relative cost of a cell, for the ETA: training is about linear in S + 1, plus evaluation."""
+    train = cell["epochs"] * cell["subset"] * (cell["mc_samples"] + 1)
+    evaluate = cell["test_subset"] * (cell["k"] + 60 + cell["mc_samples"]) / 3
+    snr = 2 * cell["snr_repeats"] * cell["snr_batch"] * (cell["mc_samples"] + 1)
+    return train + evaluate + snr
+
+
+# ---------------------------------------------------------------------------
+# Executors
+# ---------------------------------------------------------------------------
+class _Local:
+    def __init__(self, workers):
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers)
+
+    def submit(self, fn, arg):
+        return self.pool.submit(fn, arg)
+
+    def as_completed(self, futures):
+        return cf.as_completed(futures)
+
+    def close(self):
+        self.pool.shutdown(cancel_futures=True)
+
+
+class _Dask:
+    def __init__(self, address):
+        try:
+            from distributed import Client, as_completed
+        except ImportError:
+            raise SystemExit('--scheduler needs Dask distributed: pip install "dask[distributed]"') from None
+        self.client = Client(address)
+        self._as_completed = as_completed
+
+    def submit(self, fn, arg):
+        return self.client.submit(fn, arg, pure=False)
+
+    def as_completed(self, futures):
+        return self._as_completed(futures)
+
+    def close(self):
+        self.client.close()
+
+
+def run_grid(cells, workers=1, scheduler=None, file=None):
+    """Run the unfinished cells through the executor; returns (results, failures).
+
+    Finished cells (a ``result.json`` exists) are read back without being submitted.
+    One line per cell is printed to ``file`` (default stdout) with the elapsed time and
+    an ETA weighted by each cell's estimated :func:`cost`.
+    """
+    file = file if file is not None else sys.stdout
+    results, failures = [], []
+    todo = []
+    for cell in cells:
+        done = Path(cell["dir"]) / RESULT
+        if done.exists():
+            r = json.loads(done.read_text())
+            want = {k: v for k, v in cell.items() if k != "dir"}
+            if r.get("settings") != want:
+                diff = sorted(k for k in want if r.get("settings", {}).get(k) != want[k])
+                raise SystemExit(f"{done} was computed with other settings ({', '.join(diff)}); "
+                                 "use another --out or remove it")
+            results.append(r)
+        else:
+            todo.append(cell)
+    print(f"{len(cells)} cells: {len(results)} already done, {len(todo)} to run "
+          f"({'scheduler ' + scheduler if scheduler else f'{workers} local worker(s)'})", file=file, flush=True)
+    if not todo:
+        return results, failures
+    executor = _Dask(scheduler) if scheduler else _Local(workers)
+    t0 = time.perf_counter()
+    total = sum(cost(c) for c in todo)
+    finished = 0.0
+    try:
+        futures = {executor.submit(run_cell, c): c for c in todo}
+        for i, fut in enumerate(executor.as_completed(list(futures)), 1):
+            cell = futures[fut]
+            finished += cost(cell)
+            elapsed = time.perf_counter() - t0
+            eta = elapsed * (total - finished) / finished
+            try:
+                r = fut.result()
+            except Exception as exc:  # one bad cell should not lose the others
+                failures.append((cell_name(cell), repr(exc)))
+                print(f"[{i}/{len(todo)}] {cell_name(cell)} FAILED: {exc!r}", file=file, flush=True)
+                continue
+            results.append(r)
+            print(f"[{i}/{len(todo)}] {cell_name(cell)}: LL {r['log_likelihood']:.2f}, "
+                  f"{r['seconds_per_epoch']:.1f} s/epoch, cell {r['cell_seconds']:.0f} s; "
+                  f"elapsed {_hms(elapsed)}, ETA {_hms(eta)}", file=file, flush=True)
+    except KeyboardInterrupt:
+        print("Interrupted: finished cells are kept; run the same command to continue.", file=file, flush=True)
+        raise
+    finally:
+        executor.close()
+    return results, failures
+
+
+def _hms(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+def aggregate(results):
+    """{(objective, S): {metric: (mean, sd, n)}} over seeds."""
+    table = {}
+    for r in results:
+        table.setdefault((r["objective"], r["mc_samples"]), []).append(r)
+    out = {}
+    for key, rs in sorted(table.items()):
+        row = {}
+        for m, _, _ in METRICS + [("log_likelihood_mc_se", "", True)]:
+            v = np.array([r[m] for r in rs], dtype=float)
+            row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v))
+        out[key] = row
+    return out
+
+
+def _fmt(mean, sd, digits=2):
+    s = f"{mean:.{digits}f}"
+    return s + (f" ± {sd:.{digits}f}" if np.isfinite(sd) else "")
+
+
+def machine():
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, load average {load} (1/5/15 min) at the end; "
+            f"Python {platform.python_version()}, NumPy {np.__version__}, "
+            f"OMP/OPENBLAS threads {os.environ.get('OPENBLAS_NUM_THREADS', '?')}")
+
+
+def write_report(results, args, command, failures=()):
+    agg = aggregate(results)
+    out = Path(args.out)
+    md = out.with_suffix(".md") if out.suffix != ".md" else out
+    seeds = sorted({r["seed"] for r in results})
+    lines = [
+        "# What the number of samples S buys: ELBO vs IWAE training",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}. Machine: {machine()}.",
+        "",
+        f"Setup: the seed model ({args.hidden} hidden, latent {args.latent_dim}, RMSprop lr 1e-3, batch "
+        f"{args.batch_size}), {args.epochs} epochs on the first {args.subset} training images "
+        f"(grayscale targets), seeds {seeds}; test metrics on the first {args.test_subset} test images. "
+        f"Log-likelihood: importance sampling with k = {args.k} (`npvae.evaluate.log_likelihood`); "
+        f"± is the Monte Carlo standard error (one seed) or the SD over seeds. SNR: median over the coordinates "
+        f"of |mean| / std of the minibatch gradient ({args.snr_batch} training images, {args.snr_repeats} "
+        "draws of eps, the cell's S and objective, standard estimator), at the trained parameters and at the "
+        "initialization. Seconds per epoch: median over epochs, one worker per cell, "
+        "on a machine shared with other jobs (compare ratios, not absolute times).",
+        "",
+    ]
+    if failures:
+        lines += ["Failed cells: " + "; ".join(f"{n} ({e})" for n, e in failures), ""]
+    head = ["objective", "S", "n"] + [label for _, label, _ in METRICS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (objective, S), row in agg.items():
+        cells = [objective, str(S), str(row["test_elbo"][2])]
+        for m, _, _ in METRICS:
+            mean, sd, n = row[m]
+            if m == "log_likelihood" and n == 1:
+                sd = row["log_likelihood_mc_se"][0]
+            cells.append(_fmt(mean, sd, 1 if m.startswith("seconds") else 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    plots = [] if getattr(args, "no_plots", False) else write_plots(agg, out)
+    if plots:
+        lines += ["Plots: " + ", ".join(f"`{p.name}`" for p in plots), ""]
+        lines += [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    notes = Path(str(out) + "_notes.md")
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    io.atomic_write_text(md, "\n".join(lines))
+    (Path(str(out) + ".json")).write_text(json.dumps(
+        {"command": command, "results": sorted(results, key=lambda r: (r["objective"], r["mc_samples"], r["seed"]))},
+        indent=1, default=_jsonable) + "\n")
+    return md
+
+
+def write_plots(agg, out):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("matplotlib not installed: plots skipped", file=sys.stderr)
+        return []
+    groups = [("bounds", ["test_elbo", "test_iwae_S", "test_iwae_50", "log_likelihood"]),
+              ("snr", ["snr_encoder", "snr_decoder", "snr_encoder_init", "snr_decoder_init"]),
+              ("time", ["seconds_per_epoch"])]
+    labels = {m: label for m, label, _ in METRICS}
+    paths = []
+    for name, metrics in groups:
+        fig = Figure(figsize=(4.2 * len(metrics), 3.6), dpi=110)
+        FigureCanvasAgg(fig)
+        for j, m in enumerate(metrics):
+            ax = fig.add_subplot(1, len(metrics), j + 1)
+            for objective in sorted({o for o, _ in agg}):
+                keys = sorted(S for o, S in agg if o == objective)
+                mean = np.array([agg[(objective, S)][m][0] for S in keys])
+                sd = np.array([agg[(objective, S)][m][1] for S in keys])
+                ax.plot(keys, mean, "o-", label=objective)
+                if np.isfinite(sd).all():
+                    ax.fill_between(keys, mean - sd, mean + sd, alpha=0.2)
+            ax.set_xscale("log")
+            if name == "snr" or name == "time":
+                ax.set_yscale("log")
+            ax.set_xlabel("S (Monte Carlo samples in training)")
+            ax.set_title(labels[m], fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(f"{out}_{name}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, nargs="+", default=[1, 5, 25, 50], help="values of S")
+    p.add_argument("--objectives", nargs="+", default=["elbo", "iwae"], choices=("elbo", "iwae"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--subset", type=int, default=10000, help="training images (the first N)")
+    p.add_argument("--test-subset", type=int, default=1000, help="test images (the first N)")
+    p.add_argument("--k", type=int, default=5000, help="importance samples of the log-likelihood")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--hidden", type=int, nargs="+", default=[256])
+    p.add_argument("--latent-dim", type=int, default=2)
+    p.add_argument("--snr-batch", type=int, default=100, help="training images of the SNR minibatch")
+    p.add_argument("--snr-repeats", type=int, default=50, help="eps draws of the SNR estimate")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--scheduler", help="address of a Dask distributed scheduler, e.g. tcp://HOST:8786")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads per local worker")
+    p.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sample_sizes"),
+                   help="cells go to OUT/cells/, the report to OUT.md and OUT_*.png")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each cell's checkpoint.npz")
+    p.add_argument("--report-only", action="store_true", help="redraw the report from the finished cells")
+    p.add_argument("--no-plots", action="store_true", help="write the table only")
+    p.add_argument("--synthetic", type=int, default=0, metavar="D", help=argparse.SUPPRESS)  # tests
+    return p
+
+
+def check_args(p, args):
+    for name in ("samples", "seeds"):
+        for v in getattr(args, name):
+            if v < (1 if name == "samples" else 0):
+                p.error(f"--{name}: expected integers >= {1 if name == 'samples' else 0}, got {v}")
+    for name in ("epochs", "subset", "test_subset", "k", "batch_size", "latent_dim", "snr_batch", "workers",
+                 "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
+    if args.snr_repeats < 2:
+        p.error(f"--snr-repeats: expected an integer >= 2, got {args.snr_repeats}")
+    if args.test_subset < 2:
+        p.error(f"--test-subset: expected an integer >= 2, got {args.test_subset}")
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
+    # the command that computes the cells (a --report-only redraw records the run's command)
+    command = "python benchmarks/sample_sizes.py " + " ".join(shlex.quote(a) for a in (
+        sys.argv[1:] if argv is None else argv) if a not in ("--report-only", "--no-plots"))
+    cells = make_cells(args)
+    if args.report_only:
+        results = [json.loads((Path(c["dir"]) / RESULT).read_text()) for c in cells
+                   if (Path(c["dir"]) / RESULT).exists()]
+        failures = []
+    else:
+        results, failures = run_grid(cells, workers=args.workers, scheduler=args.scheduler)
+    if results:
+        md = write_report(results, args, command, failures)
+        print(f"Report: {md}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Gradient diagnostics: moments and signal-to-noise ratio over repeated eps draws."""
+
+import numpy as np
+import pytest
+
+from npvae.diagnostics import GradientSNR, gradient_snr
+from npvae.model import VAE
+
+
+def small_model(seed=3):
+    model = VAE(input_dim=6, hidden=(5,), latent_dim=2, activation="tanh", seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    for name, p in model.params.items():
+        if name.endswith(".b"):
+            p[:] = 0.3 * rng.standard_normal(p.shape)
+    return model
+
+
+def data(B=4, seed=0):
+    return np.random.default_rng(seed).random((B, 6))
+
+
+def test_moments_are_those_of_the_explicit_gradients():
+    model, x = small_model(), data()
+    r = gradient_snr(model, x, mc_samples=3, objective="iwae", repeats=7, seed=5)
+    rng = np.random.default_rng(5)
+    draws = [model.loss_and_grads(x, model._draw_eps(rng, 4, 3), objective="iwae")[1] for _ in range(7)]
+    for name, p in model.params.items():
+        g = np.stack([d[name] for d in draws])
+        np.testing.assert_allclose(r.mean[name], g.mean(axis=0), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(r.var[name], g.var(axis=0, ddof=1), rtol=1e-9, atol=1e-20)
+        assert r.mean[name].shape == r.var[name].shape == r.snr[name].shape == p.shape
+        np.testing.assert_allclose(r.se(name), np.sqrt(r.var[name] / 7))
+    assert isinstance(r, GradientSNR) and r.repeats == 7
+    assert r.settings == dict(mc_samples=3, objective="iwae", kl="analytic", estimator="standard", batch=4)
+
+
+def test_summary_covers_encoder_and_decoder():
+    model = small_model()
+    r = gradient_snr(model, data(), repeats=10)
+    n_enc = sum(p.size for n, p in model.params.items() if n.startswith("enc."))
+    n_dec = sum(p.size for n, p in model.params.items() if n.startswith("dec."))
+    assert r.summary["encoder"]["n_params"] == n_enc and r.summary["decoder"]["n_params"] == n_dec
+    for part in ("encoder", "decoder"):
+        s = r.summary[part]
+        assert set(s) == {"median_snr", "mean_snr", "norm_snr", "mean_var", "n_params", "n_undefined"}
+        snr = np.concatenate([r.snr[n].ravel() for n in r.snr if n.startswith(part[:3] + ".")])
+        assert s["median_snr"] == pytest.approx(np.median(snr[~np.isnan(snr)]))
+        assert 0 < s["median_snr"] < np.inf
+
+
+def test_deterministic_gradient_has_infinite_snr():
+    # With dec.0.W = 0 the decoder ignores z: under the analytic-KL ELBO every gradient but
+    # dec.0.W's is the same for every eps (zero variance), so its SNR is inf.
+    model = small_model()
+    model.params["dec.0.W"][:] = 0.0
+    r = gradient_snr(model, data(), mc_samples=2, repeats=20)
+    for name in model.params:
+        if name == "dec.0.W":
+            assert (r.var[name] > 0).all()
+            assert np.isfinite(r.snr[name]).all()
+        else:
+            assert (r.var[name] == 0).all(), name
+            assert np.isinf(r.snr[name][r.mean[name] != 0]).all(), name
+    assert r.summary["encoder"]["median_snr"] == np.inf and r.summary["encoder"]["norm_snr"] == np.inf
+
+
+def test_coordinate_without_gradient_has_undefined_snr():
+    model = small_model()
+    x = data()
+    x[:, 0] = 0.0           # no input in pixel 0: enc.0.W[0] never gets a gradient
+    r = gradient_snr(model, x, repeats=5)
+    assert np.isnan(r.snr["enc.0.W"][0]).all()
+    assert r.summary["encoder"]["n_undefined"] >= model.params["enc.0.W"].shape[1]
+    assert np.isfinite(r.summary["encoder"]["median_snr"])
+
+
+def test_more_repeats_keep_the_mean_within_its_standard_error():
+    model, x = small_model(), data()
+    few = gradient_snr(model, x, mc_samples=2, objective="iwae", repeats=50, seed=1)
+    many = gradient_snr(model, x, mc_samples=2, objective="iwae", repeats=800, seed=2)
+    for name in model.params:
+        se = np.sqrt(few.var[name] / few.repeats + many.var[name] / many.repeats)
+        z = np.abs(few.mean[name] - many.mean[name])[se > 0] / se[se > 0]
+        assert z.max() < 4.5, (name, z.max())
+        # the variance does not depend on repeats either (within sampling error of ~20%)
+        ratio = few.var[name].sum() / many.var[name].sum()
+        assert 0.6 < ratio < 1.6, (name, ratio)
+
+
+def test_elbo_decoder_snr_grows_as_sqrt_of_samples():
+    # The ELBO's gradient with S samples is the mean of S independent one-sample gradients,
+    # so its variance is Var/S and every coordinate's SNR is sqrt(S) times larger.
+    model, x = small_model(), data()
+    one = gradient_snr(model, x, mc_samples=1, repeats=400, seed=1)
+    sixteen = gradient_snr(model, x, mc_samples=16, repeats=400, seed=2)
+    ratio = sixteen.summary["decoder"]["median_snr"] / one.summary["decoder"]["median_snr"]
+    assert 3.0 < ratio < 5.3, ratio
+
+
+def test_seeded_and_reproducible():
+    model, x = small_model(), data()
+    a = gradient_snr(model, x, repeats=5, seed=9)
+    b = gradient_snr(model, x, repeats=5, seed=np.random.default_rng(9))
+    for name in model.params:
+        np.testing.assert_array_equal(a.var[name], b.var[name])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mc_samples=0), r"mc_samples: expected an integer >= 1, got 0"),
+    (dict(repeats=1), r"repeats: expected an integer >= 2, got 1"),
+    (dict(objective="elbo", estimator="dreg"), r"estimator: 'dreg' .* applies to objective='iwae'"),
+    (dict(objective="elbo", kl="analytic", estimator="stl"), r"estimator: 'stl' .* use kl='mc'"),
+    (dict(objective="vae"), r"objective: expected one of 'elbo', 'iwae'"),
+])
+def test_bad_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gradient_snr(small_model(), data(), **kwargs)
+
+
+def test_data_of_another_dimension_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"x: the model takes 6-dimensional inputs .* the data has 784 columns"):
+        gradient_snr(small_model(), np.zeros((2, 784)))

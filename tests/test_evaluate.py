@@ -1,0 +1,280 @@
+"""Dataset measures: the importance-sampled log-likelihood, its chunking, its standard errors,
+its memory bound and its CLI; and the executor of the sample-size study (benchmarks/sample_sizes.py)."""
+
+import importlib.util
+import io as stdio
+import json
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npvae import cli
+from npvae import evaluate as ev
+from npvae.evaluate import evaluate_bound, log_likelihood
+from npvae.model import VAE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_model(seed=3, input_dim=7, scale=1.0):
+    model = VAE(input_dim=input_dim, hidden=(6,), latent_dim=2, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    for name, p in model.params.items():
+        if name.endswith(".b"):
+            p[:] = 0.1 * rng.standard_normal(p.shape)
+        if name.startswith("dec."):
+            p *= scale
+    return model
+
+
+def data(n, d=7, seed=0):
+    return np.random.default_rng(seed).random((n, d))
+
+
+class ReplayNoise:
+    """Stands in for ``model._draw_eps``: hands out the columns of one fixed (N, k, L) array in order,
+    so that any chunking of the samples sees the same noise as a single pass."""
+
+    def __init__(self, eps):
+        self.eps, self.row, self.col = eps, 0, 0
+
+    def __call__(self, rng, b, s):
+        out = self.eps[self.row:self.row + b, self.col:self.col + s]
+        self.col += s
+        if self.col == self.eps.shape[1]:
+            self.row, self.col = self.row + b, 0
+        return out
+
+
+# ---------------------------------------------------------------------------
+# The estimate
+# ---------------------------------------------------------------------------
+def test_log_likelihood_is_the_iwae_bound_with_k_samples():
+    model, x = small_model(), data(6)
+    r = log_likelihood(model, x, k=50, batch=6, max_rows=300, seed=3)   # one chunk: the same eps draw
+    eps = model._draw_eps(np.random.default_rng(3), 6, 50)
+    bound, _ = model._forward(x, eps, "iwae", "analytic")
+    np.testing.assert_allclose(r.per_example, bound.per_example, rtol=1e-13)
+    assert r.mean == pytest.approx(bound.per_example.mean(), rel=1e-13)
+    assert (r.k, r.n) == (50, 6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 150.0])   # 150: log p(x) of -1500..-3700, where exp() underflows
+@pytest.mark.parametrize("batch,max_rows", [(1, 1), (2, 7), (5, 13), (5, 1000)])
+def test_streaming_logsumexp_over_chunks_equals_one_pass(monkeypatch, scale, batch, max_rows):
+    model, x = small_model(scale=scale), data(5)
+    eps = np.random.default_rng(1).standard_normal((5, 40, 2))
+    one_pass, _ = model._forward(x, eps, "iwae", "analytic")
+    monkeypatch.setattr(model, "_draw_eps", ReplayNoise(eps))
+    r = log_likelihood(model, x, k=40, batch=batch, max_rows=max_rows)
+    assert np.isfinite(r.per_example).all() and np.isfinite(r.per_example_se).all()
+    np.testing.assert_allclose(r.per_example, one_pass.per_example, rtol=1e-12)
+    if scale > 1:
+        assert one_pass.per_example.max() < -1000     # np.exp(-1000) == 0.0: a naive mean of w gives -inf
+
+
+def test_standard_error_matches_spread_over_seeds():
+    # The delta-method SE of one example's estimate against the SD of 200 independent estimates.
+    model, x = small_model(), data(1)
+    runs = [log_likelihood(model, x, k=100, seed=s, progress=False) for s in range(200)]
+    spread = np.std([r.mean for r in runs], ddof=1)
+    predicted = np.mean([r.per_example_se[0] for r in runs])
+    assert 0.8 < predicted / spread < 1.25, (predicted, spread)
+    assert runs[0].mc_se == pytest.approx(runs[0].per_example_se[0])
+
+
+def test_dataset_standard_errors_are_defined_as_documented():
+    model, x = small_model(), data(30)
+    r = log_likelihood(model, x, k=20, seed=0)
+    assert r.se == pytest.approx(np.std(r.per_example, ddof=1) / np.sqrt(30))
+    assert r.mc_se == pytest.approx(np.sqrt(np.sum(r.per_example_se ** 2)) / 30)
+    assert ((r.ess >= 1 - 1e-9) & (r.ess <= 20 + 1e-9)).all()
+    d = r.to_dict()
+    assert d["log_likelihood"] == r.mean and d["k"] == 20 and d["n"] == 30
+    json.dumps(d)
+
+
+def test_one_sample_is_the_log_weight_with_undefined_se():
+    model, x = small_model(), data(4)
+    r = log_likelihood(model, x, k=1, seed=2)
+    eps = model._draw_eps(np.random.default_rng(2), 4, 1)
+    elbo_mc, _ = model._forward(x, eps, "elbo", "mc")
+    np.testing.assert_allclose(r.per_example, elbo_mc.per_example, rtol=1e-13)
+    assert np.isnan(r.per_example_se).all() and (r.ess == 1).all()
+
+
+def test_more_samples_tighten_the_bound_above_the_elbo():
+    model, x = small_model(), data(40)
+    elbo = -evaluate_bound(model, x, mc_samples=200, rng=0)["loss"]
+    ll_small = log_likelihood(model, x, k=2, seed=0).mean
+    ll_big = log_likelihood(model, x, k=500, seed=0)
+    assert elbo < ll_small < ll_big.mean
+    assert ll_big.mean - elbo > 20 * ll_big.mc_se
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    model, x = small_model(), data(5)
+    a = log_likelihood(model, x, k=30, seed=7)
+    b = log_likelihood(model, x, k=30, seed=np.random.default_rng(7))
+    c = log_likelihood(model, x, k=30, seed=8)
+    np.testing.assert_array_equal(a.per_example, b.per_example)
+    assert not np.allclose(a.per_example, c.per_example)
+
+
+def test_float32_model_is_close_to_float64():
+    m64 = small_model()
+    m32 = VAE(input_dim=7, hidden=(6,), latent_dim=2, seed=3, dtype=np.float32)
+    m32.params.update({k: v.astype(np.float32) for k, v in m64.params.items()})
+    x = data(8)
+    a = log_likelihood(m64, x, k=64, seed=1)
+    b = log_likelihood(m32, x.astype(np.float32), k=64, seed=1)
+    np.testing.assert_allclose(b.per_example, a.per_example, rtol=1e-4)
+
+
+def test_working_memory_is_bounded_by_max_rows_not_k():
+    # MNIST-sized model; 128 examples at the default max_rows are decoder passes of 4096 rows.
+    model = VAE(input_dim=784, hidden=(256,), latent_dim=2, seed=0)
+    x = np.random.default_rng(0).random((128, 784))
+    peaks = []
+    for k in (32, 128):
+        tracemalloc.start()
+        log_likelihood(model, x, k=k, progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    stated = 4 * ev.LL_MAX_ROWS * (784 + 256) * 8        # the docstring's bound, 136 MB
+    assert max(peaks) < stated, peaks
+    assert peaks[1] < 1.15 * peaks[0], peaks        # 4x the samples, the same working set
+
+
+def test_progress_lines_and_quiet(monkeypatch):
+    monkeypatch.setattr(ev._Reporter, "EVERY", 0.0)
+    model, x = small_model(), data(6)
+    out = stdio.StringIO()
+    log_likelihood(model, x, k=10, batch=2, seed=0, file=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("log_likelihood: 2/6 examples (k=10)") and "ETA" in lines[0]
+    assert lines[-1].startswith("log_likelihood: 6/6 examples (k=10) in")
+    out = stdio.StringIO()
+    log_likelihood(model, x, k=10, batch=2, seed=0, file=out, progress=False)
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(k=0), r"k: expected an integer >= 1, got 0"),
+    (dict(k=2.5), r"k: expected an integer >= 1, got 2.5"),
+    (dict(batch=0), r"batch: expected an integer >= 1, got 0"),
+    (dict(max_rows=-1), r"max_rows: expected an integer >= 1, got -1"),
+])
+def test_bad_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        log_likelihood(small_model(), data(3), **kwargs)
+
+
+def test_data_of_another_dimension_is_a_clear_error():
+    model = small_model()
+    with pytest.raises(ValueError, match=r"x: the model takes 7-dimensional inputs .* the data has 9 columns"):
+        log_likelihood(model, data(3, d=9))
+    with pytest.raises(ValueError, match=r"x: the model takes 7-dimensional inputs"):
+        evaluate_bound(model, data(3, d=784))
+    with pytest.raises(ValueError, match=r"x: expected values in \[0.0, 1.0\]"):
+        log_likelihood(model, 2 * data(3))
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+def test_cli_evaluate_prints_log_likelihood_json(mnist_dir, tmp_path, capsys):
+    model = VAE(input_dim=784, hidden=(16,), latent_dim=2, seed=0)
+    model.save(tmp_path / "m.npz")
+    argv = ["evaluate", str(tmp_path / "m.npz"), "--k", "20", "--limit", "30", "--json", "--data", str(mnist_dir)]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["k"] == 20 and report["n"] == 30
+    assert report["log_likelihood"] > report["elbo"]
+    for key in ("log_likelihood_se", "log_likelihood_mc_se", "ess_median", "recon", "kl"):
+        assert np.isfinite(report[key]), key
+    assert cli.main(argv[:4] + ["--limit", "30", "--data", str(mnist_dir), "--quiet"]) == 0   # --k 20, text
+    out = capsys.readouterr().out
+    assert "test log-likelihood (k=20, 30 images)" in out and "Monte Carlo SE" in out
+
+
+def test_cli_evaluate_model_of_another_dimension(mnist_dir, tmp_path, capsys):
+    VAE(input_dim=100, hidden=(4,), seed=0).save(tmp_path / "m.npz")
+    assert cli.main(["evaluate", str(tmp_path / "m.npz"), "--k", "5", "--data", str(mnist_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "npvae evaluate: error: the model takes 100-dimensional inputs but the data has 784" in err
+
+
+def test_cli_evaluate_refuses_k_below_one(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", "m.npz", "--k", "0"])
+    assert exc.value.code == 2
+    assert "argument --k: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# The sample-size study's executor (benchmarks/sample_sizes.py), on tiny synthetic cells
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("sample_sizes", REPO / "benchmarks" / "sample_sizes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sample_sizes"] = module      # so that workers can unpickle run_cell by reference
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("sample_sizes", None)
+
+
+def tiny_argv(out, *extra):
+    return ["--synthetic", "12", "--samples", "1", "3", "--objectives", "elbo", "iwae", "--epochs", "1",
+            "--subset", "40", "--test-subset", "10", "--k", "8", "--snr-repeats", "2", "--snr-batch", "10",
+            "--hidden", "8", "--out", str(out), *extra]
+
+
+def test_study_runs_cells_in_workers_and_resumes(study, tmp_path, capsys):
+    out = tmp_path / "ss"
+    assert study.main(tiny_argv(out, "--workers", "2")) == 0
+    log = capsys.readouterr().out
+    assert "4 cells: 0 already done, 4 to run" in log and "[4/4]" in log and "ETA" in log
+    results = sorted((out / "cells").glob("*/result.json"))
+    assert [p.parent.name for p in results] == ["elbo-S1-seed0", "elbo-S3-seed0", "iwae-S1-seed0", "iwae-S3-seed0"]
+    assert not list((out / "cells").glob("*/checkpoint.npz"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    report = Path(str(out) + ".md").read_text()
+    assert "| iwae | 3 | 1 |" in report and "Command: `python benchmarks/sample_sizes.py" in report
+    for name in ("bounds", "snr", "time"):
+        if importlib.util.find_spec("matplotlib"):
+            assert Path(f"{out}_{name}.png").exists()
+
+    # Resume: a finished cell is not recomputed; a deleted one is.
+    (out / "cells" / "iwae-S3-seed0" / "result.json").unlink()
+    assert study.main(tiny_argv(out, "--workers", "1", "--no-plots")) == 0
+    assert "4 cells: 3 already done, 1 to run" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in results[:3]] == stamps[:3]
+
+    # Other settings over the same folder are refused rather than mixed in.
+    with pytest.raises(SystemExit, match=r"other settings \(epochs\)"):
+        study.main(tiny_argv(out, "--epochs", "2", "--no-plots"))
+
+
+def test_study_refuses_bad_grid(study, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        study.main(tiny_argv(tmp_path / "ss", "--samples", "0"))
+    assert "--samples: expected integers >= 1, got 0" in capsys.readouterr().err
+
+
+def test_study_on_a_dask_cluster(study, tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        out = tmp_path / "ss"
+        argv = tiny_argv(out, "--samples", "2", "--objectives", "iwae", "--scheduler", cluster.scheduler_address,
+                         "--no-plots")
+        assert study.main(argv) == 0
+        log = capsys.readouterr().out
+        assert "1 cells: 0 already done, 1 to run (scheduler tcp://127.0.0.1:" in log
+        result = json.loads((out / "cells" / "iwae-S2-seed0" / "result.json").read_text())
+        assert result["mc_samples"] == 2 and np.isfinite(result["log_likelihood"])

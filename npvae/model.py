@@ -210,47 +210,45 @@ class VAE:
     # ------------------------------------------------------------------
     # Forward pieces
     # ------------------------------------------------------------------
-    def _encode(self, x):
+    def _hidden_forward(self, prefix, h):
+        """The hidden stack ``prefix.0``, ``prefix.1``, ...: dense then activation, with caches."""
         act_forward, _ = ops.ACTIVATIONS[self.activation]
-        p, caches, h = self.params, [], x
+        caches = []
         for i in range(len(self.hidden)):
-            a, c_dense = ops.dense_forward(h, p[f"enc.{i}.W"], p[f"enc.{i}.b"])
+            a, c_dense = ops.dense_forward(h, self.params[f"{prefix}.{i}.W"], self.params[f"{prefix}.{i}.b"])
             h, c_act = act_forward(a)
             caches.append((c_dense, c_act))
-        mu, c_mu = ops.dense_forward(h, p["enc.mu.W"], p["enc.mu.b"])
-        log_var, c_lv = ops.dense_forward(h, p["enc.logvar.W"], p["enc.logvar.b"])
+        return h, caches
+
+    def _hidden_backward(self, prefix, dh, caches, grads):
+        """Backward of :meth:`_hidden_forward`: fills ``grads`` and returns the input's gradient."""
+        _, act_backward = ops.ACTIVATIONS[self.activation]
+        for i in reversed(range(len(self.hidden))):
+            c_dense, c_act = caches[i]
+            dh, grads[f"{prefix}.{i}.W"], grads[f"{prefix}.{i}.b"] = ops.dense_backward(act_backward(dh, c_act), c_dense)
+        return dh
+
+    def _encode(self, x):
+        h, caches = self._hidden_forward("enc", x)                              # (B, H)
+        mu, c_mu = ops.dense_forward(h, self.params["enc.mu.W"], self.params["enc.mu.b"])
+        log_var, c_lv = ops.dense_forward(h, self.params["enc.logvar.W"], self.params["enc.logvar.b"])
         return mu, log_var, (caches, c_mu, c_lv)
 
     def _encode_backward(self, dmu, dlog_var, cache, grads):
-        _, act_backward = ops.ACTIVATIONS[self.activation]
         caches, c_mu, c_lv = cache
         dh, grads["enc.mu.W"], grads["enc.mu.b"] = ops.dense_backward(dmu, c_mu)
         dh_lv, grads["enc.logvar.W"], grads["enc.logvar.b"] = ops.dense_backward(dlog_var, c_lv)
-        dh += dh_lv
-        for i in reversed(range(len(self.hidden))):
-            c_dense, c_act = caches[i]
-            da = act_backward(dh, c_act)
-            dh, grads[f"enc.{i}.W"], grads[f"enc.{i}.b"] = ops.dense_backward(da, c_dense)
+        self._hidden_backward("enc", dh + dh_lv, caches, grads)  # the data's gradient is not needed
 
     def _decode_logits(self, z):
-        act_forward, _ = ops.ACTIVATIONS[self.activation]
-        p, caches, h = self.params, [], z
-        for i in range(len(self.hidden)):
-            a, c_dense = ops.dense_forward(h, p[f"dec.{i}.W"], p[f"dec.{i}.b"])
-            h, c_act = act_forward(a)
-            caches.append((c_dense, c_act))
-        logits, c_out = ops.dense_forward(h, p["dec.out.W"], p["dec.out.b"])
+        h, caches = self._hidden_forward("dec", z)                              # (..., H)
+        logits, c_out = ops.dense_forward(h, self.params["dec.out.W"], self.params["dec.out.b"])
         return logits, (caches, c_out)
 
     def _decode_backward(self, dlogits, cache, grads):
-        _, act_backward = ops.ACTIVATIONS[self.activation]
         caches, c_out = cache
         dh, grads["dec.out.W"], grads["dec.out.b"] = ops.dense_backward(dlogits, c_out)
-        for i in reversed(range(len(self.hidden))):
-            c_dense, c_act = caches[i]
-            da = act_backward(dh, c_act)
-            dh, grads[f"dec.{i}.W"], grads[f"dec.{i}.b"] = ops.dense_backward(da, c_dense)
-        return dh
+        return self._hidden_backward("dec", dh, caches, grads)
 
     # ------------------------------------------------------------------
     # Public API

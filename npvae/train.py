@@ -264,7 +264,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
                                     f"training stopped and {where}. A smaller learning rate may help.")
             opt.step(model.params, grads)
             totals += len(idx) * np.array([bound.loss, bound.recon, bound.kl])
-            progress.step(epoch, step + 1, bound.loss)
+            progress.step(epoch, step + 1, totals[0] / min(n, (step + 1) * batch_size))  # running mean, as Keras
         seconds = time.perf_counter() - t0
         loss, recon, kl_mean = totals / n
         record = dict(epoch=epoch, loss=float(loss), recon=float(recon), kl=float(kl_mean), seconds=seconds)

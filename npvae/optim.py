@@ -415,6 +415,23 @@ def _flush_subnormals(s: np.ndarray, scratch: np.ndarray, mask: np.ndarray,
 # The optimizers
 # ----------------------------------------------------------------------------------------
 
+def _average_squares(v, g, decay, scratch):
+    """``v = decay v + (1 - decay) g^2`` in place (the running average of RMSprop and Adam)."""
+    np.multiply(g, g, out=scratch)
+    np.multiply(scratch, 1.0 - decay, out=scratch)
+    np.multiply(v, decay, out=v)
+    np.add(v, scratch, out=v)
+
+
+def _scaled_step(p, direction, v, step_size, epsilon, scratch):
+    """``p -= step_size * direction / (sqrt(v) + epsilon)`` in place, epsilon outside the root (Keras)."""
+    np.sqrt(v, out=scratch)
+    np.add(scratch, epsilon, out=scratch)
+    np.divide(direction, scratch, out=scratch)
+    np.multiply(scratch, step_size, out=scratch)
+    np.subtract(p, scratch, out=p)
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, Keras 2 form.
 
@@ -545,15 +562,8 @@ class RMSprop(Optimizer):
 
     def _update(self, p, g, slots, scratch):
         v = slots["v"]
-        np.multiply(g, g, out=scratch)
-        np.multiply(scratch, 1.0 - self.rho, out=scratch)
-        np.multiply(v, self.rho, out=v)
-        np.add(v, scratch, out=v)                       # v = rho v + (1 - rho) g^2
-        np.sqrt(v, out=scratch)
-        np.add(scratch, self.epsilon, out=scratch)
-        np.divide(g, scratch, out=scratch)
-        np.multiply(scratch, self.lr, out=scratch)
-        np.subtract(p, scratch, out=p)                  # p -= lr g / (sqrt(v) + eps)
+        _average_squares(v, g, self.rho, scratch)       # v = rho v + (1 - rho) g^2
+        _scaled_step(p, g, v, self.lr, self.epsilon, scratch)   # p -= lr g / (sqrt(v) + eps)
 
 
 class Adam(Optimizer):
@@ -613,15 +623,8 @@ class Adam(Optimizer):
         np.multiply(g, 1.0 - self.beta1, out=scratch)
         np.multiply(m, self.beta1, out=m)
         np.add(m, scratch, out=m)                       # m = b1 m + (1 - b1) g
-        np.multiply(g, g, out=scratch)
-        np.multiply(scratch, 1.0 - self.beta2, out=scratch)
-        np.multiply(v, self.beta2, out=v)
-        np.add(v, scratch, out=v)                       # v = b2 v + (1 - b2) g^2
-        np.sqrt(v, out=scratch)
-        np.add(scratch, self.epsilon, out=scratch)
-        np.divide(m, scratch, out=scratch)
-        np.multiply(scratch, alpha, out=scratch)
-        np.subtract(p, scratch, out=p)                  # p -= alpha m / (sqrt(v) + eps)
+        _average_squares(v, g, self.beta2, scratch)     # v = b2 v + (1 - b2) g^2
+        _scaled_step(p, m, v, alpha, self.epsilon, scratch)     # p -= alpha m / (sqrt(v) + eps)
 
 
 # ----------------------------------------------------------------------------------------

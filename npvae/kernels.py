@@ -22,20 +22,28 @@ What the kernels do, and what they leave to the caller:
 * The upstream gradient of an op is *not* always applied inside the kernel;
   each docstring says which factor is left to the caller and why.
 
-Transcendentals over large arrays are left to NumPy. Numba calls the C
-library's scalar ``expf``/``log1pf``/``tanhf`` once per element (the PyPI
-llvmlite has no SVML to vectorize them), while NumPy's ufuncs use SIMD
-implementations; on the development machine (AVX-512) a numba loop calling
-``log1p`` was ~15x slower than ``np.log1p``, enough that a single fused numba
-pass over the ``(B, S, D)`` logits lost to the unfused NumPy ops. So
-:func:`bernoulli_nll_and_grad` walks the logits in blocks of rows small enough
-to stay in cache: a numba pass adds the output bias (optional) and writes
-``-|l|``, ``np.exp`` and ``np.log1p`` fill a block of scratch, then a numba
-kernel does everything else for that block in one pass. The big arrays
-are still read and written once, no ``(B, S, D)`` temporary is made, and the
-gradient is the reference's bit for bit (the same ufuncs, the same float
-operations in the same order; the NLL differs only in the order of its float64
-sum). The tanh activation likewise uses ``np.tanh``.
+Transcendentals over large arrays: numba calls the C library's scalar
+``expf``/``log1pf``/``tanhf`` once per element (the PyPI llvmlite has no SVML to
+vectorize them), while NumPy's ufuncs use SIMD implementations; on the
+development machine (AVX-512) a numba loop calling ``log1p`` was ~15x slower
+than ``np.log1p``. :func:`bernoulli_nll_and_grad`, the one pass over the
+``(B, S, D)`` logits, therefore takes one of two routes:
+
+* **float32** (training): one numba loop over the logits with its own
+  ``exp(-|l|)`` and ``log1p`` (:func:`_exp_neg_f32`, :func:`_log1p_unit_f32`:
+  range reduction and short polynomials of plain float arithmetic, which LLVM
+  vectorizes). Each element is read once and written once, with everything in
+  registers; about twice as fast as the route below. The results are not the
+  reference's bit for bit but within a few float32 ulps of the exact values
+  (bounds in the functions' docstrings, checked against float64 in the tests).
+* **float64** (gradient checks, the reference precision): blocks of rows small
+  enough to stay in cache; a numba pass adds the output bias (optional) and
+  writes ``-|l|``, ``np.exp`` and ``np.log1p`` fill a block of scratch, then a
+  numba kernel does everything else for that block in one pass. The gradient is
+  the reference's bit for bit (the same ufuncs, the same float operations in the
+  same order; the NLL differs only in the order of its float64 sum).
+
+The tanh activation uses ``np.tanh``.
 
 Activation codes for :func:`bias_act_forward` and :func:`act_backward` are
 :data:`RELU`, :data:`TANH`, :data:`IDENTITY` (by name in :data:`ACT_CODES`).
@@ -52,6 +60,9 @@ except ImportError as exc:  # numba is needed only for speed
     _IMPORT_ERROR = exc
 else:
     _IMPORT_ERROR = None
+    from llvmlite import ir as _ir
+    from numba.core import types as _types
+    from numba.extending import intrinsic as _intrinsic
 
 __all__ = [
     "AVAILABLE", "require", "RELU", "TANH", "IDENTITY", "ACT_CODES",
@@ -92,14 +103,23 @@ def _kernel(fn):
     with a branch and the loops do not vectorize (RMSprop's step was 8x slower).
     It does not change any result that the Python error model would return.
     """
+    return _compile(fn)
+
+
+def _compile(fn, **options):
+    """``numba.njit(cache=True, error_model="numpy", nogil=True, **options)(fn)``, or ``fn``.
+
+    ``nogil``: a kernel releases the GIL, so that the training step's worker threads
+    (:mod:`npvae.fused`) run their kernels at the same time.
+    """
     if not AVAILABLE:
         return fn
     try:
-        return numba.njit(cache=True, error_model="numpy")(fn)
+        return numba.njit(cache=True, error_model="numpy", nogil=True, **options)(fn)
     except RuntimeError:
         # numba found no writable cache directory (read-only install and no usable
         # NUMBA_CACHE_DIR): compile on every run rather than fail at import
-        return numba.njit(error_model="numpy")(fn)
+        return numba.njit(error_model="numpy", nogil=True, **options)(fn)
 
 
 # --------------------------------------------------------------------------
@@ -342,9 +362,11 @@ def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
     ``dlogits[b, s, d] = sigmoid(l) - x[b, d]``, the stable sigmoid sharing
     ``exp(-|l|)`` with the NLL. Exact and finite for any finite logit.
 
-    ``nll`` equals ``ops.bernoulli_nll_forward(logits, x)[0]`` (up to the order of
-    the float64 sum) and ``dlogits`` equals, bit for bit,
-    ``ops.bernoulli_nll_backward(ones((B, S)), cache)``: the upstream ``dnll[b, s]``
+    In float64, ``nll`` equals ``ops.bernoulli_nll_forward(logits, x)[0]`` (up to the
+    order of the float64 sum) and ``dlogits`` equals, bit for bit,
+    ``ops.bernoulli_nll_backward(ones((B, S)), cache)``. In float32 (the
+    vectorized route of the module docstring) each pixel's NLL term and gradient
+    are within a few float32 ulps of the exact values. The upstream ``dnll[b, s]``
     is **not** applied, because for the IWAE it depends on every sample's NLL,
     known only after this pass. Apply it afterwards: either :func:`scale_rows` on
     ``dlogits.reshape(-1, D)`` (one more pass over ``(B, S, D)``; then the plain
@@ -354,8 +376,9 @@ def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
     needed by the activation's backward) and ``db`` from :func:`weighted_bias_grad`,
     where ``g = dlogits.reshape(-1, D)`` and ``w = dnll.reshape(-1)``.
 
-    Works through blocks of rows: ``np.exp`` and ``np.log1p`` (SIMD) fill a block
-    of ``work``, then a numba kernel does the rest of the block in one pass.
+    float64 works through blocks of rows: ``np.exp`` and ``np.log1p`` (SIMD) fill a
+    block of ``work``, then a numba kernel does the rest of the block in one pass.
+    float32 is one numba pass (``work[0, 0]`` serves as a row of scratch).
 
     Parameters
     ----------
@@ -377,11 +400,20 @@ def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
         overwrote them).
     """
     B, S, D = logits.shape
+    add_bias = bias is not None
+    if logits.dtype == np.float32 and AVAILABLE:
+        scratch = np.empty(D, np.float32) if work is None else work[0, 0]
+        flat, flat_nll = logits.reshape(B * S, D), nll.reshape(B * S)
+        b = bias if add_bias else scratch[:0]
+        if np.shares_memory(logits, dlogits):      # in place (the training step)
+            _bernoulli_f32_inplace(flat, x, S, b, add_bias, flat_nll, scratch)
+        else:
+            _bernoulli_f32(flat, x, S, b, add_bias, flat_nll, dlogits.reshape(B * S, D), scratch)
+        return
     if work is None:
         work = bernoulli_workspace(D, logits.dtype)
     rows = work.shape[1]
     flat = logits.reshape(B * S, D)
-    add_bias = bias is not None
     if not add_bias:
         bias = work[0, 0, :0]             # unused, of the right type for the kernel
     for r0 in range(0, B * S, rows):
@@ -445,12 +477,7 @@ def _reassoc_kernel(fn):
     """:func:`_kernel` with LLVM's ``reassoc`` flag: a float sum may be reordered (and so
     vectorized). Only for sums whose order is not part of the contract (bounded by tests);
     no other fast-math flag (no NaN/inf assumptions, no reciprocal approximations)."""
-    if not AVAILABLE:
-        return fn
-    try:
-        return numba.njit(cache=True, error_model="numpy", fastmath={"reassoc"})(fn)
-    except RuntimeError:
-        return numba.njit(error_model="numpy", fastmath={"reassoc"})(fn)
+    return _compile(fn, fastmath={"reassoc"})
 
 
 @_reassoc_kernel
@@ -465,6 +492,162 @@ def _sum_f64(t):
     for d in range(t.shape[0]):
         acc += np.float64(t[d])
     return acc
+
+
+# --------------------------------------------------------------------------
+# The float32 route: exp(-a) and log1p(e) from float arithmetic that vectorizes
+# --------------------------------------------------------------------------
+_LOG2E = 1.4426950408889634
+#: ln 2 = _LN2_HI + _LN2_LO, with _LN2_HI's float32 significand 15 bits long, so
+#: that ``k * _LN2_HI`` is exact in float32 for the integers ``k <= 150`` used here.
+_LN2_HI = 0.693145751953125
+_LN2_LO = 1.4286068203094173e-06
+#: exp(-a) underflows float32 to 0 for a above this (exp(-104) < 2**-150).
+_EXP_NEG_MAX = 104.0
+
+
+def _fma_kernel(fn):
+    """:func:`_compile` with LLVM's ``contract`` flag only: ``a * b + c`` may become one
+    fused multiply-add (one rounding instead of two: no less accurate, and the
+    polynomials' chains of dependent operations are half as long)."""
+    return _compile(fn, fastmath={"contract"})
+
+
+def _fma_inline(fn):
+    """:func:`_fma_kernel`, inlined into its callers by numba (elementwise helpers)."""
+    return _compile(fn, fastmath={"contract"}, inline="always")
+
+
+if AVAILABLE and not numba.config.DISABLE_JIT:
+    @_intrinsic
+    def _exp2_neg(typingctx, k, like):
+        """``2.0 ** -k`` in the float type of ``like``, built from its bits (vectorizes).
+
+        ``k`` an integer with ``-bias < -k <= bias`` (float32: 0 <= k <= 126), as
+        :func:`_exp_neg_f32` uses it; ``like`` only chooses the float type.
+        """
+        if not isinstance(k, _types.Integer) or not isinstance(like, _types.Float):
+            return None
+
+        def codegen(context, builder, signature, args):
+            if like.bitwidth == 32:
+                itype, bias, shift, ftype = _ir.IntType(32), 127, 23, _ir.FloatType()
+            else:
+                itype, bias, shift, ftype = _ir.IntType(64), 1023, 52, _ir.DoubleType()
+            kk = args[0]
+            if kk.type.width > itype.width:
+                kk = builder.trunc(kk, itype)
+            elif kk.type.width < itype.width:
+                kk = builder.sext(kk, itype)
+            bits = builder.shl(builder.sub(_ir.Constant(itype, bias), kk), _ir.Constant(itype, shift))
+            return builder.bitcast(bits, ftype)
+
+        return like(k, like), codegen
+else:
+    def _exp2_neg(k, like):
+        """``2.0 ** -k`` in the type of ``like`` (uncompiled fallback of the intrinsic)."""
+        with np.errstate(all="ignore"):
+            return type(like)(np.ldexp(1.0, -int(k)))
+
+
+@_fma_inline
+def _exp_neg_f32(a):
+    """``exp(-a)`` in float32 for ``a >= 0`` (or NaN): within 1.5 ulp, subnormals included.
+
+    ``a = k ln2 + r`` with ``|r| <= ln2 / 2`` (Cody-Waite: ``k * _LN2_HI`` exact),
+    ``exp(-r) = 1 - r + r^2 P(r)`` with ``P`` of degree 4 (a Chebyshev fit: relative
+    error 1e-8 before rounding), times ``2^-k`` made from bits in two halves so
+    that results down to the subnormal range are right. ``a > 104`` gives 0, as
+    ``np.exp(np.float32(-a))`` does; NaN gives NaN. Only float arithmetic and
+    integer/bit operations: a loop calling it vectorizes.
+    """
+    f = np.float32
+    v = f(_EXP_NEG_MAX) if a > f(_EXP_NEG_MAX) else a      # NaN stays NaN
+    k = np.int32(v * f(_LOG2E) + f(0.5))                     # round(v / ln2), v >= 0
+    kf = f(k)
+    r = (v - kf * f(_LN2_HI)) - kf * f(_LN2_LO)
+    p = f(0.0013933648)
+    p = p * r + f(-0.0083631793)
+    p = p * r + f(0.041666463)
+    p = p * r + f(-0.16666577)
+    p = p * r + f(0.5)
+    p = (p * r) * r + (f(1.0) - r)
+    k1 = k >> 1
+    return (p * _exp2_neg(k1, v)) * _exp2_neg(k - k1, v)
+
+
+@_fma_inline
+def _log1p_unit_f32(e):
+    """``log1p(e)`` in float32 for ``e`` in [0, 1]: within 2 ulp.
+
+    ``log1p(e) = 2 atanh(s)``, ``s = e / (2 + e)`` in [0, 1/3], as
+    ``s (2 + z Q(z)) = e - s (e - z Q(z))``, ``z = s^2``, ``Q`` of degree 3 (a Chebyshev fit of the atanh
+    series: relative error 1.5e-8 before rounding). No range reduction is needed on
+    [0, 1]; exact at 0, and tiny ``e`` give ``e``.
+    """
+    f = np.float32
+    s = e / (f(2.0) + e)
+    z = s * s
+    q = f(0.26867556)
+    q = q * z + f(0.28233964)
+    q = q * z + f(0.4000767)
+    q = q * z + f(0.6666664)
+    # 2 s = e - s e exactly (s (2 + e) = e): with e itself the leading term, the
+    # rounding of s enters only through the smaller correction s (e - z Q)
+    return e - s * (e - z * q)
+
+
+@_fma_inline
+def _bernoulli_pixel_f32(l, xd):
+    """One pixel in float32: ``(max(l, 0) - x l + log1p(exp(-|l|)), sigmoid(l) - x)``."""
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    e = _exp_neg_f32(abs(l))                                          # exp(-|l|)
+    term = ((l if l > zero else zero) - xd * l) + _log1p_unit_f32(e)
+    # sigmoid(l) = 1 / (1 + e) for l >= 0, e / (1 + e) below, as ops.sigmoid
+    return term, (one if l >= zero else e) / (one + e) - xd
+
+
+@_fma_kernel
+def _bernoulli_f32_inplace(logits, x, S, bias, add_bias, nll, term):
+    """The float32 route of :func:`bernoulli_nll_and_grad` over flat rows ``b * S + s``,
+    ``dlogits`` written over ``logits`` (N, D).
+
+    ``x`` (B, D), ``nll`` (N,), ``term`` (D,) scratch. One read and one write per
+    element, everything else in registers. The NLL's sum over pixels goes through
+    ``term`` and :func:`_sum_f64` (a float64 sum that vectorizes). A separate kernel
+    from :func:`_bernoulli_f32` because LLVM vectorizes a loop that reads and writes
+    two arrays only after a runtime check that they do not overlap, which the same
+    array fails: the loop would run scalar.
+    """
+    n, D = logits.shape
+    for r in range(n):
+        b = r // S
+        if add_bias:
+            for d in range(D):
+                term[d], logits[r, d] = _bernoulli_pixel_f32(logits[r, d] + bias[d], x[b, d])
+        else:
+            for d in range(D):
+                term[d], logits[r, d] = _bernoulli_pixel_f32(logits[r, d], x[b, d])
+        nll[r] = _sum_f64(term)
+
+
+@_fma_kernel
+def _bernoulli_f32(logits, x, S, bias, add_bias, nll, dlogits, term):
+    """:func:`_bernoulli_f32_inplace` into a separate ``dlogits`` (N, D); ``logits`` gets
+    the bias added in place when ``add_bias``."""
+    n, D = logits.shape
+    for r in range(n):
+        b = r // S
+        if add_bias:
+            for d in range(D):
+                l = logits[r, d] + bias[d]
+                logits[r, d] = l
+                term[d], dlogits[r, d] = _bernoulli_pixel_f32(l, x[b, d])
+        else:
+            for d in range(D):
+                term[d], dlogits[r, d] = _bernoulli_pixel_f32(logits[r, d], x[b, d])
+        nll[r] = _sum_f64(term)
 
 
 # --------------------------------------------------------------------------

@@ -83,6 +83,8 @@ def build_parser():
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--no-figures", action="store_true", help="skip drawing the figures at the end")
     t.add_argument("--quiet", action="store_true", help="no progress display")
+    t.add_argument("--threads", type=_positive,
+                   help="threads of a training step (default: as many as NumPy's BLAS uses)")
 
     p = sub.add_parser("plot", help="redraw a run folder's figures")
     p.add_argument("run_dir", help="a run folder written by `npvae train`")
@@ -131,7 +133,7 @@ def _train(args):
     s = settings
     (x_train, _), (x_test, y_test) = load_mnist(args.data, progress=not args.quiet)
     model = VAE(input_dim=x_train.shape[1], hidden=s["hidden"], latent_dim=s["latent_dim"],
-                activation=s["activation"], seed=s["seed"], dtype=s["dtype"])
+                activation=s["activation"], seed=s["seed"], dtype=s["dtype"], threads=args.threads)
     from .optim import get_optimizer
     optimizer = get_optimizer(s["optimizer"], **({} if s["lr"] is None else {"lr": s["lr"]}))
     out.mkdir(parents=True, exist_ok=True)

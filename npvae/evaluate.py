@@ -50,11 +50,12 @@ def _evaluate(model, x, mc_samples, objective, batch_size, rng, kl="analytic"):
     """:func:`evaluate_bound` on trusted inputs."""
     totals = np.zeros(3)
     n = x.shape[0]
-    for start in range(0, n, batch_size):
-        xb = x[start:start + batch_size]
-        eps = model._draw_eps(rng, xb.shape[0], mc_samples)
-        bound, _ = model._forward(xb, eps, objective, kl)
-        totals += xb.shape[0] * np.array([bound.loss, bound.recon, bound.kl])
+    with model._steps(min(batch_size, n), mc_samples):
+        for start in range(0, n, batch_size):
+            xb = x[start:start + batch_size]
+            eps = model._draw_eps(rng, xb.shape[0], mc_samples)
+            bound, _ = model._forward(xb, eps, objective, kl)
+            totals += xb.shape[0] * np.array([bound.loss, bound.recon, bound.kl])
     loss, recon, kl_mean = totals / n
     return {"loss": float(loss), "recon": float(recon), "kl": float(kl_mean), "n": n}
 

@@ -28,22 +28,44 @@ of size ``B * S * D`` or ``B * S * H``; the last, smaller batch of an epoch gets
 its own. The forward-only path (:func:`forward`, used for evaluation) works
 through the batch in chunks of examples so its workspace stays a few MB
 whatever the evaluation batch size.
+
+**Threads.** Every example's bound depends on its own ``S`` samples only, so a
+batch splits exactly into groups of examples. With ``T`` threads
+(:func:`threads_for`) a step runs ``T`` groups at once, each through the whole
+pipeline above in its own workspace, its matrix products on one BLAS thread
+(:func:`npvae._blas.single_threaded`) and its kernels without the GIL; the
+groups' gradients are then summed. One BLAS call spread over the cores, with
+serial passes between the calls, used the second core about half the time on
+the development machine; groups keep each core busy with its own products and
+passes, on data that stays in its cache between them. The result equals the
+one-group step up to the order of float additions (the sum over groups), and is
+the same from run to run for the same ``T``.
 """
 
+import os
+import threading
 from collections import OrderedDict
+from contextlib import nullcontext
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from . import _blas
 from . import kernels as K
 from . import objectives as obj
 
-__all__ = ["Workspace", "loss_and_grads", "forward", "FORWARD_ROWS", "MAX_WORKSPACES"]
+__all__ = ["Workspace", "loss_and_grads", "forward", "threads_for", "groups_for", "steps_context", "FORWARD_ROWS", "MAX_WORKSPACES",
+           "MIN_GROUP_ROWS"]
 
 #: Rows ``B * S`` per chunk of the forward-only path (evaluation): enough for BLAS
 #: to run at full rate, small enough that the logits stay a few MB.
 FORWARD_ROWS = 4096
-#: Workspaces kept per model (training batch, last partial batch, evaluation chunks).
+#: Workspaces kept per model and thread (training batch, last partial batch, evaluation chunks).
 MAX_WORKSPACES = 4
+#: A step is split over threads only into groups of at least this many rows ``B * S``:
+#: below it (e.g. batch 100 with S <= 5) BLAS threading its own products was as fast
+#: on the development machine, and the groups' fixed costs do not pay.
+MIN_GROUP_ROWS = 512
 
 #: Set to an object with a ``mark(phase)`` method to time the phases of a step
 #: (``benchmarks/speed.py`` does); each call ends the phase that started at the last.
@@ -99,22 +121,27 @@ class Workspace:
         return total
 
 
-def workspace(model, B, S, grads=True):
-    """The model's cached :class:`Workspace` for ``(B, S, model.dtype)``, made on first use."""
+def workspace(model, B, S, grads=True, slot=0):
+    """The model's cached :class:`Workspace` for ``(B, S, model.dtype)``, made on first use.
+
+    ``slot`` numbers the thread (group) that uses it: each has its own.
+    """
     cache = model.__dict__.setdefault("_workspaces", OrderedDict())
-    key = (B, S, model.dtype.name, grads)
+    key = (B, S, model.dtype.name, grads, slot)
     ws = cache.get(key)
     if ws is None:
         ws = cache[key] = Workspace(model, B, S, model.dtype, grads)
-        while len(cache) > MAX_WORKSPACES:
+        while len(cache) > MAX_WORKSPACES * (slot + 1):
             cache.popitem(last=False)
     else:
         cache.move_to_end(key)
     return ws
 
 
-def _forward_into(model, ws, x, eps, act):
-    """Encoder, reparameterization + KL, decoder and the Bernoulli pass, into ``ws``."""
+def _forward_into(model, ws, x, eps, act, prof=None):
+    """Encoder, reparameterization + KL, decoder and the Bernoulli pass, into ``ws``.
+
+    ``prof``: :data:`PROFILER` (or None), marked at the end of each phase."""
     p, nh = model.params, len(model.hidden)
     B, S, L = eps.shape
     D = x.shape[1]
@@ -128,11 +155,11 @@ def _forward_into(model, ws, x, eps, act):
     np.add(ws.mu, p["enc.mu.b"], out=ws.mu)
     np.matmul(h, p["enc.logvar.W"], out=ws.log_var)
     np.add(ws.log_var, p["enc.logvar.b"], out=ws.log_var)
-    if PROFILER is not None:
-        PROFILER.mark("encoder GEMMs + bias/act")
+    if prof is not None:
+        prof.mark("encoder GEMMs + bias/act")
     K.reparam_kl_forward(ws.mu, ws.log_var, eps, ws.z, ws.kl)       # (B, S, L), (B,)
-    if PROFILER is not None:
-        PROFILER.mark("reparam + KL")
+    if prof is not None:
+        prof.mark("reparam + KL")
     h = ws.z.reshape(B * S, L)
     for i in range(nh):
         out = ws.dec_h[i]                                            # (B * S, H_i)
@@ -140,13 +167,13 @@ def _forward_into(model, ws, x, eps, act):
         K.bias_act_forward(out, p[f"dec.{i}.b"], act, out)
         h = out
     np.matmul(h, p["dec.out.W"], out=ws.logits)                      # (B * S, D), bias added below
-    if PROFILER is not None:
-        PROFILER.mark("decoder GEMMs + bias/act")
+    if prof is not None:
+        prof.mark("decoder GEMMs + bias/act")
     logits = ws.logits.reshape(B, S, D)
     # nll (B, S); the logits become g = sigmoid(logits) - x, in place
     K.bernoulli_nll_and_grad(logits, x, ws.nll, logits, ws.work, bias=p["dec.out.b"])
-    if PROFILER is not None:
-        PROFILER.mark("output kernel (bias, NLL, sigmoid - x)")
+    if prof is not None:
+        prof.mark("output kernel (bias, NLL, sigmoid - x)")
 
 
 def _bound(ws, objective, kl, eps):
@@ -165,11 +192,86 @@ def _contiguous(x, eps):
     return np.ascontiguousarray(x), np.ascontiguousarray(eps)
 
 
+def threads_for(model):
+    """Threads a step of ``model`` may use: ``model.threads``, or when that is None, the
+    BLAS library's thread count (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, or the
+    cores) where npvae can set it (:mod:`npvae._blas`), else 1 (one group, BLAS
+    threading its own products)."""
+    threads = getattr(model, "threads", None)
+    if threads is not None:
+        return threads
+    blas = _blas.get_threads()
+    return 1 if blas is None else max(1, min(blas, os.cpu_count() or 1))
+
+
+def groups_for(model, B, S):
+    """Groups (threads) a step of ``B`` examples with ``S`` samples runs in: at most
+    :func:`threads_for` and ``B``, with at least :data:`MIN_GROUP_ROWS` rows each."""
+    return max(1, min(threads_for(model), B, (B * S) // MIN_GROUP_ROWS))
+
+
+def steps_context(model, B, S):
+    """A context for a loop of steps of ``B`` examples and ``S`` samples (training,
+    evaluation): BLAS on one thread throughout when such steps run on several threads
+    (:func:`groups_for`), else nothing (BLAS threads its own products).
+
+    Each step sets BLAS to one thread anyway; holding it there between steps also
+    keeps BLAS from running a product on all its threads in between, after which
+    OpenBLAS's threads spin, waiting for work, for a while (~0.1 s) on the cores that
+    the next step's groups need (on the development machine two groups then ran no
+    faster than one).
+    """
+    if groups_for(model, B, S) > 1:
+        return _blas.single_threaded()
+    return nullcontext()
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _executor(workers):
+    """A process-wide thread pool with at least ``workers`` threads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            old, _pool = _pool, ThreadPoolExecutor(workers, thread_name_prefix="npvae")
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
+def _run_groups(fn, groups):
+    """``[fn(slot, *group) for slot, group in enumerate(groups)]``, the groups on threads.
+
+    Slot 0 runs on the calling thread, the others on the pool, all with BLAS on one
+    thread. Every group has finished (or failed) before this returns or raises, so
+    no thread is still writing into a workspace when the next step starts.
+    """
+    if len(groups) == 1:
+        return [fn(0, *groups[0])]
+    with _blas.single_threaded():
+        pool = _executor(len(groups) - 1)
+        futures = [pool.submit(fn, slot, *g) for slot, g in enumerate(groups) if slot > 0]
+        try:
+            first = fn(0, *groups[0])
+        finally:
+            wait(futures)
+        rest = [f.result() for f in futures]      # raises the first group's error, if any
+    return [first] + rest
+
+
+def _split(n, parts):
+    """``parts`` contiguous ``(start, stop)`` ranges covering ``range(n)``, sizes within 1."""
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
 def forward(model, x, eps, objective, kl="analytic"):
     """The :class:`npvae.objectives.Bound` of ``VAE._forward``, without gradients.
 
     Works through the batch in chunks of at most :data:`FORWARD_ROWS` rows ``B * S``
-    (each example's bound depends on its own samples only, so this is exact).
+    (each example's bound depends on its own samples only, so this is exact), the
+    chunks shared among :func:`threads_for` threads.
 
     Parameters
     ----------
@@ -189,14 +291,20 @@ def forward(model, x, eps, objective, kl="analytic"):
     chunk = max(1, min(B, FORWARD_ROWS // S))
     dtype = model.dtype
     bound, nll, kl_exact = np.empty(B, dtype), np.empty((B, S), dtype), np.empty(B, dtype)
-    for b0 in range(0, B, chunk):
-        b1 = min(B, b0 + chunk)
-        ws = workspace(model, b1 - b0, S, grads=False)
-        e = eps[b0:b1]
-        _forward_into(model, ws, x[b0:b1], e, act)
-        bound[b0:b1] = _bound(ws, objective, kl, e)
-        nll[b0:b1] = ws.nll
-        kl_exact[b0:b1] = ws.kl
+    starts = list(range(0, B, chunk))
+    threads = min(groups_for(model, B, S), len(starts))
+
+    def run(slot, i0, i1):  # chunks starts[i0:i1]
+        for b0 in starts[i0:i1]:
+            b1 = min(B, b0 + chunk)
+            ws = workspace(model, b1 - b0, S, grads=False, slot=slot)
+            e = eps[b0:b1]
+            _forward_into(model, ws, x[b0:b1], e, act)
+            bound[b0:b1] = _bound(ws, objective, kl, e)
+            nll[b0:b1] = ws.nll
+            kl_exact[b0:b1] = ws.kl
+
+    _run_groups(run, _split(len(starts), threads))
     return obj.Bound(float(-bound.mean()), bound, float(nll.mean()), float(kl_exact.mean()))
 
 
@@ -222,24 +330,49 @@ def loss_and_grads(model, x, eps, objective, kl="analytic", estimator="standard"
         the same shapes overwrites them.** Consume them (e.g. an optimizer step) or
         copy them before the next call; :meth:`npvae.VAE.loss_and_grads` returns
         copies, while :func:`npvae.fit` uses them as they are. For the same reason
-        one model must not run two steps at once (threads): use one model per thread.
+        one model must not run two steps at once (from threads of its own: the step
+        runs its groups on threads itself, see the module docstring).
     """
     x, eps = _contiguous(x, eps)
+    B, S, _ = eps.shape
+    groups = _split(B, groups_for(model, B, S))
+    parts = _run_groups(lambda slot, b0, b1: _step(model, slot, x[b0:b1], eps[b0:b1], objective, kl,
+                                                   estimator, B), groups)
+    g = parts[0][3]
+    for part in parts[1:]:                      # sum the groups' gradients into group 0's
+        for name, a in g.items():
+            np.add(a, part[3][name], out=a)
+    bound = parts[0][0] if len(parts) == 1 else np.concatenate([part[0] for part in parts])
+    result = obj.Bound(float(-bound.mean()), bound, sum(part[1] for part in parts) / (B * S),
+                       sum(part[2] for part in parts) / B)
+    return (result if return_bound else result.loss), g
+
+
+def _step(model, slot, x, eps, objective, kl, estimator, batch):
+    """Forward and backward of the examples ``x`` (a group of a batch of ``batch``) in
+    the workspace of ``slot``.
+
+    Returns ``(bound, nll_sum, kl_sum, grads)``: the per-example bound (a fresh array),
+    the float64 sums of the NLL over (examples, samples) and of the analytic KL over
+    examples, and the gradients of the *whole batch's* loss (``-mean`` of the bound
+    over ``batch`` examples) with respect to the parameters, through these examples.
+    """
     p, nh = model.params, len(model.hidden)
     B, S, L = eps.shape
     N = B * S
     act = K.ACT_CODES[model.activation]
-    ws = workspace(model, B, S, grads=True)
+    ws = workspace(model, B, S, grads=True, slot=slot)
     g = ws.grads
+    prof = PROFILER if slot == 0 else None
 
     # ---- forward ---------------------------------------------------------------
-    _forward_into(model, ws, x, eps, act)
+    _forward_into(model, ws, x, eps, act, prof)
     log_weights = objective == "iwae" or kl == "mc"
     bound = _bound(ws, objective, kl, eps)                            # (B,)
-    result = obj.Bound(float(-bound.mean()), bound, float(ws.nll.mean()), float(ws.kl.mean()))
+    sums = float(ws.nll.sum(dtype=np.float64)), float(ws.kl.sum(dtype=np.float64))
 
     # ---- backward: the bound's gradients on the sample axis --------------------
-    dbound = model.dtype.type(-1.0 / B)                              # d loss / d bound
+    dbound = model.dtype.type(-1.0 / batch)                          # d loss / d bound
     if log_weights:
         if objective == "iwae":
             np.multiply(ws.w_tilde, dbound, out=ws.dlog_w)           # dbound * w~
@@ -253,8 +386,8 @@ def loss_and_grads(model, x, eps, objective, kl="analytic", estimator="standard"
         ws.row_w.fill(-(dbound / S))
         ws.dkl.fill(-dbound)
 
-    if PROFILER is not None:
-        PROFILER.mark("bound, log weights and their backward")
+    if prof is not None:
+        prof.mark("bound, log weights and their backward")
     # ---- decoder backward ---------------------------------------------------------
     w = ws.row_w
     grad_logits = ws.logits                                           # sigmoid(l) - x, (B * S, D)
@@ -276,8 +409,8 @@ def loss_and_grads(model, x, eps, objective, kl="analytic", estimator="standard"
         else:
             np.matmul(da, p["dec.0.W"].T, out=ws.dz.reshape(N, L))  # (B * S, L)
 
-    if PROFILER is not None:
-        PROFILER.mark("decoder backward GEMMs + act/bias grads")
+    if prof is not None:
+        prof.mark("decoder backward GEMMs + act/bias grads")
     # ---- latent: estimators, reparameterization and KL ---------------------------
     dz = ws.dz
     if log_weights:
@@ -289,8 +422,8 @@ def loss_and_grads(model, x, eps, objective, kl="analytic", estimator="standard"
         np.add(ws.dmu, ws.dmu_q, out=ws.dmu)
         np.add(ws.dlog_var, ws.dlog_var_q, out=ws.dlog_var)
 
-    if PROFILER is not None:
-        PROFILER.mark("reparam + KL backward")
+    if prof is not None:
+        prof.mark("reparam + KL backward")
     # ---- encoder backward ---------------------------------------------------------
     h_last = ws.enc_h[-1]
     np.matmul(h_last.T, ws.dmu, out=g["enc.mu.W"])
@@ -309,6 +442,6 @@ def loss_and_grads(model, x, eps, objective, kl="analytic", estimator="standard"
         K.bias_grad(da, g[f"enc.{i}.b"])
         if i > 0:
             np.matmul(da, p[f"enc.{i}.W"].T, out=ws.enc_d[i - 1])
-    if PROFILER is not None:
-        PROFILER.mark("encoder backward GEMMs + act/bias grads")
-    return (result if return_bound else result.loss), g
+    if prof is not None:
+        prof.mark("encoder backward GEMMs + act/bias grads")
+    return bound, sums[0], sums[1], g

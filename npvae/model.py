@@ -7,6 +7,7 @@ reparameterization ``z = mu + exp(log_var / 2) * eps`` with ``eps`` of shape
 """
 
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -79,6 +80,14 @@ class VAE:
         several times faster, preallocated workspaces). ``"auto"`` picks numba
         when it is installed, else NumPy with a warning. Not part of
         :attr:`config`: a saved model loads with ``"auto"``.
+    threads : int or None, default None
+        Threads of a numba-backend step: the batch is split into this many groups
+        of examples, run at once, each with single-threaded matrix products
+        (:mod:`npvae.fused`). None: as many as NumPy's OpenBLAS uses (set by
+        ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``, else the cores), or 1
+        where the BLAS is not an OpenBLAS npvae can control (then BLAS threads
+        its own products). Results depend on it only through the order of float
+        additions. Not part of :attr:`config`; may be reassigned.
 
     Attributes
     ----------
@@ -90,6 +99,8 @@ class VAE:
         (same shape and dtype) or updated in place.
     backend : str
         ``"numba"`` or ``"numpy"``, as resolved from the ``backend`` argument.
+    threads : int or None
+        As the argument.
 
     Examples
     --------
@@ -101,7 +112,7 @@ class VAE:
     """
 
     def __init__(self, input_dim=784, hidden=(256,), latent_dim=2, activation="relu",
-                 seed=0, dtype=np.float64, backend="auto"):
+                 seed=0, dtype=np.float64, backend="auto", threads=None):
         self.input_dim = check.positive_int(input_dim, "input_dim")
         if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
             hidden = (hidden,)
@@ -119,7 +130,16 @@ class VAE:
         self.seed = seed
         self.dtype = check.float_dtype(dtype)
         self.backend = _resolve_backend(backend)
+        self.threads = threads
         self.params = self._init_params(np.random.default_rng(seed))
+
+    @property
+    def threads(self):
+        return self._threads
+
+    @threads.setter
+    def threads(self, value):
+        self._threads = None if value is None else check.positive_int(value, "threads")
 
     # ------------------------------------------------------------------
     def _layer_shapes(self):
@@ -182,6 +202,12 @@ class VAE:
     # ------------------------------------------------------------------
     # Input checks
     # ------------------------------------------------------------------
+    def _steps(self, batch, mc_samples):
+        """Context manager for a loop of steps of ``batch`` examples and ``mc_samples``
+        samples: :func:`npvae.fused.steps_context` with the numba backend, else nothing."""
+        fused = self._fused()
+        return nullcontext() if fused is None else fused.steps_context(self, batch, mc_samples)
+
     def _check_x(self, x, name="x"):
         return check.float_array(x, name, ("B", self.input_dim), dtype=self.dtype, lo=0.0, hi=1.0)
 

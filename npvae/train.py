@@ -243,41 +243,43 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     progress = _Progress(epochs, steps, int(verbose), file)
     if len(history):
         progress.message(f"Resuming from {checkpoint} after epoch {len(history)}")
-    for epoch in range(len(history) + 1, epochs + 1):
-        t0 = time.perf_counter()
-        totals = np.zeros(3)
-        order = rng.permutation(n)
-        for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            xb = x_train[idx]
-            if binarize != "none":
-                xb = datasets.binarize(xb, binarize, rng=rng)
-            if fixed_eps is None:
-                eps = model._draw_eps(rng, len(idx), mc_samples)
-            else:
-                eps = fixed_eps[idx]
-            bound, grads = model._loss_and_grads(xb, eps, objective, kl, estimator, return_bound=True)
-            if not np.isfinite(bound.loss):
-                where = f"the last good checkpoint (epoch {len(history)}) is {str(checkpoint)!r}" if (
-                    checkpoint is not None and len(history)) else "no checkpoint was written"
-                raise TrainingError(f"the loss became {bound.loss} at epoch {epoch}, step {step + 1}/{steps}; "
-                                    f"training stopped and {where}. A smaller learning rate may help.")
-            opt.step(model.params, grads)
-            totals += len(idx) * np.array([bound.loss, bound.recon, bound.kl])
-            progress.step(epoch, step + 1, totals[0] / min(n, (step + 1) * batch_size))  # running mean, as Keras
-        seconds = time.perf_counter() - t0
-        loss, recon, kl_mean = totals / n
-        record = dict(epoch=epoch, loss=float(loss), recon=float(recon), kl=float(kl_mean), seconds=seconds)
-        if x_val is not None:
-            vrng = np.random.default_rng([seed, 2, epoch])
-            xv = x_val if binarize == "none" else datasets.binarize(x_val, binarize, rng=vrng)
-            # about 10,000 (example, sample) rows a chunk bounds memory for any S
-            val = _evaluate(model, xv, mc_samples, objective, max(1, 10000 // mc_samples), vrng, kl)
-            record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
-        history.append(record)
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, opt, rng, history, settings)
-        progress.end_epoch(record)
+    # the numba backend's steps run on threads: BLAS stays on one thread meanwhile
+    with model._steps(min(batch_size, n), mc_samples):
+        for epoch in range(len(history) + 1, epochs + 1):
+            t0 = time.perf_counter()
+            totals = np.zeros(3)
+            order = rng.permutation(n)
+            for step in range(steps):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb = x_train[idx]
+                if binarize != "none":
+                    xb = datasets.binarize(xb, binarize, rng=rng)
+                if fixed_eps is None:
+                    eps = model._draw_eps(rng, len(idx), mc_samples)
+                else:
+                    eps = fixed_eps[idx]
+                bound, grads = model._loss_and_grads(xb, eps, objective, kl, estimator, return_bound=True)
+                if not np.isfinite(bound.loss):
+                    where = f"the last good checkpoint (epoch {len(history)}) is {str(checkpoint)!r}" if (
+                        checkpoint is not None and len(history)) else "no checkpoint was written"
+                    raise TrainingError(f"the loss became {bound.loss} at epoch {epoch}, step {step + 1}/{steps}; "
+                                        f"training stopped and {where}. A smaller learning rate may help.")
+                opt.step(model.params, grads)
+                totals += len(idx) * np.array([bound.loss, bound.recon, bound.kl])
+                progress.step(epoch, step + 1, totals[0] / min(n, (step + 1) * batch_size))  # running mean, as Keras
+            seconds = time.perf_counter() - t0
+            loss, recon, kl_mean = totals / n
+            record = dict(epoch=epoch, loss=float(loss), recon=float(recon), kl=float(kl_mean), seconds=seconds)
+            if x_val is not None:
+                vrng = np.random.default_rng([seed, 2, epoch])
+                xv = x_val if binarize == "none" else datasets.binarize(x_val, binarize, rng=vrng)
+                # about 10,000 (example, sample) rows a chunk bounds memory for any S
+                val = _evaluate(model, xv, mc_samples, objective, max(1, 10000 // mc_samples), vrng, kl)
+                record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
+            history.append(record)
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, opt, rng, history, settings)
+            progress.end_epoch(record)
     return history
 
 

@@ -131,7 +131,7 @@ def test_workspace_reuse_across_shapes_does_not_corrupt_results():
         objective = "iwae" if i % 2 else "elbo"
         assert_same_result(ref.loss_and_grads(x, eps, objective, return_bound=True),
                            fast.loss_and_grads(x, eps, objective, return_bound=True), np.float64)
-    assert len(fast._workspaces) <= fused.MAX_WORKSPACES
+    assert len(fast._workspaces) <= fused.MAX_WORKSPACES * max(1, fused.threads_for(fast))
 
 
 def test_public_grads_are_copies_and_internal_grads_are_workspace_views():
@@ -164,6 +164,97 @@ def test_steady_state_step_allocates_no_large_arrays():
     tracemalloc.stop()
     smallest_large_array = B * S * 256 * 4  # one (B * S, H) float32 array
     assert peak < smallest_large_array / 4, peak
+
+
+# --------------------------------------------------------------------------
+# Threads: a step split into groups of examples
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("objective,kl,estimator", COMBOS)
+def test_grouped_step_equals_numpy_path(monkeypatch, threads, objective, kl, estimator):
+    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    ref, fast = pair(np.float64)
+    fast.threads = threads
+    for B, S in ((7, 2), (3, 4), (2, 1)):      # 2 or 3 groups, of unequal sizes
+        assert fused.groups_for(fast, B, S) == min(threads, B)
+        x, eps = data(ref, B, S, seed=B + S)
+        args = (x, eps, objective, kl, estimator)
+        assert_same_result(ref.loss_and_grads(*args, return_bound=True),
+                           fast.loss_and_grads(*args, return_bound=True), np.float64)
+
+
+def test_grouped_forward_shares_chunks_among_threads(monkeypatch):
+    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(fused, "FORWARD_ROWS", 6)  # 9 examples x 3 samples -> 5 chunks of <= 2
+    ref, fast = pair(np.float64)
+    fast.threads = 2
+    x, eps = data(ref, 9, 3)
+    for objective, kl in (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic")):
+        want, got = ref.bound(x, eps, objective, kl), fast.bound(x, eps, objective, kl)
+        for field in ("loss", "recon", "kl", "per_example"):
+            assert_close(getattr(got, field), getattr(want, field), np.float64, field)
+
+
+def test_group_count_follows_threads_batch_and_minimum_rows(monkeypatch):
+    _, fast = pair(np.float64)
+    fast.threads = 4
+    assert fused.groups_for(fast, 100, 25) == 4           # 2500 rows
+    assert fused.groups_for(fast, 100, 5) == 1            # 500 rows < 2 * MIN_GROUP_ROWS
+    assert fused.groups_for(fast, 100, 11) == 2
+    assert fused.groups_for(fast, 3, 1000) == 3           # never more groups than examples
+    fast.threads = 1
+    assert fused.groups_for(fast, 100, 50) == 1
+    fast.threads = None                                   # as many as BLAS uses
+    blas = npvae._blas.get_threads()
+    assert fused.threads_for(fast) == (1 if blas is None else min(blas, os.cpu_count()))
+
+
+def test_threads_argument_is_validated_and_not_part_of_config():
+    model = VAE(input_dim=5, hidden=(3,), latent_dim=2, threads=2)
+    assert model.threads == 2 and "threads" not in model.config
+    model.threads = None
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="threads"):
+            VAE(input_dim=5, hidden=(3,), latent_dim=2, threads=bad)
+        with pytest.raises(ValueError, match="threads"):
+            model.threads = bad
+
+
+def test_grouped_step_waits_for_all_groups_and_restores_blas_threads(monkeypatch):
+    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    _, fast = pair(np.float64)
+    fast.threads = 3
+    x, eps = data(fast, 6, 2)
+    before = npvae._blas.get_threads()
+    real_step, finished = fused._step, []
+
+    def failing(model, slot, *args):
+        if slot == 1:
+            raise FloatingPointError("group 1 failed")
+        out = real_step(model, slot, *args)
+        finished.append(slot)
+        return out
+
+    monkeypatch.setattr(fused, "_step", failing)
+    with pytest.raises(FloatingPointError, match="group 1"):
+        fast.loss_and_grads(x, eps)
+    assert sorted(finished) == [0, 2]                     # the other groups ran to the end
+    assert npvae._blas.get_threads() == before
+
+
+def test_fit_on_threads_gives_the_one_thread_history(monkeypatch):
+    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    _, one = pair(np.float64, input_dim=784, latent_dim=2, hidden=(32,))
+    _, two = pair(np.float64, input_dim=784, latent_dim=2, hidden=(32,))
+    one.threads, two.threads = 1, 2
+    x = np.random.default_rng(0).random((50, 784))
+    h1 = npvae.fit(one, x, epochs=2, batch_size=20, mc_samples=3, verbose=0, validation_data=x[:10])
+    h2 = npvae.fit(two, x, epochs=2, batch_size=20, mc_samples=3, verbose=0, validation_data=x[:10])
+    for a, b in zip(h1, h2):
+        for key in ("loss", "recon", "kl", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-10)
+    for name in one.params:
+        np.testing.assert_allclose(two.params[name], one.params[name], rtol=1e-9, atol=1e-12)
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""The thread count of NumPy's BLAS, read and set at run time (OpenBLAS only).
+
+The numba backend's training step splits a batch over worker threads, each of
+which runs its own matrix products (:mod:`npvae.fused`). That pays only when
+each product runs on one thread: if BLAS also spread every product over all
+cores, the workers' products and the BLAS threads would fight over the same
+cores (and OpenBLAS's idle threads spin for a while after each product). So
+while the workers run, BLAS is set to one thread, and set back afterwards
+(:func:`single_threaded`).
+
+NumPy exposes no API for this, so the OpenBLAS library that NumPy loaded is
+opened with :mod:`ctypes` and its ``openblas_set_num_threads`` called, under
+the symbol names of the builds NumPy ships (``scipy_openblas_*64_`` in NumPy 2
+wheels, ``openblas_*64_`` in NumPy 1.x wheels, plain ``openblas_*`` in
+distribution builds). Where no such library is found (MKL, Accelerate, BLIS),
+:func:`controllable` is False and npvae leaves BLAS alone: the training step
+then runs as one group, with BLAS threading its products itself.
+"""
+
+import ctypes
+import glob
+import os
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+__all__ = ["controllable", "get_threads", "set_threads", "single_threaded", "library_paths"]
+
+_SYMBOLS = [(f"{p}openblas_get_num_threads{s}", f"{p}openblas_set_num_threads{s}")
+            for p in ("scipy_", "") for s in ("64_", "")]
+
+_lock = threading.Lock()
+_found = None          # list of (path, get, set) once searched
+_depth = 0             # nesting of single_threaded()
+_saved = None          # the thread count single_threaded() restores
+
+
+def _numpy_bundled():
+    """OpenBLAS files shipped inside NumPy's wheel (Linux/Windows ``numpy.libs``, macOS ``.dylibs``)."""
+    pkg = os.path.dirname(np.__file__)
+    pats = [os.path.join(pkg + ".libs", "*openblas*"), os.path.join(pkg, ".dylibs", "*openblas*")]
+    return sorted(p for pat in pats for p in glob.glob(pat))
+
+
+def _loaded_openblas():
+    """OpenBLAS files mapped into this process (Linux), other than those other packages ship."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in os.path.basename(line.split()[-1]).lower()}
+    except OSError:
+        return []
+
+    def numpys(p):  # a system library, or one in NumPy's own folders
+        if not os.path.isabs(p):
+            return False
+        if "site-packages" in p or "dist-packages" in p:
+            return os.sep + "numpy" in p
+        return True
+
+    return sorted(filter(numpys, paths))
+
+
+def _search():
+    found = []
+    for path in _numpy_bundled() or _loaded_openblas():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in _SYMBOLS:
+            get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                found.append((path, get, set_))
+                break
+    return found
+
+
+def _libs():
+    global _found
+    if _found is None:
+        with _lock:
+            if _found is None:
+                _found = _search()
+    return _found
+
+
+def library_paths():
+    """Paths of the OpenBLAS libraries npvae controls (empty if none)."""
+    return [path for path, _, _ in _libs()]
+
+
+def controllable():
+    """True if NumPy's BLAS is an OpenBLAS whose thread count npvae can read and set."""
+    return bool(_libs())
+
+
+def get_threads():
+    """The BLAS's current thread count, or None if it is not :func:`controllable`."""
+    libs = _libs()
+    return int(libs[0][1]()) if libs else None
+
+
+def set_threads(n):
+    """Set the BLAS's thread count (no effect if it is not :func:`controllable`)."""
+    for _, _, set_ in _libs():
+        set_(int(n))
+
+
+@contextmanager
+def single_threaded():
+    """Run the block with BLAS on one thread, then restore its thread count.
+
+    Reentrant and safe to enter from several threads: the count is saved by the
+    outermost entry and restored when the last one leaves. No effect where BLAS is
+    not :func:`controllable`.
+    """
+    global _depth, _saved
+    if not _libs():
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            _saved = get_threads()
+            if _saved != 1:
+                set_threads(1)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _saved != 1:
+                set_threads(_saved)

@@ -1,0 +1,37 @@
+"""npvae._blas: reading and setting the thread count of NumPy's OpenBLAS."""
+
+import numpy as np
+import pytest
+
+from npvae import _blas
+
+
+def test_thread_count_is_read_set_and_restored_where_controllable():
+    if not _blas.controllable():
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS npvae can control")
+    assert _blas.library_paths()
+    before = _blas.get_threads()
+    assert before >= 1
+    with _blas.single_threaded():
+        assert _blas.get_threads() == 1
+        with _blas.single_threaded():                  # nested: still 1, restored once at the end
+            assert _blas.get_threads() == 1
+        assert _blas.get_threads() == 1
+        a = np.ones((64, 64))
+        np.testing.assert_array_equal(a @ a, np.full((64, 64), 64.0))  # BLAS still works
+    assert _blas.get_threads() == before
+
+
+def test_restored_after_an_exception():
+    before = _blas.get_threads()
+    with pytest.raises(KeyError):
+        with _blas.single_threaded():
+            raise KeyError("x")
+    assert _blas.get_threads() == before
+
+
+def test_nothing_happens_where_blas_is_not_controllable(monkeypatch):
+    monkeypatch.setattr(_blas, "_found", [])
+    assert not _blas.controllable() and _blas.get_threads() is None and _blas.library_paths() == []
+    with _blas.single_threaded():
+        _blas.set_threads(1)                             # no library: no effect, no error

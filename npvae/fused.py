@@ -163,8 +163,11 @@ def _forward_into(model, ws, x, eps, act, prof=None):
     h = ws.z.reshape(B * S, L)
     for i in range(nh):
         out = ws.dec_h[i]                                            # (B * S, H_i)
-        np.matmul(h, p[f"dec.{i}.W"], out=out)
-        K.bias_act_forward(out, p[f"dec.{i}.b"], act, out)
+        if i == 0 and L <= K.NARROW_INPUT:                           # z @ W + b, act: one pass
+            K.narrow_dense_act_forward(h, p["dec.0.W"], p["dec.0.b"], act, out)
+        else:
+            np.matmul(h, p[f"dec.{i}.W"], out=out)
+            K.bias_act_forward(out, p[f"dec.{i}.b"], act, out)
         h = out
     np.matmul(h, p["dec.out.W"], out=ws.logits)                      # (B * S, D), bias added below
     if prof is not None:
@@ -395,19 +398,27 @@ def _step(model, slot, x, eps, objective, kl, estimator, batch):
     K.scale_rows_into(h_last, w, ws.hs)
     np.matmul(ws.hs.T, grad_logits, out=g["dec.out.W"])               # (dnll * h).T @ g
     K.weighted_bias_grad(grad_logits, w, g["dec.out.b"])
-    np.matmul(grad_logits, p["dec.out.W"].T, out=ws.dec_d[-1])
-    K.act_backward_rows(ws.dec_d[-1], h_last, act, w, ws.dec_d[-1])    # dnll * (g @ W.T) * act'
+    np.matmul(grad_logits, p["dec.out.W"].T, out=ws.dec_d[-1])       # g @ W.T, unscaled
     z2 = ws.z.reshape(N, L)
+    weighted = True                          # dnll still to apply (with the last layer's act')
     for i in reversed(range(nh)):
-        da = ws.dec_d[i]                                              # (B * S, H_i)
-        h_in = ws.dec_h[i - 1] if i > 0 else z2
-        np.matmul(h_in.T, da, out=g[f"dec.{i}.W"])
-        K.bias_grad(da, g[f"dec.{i}.b"])
-        if i > 0:
-            np.matmul(da, p[f"dec.{i}.W"].T, out=ws.dec_d[i - 1])
-            K.act_backward(ws.dec_d[i - 1], ws.dec_h[i - 1], act, ws.dec_d[i - 1])
+        dout = ws.dec_d[i]                                            # (B * S, H_i), before act'
+        if i == 0 and L <= K.NARROW_INPUT:   # act', dW, db and dz of the latent's layer: one pass
+            K.narrow_dense_act_backward(dout, ws.dec_h[0], act, w, weighted, z2, p["dec.0.W"],
+                                        g["dec.0.W"], g["dec.0.b"], ws.dz.reshape(N, L))
+            break
+        if weighted:
+            K.act_backward_rows(dout, ws.dec_h[i], act, w, dout)      # dnll * (g @ W.T) * act'
+            weighted = False
         else:
-            np.matmul(da, p["dec.0.W"].T, out=ws.dz.reshape(N, L))  # (B * S, L)
+            K.act_backward(dout, ws.dec_h[i], act, dout)
+        h_in = ws.dec_h[i - 1] if i > 0 else z2
+        np.matmul(h_in.T, dout, out=g[f"dec.{i}.W"])
+        K.bias_grad(dout, g[f"dec.{i}.b"])
+        if i > 0:
+            np.matmul(dout, p[f"dec.{i}.W"].T, out=ws.dec_d[i - 1])
+        else:
+            np.matmul(dout, p["dec.0.W"].T, out=ws.dz.reshape(N, L))  # (B * S, L)
 
     if prof is not None:
         prof.mark("decoder backward GEMMs + act/bias grads")

@@ -67,6 +67,7 @@ else:
 __all__ = [
     "AVAILABLE", "require", "RELU", "TANH", "IDENTITY", "ACT_CODES",
     "bias_act_forward", "act_backward", "act_backward_rows", "bias_grad", "weighted_bias_grad",
+    "NARROW_INPUT", "narrow_dense_act_forward", "narrow_dense_act_backward",
     "scale_rows", "scale_rows_into",
     "bernoulli_nll_and_grad", "bernoulli_workspace", "BLOCK_ELEMENTS",
     "reparam_kl_forward", "reparam_kl_backward",
@@ -337,6 +338,122 @@ def act_backward_rows(dout, out_act, act, w, dst):
 
 
 # --------------------------------------------------------------------------
+# The decoder's first layer: a narrow input (the latent z, L columns)
+# --------------------------------------------------------------------------
+#: Inputs at most this wide go through :func:`narrow_dense_act_forward` /
+#: :func:`narrow_dense_act_backward` instead of BLAS (the decoder's first layer,
+#: whose input is the latent ``z``): a BLAS product with an inner size of 2 runs far
+#: below its rate, and the passes around it cost more than the product.
+NARROW_INPUT = 8
+
+
+def narrow_dense_act_forward(z, W, b, act, out):
+    """``out = act(z @ W + b)`` in one pass, for a narrow ``z`` (few columns, e.g. the latent).
+
+    Equal to ``np.matmul(z, W)`` then :func:`bias_act_forward` up to the order of the
+    ``K``-term sums (here ``z[:, 0] W[0] + z[:, 1] W[1] + ...``, then ``+ b``, as
+    ``ops.dense_forward`` adds the bias after the product).
+
+    Parameters
+    ----------
+    z : ndarray, shape (N, K)
+    W : ndarray, shape (K, F)
+    b : ndarray, shape (F,)
+    act : int
+    out : ndarray, shape (N, F)
+        Written.
+    """
+    _narrow_forward(z, W, b, act == RELU, out)
+    if act == TANH:
+        np.tanh(out, out=out)
+
+
+@_kernel
+def _narrow_forward(z, W, b, relu, out):
+    n, k = z.shape
+    f = W.shape[1]
+    zero = out.dtype.type(0.0)
+    for i in range(n):
+        row = out[i]
+        z0 = z[i, 0]
+        for j in range(f):
+            row[j] = z0 * W[0, j]
+        for m in range(1, k):
+            zm = z[i, m]
+            for j in range(f):
+                row[j] += zm * W[m, j]
+        if relu:
+            for j in range(f):
+                v = row[j] + b[j]
+                row[j] = zero if v <= zero else v      # NaN propagates, as in bias_act_forward
+        else:
+            for j in range(f):
+                row[j] = row[j] + b[j]
+
+
+@_kernel
+def narrow_dense_act_backward(dout, out_act, act, w, weighted, z, W, dW, db, dz):
+    """The backward of :func:`narrow_dense_act_forward` from its output's gradient, in one pass.
+
+    With ``da = (dout * w[:, None]) * act'(a)`` (``w`` only if ``weighted``; the
+    activation's derivative from its output, as :func:`act_backward_rows`):
+    ``dW = z.T @ da``, ``db = da.sum(0)`` (both accumulated in float64) and
+    ``dz = da @ W.T`` -- ``ops.dense_backward`` after the activation's backward,
+    without writing ``da``. Equal to the BLAS route up to the order of the sums.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F)
+        Gradient of the layer's activated output.
+    out_act : ndarray, shape (N, F)
+        The activated output.
+    act : int
+    w : ndarray, shape (N,)
+        Row weights (the upstream ``dnll`` when this is the last hidden layer).
+    weighted : bool
+    z : ndarray, shape (N, K)
+    W : ndarray, shape (K, F)
+    dW : ndarray, shape (K, F)
+        Written.
+    db : ndarray, shape (F,)
+        Written.
+    dz : ndarray, shape (N, K)
+        Written.
+    """
+    n, f = dout.shape
+    k = z.shape[1]
+    zero = dout.dtype.type(0.0)
+    one = dout.dtype.type(1.0)
+    acc_w = np.zeros((k, f), dtype=np.float64)
+    acc_b = np.zeros(f, dtype=np.float64)
+    da = np.empty(f, dtype=dout.dtype)
+    for i in range(n):
+        wi = w[i] if weighted else one
+        if act == RELU:
+            for j in range(f):
+                da[j] = (dout[i, j] * wi) * (one if out_act[i, j] > zero else zero)
+        elif act == TANH:
+            for j in range(f):
+                o = out_act[i, j]
+                da[j] = (dout[i, j] * wi) * (one - o * o)
+        else:
+            for j in range(f):
+                da[j] = dout[i, j] * wi
+        for j in range(f):
+            acc_b[j] += da[j]
+        for m in range(k):
+            zm = np.float64(z[i, m])
+            for j in range(f):
+                acc_w[m, j] += zm * da[j]
+            dz[i, m] = _dot_f64(da, W[m])
+    for m in range(k):
+        for j in range(f):
+            dW[m, j] = acc_w[m, j]
+    for j in range(f):
+        db[j] = acc_b[j]
+
+
+# --------------------------------------------------------------------------
 # Decoder output: Bernoulli NLL and its gradient in one pass over the logits
 # --------------------------------------------------------------------------
 #: Elements per block of :func:`bernoulli_nll_and_grad`: two float32 blocks of
@@ -478,6 +595,15 @@ def _reassoc_kernel(fn):
     vectorized). Only for sums whose order is not part of the contract (bounded by tests);
     no other fast-math flag (no NaN/inf assumptions, no reciprocal approximations)."""
     return _compile(fn, fastmath={"reassoc"})
+
+
+@_reassoc_kernel
+def _dot_f64(a, b):
+    """``sum(a * b)`` in float64, in an order LLVM may choose (SIMD partial sums)."""
+    acc = np.float64(0.0)
+    for j in range(a.shape[0]):
+        acc += np.float64(a[j]) * np.float64(b[j])
+    return acc
 
 
 @_reassoc_kernel

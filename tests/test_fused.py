@@ -88,6 +88,20 @@ def test_numba_backend_equals_numpy_backend(dtype, arch, objective, kl, estimato
                      ref.bound(x, eps, objective, kl).per_example, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_wide_latent_takes_the_blas_route_for_the_first_decoder_layer(dtype):
+    """A latent wider than kernels.NARROW_INPUT: the first decoder layer runs as BLAS + kernels."""
+    from npvae import kernels
+    L = kernels.NARROW_INPUT + 1
+    for arch in ARCHS:
+        ref, fast = pair(dtype, latent_dim=L, **arch)
+        for objective, kl, estimator in COMBOS[::2]:
+            x, eps = data(ref, 4, 3)
+            args = (x, eps, objective, kl, estimator)
+            assert_same_result(ref.loss_and_grads(*args, return_bound=True),
+                               fast.loss_and_grads(*args, return_bound=True), dtype)
+
+
 def test_numba_backend_equals_numpy_backend_at_the_seed_model_size():
     ref, fast = pair(np.float64, input_dim=784, latent_dim=2, hidden=(256,), activation="relu")
     x, eps = data(ref, 7, 5)

@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("numba")
 
 from npvae import kernels as K  # noqa: E402
+from npvae import kernels as K_  # noqa: E402  (K is a shape letter in some tests)
 from npvae import objectives as obj  # noqa: E402
 from npvae import ops  # noqa: E402
 from npvae.optim import RMSprop  # noqa: E402
@@ -157,6 +158,41 @@ def test_act_backward_rows_equals_row_scale_then_ops_backward(rng, dtype, act, N
     np.testing.assert_array_equal(dst, want)
     K.act_backward_rows(dout, out_act, K.ACT_CODES[act], w, dout)  # in place
     np.testing.assert_array_equal(dout, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("N,K,F", [(1, 1, 1), (7, 2, 5), (12, 3, 9)])
+def test_narrow_dense_act_forward_equals_dense_then_activation(rng, dtype, act, N, K, F):
+    z, W, b = normal(rng, (N, K), dtype, 2.0), normal(rng, (K, F), dtype), normal(rng, (F,), dtype)
+    a, _ = ops.dense_forward(z, W, b)
+    want = a if act == "identity" else ops.ACTIVATIONS[act][0](a)[0]
+    out = np.full((N, F), np.nan, dtype)
+    K_.narrow_dense_act_forward(z, W, b, K_.ACT_CODES[act], out)
+    assert_close(out, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("N,K,F", [(1, 1, 1), (7, 2, 5), (12, 3, 9)])
+def test_narrow_dense_act_backward_equals_activation_then_dense_backward(rng, dtype, act, weighted, N, K, F):
+    z, W, b = normal(rng, (N, K), dtype, 2.0), normal(rng, (K, F), dtype), normal(rng, (F,), dtype)
+    dout, w = normal(rng, (N, F), dtype), normal(rng, (N,), dtype)
+    a, cache = ops.dense_forward(z, W, b)
+    scaled = dout * w[:, None] if weighted else dout
+    if act == "identity":
+        out_act, da = a, scaled
+    else:
+        fwd, bwd = ops.ACTIVATIONS[act]
+        out_act, act_cache = fwd(a)
+        da = bwd(scaled, act_cache)
+    want_dz, want_dW, want_db = ops.dense_backward(da, cache)
+    dW, db, dz = np.full((K, F), np.nan, dtype), np.full(F, np.nan, dtype), np.full((N, K), np.nan, dtype)
+    K_.narrow_dense_act_backward(dout, out_act, K_.ACT_CODES[act], w, weighted, z, W, dW, db, dz)
+    assert_close(dW, want_dW, dtype)
+    assert_close(db, want_db, dtype)
+    assert_close(dz, want_dz, dtype)
 
 
 # --------------------------------------------------------------------------

@@ -258,21 +258,22 @@ def worker_profile(S, steps, subset, threads, dtype="float32"):
         xb = x[(i * BATCH) % (len(x) - BATCH):][:BATCH]
         return xb, model._draw_eps(rng, BATCH, S)
 
-    for i in range(3):  # warm-up: compile cache, workspaces, optimizer state
-        _, g = model._loss_and_grads(*batch(i), "elbo", return_bound=True)
-        opt.step(model.params, g)
-    prof = _Profiler()
-    fused.PROFILER = prof
-    total = 0.0
-    for i in range(steps):
-        xb, eps = batch(i)
-        t0 = time.perf_counter()
-        prof.start()
-        _, g = model._loss_and_grads(xb, eps, "elbo", return_bound=True)
-        opt.step(model.params, g)
-        prof.mark("optimizer (RMSprop, fused kernel)")
-        total += time.perf_counter() - t0
-    fused.PROFILER = None
+    with model._steps(BATCH, S):  # as in fit: BLAS held at one thread if the steps run groups
+        for i in range(3):  # warm-up: compile cache, workspaces, optimizer state
+            _, g = model._loss_and_grads(*batch(i), "elbo", return_bound=True)
+            opt.step(model.params, g)
+        prof = _Profiler()
+        fused.PROFILER = prof  # marked by the group on the calling thread
+        total = 0.0
+        for i in range(steps):
+            xb, eps = batch(i)
+            t0 = time.perf_counter()
+            prof.start()
+            _, g = model._loss_and_grads(xb, eps, "elbo", return_bound=True)
+            opt.step(model.params, g)
+            prof.mark("optimizer (RMSprop, fused kernel)")
+            total += time.perf_counter() - t0
+        fused.PROFILER = None
     return dict(step_ms=1e3 * total / steps, phases={k: v / total for k, v in prof.t.items()})
 
 
@@ -466,7 +467,10 @@ def main(argv=None):
              f"Command: `{cmd}`  ", f"Started {started}; machine: {cpu_name()}, {os.cpu_count()} logical CPUs; "
              f"Python {platform.python_version()}.  ",
              f"Threads: {T} for every contender (OPENBLAS/OMP/MKL_NUM_THREADS={T}, torch.set_num_threads({T})); "
-             "numba kernels are serial.  ",
+             + ("npvae's numba step runs as one group with BLAS threading its products.  " if T == 1 else
+                f"npvae's numba step (`VAE.threads` = {T}) runs {T} groups of examples at once when a step has at "
+                "least 2 x `npvae.fused.MIN_GROUP_ROWS` rows (here S >= 11), each with single-threaded BLAS; "
+                "below that, one group with BLAS threading its products.  "),
              "BLAS: " + "; ".join(info.values()) + ".  ",
              f"Load average (1/5/15 min) at start {load_start}, at end {load_end}: the machine was shared, "
              "so absolute times are noisy; the ratios come from the same run, contenders alternating.  ",

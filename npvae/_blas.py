@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["controllable", "get_threads", "set_threads", "single_threaded", "library_paths"]
+__all__ = ["controllable", "get_threads", "current_threads", "set_threads", "single_threaded", "library_paths"]
 
 _SYMBOLS = [(f"{p}openblas_get_num_threads{s}", f"{p}openblas_set_num_threads{s}")
             for p in ("scipy_", "") for s in ("64_", "")]
@@ -97,10 +97,23 @@ def controllable():
     return bool(_libs())
 
 
-def get_threads():
-    """The BLAS's current thread count, or None if it is not :func:`controllable`."""
+def current_threads():
+    """The BLAS's thread count right now (1 inside :func:`single_threaded`), or None if it is
+    not :func:`controllable`."""
     libs = _libs()
     return int(libs[0][1]()) if libs else None
+
+
+def get_threads():
+    """The BLAS's own thread count, or None if it is not :func:`controllable`.
+
+    Inside :func:`single_threaded` this is the count it will restore, not the 1 it set:
+    the number of threads the user gave BLAS, which the numba step takes as its default.
+    """
+    with _lock:
+        if _depth > 0:
+            return _saved
+    return current_threads()
 
 
 def set_threads(n):
@@ -123,7 +136,7 @@ def single_threaded():
         return
     with _lock:
         if _depth == 0:
-            _saved = get_threads()
+            _saved = current_threads()
             if _saved != 1:
                 set_threads(1)
         _depth += 1

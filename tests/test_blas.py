@@ -13,13 +13,14 @@ def test_thread_count_is_read_set_and_restored_where_controllable():
     before = _blas.get_threads()
     assert before >= 1
     with _blas.single_threaded():
-        assert _blas.get_threads() == 1
+        assert _blas.current_threads() == 1
+        assert _blas.get_threads() == before           # the user's count, which the step's default follows
         with _blas.single_threaded():                  # nested: still 1, restored once at the end
-            assert _blas.get_threads() == 1
-        assert _blas.get_threads() == 1
+            assert _blas.current_threads() == 1 and _blas.get_threads() == before
+        assert _blas.current_threads() == 1
         a = np.ones((64, 64))
         np.testing.assert_array_equal(a @ a, np.full((64, 64), 64.0))  # BLAS still works
-    assert _blas.get_threads() == before
+    assert _blas.get_threads() == _blas.current_threads() == before
 
 
 def test_restored_after_an_exception():
@@ -33,5 +34,6 @@ def test_restored_after_an_exception():
 def test_nothing_happens_where_blas_is_not_controllable(monkeypatch):
     monkeypatch.setattr(_blas, "_found", [])
     assert not _blas.controllable() and _blas.get_threads() is None and _blas.library_paths() == []
+    assert _blas.current_threads() is None
     with _blas.single_threaded():
         _blas.set_threads(1)                             # no library: no effect, no error

@@ -221,6 +221,25 @@ def test_group_count_follows_threads_batch_and_minimum_rows(monkeypatch):
     fast.threads = None                                   # as many as BLAS uses
     blas = npvae._blas.get_threads()
     assert fused.threads_for(fast) == (1 if blas is None else min(blas, os.cpu_count()))
+    with fused.steps_context(fast, 100, 25):              # BLAS held at 1 thread: still the user's count
+        assert fused.threads_for(fast) == (1 if blas is None else min(blas, os.cpu_count()))
+
+
+def test_fit_runs_its_steps_in_groups_by_default(monkeypatch):
+    """Regression: fit holds BLAS at one thread; the default thread count must not read that 1."""
+    if not npvae._blas.controllable() or npvae._blas.get_threads() < 2 or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs an OpenBLAS npvae controls, with 2 threads or more")
+    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    _, fast = pair(np.float32, input_dim=784, latent_dim=2, hidden=(16,))
+    seen, real_step = [], fused._step
+
+    def recording(model, slot, *args):
+        seen.append(slot)
+        return real_step(model, slot, *args)
+
+    monkeypatch.setattr(fused, "_step", recording)
+    npvae.fit(fast, np.random.default_rng(0).random((8, 784)), epochs=1, batch_size=4, verbose=0)
+    assert max(seen) >= 1
 
 
 def test_threads_argument_is_validated_and_not_part_of_config():
@@ -253,7 +272,7 @@ def test_grouped_step_waits_for_all_groups_and_restores_blas_threads(monkeypatch
     with pytest.raises(FloatingPointError, match="group 1"):
         fast.loss_and_grads(x, eps)
     assert sorted(finished) == [0, 2]                     # the other groups ran to the end
-    assert npvae._blas.get_threads() == before
+    assert npvae._blas.current_threads() == before
 
 
 def test_fit_on_threads_gives_the_one_thread_history(monkeypatch):

@@ -469,7 +469,8 @@ def main(argv=None):
              f"Threads: {T} for every contender (OPENBLAS/OMP/MKL_NUM_THREADS={T}, torch.set_num_threads({T})); "
              + ("npvae's numba step runs as one group with BLAS threading its products.  " if T == 1 else
                 f"npvae's numba step (`VAE.threads` = {T}) runs {T} groups of examples at once when a step has at "
-                "least 2 x `npvae.fused.MIN_GROUP_ROWS` rows (here S >= 11), each with single-threaded BLAS; "
+                "least 2 x `npvae.fused.MIN_GROUP_ROWS` = 2048 rows (here S >= 21), each with single-threaded "
+                "BLAS; "
                 "below that, one group with BLAS threading its products.  "),
              "BLAS: " + "; ".join(info.values()) + ".  ",
              f"Load average (1/5/15 min) at start {load_start}, at end {load_end}: the machine was shared, "

@@ -62,10 +62,11 @@ __all__ = ["Workspace", "loss_and_grads", "forward", "threads_for", "groups_for"
 FORWARD_ROWS = 4096
 #: Workspaces kept per model and thread (training batch, last partial batch, evaluation chunks).
 MAX_WORKSPACES = 4
-#: A step is split over threads only into groups of at least this many rows ``B * S``:
-#: below it (e.g. batch 100 with S <= 5) BLAS threading its own products was as fast
-#: on the development machine, and the groups' fixed costs do not pay.
-MIN_GROUP_ROWS = 512
+#: A step is split over threads only into groups of at least this many rows ``B * S``.
+#: On the development machine (2 cores, batch 100) one group with BLAS threading its own
+#: products was faster up to S = 10 (by 6% at S = 10, 60% at S = 1), groups faster from
+#: S = 25 (by ~10%).
+MIN_GROUP_ROWS = 1024
 
 #: Set to an object with a ``mark(phase)`` method to time the phases of a step
 #: (``benchmarks/speed.py`` does); each call ends the phase that started at the last.
@@ -169,14 +170,16 @@ def _forward_into(model, ws, x, eps, act, prof=None):
             np.matmul(h, p[f"dec.{i}.W"], out=out)
             K.bias_act_forward(out, p[f"dec.{i}.b"], act, out)
         h = out
+    if prof is not None:
+        prof.mark("decoder hidden layers")
     np.matmul(h, p["dec.out.W"], out=ws.logits)                      # (B * S, D), bias added below
     if prof is not None:
-        prof.mark("decoder GEMMs + bias/act")
+        prof.mark("output layer GEMM")
     logits = ws.logits.reshape(B, S, D)
     # nll (B, S); the logits become g = sigmoid(logits) - x, in place
     K.bernoulli_nll_and_grad(logits, x, ws.nll, logits, ws.work, bias=p["dec.out.b"])
     if prof is not None:
-        prof.mark("output kernel (bias, NLL, sigmoid - x)")
+        prof.mark("output Bernoulli pass (bias, NLL, sigmoid - x)")
 
 
 def _bound(ws, objective, kl, eps):
@@ -399,6 +402,8 @@ def _step(model, slot, x, eps, objective, kl, estimator, batch):
     np.matmul(ws.hs.T, grad_logits, out=g["dec.out.W"])               # (dnll * h).T @ g
     K.weighted_bias_grad(grad_logits, w, g["dec.out.b"])
     np.matmul(grad_logits, p["dec.out.W"].T, out=ws.dec_d[-1])       # g @ W.T, unscaled
+    if prof is not None:
+        prof.mark("output layer backward: dW, db, dh (GEMMs, row weights)")
     z2 = ws.z.reshape(N, L)
     weighted = True                          # dnll still to apply (with the last layer's act')
     for i in reversed(range(nh)):
@@ -421,7 +426,7 @@ def _step(model, slot, x, eps, objective, kl, estimator, batch):
             np.matmul(dout, p["dec.0.W"].T, out=ws.dz.reshape(N, L))  # (B * S, L)
 
     if prof is not None:
-        prof.mark("decoder backward GEMMs + act/bias grads")
+        prof.mark("decoder hidden layers backward")
     # ---- latent: estimators, reparameterization and KL ---------------------------
     dz = ws.dz
     if log_weights:

@@ -212,9 +212,10 @@ def test_grouped_forward_shares_chunks_among_threads(monkeypatch):
 def test_group_count_follows_threads_batch_and_minimum_rows(monkeypatch):
     _, fast = pair(np.float64)
     fast.threads = 4
-    assert fused.groups_for(fast, 100, 25) == 4           # 2500 rows
-    assert fused.groups_for(fast, 100, 5) == 1            # 500 rows < 2 * MIN_GROUP_ROWS
-    assert fused.groups_for(fast, 100, 11) == 2
+    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 500)
+    assert fused.groups_for(fast, 100, 25) == 4           # 2500 rows: 5 x 500, but 4 threads
+    assert fused.groups_for(fast, 100, 9) == 1            # 900 rows < 2 x 500
+    assert fused.groups_for(fast, 100, 10) == 2
     assert fused.groups_for(fast, 3, 1000) == 3           # never more groups than examples
     fast.threads = 1
     assert fused.groups_for(fast, 100, 50) == 1

@@ -44,6 +44,15 @@ def normal(rng, shape, dtype, scale=1.0):
     return (rng.normal(size=shape) * scale).astype(dtype)
 
 
+def reference_activation(act, a, dout):
+    """``(act(a), d/da of the activation applied to dout)`` from the ops (identity: ``a``, ``dout``)."""
+    if act == "identity":
+        return a, dout
+    fwd, bwd = ops.ACTIVATIONS[act]
+    out_act, cache = fwd(a)
+    return out_act, bwd(dout, cache)
+
+
 def test_module_reports_numba_available():
     assert K.AVAILABLE is True
     K.require()  # no error
@@ -71,12 +80,7 @@ def test_bias_act_forward_equals_dense_bias_then_activation(rng, dtype, act, N, 
 def test_act_backward_from_forward_output_equals_ops_backward(rng, dtype, act):
     a, dout = normal(rng, (6, 5), dtype), normal(rng, (6, 5), dtype)
     a[0, :2] = 0.0  # the ReLU kink: subgradient 0
-    if act == "identity":
-        out_act, want = a, dout
-    else:
-        fwd, bwd = ops.ACTIVATIONS[act]
-        out_act, cache = fwd(a)
-        want = bwd(dout, cache)
+    out_act, want = reference_activation(act, a, dout)
     dst = np.full_like(dout, np.nan)
     K.act_backward(dout, out_act, K.ACT_CODES[act], dst)
     np.testing.assert_array_equal(dst, want)
@@ -147,12 +151,7 @@ def test_act_backward_rows_equals_row_scale_then_ops_backward(rng, dtype, act, N
     a, dout, w = normal(rng, (N, F), dtype), normal(rng, (N, F), dtype), normal(rng, (N,), dtype)
     a[0, :1] = 0.0  # the ReLU kink: subgradient 0
     scaled = dout * w[:, None]
-    if act == "identity":
-        out_act, want = a, scaled
-    else:
-        fwd, bwd = ops.ACTIVATIONS[act]
-        out_act, cache = fwd(a)
-        want = bwd(scaled, cache)
+    out_act, want = reference_activation(act, a, scaled)
     dst = np.full_like(dout, np.nan)
     K.act_backward_rows(dout, out_act, K.ACT_CODES[act], w, dst)
     np.testing.assert_array_equal(dst, want)
@@ -181,12 +180,7 @@ def test_narrow_dense_act_backward_equals_activation_then_dense_backward(rng, dt
     dout, w = normal(rng, (N, F), dtype), normal(rng, (N,), dtype)
     a, cache = ops.dense_forward(z, W, b)
     scaled = dout * w[:, None] if weighted else dout
-    if act == "identity":
-        out_act, da = a, scaled
-    else:
-        fwd, bwd = ops.ACTIVATIONS[act]
-        out_act, act_cache = fwd(a)
-        da = bwd(scaled, act_cache)
+    out_act, da = reference_activation(act, a, scaled)
     want_dz, want_dW, want_db = ops.dense_backward(da, cache)
     dW, db, dz = np.full((K, F), np.nan, dtype), np.full(F, np.nan, dtype), np.full((N, K), np.nan, dtype)
     K_.narrow_dense_act_backward(dout, out_act, K_.ACT_CODES[act], w, weighted, z, W, dW, db, dz)

@@ -14,6 +14,7 @@ import re
 import sys
 
 TABLE = "## Seconds per epoch"
+RATIO = "numba-float32 / peer"
 TARGET = 0.67
 
 
@@ -40,9 +41,9 @@ def read_report(path):
             number = re.match(r"[0-9.]+", cell)
             if number is None:
                 continue
-            if name.endswith("/ peer"):
+            if name == RATIO:
                 ratio[S] = float(number.group())
-            else:
+            elif not name.endswith("/ peer"):
                 times.setdefault(name, {})[S] = float(number.group())
     return threads, times, ratio
 
@@ -74,10 +75,13 @@ def plot(reports, out):
              title="Ratio to the peer (lower is faster)", ylim=(0, max(1.3, ax_r.get_ylim()[1])))
     ax_r.legend(fontsize=8)
     ticks = sorted({S for _, times, _ in reports for by_s in times.values() for S in by_s})
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+    ax_t.yaxis.set_major_formatter(ScalarFormatter())
+    ax_t.yaxis.set_minor_formatter(ScalarFormatter())
     for ax in (ax_t, ax_r):
         ax.grid(alpha=0.3, which="both")
         ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -54,7 +54,7 @@ from . import _blas
 from . import kernels as K
 from . import objectives as obj
 
-__all__ = ["Workspace", "loss_and_grads", "forward", "threads_for", "groups_for", "steps_context", "FORWARD_ROWS", "MAX_WORKSPACES",
+__all__ = ["Workspace", "loss_and_grads", "forward", "log_weights", "threads_for", "groups_for", "steps_context", "FORWARD_ROWS", "MAX_WORKSPACES",
            "MIN_GROUP_ROWS"]
 
 #: Rows ``B * S`` per chunk of the forward-only path (evaluation): enough for BLAS
@@ -293,10 +293,43 @@ def forward(model, x, eps, objective, kl="analytic"):
     """
     x, eps = _contiguous(x, eps)
     B, S, _ = eps.shape
-    act = K.ACT_CODES[model.activation]
-    chunk = max(1, min(B, FORWARD_ROWS // S))
     dtype = model.dtype
     bound, nll, kl_exact = np.empty(B, dtype), np.empty((B, S), dtype), np.empty(B, dtype)
+
+    def keep(ws, b0, b1, e):
+        bound[b0:b1] = _bound(ws, objective, kl, e)
+        nll[b0:b1] = ws.nll
+        kl_exact[b0:b1] = ws.kl
+
+    _forward_chunks(model, x, eps, keep)
+    return obj.Bound(float(-bound.mean()), bound, float(nll.mean()), float(kl_exact.mean()))
+
+
+def log_weights(model, x, eps):
+    """Log importance weights ``log p(x|z) + log p(z) - log q(z|x)``, shape (B, S), float64.
+
+    The forward pass of :func:`forward` (chunks of examples, shared among threads),
+    then :func:`npvae.kernels.log_weights`; for :func:`npvae.log_likelihood`.
+    ``x`` (B, D) and ``eps`` (B, S, L) of the model's dtype, already validated.
+    """
+    x, eps = _contiguous(x, eps)
+    out = np.empty(eps.shape[:2])
+
+    def keep(ws, b0, b1, e):
+        K.log_weights(ws.nll, ws.z, ws.log_var, e, ws.log_w)
+        out[b0:b1] = ws.log_w
+
+    _forward_chunks(model, x, eps, keep)
+    return out
+
+
+def _forward_chunks(model, x, eps, keep):
+    """The forward pass over chunks of at most :data:`FORWARD_ROWS` rows, the chunks shared
+    among :func:`groups_for` threads; ``keep(ws, b0, b1, eps[b0:b1])`` takes each chunk's
+    results from its workspace (different chunks write different rows: no locking)."""
+    B, S, _ = eps.shape
+    act = K.ACT_CODES[model.activation]
+    chunk = max(1, min(B, FORWARD_ROWS // S))
     starts = list(range(0, B, chunk))
     threads = min(groups_for(model, B, S), len(starts))
 
@@ -306,12 +339,9 @@ def forward(model, x, eps, objective, kl="analytic"):
             ws = workspace(model, b1 - b0, S, grads=False, slot=slot)
             e = eps[b0:b1]
             _forward_into(model, ws, x[b0:b1], e, act)
-            bound[b0:b1] = _bound(ws, objective, kl, e)
-            nll[b0:b1] = ws.nll
-            kl_exact[b0:b1] = ws.kl
+            keep(ws, b0, b1, e)
 
     _run_groups(run, _split(len(starts), threads))
-    return obj.Bound(float(-bound.mean()), bound, float(nll.mean()), float(kl_exact.mean()))
 
 
 def loss_and_grads(model, x, eps, objective, kl="analytic", estimator="standard", return_bound=False):

@@ -62,6 +62,20 @@ def test_log_likelihood_is_the_iwae_bound_with_k_samples():
     assert (r.k, r.n) == (50, 6)
 
 
+@pytest.mark.parametrize("scale", [1.0, 150.0])
+def test_numba_backend_gives_the_numpy_backends_estimate(scale):
+    """log_likelihood runs the fused forward pass with the numba backend, the ops without."""
+    pytest.importorskip("numba")
+    ref, fast = small_model(scale=scale), small_model(scale=scale)
+    ref.backend, fast.backend = "numpy", "numba"
+    x = data(9)
+    a = log_likelihood(ref, x, k=30, batch=4, max_rows=50, seed=5, progress=False)
+    b = log_likelihood(fast, x, k=30, batch=4, max_rows=50, seed=5, progress=False)
+    np.testing.assert_allclose(b.per_example, a.per_example, rtol=1e-11)
+    np.testing.assert_allclose(b.per_example_se, a.per_example_se, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(b.ess, a.ess, rtol=1e-8)
+
+
 @pytest.mark.parametrize("scale", [1.0, 150.0])   # 150: log p(x) of -1500..-3700, where exp() underflows
 @pytest.mark.parametrize("batch,max_rows", [(1, 1), (2, 7), (5, 13), (5, 1000)])
 def test_streaming_logsumexp_over_chunks_equals_one_pass(monkeypatch, scale, batch, max_rows):

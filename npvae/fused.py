@@ -13,9 +13,12 @@ What it does differently from the reference, for speed:
   ``np.matmul(..., out=)`` into a :class:`Workspace` reused from step to step;
   the elementwise passes around the products are fused kernels
   (:mod:`npvae.kernels`): bias + activation, activation backward, the
-  reparameterization with its KL, the log weights and their backward.
+  reparameterization with its KL, the log weights and their backward. The
+  exception is the decoder's first layer, whose input is the latent ``z``
+  (``L <= kernels.NARROW_INPUT`` columns): its product, bias and activation are
+  one kernel pass, and so are its activation's backward, ``dW``, ``db`` and ``dz``.
 * The decoder output -- bias, Bernoulli NLL summed over pixels and
-  ``sigmoid(l) - x`` -- is one blocked pass over ``(B, S, D)``, in place over
+  ``sigmoid(l) - x`` -- is one pass over ``(B, S, D)``, in place over
   the logits (:func:`npvae.kernels.bernoulli_nll_and_grad`). The upstream factor
   ``dnll[b, s]`` of each row is applied on the ``(B * S, H)`` side: to the hidden
   activations for ``dW`` and fused into the activation's backward for ``dh``
@@ -35,9 +38,12 @@ batch splits exactly into groups of examples. With ``T`` threads
 pipeline above in its own workspace, its matrix products on one BLAS thread
 (:func:`npvae._blas.single_threaded`) and its kernels without the GIL; the
 groups' gradients are then summed. One BLAS call spread over the cores, with
-serial passes between the calls, used the second core about half the time on
-the development machine; groups keep each core busy with its own products and
-passes, on data that stays in its cache between them. The result equals the
+serial passes between the calls, leaves a core to OpenBLAS's idle thread, which
+spins (~0.1 s) after each product so that no other thread can use that core;
+groups keep each core busy with its own products and passes. They pay for it in
+the products' rate (single-threaded BLAS ran these shapes at ~60-90 GFLOPS per
+core, threaded at ~110), so they are used only from :data:`MIN_GROUP_ROWS` x 2
+rows on (``benchmarks/results/speed.md`` has the measurements). The result equals the
 one-group step up to the order of float additions (the sum over groups), and is
 the same from run to run for the same ``T``.
 """
@@ -232,16 +238,16 @@ def steps_context(model, B, S):
     return nullcontext()
 
 
-_pool = None
+_pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
 
 
 def _executor(workers):
     """A process-wide thread pool with at least ``workers`` threads."""
-    global _pool
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
-            old, _pool = _pool, ThreadPoolExecutor(workers, thread_name_prefix="npvae")
+        if _pool is None or _pool_size < workers:
+            old, _pool, _pool_size = _pool, ThreadPoolExecutor(workers, thread_name_prefix="npvae"), workers
             if old is not None:
                 old.shutdown(wait=False)
         return _pool

@@ -36,6 +36,17 @@ _depth = 0             # nesting of single_threaded()
 _saved = None          # the thread count single_threaded() restores
 
 
+def _reset_in_child():
+    """After ``fork``: a fresh lock (another thread may have held it) and no open
+    :func:`single_threaded` blocks (the threads that opened them are not in the child)."""
+    global _lock, _depth, _saved
+    _lock, _depth, _saved = threading.Lock(), 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
+
+
 def _numpy_bundled():
     """OpenBLAS files shipped inside NumPy's wheel (Linux/Windows ``numpy.libs``, macOS ``.dylibs``)."""
     pkg = os.path.dirname(np.__file__)

@@ -242,6 +242,17 @@ _pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
 
 
+def _forget_pool_in_child():
+    """After ``fork`` the child has none of the pool's threads: start a new pool when needed
+    (else a step in the child would wait forever for a thread that does not exist)."""
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _executor(workers):
     """A process-wide thread pool with at least ``workers`` threads."""
     global _pool, _pool_size

@@ -276,6 +276,27 @@ def test_grouped_step_waits_for_all_groups_and_restores_blas_threads(monkeypatch
     assert npvae._blas.current_threads() == before
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_grouped_steps_work_in_a_forked_child(monkeypatch):
+    """The thread pool does not survive fork; the child must start its own, not wait forever."""
+    import multiprocessing
+    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    ref, fast = pair(np.float64)
+    fast.threads = 2
+    x, eps = data(fast, 6, 2)
+    want, _ = ref.loss_and_grads(x, eps)
+    assert fast.loss_and_grads(x, eps)[0] == pytest.approx(want, rel=1e-12)   # the parent's pool exists
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_loss_in_child, (fast, x, eps)).get(timeout=60)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def _loss_in_child(model, x, eps):
+    fused.MIN_GROUP_ROWS = 1
+    return model.loss_and_grads(x, eps)[0]
+
+
 def test_fit_on_threads_gives_the_one_thread_history(monkeypatch):
     monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
     _, one = pair(np.float64, input_dim=784, latent_dim=2, hidden=(32,))

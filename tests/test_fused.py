@@ -243,6 +243,18 @@ def test_fit_runs_its_steps_in_groups_by_default(monkeypatch):
     assert max(seen) >= 1
 
 
+def test_without_a_controllable_blas_the_default_is_one_group(monkeypatch):
+    """MKL, Accelerate, BLIS: npvae cannot hold their threads at one, so it leaves them to thread
+    the products of a single group; an explicit ``threads`` still splits."""
+    monkeypatch.setattr(npvae._blas, "_found", [])
+    _, fast = pair(np.float64)
+    assert fused.threads_for(fast) == 1 and fused.groups_for(fast, 100, 50) == 1
+    x, eps = data(fast, 4, 2)
+    fast.loss_and_grads(x, eps)                          # runs, BLAS untouched
+    fast.threads = 2
+    assert fused.groups_for(fast, 100, 50) == 2
+
+
 def test_threads_argument_is_validated_and_not_part_of_config():
     model = VAE(input_dim=5, hidden=(3,), latent_dim=2, threads=2)
     assert model.threads == 2 and "threads" not in model.config

@@ -15,9 +15,12 @@ Also: a per-phase profile of the numba float32 step (S=1 and S=25), and per-epoc
 20-epoch run of npvae numba float32 (and the peer) at S=1 on a subset, to show that epoch time
 does not drift upward (RMSprop's running averages decaying into subnormal floats).
 
-    python benchmarks/speed.py --subset 10000 --epochs 2 --samples 1 5 25 50 --threads 1
+    python benchmarks/speed.py --epochs 1 --repeats 3 --samples 1 5 25 50 --threads 2 --numpy-samples 1 5 \
+        --drift-epochs 20 --drift-subset 10000 --profile-samples 1 5 25
 
-Writes a Markdown table to ``benchmarks/results/speed.md`` (``--out``).
+Writes a Markdown report to ``benchmarks/results/speed_2threads.md`` (``speed_1thread.md`` with one
+thread; ``--out`` to choose). ``benchmarks/results/speed.md`` is the hand-written summary of the
+committed reports, and ``benchmarks/plot_speed.py`` draws them.
 """
 
 import argparse
@@ -411,8 +414,12 @@ def main(argv=None):
     p.add_argument("--drift-contenders", nargs="+", default=["numba-float32", PEER], choices=CONTENDERS)
     p.add_argument("--profile-samples", type=int, nargs="*", default=[1, 25])
     p.add_argument("--profile-steps", type=int, default=60)
-    p.add_argument("--out", default=os.path.join(HERE, "results", "speed.md"))
+    p.add_argument("--out", default=None,
+                   help="report file (default: benchmarks/results/speed_1thread.md or speed_<T>threads.md)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(HERE, "results", "speed_1thread.md" if args.threads == 1
+                                else f"speed_{args.threads}threads.md")
     if args.worker:
         return run_worker(args)
 

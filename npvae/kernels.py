@@ -123,6 +123,12 @@ def _compile(fn, **options):
         return numba.njit(error_model="numpy", nogil=True, **options)(fn)
 
 
+def _inline_kernel(fn):
+    """:func:`_compile`, inlined into its callers by numba (per-row helpers)."""
+    return _compile(fn, inline="always")
+
+
+
 # --------------------------------------------------------------------------
 # Dense-layer passes around the BLAS product: bias + activation and back
 # --------------------------------------------------------------------------
@@ -186,23 +192,30 @@ def act_backward(dout, out_act, act, dst):
     dst : ndarray, shape (N, F)
         Written. May be ``dout`` itself (in place).
     """
-    n, f = dout.shape
+    one = dout.dtype.type(1.0)
+    for i in range(dout.shape[0]):
+        _act_backward_row(dout[i], out_act[i], act, one, dst[i])   # dout * 1 is dout, exactly
+
+
+@_inline_kernel
+def _act_backward_row(dout, out_act, act, wi, dst):
+    """One row: ``dst = (dout * wi) * act'(a)`` from the activation's output, the one
+    place that spells out each activation's derivative for the kernels above and below.
+    ReLU multiplies by the 0/1 mask (not a select), so that the result is
+    ``dout * mask`` exactly, as in ``ops.relu_backward``."""
     zero = dout.dtype.type(0.0)
     one = dout.dtype.type(1.0)
+    f = dout.shape[0]
     if act == RELU:
-        for i in range(n):
-            for j in range(f):
-                # a multiply, not a select, so that the result equals dout * mask exactly
-                dst[i, j] = dout[i, j] * (one if out_act[i, j] > zero else zero)
+        for j in range(f):
+            dst[j] = (dout[j] * wi) * (one if out_act[j] > zero else zero)
     elif act == TANH:
-        for i in range(n):
-            for j in range(f):
-                o = out_act[i, j]
-                dst[i, j] = dout[i, j] * (one - o * o)
+        for j in range(f):
+            o = out_act[j]
+            dst[j] = (dout[j] * wi) * (one - o * o)
     else:
-        for i in range(n):
-            for j in range(f):
-                dst[i, j] = dout[i, j]
+        for j in range(f):
+            dst[j] = dout[j] * wi
 
 
 @_kernel
@@ -316,25 +329,8 @@ def act_backward_rows(dout, out_act, act, w, dst):
     dst : ndarray, shape (N, F)
         Written. May be ``dout`` itself (in place).
     """
-    n, f = dout.shape
-    zero = dout.dtype.type(0.0)
-    one = dout.dtype.type(1.0)
-    if act == RELU:
-        for i in range(n):
-            wi = w[i]
-            for j in range(f):
-                dst[i, j] = (dout[i, j] * wi) * (one if out_act[i, j] > zero else zero)
-    elif act == TANH:
-        for i in range(n):
-            wi = w[i]
-            for j in range(f):
-                o = out_act[i, j]
-                dst[i, j] = (dout[i, j] * wi) * (one - o * o)
-    else:
-        for i in range(n):
-            wi = w[i]
-            for j in range(f):
-                dst[i, j] = dout[i, j] * wi
+    for i in range(dout.shape[0]):
+        _act_backward_row(dout[i], out_act[i], act, w[i], dst[i])
 
 
 # --------------------------------------------------------------------------
@@ -422,23 +418,12 @@ def narrow_dense_act_backward(dout, out_act, act, w, weighted, z, W, dW, db, dz)
     """
     n, f = dout.shape
     k = z.shape[1]
-    zero = dout.dtype.type(0.0)
     one = dout.dtype.type(1.0)
     acc_w = np.zeros((k, f), dtype=np.float64)
     acc_b = np.zeros(f, dtype=np.float64)
     da = np.empty(f, dtype=dout.dtype)
     for i in range(n):
-        wi = w[i] if weighted else one
-        if act == RELU:
-            for j in range(f):
-                da[j] = (dout[i, j] * wi) * (one if out_act[i, j] > zero else zero)
-        elif act == TANH:
-            for j in range(f):
-                o = out_act[i, j]
-                da[j] = (dout[i, j] * wi) * (one - o * o)
-        else:
-            for j in range(f):
-                da[j] = dout[i, j] * wi
+        _act_backward_row(dout[i], out_act[i], act, w[i] if weighted else one, da)
         for j in range(f):
             acc_b[j] += da[j]
         for m in range(k):

@@ -188,6 +188,15 @@ def _forward_into(model, ws, x, eps, act, prof=None):
         prof.mark("output Bernoulli pass (bias, NLL, sigmoid - x)")
 
 
+def _dense_backward(da, h_in, p, g, name, d_in):
+    """``ops.dense_backward`` into the workspace: ``g[name.W] = h_in.T @ da``,
+    ``g[name.b] = da.sum(0)`` and, unless ``d_in`` is None, ``d_in = da @ W.T``."""
+    np.matmul(h_in.T, da, out=g[f"{name}.W"])
+    K.bias_grad(da, g[f"{name}.b"])
+    if d_in is not None:
+        np.matmul(da, p[f"{name}.W"].T, out=d_in)
+
+
 def _bound(ws, objective, kl, eps):
     """Per-example bound (B,) as the reference computes it; fills ``log_w``/``w_tilde`` when used."""
     if objective == "iwae" or kl == "mc":
@@ -464,13 +473,8 @@ def _step(model, slot, x, eps, objective, kl, estimator, batch):
             weighted = False
         else:
             K.act_backward(dout, ws.dec_h[i], act, dout)
-        h_in = ws.dec_h[i - 1] if i > 0 else z2
-        np.matmul(h_in.T, dout, out=g[f"dec.{i}.W"])
-        K.bias_grad(dout, g[f"dec.{i}.b"])
-        if i > 0:
-            np.matmul(dout, p[f"dec.{i}.W"].T, out=ws.dec_d[i - 1])
-        else:
-            np.matmul(dout, p["dec.0.W"].T, out=ws.dz.reshape(N, L))  # (B * S, L)
+        _dense_backward(dout, ws.dec_h[i - 1] if i > 0 else z2, p, g, f"dec.{i}",
+                        ws.dec_d[i - 1] if i > 0 else ws.dz.reshape(N, L))
 
     if prof is not None:
         prof.mark("decoder hidden layers backward")
@@ -488,23 +492,15 @@ def _step(model, slot, x, eps, objective, kl, estimator, batch):
     if prof is not None:
         prof.mark("reparam + KL backward")
     # ---- encoder backward ---------------------------------------------------------
-    h_last = ws.enc_h[-1]
-    np.matmul(h_last.T, ws.dmu, out=g["enc.mu.W"])
-    K.bias_grad(ws.dmu, g["enc.mu.b"])
-    np.matmul(h_last.T, ws.dlog_var, out=g["enc.logvar.W"])
-    K.bias_grad(ws.dlog_var, g["enc.logvar.b"])
-    dh = ws.enc_d[-1]
-    np.matmul(ws.dmu, p["enc.mu.W"].T, out=dh)
-    np.matmul(ws.dlog_var, p["enc.logvar.W"].T, out=ws.enc_tmp)
+    h_last, dh = ws.enc_h[-1], ws.enc_d[-1]
+    _dense_backward(ws.dmu, h_last, p, g, "enc.mu", dh)
+    _dense_backward(ws.dlog_var, h_last, p, g, "enc.logvar", ws.enc_tmp)
     np.add(dh, ws.enc_tmp, out=dh)
     for i in reversed(range(nh)):
         da = ws.enc_d[i]                                              # (B, H_i)
         K.act_backward(da, ws.enc_h[i], act, da)
-        h_in = ws.enc_h[i - 1] if i > 0 else x
-        np.matmul(h_in.T, da, out=g[f"enc.{i}.W"])
-        K.bias_grad(da, g[f"enc.{i}.b"])
-        if i > 0:
-            np.matmul(da, p[f"enc.{i}.W"].T, out=ws.enc_d[i - 1])
+        _dense_backward(da, ws.enc_h[i - 1] if i > 0 else x, p, g, f"enc.{i}",
+                        ws.enc_d[i - 1] if i > 0 else None)           # no dx for the data
     if prof is not None:
         prof.mark("encoder backward GEMMs + act/bias grads")
     return bound, sums[0], sums[1], g

@@ -449,10 +449,11 @@ BLOCK_ELEMENTS = 1 << 16
 def bernoulli_workspace(D, dtype, block_elements=BLOCK_ELEMENTS):
     """Scratch for :func:`bernoulli_nll_and_grad`: shape ``(2, rows, D)``.
 
-    ``rows = max(1, block_elements // D)`` rows of ``D`` pixels per block. Allocate it
-    once per model and pass it as ``work`` to avoid an allocation per call.
+    ``rows = max(1, block_elements // D)`` rows of ``D`` pixels per block (float64); the
+    float32 route needs one row of scratch only, so it gets ``rows = 1``. Allocate it once
+    per model and pass it as ``work`` to avoid an allocation per call.
     """
-    rows = max(1, block_elements // D)
+    rows = 1 if np.dtype(dtype) == np.float32 and AVAILABLE else max(1, block_elements // D)
     return np.empty((2, rows, D), dtype=dtype)
 
 

@@ -4,16 +4,8 @@ import numpy as np
 import pytest
 
 from npvae.diagnostics import GradientSNR, gradient_snr
-from npvae.model import VAE
 
-
-def small_model(seed=3):
-    model = VAE(input_dim=6, hidden=(5,), latent_dim=2, activation="tanh", seed=seed)
-    rng = np.random.default_rng(seed + 100)
-    for name, p in model.params.items():
-        if name.endswith(".b"):
-            p[:] = 0.3 * rng.standard_normal(p.shape)
-    return model
+from _helpers import small_model  # noqa: E402
 
 
 def data(B=4, seed=0):

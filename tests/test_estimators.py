@@ -30,27 +30,15 @@ What is checked, and why it is sound:
 The decoder's gradient is the same for all estimators (tests/test_model.py).
 """
 
-import inspect
 
 import numpy as np
 import pytest
 
 from npvae import gradcheck, ops
 from npvae.diagnostics import gradient_snr
-from npvae.model import VAE
 from npvae.stats import norm_ppf
 
-BACKENDS = ["numpy", "numba"] if "backend" in inspect.signature(VAE).parameters else [None]
-
-
-def small_model(seed=3, backend=None, activation="tanh"):
-    kwargs = {} if backend is None else {"backend": backend}
-    model = VAE(input_dim=6, hidden=(5,), latent_dim=2, activation=activation, seed=seed, **kwargs)
-    rng = np.random.default_rng(seed + 100)
-    for name, p in model.params.items():
-        if name.endswith(".b"):
-            p[:] = 0.3 * rng.standard_normal(p.shape)
-    return model
+from _helpers import BACKENDS, small_model  # noqa: E402
 
 
 def data(B=3, seed=0):

@@ -71,15 +71,26 @@ def test_iwae_objective_trains():
     assert history["loss"][-1] < history["loss"][0]
 
 
+def wrap_steps(model, monkeypatch, around):
+    """Replace ``model._loss_and_grads`` (what fit calls once a step) by
+    ``around(n, step, x, eps)``: ``n`` counts the calls from 1, ``step()`` runs the real one."""
+    original, calls = model._loss_and_grads, [0]
+
+    def wrapped(x, eps, *args, **kwargs):
+        calls[0] += 1
+        return around(calls[0], lambda: original(x, eps, *args, **kwargs), x, eps)
+
+    monkeypatch.setattr(model, "_loss_and_grads", wrapped)
+
+
 def spy_batches(model, monkeypatch):
     seen = []
-    original = model._loss_and_grads
 
-    def spy(x, eps, *args, **kwargs):
+    def spy(n, step, x, eps):
         seen.append((x.copy(), eps.copy()))
-        return original(x, eps, *args, **kwargs)
+        return step()
 
-    monkeypatch.setattr(model, "_loss_and_grads", spy)
+    wrap_steps(model, monkeypatch, spy)
     return seen
 
 
@@ -132,16 +143,13 @@ def test_interrupted_run_resumes_to_uninterrupted_numbers(tmp_path, monkeypatch)
 
     ck = tmp_path / "ck.npz"
     model = small_model()
-    calls = {"n": 0}
-    original = model._loss_and_grads
 
-    def interrupt_in_third_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 10:  # 4 steps an epoch: step 2 of epoch 3
+    def interrupt_in_third_epoch(n, step, *_):
+        if n == 10:  # 4 steps an epoch: step 2 of epoch 3
             raise KeyboardInterrupt
-        return original(*args, **kwargs)
+        return step()
 
-    monkeypatch.setattr(model, "_loss_and_grads", interrupt_in_third_epoch)
+    wrap_steps(model, monkeypatch, interrupt_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         npvae.fit(model, x, epochs=3, batch_size=64, verbose=0, checkpoint=ck)
     assert load_checkpoint(ck)["epoch"] == 2  # only the epoch in progress is lost
@@ -163,15 +171,12 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path, monkey
     x, _ = make_data()
     ck = tmp_path / "ck.npz"
     model = small_model()
-    calls = {"n": 0}
-    original = model._loss_and_grads
 
-    def nan_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        bound, grads = original(*args, **kwargs)
-        return (bound._replace(loss=float("nan")) if calls["n"] == 6 else bound), grads
+    def nan_in_second_epoch(n, step, *_):
+        bound, grads = step()
+        return (bound._replace(loss=float("nan")) if n == 6 else bound), grads
 
-    monkeypatch.setattr(model, "_loss_and_grads", nan_in_second_epoch)
+    wrap_steps(model, monkeypatch, nan_in_second_epoch)
     with pytest.raises(npvae.TrainingError, match=r"loss became nan at epoch 2, step 2/4.*epoch 1"):
         npvae.fit(model, x, epochs=3, batch_size=64, verbose=0, checkpoint=ck)
     state = load_checkpoint(ck)

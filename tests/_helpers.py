@@ -1,0 +1,21 @@
+"""Helpers shared by several test modules (plain functions; fixtures live in conftest.py)."""
+
+import inspect
+
+import numpy as np
+
+from npvae.model import VAE
+
+#: The backends a test can choose between (only "numpy" where numba is not installed).
+BACKENDS = ["numpy", "numba"] if "backend" in inspect.signature(VAE).parameters else [None]
+
+
+def small_model(seed=3, backend=None, activation="tanh"):
+    """A 6-5-2 VAE whose biases are nonzero (so that no gradient is zero by construction)."""
+    kwargs = {} if backend is None else {"backend": backend}
+    model = VAE(input_dim=6, hidden=(5,), latent_dim=2, activation=activation, seed=seed, **kwargs)
+    rng = np.random.default_rng(seed + 100)
+    for name, p in model.params.items():
+        if name.endswith(".b"):
+            p[:] = 0.3 * rng.standard_normal(p.shape)
+    return model

@@ -391,6 +391,38 @@ def cpu_name():
     return platform.processor()
 
 
+def time_table(samples, contenders, values, what=""):
+    """A table of seconds per epoch: median [min-max] per contender and S, then each
+    contender's ratio to the peer; the verdicts of numba float32 against the 0.67x
+    target (``what`` names the kind of seconds); and the medians by (contender, S)."""
+    med = {k: float(np.median(v)) for k, v in values.items()}
+    others = [c for c in contenders if c != PEER]
+    rows = ["| S | " + " | ".join(contenders) + " | " + " | ".join(f"{c} / peer" for c in others) + " |",
+            "|---" * (1 + len(contenders) + len(others)) + "|"]
+    for S in samples:
+        cells = [("-" if not values.get((c, S)) else
+                  f"{fmt_s(med[(c, S)])} [{fmt_s(min(values[(c, S)]))}-{fmt_s(max(values[(c, S)]))}]")
+                 for c in contenders]
+        ratios = [(f"{med[(c, S)] / med[(PEER, S)]:.2f}" if (c, S) in med and (PEER, S) in med else "-")
+                  for c in others]
+        rows.append(f"| {S} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    verdicts = []
+    for S in samples:
+        if ("numba-float32", S) in med and (PEER, S) in med:
+            r = med[("numba-float32", S)] / med[(PEER, S)]
+            verdict = "met" if r <= 0.67 else f"missed by {r / 0.67:.2f}x ({r:.2f} vs 0.67)"
+            verdicts.append(f"- S={S}{what}: ratio {r:.2f}, {verdict}")
+    return rows, verdicts, med
+
+
+def contender_table(samples, contenders, cell):
+    """Rows of a table with one column per contender: ``cell(contender, S)`` or "-"."""
+    rows = ["| S | " + " | ".join(contenders) + " |", "|---" * (1 + len(contenders)) + "|"]
+    for S in samples:
+        rows.append(f"| {S} | " + " | ".join(cell(c, S) for c in contenders) + " |")
+    return rows
+
+
 def fmt_s(v):
     return f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
@@ -486,58 +518,16 @@ def main(argv=None):
              f"(lr 1e-3, rho 0.9), ELBO with analytic KL; {args.epochs} timed epoch(s) per contender and S, "
              f"{args.repeats} repeat(s); one warm-up step per process before timing (numba's cache load). "
              "Epoch time is training only (no validation).", ""]
-    lines += ["## Seconds per epoch (median, [min-max]) and ratio to the PyTorch peer", "",
-              "| S | " + " | ".join(args.contenders) + " | " + " | ".join(
-                  f"{c} / peer" for c in args.contenders if c != PEER) + " |",
-              "|---" * (1 + len(args.contenders) + len([c for c in args.contenders if c != PEER])) + "|"]
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    for S in args.samples:
-        cells = []
-        for c in args.contenders:
-            v = times.get((c, S))
-            cells.append("-" if not v else f"{fmt_s(med[(c, S)])} [{fmt_s(min(v))}-{fmt_s(max(v))}]")
-        ratios = []
-        for c in args.contenders:
-            if c == PEER:
-                continue
-            if (c, S) in med and (PEER, S) in med:
-                ratios.append(f"{med[(c, S)] / med[(PEER, S)]:.2f}")
-            else:
-                ratios.append("-")
-        lines.append(f"| {S} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    lines += ["", "Target: numba float32 at most 0.67x the peer at every S.", ""]
-    if "numba-float32" in args.contenders and PEER in args.contenders:
-        for S in args.samples:
-            if ("numba-float32", S) in med and (PEER, S) in med:
-                r = med[("numba-float32", S)] / med[(PEER, S)]
-                verdict = "met" if r <= 0.67 else f"missed by {r / 0.67:.2f}x ({r:.2f} vs 0.67)"
-                lines.append(f"- S={S}: ratio {r:.2f}, {verdict}")
-        lines.append("")
-
-    cmed = {k: float(np.median(v)) for k, v in cpus.items()}
+    rows, verdicts, med = time_table(args.samples, args.contenders, times)
+    lines += ["## Seconds per epoch (median, [min-max]) and ratio to the PyTorch peer", "", *rows, "",
+              "Target: numba float32 at most 0.67x the peer at every S.", "", *verdicts, ""]
+    rows, verdicts, cmed = time_table(args.samples, args.contenders, cpus, ", CPU time")
     lines += ["## CPU seconds per epoch (median, [min-max]) and ratio to the peer", "",
               "The process's CPU time (`time.process_time`) per epoch: with one thread per contender it "
               "leaves out the time the process waited for a core on the shared machine, so these ratios "
               "are steadier than the wall-clock ones (caches and memory bandwidth stay shared). npvae's "
               "first epoch includes `fit`'s input checks (a pass over the data, ~1% at S=1).", "",
-              "| S | " + " | ".join(args.contenders) + " | " + " | ".join(
-                  f"{c} / peer" for c in args.contenders if c != PEER) + " |",
-              "|---" * (1 + len(args.contenders) + len([c for c in args.contenders if c != PEER])) + "|"]
-    for S in args.samples:
-        cells = [("-" if (c, S) not in cpus else
-                  f"{fmt_s(cmed[(c, S)])} [{fmt_s(min(cpus[(c, S)]))}-{fmt_s(max(cpus[(c, S)]))}]")
-                 for c in args.contenders]
-        ratios = [(f"{cmed[(c, S)] / cmed[(PEER, S)]:.2f}" if (c, S) in cmed and (PEER, S) in cmed else "-")
-                  for c in args.contenders if c != PEER]
-        lines.append(f"| {S} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    if "numba-float32" in args.contenders and PEER in args.contenders:
-        lines.append("")
-        for S in args.samples:
-            if ("numba-float32", S) in cmed and (PEER, S) in cmed:
-                r = cmed[("numba-float32", S)] / cmed[(PEER, S)]
-                verdict = "met" if r <= 0.67 else f"missed by {r / 0.67:.2f}x ({r:.2f} vs 0.67)"
-                lines.append(f"- S={S}, CPU time: ratio {r:.2f}, {verdict}")
-    lines.append("")
+              *rows, "", *verdicts, ""]
 
     lines += ["## Matrix-multiply rate and achieved fraction", "",
               "Rate: GFLOPS of one `(100*S, 256) @ (256, 784)` product (the decoder's output layer), measured "
@@ -578,21 +568,14 @@ def main(argv=None):
     lines += ["## Peak memory (MB)", "",
               "`ru_maxrss` of the worker process (data, libraries and training), and in brackets its growth over "
               "the process's RSS after loading data and libraries (what training itself added).", "",
-              "| S | " + " | ".join(args.contenders) + " |", "|---" * (1 + len(args.contenders)) + "|"]
-    for S in args.samples:
-        cells = [("-" if (c, S) not in mem else f"{mem[(c, S)][0]:.0f} (+{mem[(c, S)][1]:.0f})")
-                 for c in args.contenders]
-        lines.append(f"| {S} | " + " | ".join(cells) + " |")
-    lines.append("")
+              *contender_table(args.samples, args.contenders, lambda c, S: (
+                  "-" if (c, S) not in mem else f"{mem[(c, S)][0]:.0f} (+{mem[(c, S)][1]:.0f})")), ""]
 
     lines += ["## Training loss after the timed epochs (same seed, same data)", "",
               "npvae's float32 and float64 runs draw the same noise (in float64, rounded), so they agree to float32 "
               "noise; the peer draws its own noise and initial weights from torch's generators.", "",
-              "| S | " + " | ".join(args.contenders) + " |", "|---" * (1 + len(args.contenders)) + "|"]
-    for S in args.samples:
-        lines.append(f"| {S} | " + " | ".join("-" if (c, S) not in losses else f"{losses[(c, S)]:.4f}"
-                                                for c in args.contenders) + " |")
-    lines.append("")
+              *contender_table(args.samples, args.contenders, lambda c, S: (
+                  "-" if (c, S) not in losses else f"{losses[(c, S)]:.4f}")), ""]
 
     if profiles:
         lines += ["## Where the numba float32 step spends its time", "",

@@ -19,3 +19,17 @@ def small_model(seed=3, backend=None, activation="tanh"):
         if name.endswith(".b"):
             p[:] = 0.3 * rng.standard_normal(p.shape)
     return model
+
+
+def fake_blas(monkeypatch, threads):
+    """Make ``npvae._blas`` control a stand-in library holding a thread count (starting at
+    ``threads``) instead of NumPy's BLAS, so that its logic is tested on any machine.
+    Returns the dict that holds the stand-in's count."""
+    from npvae import _blas
+    state = {"threads": threads}
+
+    def set_threads(n):
+        state["threads"] = n
+
+    monkeypatch.setattr(_blas, "_found", [("stand-in", lambda: state["threads"], set_threads)])
+    return state

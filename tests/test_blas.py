@@ -5,6 +5,8 @@ import pytest
 
 from npvae import _blas
 
+from _helpers import fake_blas
+
 
 def test_thread_count_is_read_set_and_restored_where_controllable():
     if not _blas.controllable():
@@ -37,3 +39,19 @@ def test_nothing_happens_where_blas_is_not_controllable(monkeypatch):
     assert _blas.current_threads() is None
     with _blas.single_threaded():
         _blas.set_threads(1)                             # no library: no effect, no error
+
+
+def test_single_threaded_saves_sets_and_restores_the_count_once(monkeypatch):
+    """The bookkeeping, on a stand-in library (runs whatever BLAS this machine has)."""
+    blas = fake_blas(monkeypatch, threads=4)
+    assert _blas.controllable() and _blas.get_threads() == _blas.current_threads() == 4
+    with _blas.single_threaded():
+        assert blas["threads"] == 1 and _blas.get_threads() == 4
+        with _blas.single_threaded():
+            assert blas["threads"] == 1 and _blas.get_threads() == 4
+        assert blas["threads"] == 1                       # the outer block still holds it
+    assert blas["threads"] == 4 and _blas.get_threads() == 4
+    with pytest.raises(RuntimeError):
+        with _blas.single_threaded():
+            raise RuntimeError
+    assert blas["threads"] == 4

@@ -21,6 +21,8 @@ import npvae  # noqa: E402
 from npvae import fused, gradcheck, optim  # noqa: E402
 from npvae.model import VAE  # noqa: E402
 
+from _helpers import fake_blas  # noqa: E402
+
 RTOL = {np.float64: 1e-11, np.float32: 2e-5}
 COMBOS = [("elbo", "analytic", "standard"), ("elbo", "mc", "standard"), ("elbo", "mc", "stl"),
           ("iwae", "analytic", "standard"), ("iwae", "analytic", "stl"), ("iwae", "analytic", "dreg")]
@@ -228,8 +230,8 @@ def test_group_count_follows_threads_batch_and_minimum_rows(monkeypatch):
 
 def test_fit_runs_its_steps_in_groups_by_default(monkeypatch):
     """Regression: fit holds BLAS at one thread; the default thread count must not read that 1."""
-    if not npvae._blas.controllable() or npvae._blas.get_threads() < 2 or (os.cpu_count() or 1) < 2:
-        pytest.skip("needs an OpenBLAS npvae controls, with 2 threads or more")
+    blas = fake_blas(monkeypatch, threads=2)                 # a BLAS with 2 threads, on 2 cores
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
     _, fast = pair(np.float32, input_dim=784, latent_dim=2, hidden=(16,))
     seen, real_step = [], fused._step
@@ -239,8 +241,11 @@ def test_fit_runs_its_steps_in_groups_by_default(monkeypatch):
         return real_step(model, slot, *args)
 
     monkeypatch.setattr(fused, "_step", recording)
+    during = []
+    monkeypatch.setattr(npvae.optim.RMSprop, "step", lambda self, params, grads: during.append(blas["threads"]))
     npvae.fit(fast, np.random.default_rng(0).random((8, 784)), epochs=1, batch_size=4, verbose=0)
     assert max(seen) >= 1
+    assert set(during) == {1} and blas["threads"] == 2       # held at 1 in fit, restored after
 
 
 def test_without_a_controllable_blas_the_default_is_one_group(monkeypatch):

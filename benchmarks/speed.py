@@ -98,13 +98,18 @@ def _gemm_rate(S, lib, dtype, reps=8):
 
         def f():
             np.matmul(a, b, out=o)
+    return gflops(f, 2.0 * M * H * D, reps)
+
+
+def gflops(f, flops, reps):
+    """``flops / 1e9`` over the median time of ``reps`` calls of ``f`` (after one warm-up call)."""
     f()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
         f()
         ts.append(time.perf_counter() - t)
-    return 2.0 * M * H * D / np.median(ts) / 1e9
+    return flops / np.median(ts) / 1e9
 
 
 def worker_train(contender, S, epochs, subset, threads, seed=0):
@@ -209,13 +214,7 @@ def worker_gemm(S, threads, reps=15):
     out = {}
 
     def rate(f, flops):
-        f()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-        return flops / np.median(ts) / 1e9
+        return gflops(f, flops, reps)
 
     M = BATCH * S
     flops = 2.0 * M * H * D

@@ -266,7 +266,6 @@ def weighted_bias_grad(d, w, db):
         db[j] = acc[j]
 
 
-@_kernel
 def scale_rows(a, w):
     """``a[i, :] *= w[i]`` in place.
 
@@ -282,11 +281,7 @@ def scale_rows(a, w):
     w : ndarray, shape (N,)
         E.g. ``dnll.reshape(-1)``.
     """
-    n, f = a.shape
-    for i in range(n):
-        wi = w[i]
-        for j in range(f):
-            a[i, j] = a[i, j] * wi
+    scale_rows_into(a, w, a)
 
 
 @_kernel

@@ -1,4 +1,4 @@
-"""The thread count of NumPy's BLAS, read and set at run time (OpenBLAS only).
+"""The threads of NumPy's BLAS: their count, read and set at run time, and work for them (OpenBLAS only).
 
 The numba backend's training step splits a batch over worker threads, each of
 which runs its own matrix products (:mod:`npvae.fused`). That pays only when
@@ -15,6 +15,13 @@ wheels, ``openblas_*64_`` in NumPy 1.x wheels, plain ``openblas_*`` in
 distribution builds). Where no such library is found (MKL, Accelerate, BLIS),
 :func:`controllable` is False and npvae leaves BLAS alone: the training step
 then runs as one group, with BLAS threading its products itself.
+
+When the step runs as one group, OpenBLAS's threads spin between its products,
+waiting for work, on cores no other thread can then use. :func:`run_jobs` gives
+them work: the step's elementwise passes, cut into parts, through
+``gotoblas_pthread`` (OpenBLAS's own way to run a function on its threads,
+exported by its pthreads builds; where it is missing, :func:`jobs_available` is
+False and the passes run on the calling thread).
 """
 
 import ctypes
@@ -25,13 +32,14 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["controllable", "get_threads", "current_threads", "set_threads", "single_threaded", "library_paths"]
+__all__ = ["controllable", "get_threads", "current_threads", "set_threads", "single_threaded", "library_paths",
+           "jobs_available", "run_jobs"]
 
 _SYMBOLS = [(f"{p}openblas_get_num_threads{s}", f"{p}openblas_set_num_threads{s}")
             for p in ("scipy_", "") for s in ("64_", "")]
 
 _lock = threading.Lock()
-_found = None          # list of (path, get, set) once searched
+_found = None          # list of (path, get, set, run or None) once searched
 _depth = 0             # nesting of single_threaded()
 _saved = None          # the thread count single_threaded() restores
 
@@ -84,7 +92,11 @@ def _search():
             if get is not None and set_ is not None:
                 get.restype, get.argtypes = ctypes.c_int, []
                 set_.restype, set_.argtypes = None, [ctypes.c_int]
-                found.append((path, get, set_))
+                run = getattr(lib, "gotoblas_pthread", None)   # see run_jobs
+                if run is not None:   # int gotoblas_pthread(int n, void *function, void *args, int stride)
+                    run.restype, run.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                                               ctypes.c_int]
+                found.append((path, get, set_, run))
                 break
     return found
 
@@ -100,7 +112,7 @@ def _libs():
 
 def library_paths():
     """Paths of the OpenBLAS libraries npvae controls (empty if none)."""
-    return [path for path, _, _ in _libs()]
+    return [lib[0] for lib in _libs()]
 
 
 def controllable():
@@ -129,8 +141,8 @@ def get_threads():
 
 def set_threads(n):
     """Set the BLAS's thread count (no effect if it is not :func:`controllable`)."""
-    for _, _, set_ in _libs():
-        set_(int(n))
+    for lib in _libs():
+        lib[2](int(n))
 
 
 @contextmanager
@@ -158,3 +170,33 @@ def single_threaded():
             _depth -= 1
             if _depth == 0 and _saved != 1:
                 set_threads(_saved)
+
+
+# --------------------------------------------------------------------------
+# Other work on OpenBLAS's own threads
+# --------------------------------------------------------------------------
+def jobs_available():
+    """True if NumPy's BLAS is one OpenBLAS with a thread server npvae can give work to
+    (:func:`run_jobs`): a pthreads build exporting ``gotoblas_pthread``."""
+    libs = _libs()
+    return len(libs) == 1 and libs[0][3] is not None
+
+
+def run_jobs(function, records):
+    """Run ``function(&records[i])`` for every row ``i`` of ``records``, all at once: row 0 on
+    the calling thread, the others on OpenBLAS's threads; return when all are done.
+
+    ``function``: the address of a C function ``void f(void *)`` that needs no GIL and
+    cannot fail (a numba ``cfunc``); ``records``: a C-contiguous 2-D array. The
+    BLAS must run on at least ``len(records)`` threads (:func:`current_threads`), so
+    that OpenBLAS has a thread for each job: checked here, as a missing thread would
+    make OpenBLAS wait forever. Between products OpenBLAS's threads spin, waiting for
+    work, so the jobs start at once, on cores that no other thread could have used.
+    """
+    n = len(records)
+    if not jobs_available() or not records.flags.c_contiguous:
+        raise RuntimeError("run_jobs: no OpenBLAS thread server to run jobs on (see jobs_available)")
+    threads = current_threads()
+    if threads is None or threads < n:
+        raise RuntimeError(f"run_jobs: {n} jobs need BLAS on at least {n} threads, it runs on {threads}")
+    _libs()[0][3](n, function, records.ctypes.data, records.strides[0])

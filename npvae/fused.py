@@ -46,6 +46,16 @@ core, threaded at ~110), so they are used only from :data:`MIN_GROUP_ROWS` x 2
 rows on (``benchmarks/results/speed.md`` has the measurements). The result equals the
 one-group step up to the order of float additions (the sum over groups), and is
 the same from run to run for the same ``T``.
+
+Below that size a step runs as one group, its products threaded by BLAS. In
+float32 its elementwise passes over rows (the Bernoulli pass, the latent layer's
+passes, the output layer's row scale and bias gradient) then go, cut into parts,
+to OpenBLAS's own threads, which would otherwise spin idle between the products
+(:func:`job_parts`, :class:`_Jobs`, :func:`npvae._blas.run_jobs`); so does the
+optimizer's update of the large parameters (:func:`rmsprop_step`). Each part
+does the same float operations on its rows as the one-part kernel; only the sums
+over rows (bias and latent-weight gradients) add float64 partial sums, so they
+can differ in the last bit. The same from run to run.
 """
 
 import os
@@ -60,8 +70,8 @@ from . import _blas
 from . import kernels as K
 from . import objectives as obj
 
-__all__ = ["Workspace", "loss_and_grads", "forward", "log_weights", "threads_for", "groups_for", "steps_context", "FORWARD_ROWS", "MAX_WORKSPACES",
-           "MIN_GROUP_ROWS"]
+__all__ = ["Workspace", "loss_and_grads", "forward", "log_weights", "threads_for", "groups_for", "job_parts",
+           "steps_context", "FORWARD_ROWS", "MAX_WORKSPACES", "MIN_GROUP_ROWS", "MIN_JOB_ROWS", "MIN_JOB_ELEMENTS", "rmsprop_step"]
 
 #: Rows ``B * S`` per chunk of the forward-only path (evaluation): enough for BLAS
 #: to run at full rate, small enough that the logits stay a few MB.
@@ -73,6 +83,12 @@ MAX_WORKSPACES = 4
 #: products was faster up to S = 10 (by 6% at S = 10, 60% at S = 1), groups faster from
 #: S = 25 (by ~10%).
 MIN_GROUP_ROWS = 1024
+
+#: A one-group step's row passes are split (:func:`job_parts`) into parts of at least this many rows.
+MIN_JOB_ROWS = 100
+
+#: :func:`rmsprop_step` splits parameters into parts of at least this many elements.
+MIN_JOB_ELEMENTS = 1 << 15
 
 #: Set to an object with a ``mark(phase)`` method to time the phases of a step
 #: (``benchmarks/speed.py`` does); each call ends the phase that started at the last.
@@ -87,16 +103,19 @@ class Workspace:
     (overwritten by ``sigmoid(logits) - x``), ``nll``, ``log_w``, ``w_tilde`` (B, S),
     ``bound`` (B,). Backward (``grads=True``): the gradients of each of these, the
     row weights ``row_w`` (B * S,) and ``grads``, one array per parameter.
+    ``parts > 1``: the row passes run in that many parts on BLAS's threads
+    (``jobs``, see :func:`job_parts`).
     """
 
-    def __init__(self, model, B, S, dtype, grads=True):
+    def __init__(self, model, B, S, dtype, grads=True, parts=1):
         D, L, N = model.input_dim, model.latent_dim, B * S
         hidden, dec_sizes = model.hidden, model.hidden[::-1]
 
         def e(*shape):
             return np.empty(shape, dtype)
 
-        self.key = (B, S, np.dtype(dtype).name, grads)
+        self.key = (B, S, np.dtype(dtype).name, grads, parts)
+        self.jobs = _Jobs(parts, D) if parts > 1 else None
         self.enc_h = [e(B, h) for h in hidden]
         self.mu, self.log_var = e(B, L), e(B, L)
         self.z, self.kl = e(B, S, L), e(B)
@@ -123,21 +142,79 @@ class Workspace:
         """Bytes held by the arrays."""
         total = 0
         for v in vars(self).values():
-            for a in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]):
+            for a in (v.values() if isinstance(v, dict) else v if isinstance(v, list)
+                      else vars(v).values() if isinstance(v, _Jobs) else [v]):
                 total += a.nbytes if isinstance(a, np.ndarray) else 0
         return total
 
 
-def workspace(model, B, S, grads=True, slot=0):
+class _Jobs:
+    """Row passes of a float32 step, each split into ``parts`` ranges of rows that run at
+    once on the calling thread and BLAS's own threads (:func:`npvae._blas.run_jobs`; the
+    job records are described in :mod:`npvae.kernels`, "Row passes as jobs").
+
+    Its methods have the signatures of the kernels they split, so that the step calls
+    ``(ws.jobs or K).kernel(...)``. Sums over rows go to float64 partial sums, one per
+    part, added together at the end (so a float32 result can differ from the one-part
+    kernel's in its last bit).
+    """
+
+    def __init__(self, parts, D):
+        self.parts = parts
+        self.records = np.zeros((parts, K.JOB_FIELDS), np.int64)
+        self.term = np.zeros((parts, D), np.float32)        # the Bernoulli pass's scratch row
+        self.partials = {}
+        self.address = K.row_job_address()
+
+    def _run(self, op, n, f, k, flag, shared, sums=(), unit=1, per_part=()):
+        """Run ``op`` over rows ``0:n`` in parts of whole ``unit`` rows; each part's record lists
+        the ``shared`` arrays, then its own row of each ``per_part`` array, then its partials of
+        each of ``sums`` (outputs), which are added into ``sums`` at the end."""
+        partials = []
+        for j, out in enumerate(sums):
+            key = (j, out.shape)
+            if key not in self.partials:
+                self.partials[key] = np.empty((self.parts,) + out.shape)
+            partials.append(self.partials[key])
+        K.job_records(self.records, op, n, f, k, flag, unit, (*shared, *per_part, *partials), len(shared))
+        _blas.run_jobs(self.address, self.records)
+        for out, a in zip(sums, partials):
+            np.sum(a, axis=0, out=out)
+
+    def narrow_dense_act_forward(self, z, W, b, act, out):
+        self._run(K.JOB_NARROW_FORWARD, len(z), W.shape[1], W.shape[0], int(act == K.RELU), [z, W, b, out])
+        if act == K.TANH:
+            np.tanh(out, out=out)
+
+    def bernoulli_nll_and_grad(self, logits, x, nll, dlogits, work=None, bias=None):
+        B, S, D = logits.shape
+        assert dlogits is logits and logits.dtype == np.float32     # the step's in-place call
+        flat = logits.reshape(B * S, D)
+        self._run(K.JOB_BERNOULLI, B * S, D, S, int(bias is not None),
+                  [flat, x, nll, self.term[0] if bias is None else bias], unit=S, per_part=[self.term])
+
+    def scale_rows_into(self, a, w, out):
+        self._run(K.JOB_SCALE_ROWS, a.shape[0], a.shape[1], 0, 0, [a, w, out])
+
+    def weighted_bias_grad(self, d, w, db):
+        self._run(K.JOB_WEIGHTED_BIAS, d.shape[0], d.shape[1], 0, 0, [d, w], sums=[db])
+
+    def narrow_dense_act_backward(self, dout, out_act, act, w, weighted, z, W, dW, db, dz):
+        self._run(K.JOB_NARROW_BACKWARD, dout.shape[0], dout.shape[1], z.shape[1], act + 16 * bool(weighted),
+                  [dout, out_act, w, z, W, dz], sums=[dW, db])
+
+
+def workspace(model, B, S, grads=True, slot=0, parts=1):
     """The model's cached :class:`Workspace` for ``(B, S, model.dtype)``, made on first use.
 
-    ``slot`` numbers the thread (group) that uses it: each has its own.
+    ``slot`` numbers the thread (group) that uses it: each has its own. ``parts``: see
+    :class:`Workspace`.
     """
     cache = model.__dict__.setdefault("_workspaces", OrderedDict())
-    key = (B, S, model.dtype.name, grads, slot)
+    key = (B, S, model.dtype.name, grads, slot, parts)
     ws = cache.get(key)
     if ws is None:
-        ws = cache[key] = Workspace(model, B, S, model.dtype, grads)
+        ws = cache[key] = Workspace(model, B, S, model.dtype, grads, parts)
         while len(cache) > MAX_WORKSPACES * (slot + 1):
             cache.popitem(last=False)
     else:
@@ -171,7 +248,7 @@ def _forward_into(model, ws, x, eps, act, prof=None):
     for i in range(nh):
         out = ws.dec_h[i]                                            # (B * S, H_i)
         if i == 0 and L <= K.NARROW_INPUT:                           # z @ W + b, act: one pass
-            K.narrow_dense_act_forward(h, p["dec.0.W"], p["dec.0.b"], act, out)
+            (ws.jobs or K).narrow_dense_act_forward(h, p["dec.0.W"], p["dec.0.b"], act, out)
         else:
             np.matmul(h, p[f"dec.{i}.W"], out=out)
             K.bias_act_forward(out, p[f"dec.{i}.b"], act, out)
@@ -183,7 +260,7 @@ def _forward_into(model, ws, x, eps, act, prof=None):
         prof.mark("output layer GEMM")
     logits = ws.logits.reshape(B, S, D)
     # nll (B, S); the logits become g = sigmoid(logits) - x, in place
-    K.bernoulli_nll_and_grad(logits, x, ws.nll, logits, ws.work, bias=p["dec.out.b"])
+    (ws.jobs or K).bernoulli_nll_and_grad(logits, x, ws.nll, logits, ws.work, bias=p["dec.out.b"])
     if prof is not None:
         prof.mark("output Bernoulli pass (bias, NLL, sigmoid - x)")
 
@@ -229,6 +306,47 @@ def groups_for(model, B, S):
     """Groups (threads) a step of ``B`` examples with ``S`` samples runs in: at most
     :func:`threads_for` and ``B``, with at least :data:`MIN_GROUP_ROWS` rows each."""
     return max(1, min(threads_for(model), B, (B * S) // MIN_GROUP_ROWS))
+
+
+def job_parts(model, B, S):
+    """Parts a one-group step's row passes are split into, run at once on BLAS's own
+    threads (:class:`_Jobs`): as many as BLAS runs on now, at most :func:`threads_for`
+    and ``B`` and with at least :data:`MIN_JOB_ROWS` rows ``B * S`` each, in float32
+    where NumPy's BLAS is an OpenBLAS npvae can give work to
+    (:func:`npvae._blas.jobs_available`); else 1 (the passes run on the calling thread).
+
+    Those threads would otherwise spin between the products, waiting for work, on the
+    cores the passes could use. On the development machine (2 threads) the Bernoulli
+    pass at S = 5 fell from 1.24 to 0.76 ms, and the step from 9.2 to 8.7 ms (S = 10:
+    -8%, S = 20: -11%, S = 1: no gain, so not split).
+    """
+    if model.dtype != np.float32 or not _blas.jobs_available():
+        return 1
+    parts = min(threads_for(model), _blas.current_threads() or 1, B, (B * S) // MIN_JOB_ROWS)
+    return parts if parts > 1 and K.row_job_address() is not None else 1
+
+
+def rmsprop_step(p, g, v, lr, rho, eps):
+    """:func:`npvae.kernels.rmsprop_step`, in parts on BLAS's threads where it pays.
+
+    A float32 parameter of at least :data:`MIN_JOB_ELEMENTS` elements is updated in as
+    many parts as BLAS runs threads right now (the one-group training step's setting;
+    1 while the step runs in groups, :func:`npvae._blas.single_threaded`), at once on
+    the calling thread and OpenBLAS's (:func:`npvae._blas.run_jobs`), where
+    :func:`npvae._blas.jobs_available`. Elementwise, so the result is the same bit for
+    bit. :class:`npvae.optim.RMSprop` calls this once a model has loaded this module.
+    """
+    parts = 1
+    if (p.dtype == g.dtype == v.dtype == np.float32 and p.size >= 2 * MIN_JOB_ELEMENTS
+            and _blas.jobs_available()):
+        parts = min(_blas.current_threads() or 1, p.size // MIN_JOB_ELEMENTS)
+    if parts < 2 or K.row_job_address() is None:
+        K.rmsprop_step(p, g, v, lr, rho, eps)
+        return
+    records = np.empty((parts, K.JOB_FIELDS), np.int64)
+    K.job_records(records, K.JOB_RMSPROP, p.size, 0, 0, 0, 1, (p, g, v), 3)
+    records[:, 13:] = np.array([lr, rho, eps]).view(np.int64)
+    _blas.run_jobs(K.row_job_address(), records)
 
 
 def steps_context(model, B, S):
@@ -398,8 +516,9 @@ def loss_and_grads(model, x, eps, objective, kl="analytic", estimator="standard"
     x, eps = _contiguous(x, eps)
     B, S, _ = eps.shape
     groups = _split(B, groups_for(model, B, S))
+    jobs = job_parts(model, B, S) if len(groups) == 1 else 1
     parts = _run_groups(lambda slot, b0, b1: _step(model, slot, x[b0:b1], eps[b0:b1], objective, kl,
-                                                   estimator, B), groups)
+                                                   estimator, B, jobs), groups)
     g = parts[0][3]
     for part in parts[1:]:                      # sum the groups' gradients into group 0's
         for name, a in g.items():
@@ -410,9 +529,10 @@ def loss_and_grads(model, x, eps, objective, kl="analytic", estimator="standard"
     return (result if return_bound else result.loss), g
 
 
-def _step(model, slot, x, eps, objective, kl, estimator, batch):
+def _step(model, slot, x, eps, objective, kl, estimator, batch, parts=1):
     """Forward and backward of the examples ``x`` (a group of a batch of ``batch``) in
-    the workspace of ``slot``.
+    the workspace of ``slot``, its row passes in ``parts`` jobs on BLAS's threads
+    (:func:`job_parts`).
 
     Returns ``(bound, nll_sum, kl_sum, grads)``: the per-example bound (a fresh array),
     the float64 sums of the NLL over (examples, samples) and of the analytic KL over
@@ -423,7 +543,7 @@ def _step(model, slot, x, eps, objective, kl, estimator, batch):
     B, S, L = eps.shape
     N = B * S
     act = K.ACT_CODES[model.activation]
-    ws = workspace(model, B, S, grads=True, slot=slot)
+    ws = workspace(model, B, S, grads=True, slot=slot, parts=parts)
     g = ws.grads
     prof = PROFILER if slot == 0 else None
 
@@ -453,10 +573,10 @@ def _step(model, slot, x, eps, objective, kl, estimator, batch):
     # ---- decoder backward ---------------------------------------------------------
     w = ws.row_w
     grad_logits = ws.logits                                           # sigmoid(l) - x, (B * S, D)
-    h_last = ws.dec_h[-1]
-    K.scale_rows_into(h_last, w, ws.hs)
+    h_last, kern = ws.dec_h[-1], ws.jobs or K
+    kern.scale_rows_into(h_last, w, ws.hs)
     np.matmul(ws.hs.T, grad_logits, out=g["dec.out.W"])               # (dnll * h).T @ g
-    K.weighted_bias_grad(grad_logits, w, g["dec.out.b"])
+    kern.weighted_bias_grad(grad_logits, w, g["dec.out.b"])
     np.matmul(grad_logits, p["dec.out.W"].T, out=ws.dec_d[-1])       # g @ W.T, unscaled
     if prof is not None:
         prof.mark("output layer backward: dW, db, dh (GEMMs, row weights)")
@@ -465,8 +585,8 @@ def _step(model, slot, x, eps, objective, kl, estimator, batch):
     for i in reversed(range(nh)):
         dout = ws.dec_d[i]                                            # (B * S, H_i), before act'
         if i == 0 and L <= K.NARROW_INPUT:   # act', dW, db and dz of the latent's layer: one pass
-            K.narrow_dense_act_backward(dout, ws.dec_h[0], act, w, weighted, z2, p["dec.0.W"],
-                                        g["dec.0.W"], g["dec.0.b"], ws.dz.reshape(N, L))
+            kern.narrow_dense_act_backward(dout, ws.dec_h[0], act, w, weighted, z2, p["dec.0.W"],
+                                           g["dec.0.W"], g["dec.0.b"], ws.dz.reshape(N, L))
             break
         if weighted:
             K.act_backward_rows(dout, ws.dec_h[i], act, w, dout)      # dnll * (g @ W.T) * act'

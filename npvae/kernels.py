@@ -58,8 +58,12 @@ try:
 except ImportError as exc:  # numba is needed only for speed
     numba = None
     _IMPORT_ERROR = exc
+
+    def _literal_unroll(container):
+        return container
 else:
     _IMPORT_ERROR = None
+    from numba import literal_unroll as _literal_unroll
     from llvmlite import ir as _ir
     from numba.core import types as _types
     from numba.extending import intrinsic as _intrinsic
@@ -950,6 +954,125 @@ def logsumexp_weights(log_w, bound, w_tilde):
         # same weights without the rounding of logsumexp (an ulp of |m|) in the exponent
         for s in range(S):
             w_tilde[b, s] = np.exp(np.float64(log_w[b, s]) - m) / total
+
+
+# --------------------------------------------------------------------------
+# Row passes as jobs for BLAS's own threads (the float32 training step)
+# --------------------------------------------------------------------------
+# While a step runs its products on OpenBLAS's threads, those threads spin between
+# the products, waiting for work, and no other thread gets their cores. So the
+# step hands its elementwise passes over rows to them: a C-callable function
+# (numba ``cfunc``) that reads a *job record* -- an int64 array of an operation
+# code, a range of rows, sizes and the addresses of the arrays -- and runs the
+# kernel below for those rows (:func:`npvae._blas.run_jobs` starts one job per
+# thread). Float32 only: the float64 Bernoulli pass uses NumPy ufuncs, which a
+# cfunc cannot call, and float64 is the precision for checks, not for speed.
+
+#: int64 fields of a job record: ``[op, r0, r1, n, f, k, flag, address x 9]`` (:func:`job_records`).
+JOB_FIELDS = 16
+#: Operation codes of a job record; the arrays of each, in record order (``n`` rows,
+#: ``f`` columns, ``k`` the samples per example or the latent width; float32 unless noted):
+#:
+#: * ``JOB_BERNOULLI``: logits (n, f) in place, x (n // k, f), nll (n,), bias (f,), term (f,);
+#:   ``flag`` 1 to add the bias; rows ``r0:r1`` whole examples (multiples of ``k``).
+#: * ``JOB_NARROW_FORWARD``: z (n, k), W (k, f), b (f,), out (n, f); ``flag`` 1 for relu.
+#: * ``JOB_SCALE_ROWS``: a (n, f), w (n,), out (n, f).
+#: * ``JOB_WEIGHTED_BIAS``: d (n, f), w (n,), db (f,) float64 (this part's sum).
+#: * ``JOB_NARROW_BACKWARD``: dout (n, f), out_act (n, f), w (n,), z (n, k), W (k, f),
+#:   dz (n, k), dW (k, f) float64, db (f,) float64 (this part's sums);
+#:   ``flag`` = act + 16 * weighted.
+#: * ``JOB_RMSPROP``: p (n,), g (n,), v (n,) (:func:`rmsprop_step` on elements ``r0:r1``);
+#:   ``lr``, ``rho``, ``eps`` as float64 in fields 13-15.
+JOB_BERNOULLI, JOB_NARROW_FORWARD, JOB_SCALE_ROWS, JOB_WEIGHTED_BIAS, JOB_NARROW_BACKWARD, JOB_RMSPROP = range(1, 7)
+
+
+@_kernel
+def job_records(records, op, n, f, k, flag, unit, arrays, shared):
+    """Fill ``records`` (int64, ``(parts, JOB_FIELDS)``) with one job per part of rows ``0:n``.
+
+    Part ``j`` covers whole ``unit``-row blocks, ``n // unit * j // parts`` up to the
+    next part's start (sizes within one block), and lists the addresses of the
+    ``arrays`` in the order of the operation (see :data:`JOB_BERNOULLI`): the first
+    ``shared`` as they are, of each later one its row ``j`` (a part's own scratch or
+    partial sums). All C-contiguous; they must stay alive until the jobs have run
+    (:func:`row_job_address`).
+    """
+    parts = records.shape[0]
+    units = n // unit
+    for j in range(parts):
+        rec = records[j]
+        rec[0], rec[1], rec[2] = op, units * j // parts * unit, units * (j + 1) // parts * unit
+        rec[3], rec[4], rec[5], rec[6] = n, f, k, flag
+        i = 0
+        for a in _literal_unroll(arrays):
+            rec[7 + i] = a.ctypes.data + (0 if i < shared else j * a.strides[0])
+            i += 1
+
+
+def _row_job(rec_address):
+    """Run the job record at ``rec_address`` (see :data:`JOB_FIELDS`)."""
+    rec = _carray(_i64_ptr(rec_address), (JOB_FIELDS,))
+    op, r0, r1, n, f, k, flag = rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], rec[6]
+    if op == JOB_BERNOULLI:
+        logits, nll = _carray(_f32_ptr(rec[7]), (n, f)), _carray(_f32_ptr(rec[9]), (n,))
+        x = _carray(_f32_ptr(rec[8]), (n // k, f))
+        _bernoulli_f32_inplace(logits[r0:r1], x[r0 // k:r1 // k], k, _carray(_f32_ptr(rec[10]), (f,)),
+                               flag == 1, nll[r0:r1], _carray(_f32_ptr(rec[11]), (f,)))
+    elif op == JOB_NARROW_FORWARD:
+        z, out = _carray(_f32_ptr(rec[7]), (n, k)), _carray(_f32_ptr(rec[10]), (n, f))
+        _narrow_forward(z[r0:r1], _carray(_f32_ptr(rec[8]), (k, f)), _carray(_f32_ptr(rec[9]), (f,)),
+                        flag == 1, out[r0:r1])
+    elif op == JOB_SCALE_ROWS:
+        a, w, out = _carray(_f32_ptr(rec[7]), (n, f)), _carray(_f32_ptr(rec[8]), (n,)), _carray(_f32_ptr(rec[9]), (n, f))
+        scale_rows_into(a[r0:r1], w[r0:r1], out[r0:r1])
+    elif op == JOB_WEIGHTED_BIAS:
+        d, w = _carray(_f32_ptr(rec[7]), (n, f)), _carray(_f32_ptr(rec[8]), (n,))
+        weighted_bias_grad(d[r0:r1], w[r0:r1], _carray(_f64_ptr(rec[9]), (f,)))
+    elif op == JOB_NARROW_BACKWARD:
+        dout, out_act = _carray(_f32_ptr(rec[7]), (n, f)), _carray(_f32_ptr(rec[8]), (n, f))
+        w, z, dz = _carray(_f32_ptr(rec[9]), (n,)), _carray(_f32_ptr(rec[10]), (n, k)), _carray(_f32_ptr(rec[12]), (n, k))
+        narrow_dense_act_backward(dout[r0:r1], out_act[r0:r1], flag % 16, w[r0:r1], flag >= 16, z[r0:r1],
+                                  _carray(_f32_ptr(rec[11]), (k, f)), _carray(_f64_ptr(rec[13]), (k, f)),
+                                  _carray(_f64_ptr(rec[14]), (f,)), dz[r0:r1])
+    elif op == JOB_RMSPROP:
+        p, g, v = _carray(_f32_ptr(rec[7]), (n,)), _carray(_f32_ptr(rec[8]), (n,)), _carray(_f32_ptr(rec[9]), (n,))
+        scalars = _carray(_f64_ptr(rec_address), (JOB_FIELDS,))
+        rmsprop_step(p[r0:r1], g[r0:r1], v[r0:r1], scalars[13], scalars[14], scalars[15])
+
+
+_row_job_cfunc = None
+
+
+def row_job_address():
+    """The address of the compiled ``void job(int64 *record)`` (see :data:`JOB_FIELDS`), or
+    None where numba is missing or its JIT disabled. Compiled (or loaded from numba's
+    cache) on first call."""
+    global _row_job_cfunc
+    if not AVAILABLE or numba.config.DISABLE_JIT:
+        return None
+    if _row_job_cfunc is None:
+        _row_job_cfunc = numba.cfunc(_types.void(_types.voidptr), cache=True, error_model="numpy")(_row_job)
+    return _row_job_cfunc.address
+
+
+if AVAILABLE and not numba.config.DISABLE_JIT:
+    from numba import carray as _carray
+
+    def _address_intrinsic(target):
+        """An intrinsic turning an address (int64, or a void pointer) into a pointer to ``target``."""
+        @_intrinsic
+        def as_ptr(typingctx, address):
+            def codegen(context, builder, signature, args):
+                llty = context.get_value_type(target)
+                if isinstance(address, _types.Integer):
+                    return builder.inttoptr(args[0], llty.as_pointer())
+                return builder.bitcast(args[0], llty.as_pointer())
+            return _types.CPointer(target)(address), codegen
+        return as_ptr
+
+    _i64_ptr = _address_intrinsic(_types.int64)
+    _f32_ptr = _address_intrinsic(_types.float32)
+    _f64_ptr = _address_intrinsic(_types.float64)
 
 
 # --------------------------------------------------------------------------

@@ -539,12 +539,15 @@ class RMSprop(Optimizer):
         ``backend="numba"`` has run), contiguous float32/float64 parameters are updated
         by :func:`npvae.kernels.rmsprop_step`: the update and the subnormal flush in one
         pass, bit for bit the result of the NumPy ufuncs below (tested), several times
-        faster. Otherwise, and for any other parameter, the NumPy path runs. The
-        optimizer itself never imports numba (that costs a second).
+        faster; large float32 parameters in parts on BLAS's threads
+        (:func:`npvae.fused.rmsprop_step`). Otherwise, and for any other parameter, the
+        NumPy path runs. The optimizer itself never imports numba (that costs a second).
         """
         kernels = sys.modules.get("npvae.kernels")
         if kernels is None or not kernels.AVAILABLE:
             return super().step(params, grads)
+        fused = sys.modules.get("npvae.fused")        # loaded with kernels by a numba model
+        fused_step = kernels.rmsprop_step if fused is None else fused.rmsprop_step
         self._check_params_grads(params, grads)
         if not self._built:
             self._build(params)
@@ -554,7 +557,7 @@ class RMSprop(Optimizer):
             g, v = grads[key], state[key]
             if (p.dtype in _FUSED_DTYPES and g.dtype in (p.dtype, np.float64)
                     and p.flags.c_contiguous and g.flags.c_contiguous and v.flags.c_contiguous):
-                kernels.rmsprop_step(p, g, v, self.lr, self.rho, self.epsilon)
+                fused_step(p, g, v, self.lr, self.rho, self.epsilon)
             else:
                 scratch, mask = self._buffers(p)
                 self._update(p, g, {"v": v}, scratch)

@@ -21,9 +21,10 @@ def small_model(seed=3, backend=None, activation="tanh"):
     return model
 
 
-def fake_blas(monkeypatch, threads):
+def fake_blas(monkeypatch, threads, run=None):
     """Make ``npvae._blas`` control a stand-in library holding a thread count (starting at
     ``threads``) instead of NumPy's BLAS, so that its logic is tested on any machine.
+    ``run``: the stand-in's ``gotoblas_pthread`` (None: it has none).
     Returns the dict that holds the stand-in's count."""
     from npvae import _blas
     state = {"threads": threads}
@@ -31,5 +32,5 @@ def fake_blas(monkeypatch, threads):
     def set_threads(n):
         state["threads"] = n
 
-    monkeypatch.setattr(_blas, "_found", [("stand-in", lambda: state["threads"], set_threads)])
+    monkeypatch.setattr(_blas, "_found", [("stand-in", lambda: state["threads"], set_threads, run)])
     return state

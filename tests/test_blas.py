@@ -55,3 +55,51 @@ def test_single_threaded_saves_sets_and_restores_the_count_once(monkeypatch):
         with _blas.single_threaded():
             raise RuntimeError
     assert blas["threads"] == 4
+
+
+def test_jobs_go_to_the_librarys_thread_server_only_with_a_thread_for_each(monkeypatch):
+    """run_jobs' bookkeeping, on a stand-in library: OpenBLAS would wait forever for a job
+    that has no thread, so more jobs than BLAS threads is an error, not a hang."""
+    calls = []
+    blas = fake_blas(monkeypatch, threads=3, run=lambda *args: calls.append(args))
+    assert _blas.jobs_available()
+    records = np.zeros((3, 16), np.int64)
+    _blas.run_jobs(1234, records)
+    assert calls == [(3, 1234, records.ctypes.data, 16 * 8)]
+    with _blas.single_threaded():
+        with pytest.raises(RuntimeError, match="3 jobs need BLAS on at least 3 threads, it runs on 1"):
+            _blas.run_jobs(1234, records)
+    blas["threads"] = 2
+    with pytest.raises(RuntimeError, match="at least 3 threads"):
+        _blas.run_jobs(1234, records)
+    with pytest.raises(RuntimeError, match="no OpenBLAS thread server"):
+        _blas.run_jobs(1234, np.zeros((16, 3), np.int64).T)      # not C-contiguous
+    assert len(calls) == 1
+
+
+def test_no_jobs_without_a_thread_server(monkeypatch):
+    fake_blas(monkeypatch, threads=2)                    # an OpenBLAS without gotoblas_pthread
+    assert not _blas.jobs_available()
+    with pytest.raises(RuntimeError, match="no OpenBLAS thread server"):
+        _blas.run_jobs(1234, np.zeros((2, 16), np.int64))
+    monkeypatch.setattr(_blas, "_found", [])
+    assert not _blas.jobs_available()
+
+
+def test_jobs_run_on_the_real_library_where_it_has_a_thread_server():
+    pytest.importorskip("numba")
+    if not _blas.jobs_available():
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS with a thread server (gotoblas_pthread)")
+    from npvae import kernels as K
+    before = _blas.current_threads()
+    _blas.set_threads(2)                                 # makes sure OpenBLAS has a second thread
+    try:
+        n = 4001
+        a, w = np.random.default_rng(0).random((n, 3)).astype(np.float32), np.full(n, 2.0, np.float32)
+        out = np.zeros_like(a)
+        records = np.zeros((2, K.JOB_FIELDS), np.int64)
+        K.job_records(records, K.JOB_SCALE_ROWS, n, 3, 0, 0, 1, (a, w, out), 3)
+        _blas.run_jobs(K.row_job_address(), records)
+        np.testing.assert_array_equal(out, 2 * a)       # both parts ran
+    finally:
+        _blas.set_threads(before)

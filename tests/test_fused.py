@@ -330,6 +330,120 @@ def test_fit_on_threads_gives_the_one_thread_history(monkeypatch):
 
 
 # --------------------------------------------------------------------------
+# Threads: a one-group float32 step's row passes as jobs on BLAS's threads
+# --------------------------------------------------------------------------
+jobs_here = pytest.mark.skipif(not npvae._blas.jobs_available(),
+                               reason="NumPy's BLAS here is not an OpenBLAS with a thread server")
+
+
+@pytest.fixture
+def blas_on_two_threads():
+    """BLAS on 2 threads (so that OpenBLAS has a thread for a second job), restored after."""
+    before = npvae._blas.current_threads()
+    npvae._blas.set_threads(2)
+    yield
+    npvae._blas.set_threads(before)
+
+
+def counting_jobs(monkeypatch):
+    calls, real = [], npvae._blas.run_jobs
+
+    def counting(function, records):
+        calls.append(records[:, 0].tolist())
+        return real(function, records)
+
+    monkeypatch.setattr(npvae._blas, "run_jobs", counting)
+    return calls
+
+
+@jobs_here
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("objective,kl,estimator", COMBOS)
+def test_step_with_jobs_equals_numpy_path_and_the_step_without(monkeypatch, blas_on_two_threads,
+                                                                 activation, objective, kl, estimator):
+    ref, fast = pair(np.float32, latent_dim=2, hidden=(7,), activation=activation)
+    fast.threads = 2
+    B, S = 9, 40                                   # 360 rows: one group, 2 parts of 4 and 5 examples
+    assert fused.groups_for(fast, B, S) == 1 and fused.job_parts(fast, B, S) == 2
+    x, eps = data(ref, B, S)
+    args = (x, eps, objective, kl, estimator)
+    calls = counting_jobs(monkeypatch)
+    got = fast.loss_and_grads(*args, return_bound=True)
+    assert sorted({op for call in calls for op in call}) == [1, 2, 3, 4, 5]   # every pass went in parts
+    assert_same_result(ref.loss_and_grads(*args, return_bound=True), got, np.float32)
+    with monkeypatch.context() as m:
+        m.setattr(fused, "job_parts", lambda *a: 1)
+        want = fast.loss_and_grads(*args, return_bound=True)
+    np.testing.assert_array_equal(got[0].per_example, want[0].per_example)
+    for name in want[1]:                           # only the sums over rows add parts: rounding
+        if name in ("dec.out.b", "dec.0.W", "dec.0.b"):
+            np.testing.assert_allclose(got[1][name], want[1][name], rtol=1e-6, atol=1e-6 * np.abs(want[1][name]).max())
+        else:
+            np.testing.assert_array_equal(got[1][name], want[1][name], err_msg=name)
+
+
+@jobs_here
+def test_job_parts_follow_dtype_threads_rows_and_the_blas(monkeypatch, blas_on_two_threads):
+    _, fast = pair(np.float32, latent_dim=2, hidden=(7,))
+    fast.threads = 2
+    assert fused.job_parts(fast, 100, 5) == 2
+    assert fused.job_parts(fast, 100, 1) == 1                 # 100 rows: below 2 x MIN_JOB_ROWS
+    assert fused.job_parts(fast, 1, 500) == 1                 # never more parts than examples
+    fast.threads = 1
+    assert fused.job_parts(fast, 100, 5) == 1
+    fast.threads = 4
+    assert fused.job_parts(fast, 100, 5) == 2                 # no more than BLAS's threads
+    with npvae._blas.single_threaded():
+        assert fused.job_parts(fast, 100, 5) == 1
+    _, slow = pair(np.float64, latent_dim=2, hidden=(7,))
+    slow.threads = 2
+    assert fused.job_parts(slow, 100, 5) == 1                 # float64: the reference precision
+    monkeypatch.setattr(npvae._blas, "jobs_available", lambda: False)
+    assert fused.job_parts(fast, 100, 5) == 1
+
+
+@jobs_here
+def test_fit_float32_with_jobs_gives_the_history_without(monkeypatch, blas_on_two_threads):
+    histories = []
+    for parts in (None, 1):
+        _, model = pair(np.float32, input_dim=784, latent_dim=2, hidden=(32,))
+        model.threads = 2
+        calls = []
+        with monkeypatch.context() as m:
+            if parts == 1:
+                m.setattr(fused, "job_parts", lambda *a: 1)
+                m.setattr(fused, "MIN_JOB_ELEMENTS", 10**9)
+            else:
+                calls = counting_jobs(m)
+                m.setattr(fused, "MIN_JOB_ELEMENTS", 1000)   # the optimizer's step in parts too
+            x = np.random.default_rng(0).random((60, 784)).astype(np.float32)
+            histories.append(npvae.fit(model, x, epochs=2, batch_size=30, mc_samples=8, verbose=0))
+        assert (parts == 1) == (not calls) and (parts == 1 or [6, 6] in calls)
+    for a, b in zip(*histories):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+@jobs_here
+def test_rmsprop_step_in_parts_is_bit_identical(monkeypatch, blas_on_two_threads):
+    from npvae import kernels as K
+    monkeypatch.setattr(fused, "MIN_JOB_ELEMENTS", 100)
+    calls = counting_jobs(monkeypatch)
+    rng = np.random.default_rng(1)
+    p, v = rng.standard_normal((31, 17)).astype(np.float32), np.zeros((31, 17), np.float32)
+    p2, v2 = p.copy(), v.copy()
+    for _ in range(5):
+        g = rng.standard_normal(p.shape).astype(np.float32)
+        fused.rmsprop_step(p, g, v, 3e-3, 0.9, 1e-7)
+        K.rmsprop_step(p2, g, v2, 3e-3, 0.9, 1e-7)
+        np.testing.assert_array_equal(p, p2)
+        np.testing.assert_array_equal(v, v2)
+    assert len(calls) == 5 and all(len(c) == 2 for c in calls)
+    with npvae._blas.single_threaded():                       # BLAS on 1 thread: one part, no jobs
+        fused.rmsprop_step(p, g, v, 3e-3, 0.9, 1e-7)
+    assert len(calls) == 5
+
+
+# --------------------------------------------------------------------------
 # Backend choice
 # --------------------------------------------------------------------------
 def test_backend_auto_is_numba_and_not_part_of_config(tmp_path):

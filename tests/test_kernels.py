@@ -487,3 +487,103 @@ def test_kernels_import_and_run_as_python_without_numba():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
     assert "numba" not in result.stderr
+
+
+# --------------------------------------------------------------------------
+# Row passes as jobs (run on BLAS's threads by the float32 training step)
+# --------------------------------------------------------------------------
+def run_jobs_here(records):
+    """Run each job record through the compiled job function, one after another on this thread."""
+    import ctypes
+    address = K.row_job_address()
+    assert address is not None
+    job = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+    for rec in records:
+        job(rec.ctypes.data)
+
+
+def jobs(op, n, f, k, flag, arrays, shared, parts, unit=1):
+    records = np.zeros((parts, K.JOB_FIELDS), np.int64)
+    K.job_records(records, op, n, f, k, flag, unit, tuple(arrays), shared)
+    return records
+
+
+def test_job_records_cover_the_rows_in_whole_units_with_each_parts_own_rows():
+    a, w = np.zeros((12, 3), np.float32), np.zeros(12, np.float32)
+    partial = np.zeros((3, 3))                       # one row per part
+    rec = jobs(K.JOB_WEIGHTED_BIAS, 12, 3, 0, 0, [a, w, partial], 2, parts=3, unit=4)
+    assert rec[:, 1].tolist() == [0, 4, 8] and rec[:, 2].tolist() == [4, 8, 12]
+    assert (rec[:, 0] == K.JOB_WEIGHTED_BIAS).all() and (rec[:, 3:7] == [12, 3, 0, 0]).all()
+    assert (rec[:, 7] == a.ctypes.data).all() and (rec[:, 8] == w.ctypes.data).all()
+    assert rec[:, 9].tolist() == [partial[j].ctypes.data for j in range(3)]
+    rec = jobs(K.JOB_SCALE_ROWS, 10, 3, 0, 0, [a, w, a], 3, parts=3, unit=3)   # 3 blocks of 3 rows, 1 left
+    assert rec[:, 1].tolist() == [0, 3, 6] and rec[:, 2].tolist() == [3, 6, 9]
+
+
+@pytest.mark.parametrize("add_bias", [True, False])
+@pytest.mark.parametrize("B,S,parts", [(5, 3, 2), (7, 1, 3), (2, 4, 2)])
+def test_bernoulli_job_parts_equal_the_one_pass_kernel_bit_for_bit(rng, add_bias, B, S, parts):
+    D = 13
+    logits = (4 * rng.standard_normal((B * S, D))).astype(np.float32)
+    x = (rng.random((B, D)) < 0.4).astype(np.float32)
+    bias = rng.standard_normal(D).astype(np.float32)
+    want_l, want_nll = logits.copy(), np.empty(B * S, np.float32)
+    K._bernoulli_f32_inplace(want_l, x, S, bias, add_bias, want_nll, np.empty(D, np.float32))
+    got_l, got_nll, term = logits.copy(), np.empty(B * S, np.float32), np.zeros((parts, D), np.float32)
+    run_jobs_here(jobs(K.JOB_BERNOULLI, B * S, D, S, int(add_bias), [got_l, x, got_nll, bias, term], 4,
+                       parts, unit=S))
+    np.testing.assert_array_equal(got_l, want_l)
+    np.testing.assert_array_equal(got_nll, want_nll)
+
+
+@pytest.mark.parametrize("act", ["relu", "identity"])
+def test_narrow_forward_and_scale_rows_jobs_equal_the_kernels_bit_for_bit(rng, act):
+    N, L, F = 11, 2, 7
+    z, W = rng.standard_normal((N, L)).astype(np.float32), rng.standard_normal((L, F)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    want, got = np.empty((N, F), np.float32), np.empty((N, F), np.float32)
+    K.narrow_dense_act_forward(z, W, b, K.ACT_CODES[act], want)
+    run_jobs_here(jobs(K.JOB_NARROW_FORWARD, N, F, L, int(act == "relu"), [z, W, b, got], 4, parts=3))
+    np.testing.assert_array_equal(got, want)
+    w = rng.standard_normal(N).astype(np.float32)
+    K.scale_rows_into(want, w, want)
+    run_jobs_here(jobs(K.JOB_SCALE_ROWS, N, F, 0, 0, [got, w, got], 3, parts=2))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_backward_jobs_partial_sums_add_up_to_the_kernels(rng, act, weighted):
+    N, L, F, parts = 13, 2, 6, 3
+    d = rng.standard_normal((N, F)).astype(np.float32)
+    w = rng.standard_normal(N).astype(np.float32)
+    db = np.empty(F, np.float32)
+    K.weighted_bias_grad(d, w, db)
+    partial = np.zeros((parts, F))
+    run_jobs_here(jobs(K.JOB_WEIGHTED_BIAS, N, F, 0, 0, [d, w, partial], 2, parts))
+    assert_close(partial.sum(0).astype(np.float32), db, np.float32)
+    assert np.count_nonzero(partial.any(axis=1)) == parts          # each part summed its own rows
+
+    out_act = np.tanh(d) if act == "tanh" else np.maximum(d, 0)
+    z, W = rng.standard_normal((N, L)).astype(np.float32), rng.standard_normal((L, F)).astype(np.float32)
+    want = [np.empty((L, F), np.float32), np.empty(F, np.float32), np.empty((N, L), np.float32)]
+    K.narrow_dense_act_backward(d, out_act, K.ACT_CODES[act], w, weighted, z, W, *want)
+    dz, pdW, pdb = np.empty((N, L), np.float32), np.zeros((parts, L, F)), np.zeros((parts, F))
+    flag = K.ACT_CODES[act] + 16 * weighted
+    run_jobs_here(jobs(K.JOB_NARROW_BACKWARD, N, F, L, flag, [d, out_act, w, z, W, dz, pdW, pdb], 6, parts))
+    np.testing.assert_array_equal(dz, want[2])                     # per row: the same float operations
+    assert_close(pdW.sum(0).astype(np.float32), want[0], np.float32)
+    assert_close(pdb.sum(0).astype(np.float32), want[1], np.float32)
+
+
+def test_rmsprop_job_equals_the_kernel_bit_for_bit(rng):
+    n = 1001
+    p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    v = np.abs(rng.standard_normal(n)).astype(np.float32)
+    p2, v2 = p.copy(), v.copy()
+    K.rmsprop_step(p, g, v, 3e-3, 0.8, 1e-7)
+    rec = jobs(K.JOB_RMSPROP, n, 0, 0, 0, [p2, g, v2], 3, parts=3)
+    rec[:, 13:] = np.array([3e-3, 0.8, 1e-7]).view(np.int64)
+    run_jobs_here(rec)
+    np.testing.assert_array_equal(p2, p)
+    np.testing.assert_array_equal(v2, v)

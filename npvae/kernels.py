@@ -165,6 +165,7 @@ def bias_act_forward(a, b, act, out):
 @_kernel
 def _bias_relu_or_identity(a, b, relu, out):
     """``out = max(a + b, 0)`` if ``relu`` else ``a + b``, over (N, F)."""
+    _wide_vectors()
     n, f = a.shape
     zero = a.dtype.type(0.0)
     if relu:
@@ -196,6 +197,7 @@ def act_backward(dout, out_act, act, dst):
     dst : ndarray, shape (N, F)
         Written. May be ``dout`` itself (in place).
     """
+    _wide_vectors()
     one = dout.dtype.type(1.0)
     for i in range(dout.shape[0]):
         _act_backward_row(dout[i], out_act[i], act, one, dst[i])   # dout * 1 is dout, exactly
@@ -235,6 +237,7 @@ def bias_grad(d, db):
     db : ndarray, shape (F,)
         Written.
     """
+    _wide_vectors()
     n, f = d.shape
     acc = np.zeros(f, dtype=np.float64)
     for i in range(n):
@@ -260,6 +263,7 @@ def weighted_bias_grad(d, w, db):
     db : ndarray, shape (F,)
         Written.
     """
+    _wide_vectors()
     n, f = d.shape
     acc = np.zeros(f, dtype=np.float64)
     for i in range(n):
@@ -302,6 +306,7 @@ def scale_rows_into(a, w, out):
     out : ndarray, shape (N, F)
         Written.
     """
+    _wide_vectors()
     n, f = a.shape
     for i in range(n):
         wi = w[i]
@@ -328,6 +333,7 @@ def act_backward_rows(dout, out_act, act, w, dst):
     dst : ndarray, shape (N, F)
         Written. May be ``dout`` itself (in place).
     """
+    _wide_vectors()
     for i in range(dout.shape[0]):
         _act_backward_row(dout[i], out_act[i], act, w[i], dst[i])
 
@@ -365,6 +371,7 @@ def narrow_dense_act_forward(z, W, b, act, out):
 
 @_kernel
 def _narrow_forward(z, W, b, relu, out):
+    _wide_vectors()
     n, k = z.shape
     f = W.shape[1]
     zero = out.dtype.type(0.0)
@@ -415,6 +422,7 @@ def narrow_dense_act_backward(dout, out_act, act, w, weighted, z, W, dW, db, dz)
     dz : ndarray, shape (N, K)
         Written.
     """
+    _wide_vectors()
     n, f = dout.shape
     k = z.shape[1]
     one = dout.dtype.type(1.0)
@@ -631,6 +639,24 @@ def _fma_inline(fn):
 
 if AVAILABLE and not numba.config.DISABLE_JIT:
     @_intrinsic
+    def _wide_vectors(typingctx):
+        """Let LLVM vectorize the calling kernel's loops with 512-bit vectors where the CPU
+        has them (the function attribute ``"prefer-vector-width"="512"``).
+
+        On AVX-512 CPUs LLVM prefers 256-bit vectors by default; for these kernels'
+        float32 loops 512 bits were faster on the development machine (the float32
+        Bernoulli pass at 2500 x 784: 5.5 to 4.2 ms; the latent layer's backward
+        1.6 to 0.9 ms). Elsewhere nothing changes. Only the order of the sums that
+        may be reordered (:func:`_sum_f64`, :func:`_dot_f64`) depends on it.
+        """
+        def codegen(context, builder, signature, args):
+            # a string attribute, which llvmlite's attribute set does not list: set.add
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+            return context.get_dummy_value()
+
+        return _types.none(), codegen
+
+    @_intrinsic
     def _exp2_neg(typingctx, k, like):
         """``2.0 ** -k`` in the float type of ``like``, built from its bits (vectorizes).
 
@@ -655,6 +681,9 @@ if AVAILABLE and not numba.config.DISABLE_JIT:
 
         return like(k, like), codegen
 else:
+    def _wide_vectors():
+        """No-op without numba's JIT (see the compiled intrinsic)."""
+
     def _exp2_neg(k, like):
         """``2.0 ** -k`` in the type of ``like`` (uncompiled fallback of the intrinsic)."""
         with np.errstate(all="ignore"):
@@ -731,6 +760,7 @@ def _bernoulli_f32_inplace(logits, x, S, bias, add_bias, nll, term):
     two arrays only after a runtime check that they do not overlap, which the same
     array fails: the loop would run scalar.
     """
+    _wide_vectors()
     n, D = logits.shape
     for r in range(n):
         b = r // S
@@ -747,6 +777,7 @@ def _bernoulli_f32_inplace(logits, x, S, bias, add_bias, nll, term):
 def _bernoulli_f32(logits, x, S, bias, add_bias, nll, dlogits, term):
     """:func:`_bernoulli_f32_inplace` into a separate ``dlogits`` (N, D); ``logits`` gets
     the bias added in place when ``add_bias``."""
+    _wide_vectors()
     n, D = logits.shape
     for r in range(n):
         b = r // S
@@ -1098,6 +1129,7 @@ def rmsprop_step(p, g, v, lr, rho, eps):
         Running mean of squared gradients, updated in place.
     lr, rho, eps : float
     """
+    _wide_vectors()
     pf = p.reshape(p.size)
     gf = g.reshape(g.size)
     vf = v.reshape(v.size)

@@ -81,13 +81,16 @@ class VAE:
         when it is installed, else NumPy with a warning. Not part of
         :attr:`config`: a saved model loads with ``"auto"``.
     threads : int or None, default None
-        Threads of a numba-backend step: the batch is split into this many groups
-        of examples, run at once, each with single-threaded matrix products
-        (:mod:`npvae.fused`). None: as many as NumPy's OpenBLAS uses (set by
-        ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``, else the cores), or 1
-        where the BLAS is not an OpenBLAS npvae can control (then BLAS threads
-        its own products). Results depend on it only through the order of float
-        additions. Not part of :attr:`config`; may be reassigned.
+        Threads of a numba-backend step: a large step (from 2048 rows ``B * S``)
+        is split into this many groups of examples, run at once, each with
+        single-threaded matrix products; a smaller one runs as one group, its
+        products threaded by BLAS and, in float32, its elementwise passes split
+        over BLAS's threads (:mod:`npvae.fused`). None: as many as NumPy's
+        OpenBLAS uses (set by ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``,
+        else the cores), or 1 where the BLAS is not an OpenBLAS npvae can
+        control (then BLAS threads its own products). Results depend on it only
+        through the order of float additions. Not part of :attr:`config`; may be
+        reassigned.
 
     Attributes
     ----------

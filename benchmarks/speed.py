@@ -509,7 +509,8 @@ def main(argv=None):
                 f"npvae's numba step (`VAE.threads` = {T}) runs {T} groups of examples at once when a step has at "
                 "least 2 x `npvae.fused.MIN_GROUP_ROWS` = 2048 rows (here S >= 21), each with single-threaded "
                 "BLAS; "
-                "below that, one group with BLAS threading its products.  "),
+                "below that, one group with BLAS threading its products and, in float32, the row passes on "
+                "BLAS's threads (`npvae.fused.job_parts`).  "),
              "BLAS: " + "; ".join(info.values()) + ".  ",
              f"Load average (1/5/15 min) at start {load_start}, at end {load_end}: the machine was shared, "
              "so absolute times are noisy; the ratios come from the same run, contenders alternating.  ",

@@ -587,3 +587,22 @@ def test_rmsprop_job_equals_the_kernel_bit_for_bit(rng):
     run_jobs_here(rec)
     np.testing.assert_array_equal(p2, p)
     np.testing.assert_array_equal(v2, v)
+
+
+def test_wide_vectors_marks_the_calling_kernel_for_512_bit_vectors():
+    """The intrinsic adds LLVM's function attribute to the function that calls it (a fresh,
+    uncached function here, since numba does not show the IR of cached ones)."""
+    import numba
+
+    @numba.njit
+    def doubled(a, out):
+        K._wide_vectors()
+        for i in range(a.size):
+            out[i] = 2 * a[i]
+
+    a = np.arange(5, dtype=np.float32)
+    out = np.empty_like(a)
+    doubled(a, out)
+    np.testing.assert_array_equal(out, 2 * a)
+    llvm_ir = doubled.inspect_llvm(doubled.signatures[0])
+    assert '"prefer-vector-width"="512"' in llvm_ir

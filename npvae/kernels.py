@@ -50,6 +50,7 @@ Activation codes for :func:`bias_act_forward` and :func:`act_backward` are
 """
 
 import math
+import warnings
 
 import numpy as np
 
@@ -1071,18 +1072,25 @@ def _row_job(rec_address):
         rmsprop_step(p[r0:r1], g[r0:r1], v[r0:r1], scalars[13], scalars[14], scalars[15])
 
 
-_row_job_cfunc = None
+_row_job_cfunc = None      # the compiled cfunc; False if compiling it failed
 
 
 def row_job_address():
     """The address of the compiled ``void job(int64 *record)`` (see :data:`JOB_FIELDS`), or
-    None where numba is missing or its JIT disabled. Compiled (or loaded from numba's
-    cache) on first call."""
+    None where numba is missing or its JIT disabled, or compiling it failed (then with a
+    warning, once: the passes run on the calling thread instead). Compiled (or loaded
+    from numba's cache) on first call."""
     global _row_job_cfunc
-    if not AVAILABLE or numba.config.DISABLE_JIT:
+    if not AVAILABLE or numba.config.DISABLE_JIT or _row_job_cfunc is False:
         return None
     if _row_job_cfunc is None:
-        _row_job_cfunc = numba.cfunc(_types.void(_types.voidptr), cache=True, error_model="numpy")(_row_job)
+        try:
+            _row_job_cfunc = numba.cfunc(_types.void(_types.voidptr), cache=True, error_model="numpy")(_row_job)
+        except Exception as exc:  # noqa: BLE001 -- a speed-up only: fall back, say why
+            _row_job_cfunc = False
+            warnings.warn(f"npvae: the row passes' job function did not compile ({type(exc).__name__}: {exc}); "
+                          "the training step's passes run on the calling thread", RuntimeWarning, stacklevel=2)
+            return None
     return _row_job_cfunc.address
 
 

@@ -309,8 +309,11 @@ def test_grouped_steps_work_in_a_forked_child(monkeypatch):
     assert got == pytest.approx(want, rel=1e-12)
 
 
-def _loss_in_child(model, x, eps):
-    fused.MIN_GROUP_ROWS = 1
+def _loss_in_child(model, x, eps, groups=True):
+    if groups:
+        fused.MIN_GROUP_ROWS = 1
+    else:
+        assert fused.job_parts(model, *eps.shape[:2]) == 2
     return model.loss_and_grads(x, eps)[0]
 
 
@@ -421,6 +424,41 @@ def test_fit_float32_with_jobs_gives_the_history_without(monkeypatch, blas_on_tw
         assert (parts == 1) == (not calls) and (parts == 1 or [6, 6] in calls)
     for a, b in zip(*histories):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_a_job_function_that_does_not_compile_leaves_the_passes_on_the_calling_thread(monkeypatch):
+    from npvae import kernels as K
+    import numba
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no cfunc here")
+
+    monkeypatch.setattr(K, "_row_job_cfunc", None)
+    monkeypatch.setattr(numba, "cfunc", broken)
+    with pytest.warns(RuntimeWarning, match="no cfunc here"):
+        assert K.row_job_address() is None
+    assert K.row_job_address() is None                       # tried once, warned once
+    ref, fast = pair(np.float32, latent_dim=2, hidden=(7,))
+    fast.threads = 2
+    assert fused.job_parts(fast, 9, 40) == 1
+    x, eps = data(ref, 9, 40)
+    assert_same_result(ref.loss_and_grads(x, eps, return_bound=True),
+                       fast.loss_and_grads(x, eps, return_bound=True), np.float32)
+
+
+@jobs_here
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_steps_with_jobs_work_in_a_forked_child(blas_on_two_threads):
+    """OpenBLAS shuts its threads down around fork; the child's jobs must find new ones."""
+    import multiprocessing
+    _, fast = pair(np.float32, latent_dim=2, hidden=(7,))
+    fast.threads = 2
+    x, eps = data(fast, 9, 40)
+    assert fused.job_parts(fast, 9, 40) == 2
+    want = fast.loss_and_grads(x, eps)[0]
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_loss_in_child, (fast, x, eps, False)).get(timeout=60)
+    assert got == want
 
 
 @jobs_here

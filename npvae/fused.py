@@ -156,7 +156,9 @@ class _Jobs:
     Its methods have the signatures of the kernels they split, so that the step calls
     ``(ws.jobs or K).kernel(...)``. Sums over rows go to float64 partial sums, one per
     part, added together at the end (so a float32 result can differ from the one-part
-    kernel's in its last bit).
+    kernel's in its last bit). The jobs read the arrays through their addresses, so an
+    array that is not C-contiguous float32 (a parameter the user replaced with a
+    transposed view, say) sends the pass to the kernel itself, on the calling thread.
     """
 
     def __init__(self, parts, D):
@@ -169,7 +171,10 @@ class _Jobs:
     def _run(self, op, n, f, k, flag, shared, sums=(), unit=1, per_part=()):
         """Run ``op`` over rows ``0:n`` in parts of whole ``unit`` rows; each part's record lists
         the ``shared`` arrays, then its own row of each ``per_part`` array, then its partials of
-        each of ``sums`` (outputs), which are added into ``sums`` at the end."""
+        each of ``sums`` (outputs), which are added into ``sums`` at the end. False, with
+        nothing done, if a ``shared`` array is not C-contiguous float32."""
+        if not all(a.dtype == np.float32 and a.flags.c_contiguous for a in shared):
+            return False
         partials = []
         for j, out in enumerate(sums):
             key = (j, out.shape)
@@ -180,28 +185,35 @@ class _Jobs:
         _blas.run_jobs(self.address, self.records)
         for out, a in zip(sums, partials):
             np.sum(a, axis=0, out=out)
+        return True
 
     def narrow_dense_act_forward(self, z, W, b, act, out):
-        self._run(K.JOB_NARROW_FORWARD, len(z), W.shape[1], W.shape[0], int(act == K.RELU), [z, W, b, out])
+        if not self._run(K.JOB_NARROW_FORWARD, len(z), W.shape[1], W.shape[0], int(act == K.RELU),
+                         [z, W, b, out]):
+            return K.narrow_dense_act_forward(z, W, b, act, out)
         if act == K.TANH:
             np.tanh(out, out=out)
 
     def bernoulli_nll_and_grad(self, logits, x, nll, dlogits, work=None, bias=None):
         B, S, D = logits.shape
-        assert dlogits is logits and logits.dtype == np.float32     # the step's in-place call
-        flat = logits.reshape(B * S, D)
-        self._run(K.JOB_BERNOULLI, B * S, D, S, int(bias is not None),
-                  [flat, x, nll, self.term[0] if bias is None else bias], unit=S, per_part=[self.term])
+        if (dlogits is not logits or logits.dtype != np.float32 or
+                not self._run(K.JOB_BERNOULLI, B * S, D, S, int(bias is not None),
+                              [logits.reshape(B * S, D), x, nll, self.term[0] if bias is None else bias],
+                              unit=S, per_part=[self.term])):
+            K.bernoulli_nll_and_grad(logits, x, nll, dlogits, work, bias)
 
     def scale_rows_into(self, a, w, out):
-        self._run(K.JOB_SCALE_ROWS, a.shape[0], a.shape[1], 0, 0, [a, w, out])
+        if not self._run(K.JOB_SCALE_ROWS, a.shape[0], a.shape[1], 0, 0, [a, w, out]):
+            K.scale_rows_into(a, w, out)
 
     def weighted_bias_grad(self, d, w, db):
-        self._run(K.JOB_WEIGHTED_BIAS, d.shape[0], d.shape[1], 0, 0, [d, w], sums=[db])
+        if not self._run(K.JOB_WEIGHTED_BIAS, d.shape[0], d.shape[1], 0, 0, [d, w], sums=[db]):
+            K.weighted_bias_grad(d, w, db)
 
     def narrow_dense_act_backward(self, dout, out_act, act, w, weighted, z, W, dW, db, dz):
-        self._run(K.JOB_NARROW_BACKWARD, dout.shape[0], dout.shape[1], z.shape[1], act + 16 * bool(weighted),
-                  [dout, out_act, w, z, W, dz], sums=[dW, db])
+        if not self._run(K.JOB_NARROW_BACKWARD, dout.shape[0], dout.shape[1], z.shape[1],
+                         act + 16 * bool(weighted), [dout, out_act, w, z, W, dz], sums=[dW, db]):
+            K.narrow_dense_act_backward(dout, out_act, act, w, weighted, z, W, dW, db, dz)
 
 
 def workspace(model, B, S, grads=True, slot=0, parts=1):
@@ -337,8 +349,8 @@ def rmsprop_step(p, g, v, lr, rho, eps):
     bit. :class:`npvae.optim.RMSprop` calls this once a model has loaded this module.
     """
     parts = 1
-    if (p.dtype == g.dtype == v.dtype == np.float32 and p.size >= 2 * MIN_JOB_ELEMENTS
-            and _blas.jobs_available()):
+    if (p.dtype == g.dtype == v.dtype == np.float32 and p.size >= 2 * MIN_JOB_ELEMENTS and _blas.jobs_available()
+            and p.flags.c_contiguous and g.flags.c_contiguous and v.flags.c_contiguous):
         parts = min(_blas.current_threads() or 1, p.size // MIN_JOB_ELEMENTS)
     if parts < 2 or K.row_job_address() is None:
         K.rmsprop_step(p, g, v, lr, rho, eps)

@@ -386,6 +386,24 @@ def test_step_with_jobs_equals_numpy_path_and_the_step_without(monkeypatch, blas
 
 
 @jobs_here
+def test_step_with_jobs_takes_parameters_that_are_not_c_contiguous(monkeypatch, blas_on_two_threads):
+    """The jobs read arrays by address: a transposed or strided parameter must go to the kernel."""
+    ref, fast = pair(np.float32, latent_dim=2, hidden=(7,))
+    fast.threads = 2
+    fast.params["dec.0.W"] = np.asfortranarray(fast.params["dec.0.W"])
+    b = np.zeros((fast.input_dim, 2), np.float32)
+    b[:, 0] = fast.params["dec.out.b"]
+    fast.params["dec.out.b"] = b[:, 0]                                         # a strided view
+    assert not fast.params["dec.out.b"].flags.c_contiguous and not fast.params["dec.0.W"].flags.c_contiguous
+    x, eps = data(ref, 9, 40)
+    calls = counting_jobs(monkeypatch)
+    assert_same_result(ref.loss_and_grads(x, eps, return_bound=True),
+                       fast.loss_and_grads(x, eps, return_bound=True), np.float32)
+    ops = {op for call in calls for op in call}
+    assert 3 in ops and 1 not in ops and 2 not in ops            # the row scale still went in parts
+
+
+@jobs_here
 def test_job_parts_follow_dtype_threads_rows_and_the_blas(monkeypatch, blas_on_two_threads):
     _, fast = pair(np.float32, latent_dim=2, hidden=(7,))
     fast.threads = 2

@@ -194,8 +194,10 @@ def run_jobs(function, records):
     work, so the jobs start at once, on cores that no other thread could have used.
     """
     n = len(records)
-    if not jobs_available() or not records.flags.c_contiguous:
+    if not jobs_available():
         raise RuntimeError("run_jobs: no OpenBLAS thread server to run jobs on (see jobs_available)")
+    if records.ndim != 2 or not records.flags.c_contiguous:
+        raise ValueError("run_jobs: records must be a C-contiguous 2-D array, one job a row")
     threads = current_threads()
     if threads is None or threads < n:
         raise RuntimeError(f"run_jobs: {n} jobs need BLAS on at least {n} threads, it runs on {threads}")

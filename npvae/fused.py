@@ -71,7 +71,8 @@ from . import kernels as K
 from . import objectives as obj
 
 __all__ = ["Workspace", "loss_and_grads", "forward", "log_weights", "threads_for", "groups_for", "job_parts",
-           "steps_context", "FORWARD_ROWS", "MAX_WORKSPACES", "MIN_GROUP_ROWS", "MIN_JOB_ROWS", "MIN_JOB_ELEMENTS", "rmsprop_step"]
+           "rmsprop_step", "steps_context", "FORWARD_ROWS", "MAX_WORKSPACES", "MIN_GROUP_ROWS", "MIN_JOB_ROWS",
+           "MIN_JOB_ELEMENTS"]
 
 #: Rows ``B * S`` per chunk of the forward-only path (evaluation): enough for BLAS
 #: to run at full rate, small enough that the logits stay a few MB.
@@ -190,8 +191,8 @@ class _Jobs:
     def narrow_dense_act_forward(self, z, W, b, act, out):
         if not self._run(K.JOB_NARROW_FORWARD, len(z), W.shape[1], W.shape[0], int(act == K.RELU),
                          [z, W, b, out]):
-            return K.narrow_dense_act_forward(z, W, b, act, out)
-        if act == K.TANH:
+            K.narrow_dense_act_forward(z, W, b, act, out)
+        elif act == K.TANH:
             np.tanh(out, out=out)
 
     def bernoulli_nll_and_grad(self, logits, x, nll, dlogits, work=None, bias=None):

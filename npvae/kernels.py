@@ -1046,28 +1046,26 @@ def _row_job(rec_address):
     rec = _carray(_i64_ptr(rec_address), (JOB_FIELDS,))
     op, r0, r1, n, f, k, flag = rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], rec[6]
     if op == JOB_BERNOULLI:
-        logits, nll = _carray(_f32_ptr(rec[7]), (n, f)), _carray(_f32_ptr(rec[9]), (n,))
-        x = _carray(_f32_ptr(rec[8]), (n // k, f))
-        _bernoulli_f32_inplace(logits[r0:r1], x[r0 // k:r1 // k], k, _carray(_f32_ptr(rec[10]), (f,)),
-                               flag == 1, nll[r0:r1], _carray(_f32_ptr(rec[11]), (f,)))
+        logits, x, nll = _f32_at(rec[7], (n, f)), _f32_at(rec[8], (n // k, f)), _f32_at(rec[9], (n,))
+        _bernoulli_f32_inplace(logits[r0:r1], x[r0 // k:r1 // k], k, _f32_at(rec[10], (f,)), flag == 1,
+                               nll[r0:r1], _f32_at(rec[11], (f,)))
     elif op == JOB_NARROW_FORWARD:
-        z, out = _carray(_f32_ptr(rec[7]), (n, k)), _carray(_f32_ptr(rec[10]), (n, f))
-        _narrow_forward(z[r0:r1], _carray(_f32_ptr(rec[8]), (k, f)), _carray(_f32_ptr(rec[9]), (f,)),
-                        flag == 1, out[r0:r1])
+        z, out = _f32_at(rec[7], (n, k)), _f32_at(rec[10], (n, f))
+        _narrow_forward(z[r0:r1], _f32_at(rec[8], (k, f)), _f32_at(rec[9], (f,)), flag == 1, out[r0:r1])
     elif op == JOB_SCALE_ROWS:
-        a, w, out = _carray(_f32_ptr(rec[7]), (n, f)), _carray(_f32_ptr(rec[8]), (n,)), _carray(_f32_ptr(rec[9]), (n, f))
+        a, w, out = _f32_at(rec[7], (n, f)), _f32_at(rec[8], (n,)), _f32_at(rec[9], (n, f))
         scale_rows_into(a[r0:r1], w[r0:r1], out[r0:r1])
     elif op == JOB_WEIGHTED_BIAS:
-        d, w = _carray(_f32_ptr(rec[7]), (n, f)), _carray(_f32_ptr(rec[8]), (n,))
-        weighted_bias_grad(d[r0:r1], w[r0:r1], _carray(_f64_ptr(rec[9]), (f,)))
+        d, w = _f32_at(rec[7], (n, f)), _f32_at(rec[8], (n,))
+        weighted_bias_grad(d[r0:r1], w[r0:r1], _f64_at(rec[9], (f,)))
     elif op == JOB_NARROW_BACKWARD:
-        dout, out_act = _carray(_f32_ptr(rec[7]), (n, f)), _carray(_f32_ptr(rec[8]), (n, f))
-        w, z, dz = _carray(_f32_ptr(rec[9]), (n,)), _carray(_f32_ptr(rec[10]), (n, k)), _carray(_f32_ptr(rec[12]), (n, k))
+        dout, out_act, w = _f32_at(rec[7], (n, f)), _f32_at(rec[8], (n, f)), _f32_at(rec[9], (n,))
+        z, dz = _f32_at(rec[10], (n, k)), _f32_at(rec[12], (n, k))
         narrow_dense_act_backward(dout[r0:r1], out_act[r0:r1], flag % 16, w[r0:r1], flag >= 16, z[r0:r1],
-                                  _carray(_f32_ptr(rec[11]), (k, f)), _carray(_f64_ptr(rec[13]), (k, f)),
-                                  _carray(_f64_ptr(rec[14]), (f,)), dz[r0:r1])
+                                  _f32_at(rec[11], (k, f)), _f64_at(rec[13], (k, f)), _f64_at(rec[14], (f,)),
+                                  dz[r0:r1])
     elif op == JOB_RMSPROP:
-        p, g, v = _carray(_f32_ptr(rec[7]), (n,)), _carray(_f32_ptr(rec[8]), (n,)), _carray(_f32_ptr(rec[9]), (n,))
+        p, g, v = _f32_at(rec[7], (n,)), _f32_at(rec[8], (n,)), _f32_at(rec[9], (n,))
         scalars = _carray(_f64_ptr(rec_address), (JOB_FIELDS,))
         rmsprop_step(p[r0:r1], g[r0:r1], v[r0:r1], scalars[13], scalars[14], scalars[15])
 
@@ -1112,6 +1110,16 @@ if AVAILABLE and not numba.config.DISABLE_JIT:
     _i64_ptr = _address_intrinsic(_types.int64)
     _f32_ptr = _address_intrinsic(_types.float32)
     _f64_ptr = _address_intrinsic(_types.float64)
+
+    @_inline_kernel
+    def _f32_at(address, shape):
+        """The C-contiguous float32 array of ``shape`` at ``address``."""
+        return _carray(_f32_ptr(address), shape)
+
+    @_inline_kernel
+    def _f64_at(address, shape):
+        """The C-contiguous float64 array of ``shape`` at ``address``."""
+        return _carray(_f64_ptr(address), shape)
 
 
 # --------------------------------------------------------------------------

@@ -45,6 +45,12 @@ than ``np.log1p``. :func:`bernoulli_nll_and_grad`, the one pass over the
 
 The tanh activation uses ``np.tanh``.
 
+The float32 row passes can also run as *jobs* on BLAS's own threads: a C-callable
+function (:func:`row_job_address`) reads an int64 record of an operation, a range
+of rows and the arrays' addresses (:func:`job_records`, :data:`JOB_FIELDS`) and
+calls the kernel above for those rows (see "Row passes as jobs" below). The hot
+kernels ask LLVM for 512-bit vectors where the CPU has them (:func:`_wide_vectors`).
+
 Activation codes for :func:`bias_act_forward` and :func:`act_backward` are
 :data:`RELU`, :data:`TANH`, :data:`IDENTITY` (by name in :data:`ACT_CODES`).
 """
@@ -78,6 +84,8 @@ __all__ = [
     "reparam_kl_forward", "reparam_kl_backward",
     "log_weights", "log_weights_backward", "logsumexp_weights",
     "rmsprop_step",
+    "JOB_FIELDS", "JOB_BERNOULLI", "JOB_NARROW_FORWARD", "JOB_SCALE_ROWS", "JOB_WEIGHTED_BIAS",
+    "JOB_NARROW_BACKWARD", "JOB_RMSPROP", "job_records", "row_job_address",
 ]
 
 #: True when numba could be imported (the kernels are then compiled on first call).

@@ -243,7 +243,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     progress = _Progress(epochs, steps, int(verbose), file)
     if len(history):
         progress.message(f"Resuming from {checkpoint} after epoch {len(history)}")
-    # the numba backend's steps run on threads: BLAS stays on one thread meanwhile
+    # the numba backend holds the BLAS setting of these steps for the whole loop (fused.steps_context)
     with model._steps(min(batch_size, n), mc_samples):
         for epoch in range(len(history) + 1, epochs + 1):
             t0 = time.perf_counter()

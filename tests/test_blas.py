@@ -87,20 +87,15 @@ def test_no_jobs_without_a_thread_server(monkeypatch):
     assert not _blas.jobs_available()
 
 
-def test_jobs_run_on_the_real_library_where_it_has_a_thread_server():
+def test_jobs_run_on_the_real_library_where_it_has_a_thread_server(blas_on_two_threads):
     pytest.importorskip("numba")
     if not _blas.jobs_available():
         pytest.skip("NumPy's BLAS here is not an OpenBLAS with a thread server (gotoblas_pthread)")
     from npvae import kernels as K
-    before = _blas.current_threads()
-    _blas.set_threads(2)                                 # makes sure OpenBLAS has a second thread
-    try:
-        n = 4001
-        a, w = np.random.default_rng(0).random((n, 3)).astype(np.float32), np.full(n, 2.0, np.float32)
-        out = np.zeros_like(a)
-        records = np.zeros((2, K.JOB_FIELDS), np.int64)
-        K.job_records(records, K.JOB_SCALE_ROWS, n, 3, 0, 0, 1, (a, w, out), 3)
-        _blas.run_jobs(K.row_job_address(), records)
-        np.testing.assert_array_equal(out, 2 * a)       # both parts ran
-    finally:
-        _blas.set_threads(before)
+    n = 4001
+    a, w = np.random.default_rng(0).random((n, 3)).astype(np.float32), np.full(n, 2.0, np.float32)
+    out = np.zeros_like(a)
+    records = np.zeros((2, K.JOB_FIELDS), np.int64)
+    K.job_records(records, K.JOB_SCALE_ROWS, n, 3, 0, 0, 1, (a, w, out), 3)
+    _blas.run_jobs(K.row_job_address(), records)
+    np.testing.assert_array_equal(out, 2 * a)           # both parts ran

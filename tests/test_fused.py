@@ -339,15 +339,6 @@ jobs_here = pytest.mark.skipif(not npvae._blas.jobs_available(),
                                reason="NumPy's BLAS here is not an OpenBLAS with a thread server")
 
 
-@pytest.fixture
-def blas_on_two_threads():
-    """BLAS on 2 threads (so that OpenBLAS has a thread for a second job), restored after."""
-    before = npvae._blas.current_threads()
-    npvae._blas.set_threads(2)
-    yield
-    npvae._blas.set_threads(before)
-
-
 def counting_jobs(monkeypatch):
     calls, real = [], npvae._blas.run_jobs
 

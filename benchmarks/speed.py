@@ -414,6 +414,34 @@ def time_table(samples, contenders, values, what=""):
     return rows, verdicts, med
 
 
+def floor_section(samples, n, secs, rates, target=0.67):
+    """Lines of the report's "what the products alone allow" section for numba float32.
+
+    The floor is the epoch's dense-layer FLOPs at npvae's measured product rate: the
+    epoch time if the products ran at that rate and nothing else took any time. Its
+    ratio to the peer's epoch is the best ratio this BLAS allows; the share of the
+    epoch the products must fill to meet ``target`` is ``floor / (target * peer)``.
+    """
+    c = "numba-float32"
+    lines = ["## What the products alone allow (numba float32)", "",
+             "Floor: the epoch's dense-layer FLOPs at npvae's own measured rate (the rate column above), i.e. "
+             "the epoch time if the products ran at that rate and all else took no time. Best ratio: floor / "
+             f"peer's epoch. Needed: the share of the epoch the products must fill, at that rate, for a ratio "
+             f"of {target} (more than 100%: out of reach with this BLAS). BLAS speed: the peer's rate / "
+             "npvae's, the same product in each library.", "",
+             "| S | floor (s) | best ratio | share needed | share now | peer's BLAS / npvae's |",
+             "|---|---|---|---|---|---|"]
+    for S in samples:
+        if (c, S) not in secs or (PEER, S) not in secs:
+            continue
+        own, peer_rate = float(np.median(rates[(c, S)])), float(np.median(rates[(PEER, S)]))
+        floor = dense_flops_per_epoch(n, S) / 1e9 / own
+        lines.append(f"| {S} | {fmt_s(floor)} | {floor / secs[(PEER, S)]:.2f} | "
+                     f"{floor / (target * secs[(PEER, S)]):.0%} | {floor / secs[(c, S)]:.0%} | "
+                     f"{peer_rate / own:.2f} |")
+    return lines + [""]
+
+
 def contender_table(samples, contenders, cell):
     """Rows of a table with one column per contender: ``cell(contender, S)`` or "-"."""
     rows = ["| S | " + " | ".join(contenders) + " |", "|---" * (1 + len(contenders)) + "|"]
@@ -564,6 +592,8 @@ def main(argv=None):
                 verdict = "met" if frac >= 0.6 else f"missed by {0.6 - frac:.0%} points"
                 lines.append(f"- S={S}: {frac:.0%} of the measured rate, {verdict}")
         lines.append("")
+    if "numba-float32" in args.contenders and PEER in args.contenders:
+        lines += floor_section(args.samples, n, secs, rates)
 
     lines += ["## Peak memory (MB)", "",
               "`ru_maxrss` of the worker process (data, libraries and training), and in brackets its growth over "

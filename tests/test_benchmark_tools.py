@@ -57,3 +57,25 @@ def test_plot_writes_a_figure_and_rejects_other_files(tmp_path, plot_speed, caps
     other.write_text("# something else\n")
     assert plot_speed.main([str(other), "--out", str(out)]) == 2
     assert "not a report" in capsys.readouterr().err
+
+
+@pytest.fixture
+def speed():
+    spec = importlib.util.spec_from_file_location("speed", os.path.join(REPO, "benchmarks", "speed.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_section_divides_the_epochs_flops_by_npvaes_rate(speed):
+    n, S = 1000, 25
+    flops = speed.dense_flops_per_epoch(n, S)
+    own = flops / 1e9 / 2.0                                    # a rate that makes the floor 2 s
+    secs = {("numba-float32", S): 4.0, (speed.PEER, S): 5.0}
+    rates = {("numba-float32", S): [own, own], (speed.PEER, S): [1.5 * own]}
+    lines = speed.floor_section([1, S], n, secs, rates)
+    rows = [line for line in lines if line.startswith(f"| {S} |")]
+    assert len(rows) == 1 and not any(line.startswith("| 1 |") for line in lines)   # S=1 not measured
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    # floor 2 s; best ratio 2/5; share needed 2/(0.67*5); share now 2/4; peer's BLAS 1.5x
+    assert cells == [str(S), "2.00", "0.40", f"{2 / (0.67 * 5):.0%}", "50%", "1.50"]

@@ -27,7 +27,7 @@ __all__ = [
     "dense_forward", "dense_backward",
     "relu_forward", "relu_backward",
     "tanh_forward", "tanh_backward",
-    "sigmoid",
+    "sigmoid", "flush_subnormal",
     "reparam_forward", "reparam_backward",
     "bernoulli_nll_forward", "bernoulli_nll_backward",
     "gaussian_kl_forward", "gaussian_kl_backward",
@@ -123,9 +123,39 @@ ACTIVATIONS = {
 }
 
 
+def flush_subnormal(a):
+    """``a`` with its subnormal entries (nonzero, below the dtype's smallest normal
+    magnitude ``np.finfo(dtype).tiny``) set to 0, in place; returns ``a``.
+
+    Subnormal floats are exact but slow: on x86 every multiply that meets one takes
+    a microcode assist. npvae's gradient of the Bernoulli likelihood would hold them
+    once the decoder is confident (``sigmoid(l) - x`` for a pixel ``x = 0`` with a
+    logit below ``log(tiny)``, about -87.3 in float32; on 10,000 MNIST images that
+    was 0.1% of the pixels after 20 epochs), and the products that take the gradient
+    (``dW``, ``dh``) then ran several times slower: 0.15% of subnormal entries made
+    a float32 ``dW`` product 2-2.6x slower on the development machine, and a trained
+    model's step 1.4-1.7x slower than a fresh one's. Setting them to 0 changes each
+    entry by less than ``tiny`` (1.2e-38 in float32, 2.2e-308 in float64).
+    """
+    tiny = np.finfo(a.dtype).tiny
+    a[np.abs(a) < tiny] = 0
+    return a
+
+
+def _exp_neg_abs(a):
+    """``exp(-|a|)`` with results below the dtype's ``tiny`` flushed to 0
+    (:func:`flush_subnormal`): the ``e`` that :func:`sigmoid` and the Bernoulli NLL share."""
+    return flush_subnormal(np.asarray(np.exp(-np.abs(a))))
+
+
 def sigmoid(a):
-    """Logistic function ``1 / (1 + exp(-a))``, without overflow for any ``a``."""
-    e = np.exp(-np.abs(a))
+    """Logistic function ``1 / (1 + exp(-a))``, without overflow for any ``a``.
+
+    Results below the dtype's smallest normal number are 0 (``exp(-|a|)`` goes
+    through :func:`flush_subnormal`): in float32 ``sigmoid(a) = 0`` for
+    ``a < -87.33654``, where the exact value is below 1.18e-38.
+    """
+    e = _exp_neg_abs(a)
     return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(a.dtype, copy=False)
 
 
@@ -186,6 +216,8 @@ def bernoulli_nll_forward(logits, x):
     computed as ``max(l, 0) - x*l + log1p(exp(-|l|))`` so that it is exact and
     finite for any logit (no ``log(sigmoid)``, no clipping). For grayscale
     targets this is the binary cross-entropy of the original Keras example.
+    ``exp(-|l|)`` below the dtype's ``tiny`` is taken as 0, as in :func:`sigmoid`
+    (a pixel's term then differs from the exact one by less than ``tiny``).
 
     Parameters
     ----------
@@ -200,7 +232,7 @@ def bernoulli_nll_forward(logits, x):
     cache : tuple ``(logits, x)``
     """
     xb = x[:, None, :]
-    elementwise = np.maximum(logits, 0) - xb * logits + np.log1p(np.exp(-np.abs(logits)))
+    elementwise = np.maximum(logits, 0) - xb * logits + np.log1p(_exp_neg_abs(logits))
     # Sum the D pixels in float64: float32 sums of 784 terms drift.
     nll = elementwise.sum(axis=-1, dtype=np.float64).astype(logits.dtype, copy=False)
     return nll, (logits, x)
@@ -209,8 +241,11 @@ def bernoulli_nll_forward(logits, x):
 def bernoulli_nll_backward(dnll, cache):
     """Backward of :func:`bernoulli_nll_forward` with respect to the logits.
 
-    ``dlogits[b, s, d] = dnll[b, s] * (sigmoid(l[b, s, d]) - x[b, d])``.
-    The targets are data, not parameters: no gradient is returned for them.
+    ``dlogits[b, s, d] = dnll[b, s] * (sigmoid(l[b, s, d]) - x[b, d])``, with
+    subnormal results set to 0 (:func:`flush_subnormal`: they would slow down the
+    products that take this gradient several times over, and the change is below
+    the dtype's ``tiny``). The targets are data, not parameters: no gradient is
+    returned for them.
 
     Parameters
     ----------
@@ -221,7 +256,7 @@ def bernoulli_nll_backward(dnll, cache):
     dlogits : ndarray, shape (B, S, D)
     """
     logits, x = cache
-    return dnll[:, :, None] * (sigmoid(logits) - x[:, None, :])
+    return flush_subnormal(dnll[:, :, None] * (sigmoid(logits) - x[:, None, :]))
 
 
 # --------------------------------------------------------------------------

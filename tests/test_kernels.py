@@ -200,7 +200,8 @@ def bernoulli_reference(logits, x):
 def assert_bernoulli(nll, dlogits, logits, x):
     """float64: the reference's gradient bit for bit and its NLL up to the order of the
     sum. float32 (the polynomial route): within a few float32 ulps of the exact values,
-    computed in float64 from the same float32 logits."""
+    computed in float64 from the same float32 logits, or within float32's ``tiny``
+    where those are below it (flushed to 0, as the reference does)."""
     assert nll.dtype == dlogits.dtype == logits.dtype
     if logits.dtype == np.float64:
         want_nll, want_d = bernoulli_reference(logits, x)
@@ -210,7 +211,7 @@ def assert_bernoulli(nll, dlogits, logits, x):
     l, xx = logits.astype(np.float64), np.broadcast_to(x[:, None, :], logits.shape).astype(np.float64)
     e = np.exp(-np.abs(l))
     sig = np.where(l >= 0, 1.0, e) / (1.0 + e)
-    eps32, tiny32 = float(np.finfo(np.float32).eps), float(np.finfo(np.float32).smallest_subnormal)
+    eps32, tiny32 = float(np.finfo(np.float32).eps), float(np.finfo(np.float32).tiny)
     err = np.abs(dlogits - (sig - xx))
     bound = np.maximum(2 * eps32 * np.maximum(sig, xx), tiny32)
     assert np.all(err <= bound), float(np.max(err / bound))
@@ -273,6 +274,40 @@ def test_bernoulli_nll_and_grad_finite_and_exact_at_extreme_logits(dtype):
     assert nll[0, 0] == want_nll[0, 0] == np.asarray(exact, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_bernoulli_nll_and_grad_flushes_subnormals_as_ops_does(rng, dtype, in_place):
+    """Logits across log(tiny): the kernel's gradient holds no subnormal floats and
+    equals the reference's (which flushes them too), NLL included."""
+    fi = np.finfo(dtype)
+    cut = -math.log(fi.tiny)
+    D = 301
+    logits = np.linspace(-1.3 * cut, 1.3 * cut, 2 * 3 * D).reshape(2, 3, D)
+    logits = (logits + rng.normal(scale=0.5, size=logits.shape)).astype(dtype)
+    x = (rng.random((2, D)) < 0.5).astype(dtype)
+    want_nll, want_d = bernoulli_reference(logits, x)
+    nll, original = np.empty((2, 3), dtype), logits.copy()
+    d = logits if in_place else np.empty_like(logits)
+    K.bernoulli_nll_and_grad(logits, x, nll, d)
+    assert not np.any((d != 0) & (np.abs(d) < fi.tiny))
+    assert np.any((d == 0) & (x[:, None, :] == 0))          # some entries were flushed
+    assert_bernoulli(nll, d, original, x)
+
+
+def test_float32_flush_threshold_is_where_exp_leaves_the_normal_range():
+    """Every float32 ``a`` from 87.2 to 87.5: ``exp(-a)`` (npvae's and NumPy's) is normal
+    exactly when ``a <= _EXP_NEG_NORMAL``, and npvae's is monotone there."""
+    bits = np.arange(np.float32(87.2).view(np.int32), np.float32(87.5).view(np.int32), dtype=np.int32)
+    a = bits.view(np.float32)
+    tiny = np.finfo(np.float32).tiny
+    ours = np.array([K._exp_neg_f32(v) for v in a], dtype=np.float32)
+    assert np.all(np.diff(ours) <= 0)
+    cap = np.float32(K._EXP_NEG_NORMAL)
+    assert float(cap) == K._EXP_NEG_NORMAL                     # exactly a float32
+    np.testing.assert_array_equal(ours >= tiny, a <= cap)
+    np.testing.assert_array_equal(np.exp(-a) >= tiny, a <= cap)
+
+
 def test_bernoulli_float32_sums_pixels_in_float64(rng):
     logits, x = rng.normal(size=(2, 3, 784)), rng.random((2, 784))
     nll64, nll32 = np.empty((2, 3)), np.empty((2, 3), np.float32)
@@ -305,6 +340,21 @@ def test_float32_log1p_unit_within_ulps_of_exact():
     ulps = np.abs(got - want)[ok] / np.spacing(want[ok].astype(np.float32))
     assert ulps.max() <= 2.0, ulps.max()
     assert K._log1p_unit_f32(np.float32(0.0)) == 0.0
+
+
+def test_float32_log1p_unit_is_the_identity_below_its_bound_and_correctly_rounded_there():
+    """Below 2**-25 the result is ``e`` itself (no polynomial on a tiny number), which is
+    ``log1p(e)`` correctly rounded to float32; at and above the bound the polynomial runs."""
+    bound = np.float32(K._LOG1P_IS_IDENTITY)
+    e = np.concatenate([np.geomspace(np.finfo(np.float32).tiny, float(bound), 5000)[:-1],
+                        np.nextafter(bound, np.float32(0)) * np.ones(1)]).astype(np.float32)
+    e = e[e < bound]
+    got = np.array([K._log1p_unit_f32(v) for v in e], dtype=np.float32)
+    np.testing.assert_array_equal(got, e)
+    np.testing.assert_array_equal(np.log1p(e.astype(np.float64)).astype(np.float32), e)
+    above = np.nextafter(bound, np.float32(1)) * np.float32(1.5)
+    exact = np.log1p(np.float64(above))
+    assert abs(float(K._log1p_unit_f32(above)) - exact) <= np.spacing(np.float32(exact))
 
 
 # --------------------------------------------------------------------------

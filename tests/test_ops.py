@@ -50,6 +50,55 @@ def test_sigmoid_is_finite_and_exact_at_extremes():
     np.testing.assert_allclose(s, [0.0, e40 / (1 + e40), 0.5, 1 / (1 + e40), 1.0], rtol=1e-15, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_flush_subnormal_zeroes_subnormals_only(dtype):
+    fi = np.finfo(dtype)
+    a = np.array([fi.smallest_subnormal, -fi.tiny / 2, fi.tiny, -fi.tiny, 0.0, 1.0, np.inf, -np.inf, np.nan],
+                 dtype=dtype)
+    out = ops.flush_subnormal(a)
+    assert out is a
+    np.testing.assert_array_equal(a[:2], [0.0, 0.0])
+    np.testing.assert_array_equal(a[2:8], np.array([fi.tiny, -fi.tiny, 0.0, 1.0, np.inf, -np.inf], dtype))
+    assert np.isnan(a[8])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sigmoid_and_bernoulli_gradient_hold_no_subnormals(dtype):
+    """Below log(tiny) the exact sigmoid is subnormal: it is 0 instead, and so is every
+    gradient entry that would be subnormal; the rest are the exact values, and nothing
+    moves by more than tiny."""
+    fi = np.finfo(dtype)
+    cut = -math.log(fi.tiny)                        # 87.34 (float32), 708.4 (float64)
+    logits = np.linspace(-1.2 * cut, 0.0, 2001).astype(dtype)
+    s = ops.sigmoid(logits)
+    exact = 1.0 / (1.0 + np.exp(-logits.astype(np.longdouble)))
+    assert not np.any((s != 0) & (np.abs(s) < fi.tiny))
+    assert np.all(s[logits < -cut - 0.01] == 0) and np.all(s[logits > -cut + 0.01] >= fi.tiny)
+    assert np.all(np.abs(s - exact) <= 2 * fi.eps * exact + fi.tiny)
+    # the gradient: x = 0 everywhere, and a small upstream dnll (1 / (B S)) pushes more entries down
+    B, S, D = 1, 3, logits.size
+    l3 = np.broadcast_to(logits, (B, S, D)).astype(dtype)
+    x = np.zeros((B, D), dtype)
+    _, cache = ops.bernoulli_nll_forward(l3, x)
+    dnll = np.full((B, S), 1e-3, dtype)
+    d = ops.bernoulli_nll_backward(dnll, cache)
+    assert d.dtype == dtype
+    assert not np.any((d != 0) & (np.abs(d) < fi.tiny))
+    assert np.any(d == 0) and np.all(d[:, :, logits > -cut + 10] > 0)
+    err = np.abs(d - 1e-3 * exact)                  # within a few ulps, or below tiny
+    assert np.all(err < 2 * fi.tiny + 4 * fi.eps * 1e-3 * exact), float(np.max(err / (1e-3 * exact)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bernoulli_nll_changes_by_less_than_tiny_where_exp_is_flushed(dtype):
+    fi = np.finfo(dtype)
+    cut = -math.log(fi.tiny)
+    logits = np.array([[[-cut - 1.0, -cut - 3.0, cut + 1.0]]], dtype)   # exp(-|l|) subnormal
+    x = np.array([[0.0, 0.0, 1.0]], dtype)
+    nll, _ = ops.bernoulli_nll_forward(logits, x)
+    assert nll[0, 0] == 0.0          # exact: log1p(exp(-|l|)) summed, ~3e-39 in float32
+
+
 @pytest.mark.parametrize("B,S,L", [(1, 1, 2), (5, 3, 2), (2, 4, 3)])
 def test_reparam_backward_sums_over_samples(rng, B, S, L):
     mu, log_var, eps = rng.normal(size=(B, L)), rng.normal(size=(B, L)), rng.normal(size=(B, S, L))

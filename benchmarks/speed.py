@@ -39,6 +39,10 @@ REPO = os.path.dirname(HERE)
 CONTENDERS = ("numba-float32", "numba-float64", "numpy-float64", "torch-float32")
 PEER = "torch-float32"
 D, H, L, BATCH = 784, 256, 2, 100
+#: float32 sigmoid(l) is subnormal below this logit (log of the smallest normal float32):
+#: there ``sigmoid(l) - x`` for a pixel x = 0 is subnormal unless flushed (npvae flushes it).
+DEEP_LOGIT = -87.33654
+DEEP_PROBE = 1000           # images whose logits (decoded at the encoder's mean) are counted
 
 
 # --------------------------------------------------------------------------
@@ -176,11 +180,15 @@ def worker_drift(contender, epochs, subset, threads, seed=0):
         def count(tensors):
             return int(sum(((t != 0) & (t.abs() < tiny)).sum().item() for t in tensors))
 
+        probe = torch.from_numpy(np.ascontiguousarray(x[:DEEP_PROBE], dtype=np.float32))
+
         def callback(r):
             now = time.process_time()
             state = [s["square_avg"] for s in optimizers[-1].state.values()]
+            with torch.no_grad():
+                deep = float((model.decode(model.encode(probe)[0]) < DEEP_LOGIT).double().mean())
             records.append(dict(seconds=r["seconds"], cpu=now - cpu[0], subnormal_state=count(state),
-                                subnormal_params=count(list(model.parameters()))))
+                                subnormal_params=count(list(model.parameters())), deep=deep))
             cpu[0] = time.process_time()
 
         tv.train(model, x, epochs, batch_size=BATCH, mc_samples=1, seed=seed, threads=threads, callback=callback)
@@ -202,9 +210,11 @@ def worker_drift(contender, epochs, subset, threads, seed=0):
             c0 = time.process_time()
             h = npvae.fit(model, x, epochs=1, batch_size=BATCH, mc_samples=1, optimizer=opt, seed=seed + epoch,
                           verbose=0)
+            mu, _ = model.encode(x[:DEEP_PROBE])
+            deep = float(np.mean(model._decode_logits(mu)[0] < DEEP_LOGIT))
             records.append(dict(seconds=float(h["seconds"][0]), cpu=time.process_time() - c0,
                                 subnormal_state=count(opt._state["v"].values()),
-                                subnormal_params=count(model.params.values())))
+                                subnormal_params=count(model.params.values()), deep=deep))
     return records
 
 
@@ -623,17 +633,21 @@ def main(argv=None):
     if drift:
         lines += [f"## Epoch time over {args.drift_epochs} epochs (S=1, first {args.drift_subset} images)", "",
                   "Per epoch, in order: wall seconds / CPU seconds of the process / subnormal floats in RMSprop's "
-                  "running averages (and in the parameters) at the end of the epoch. npvae flushes subnormal "
-                  "running averages to zero every step (`npvae.optim`, `npvae.kernels.rmsprop_step`); the peer "
-                  "does not (`--flush-denormal` is off by default). The machine was shared: wall time follows the "
-                  "load; the subnormal counts are exact.", "",
+                  "running averages (and in the parameters) at the end of the epoch / the share of logits below "
+                  f"{DEEP_LOGIT} (the first {DEEP_PROBE} images, decoded at the encoder's mean), where float32 "
+                  "`sigmoid(l) - x` is subnormal for a pixel x = 0. npvae flushes subnormal running averages "
+                  "to zero every step (`npvae.optim`, `npvae.kernels.rmsprop_step`), and the Bernoulli "
+                  "gradient's subnormal entries (`npvae.ops.flush_subnormal`); the peer does neither "
+                  "(`--flush-denormal` is off by default): its sigmoid gives 0 below about -88.7, but its "
+                  "gradient (scaled by 1 / batch) holds subnormal entries for logits from -88.7 to -82.7. "
+                  "The machine was shared: wall time follows the load; the counts are exact.", "",
                   "| epoch | " + " | ".join(drift) + " |", "|---" * (1 + len(drift)) + "|"]
         for e in range(args.drift_epochs):
             cells = []
             for c in drift:
                 r = drift[c][e] if e < len(drift[c]) else None
                 cells.append("-" if r is None else f"{r['seconds']:.2f} / {r['cpu']:.2f} / "
-                             f"{r['subnormal_state']} ({r['subnormal_params']})")
+                             f"{r['subnormal_state']} ({r['subnormal_params']}) / {r['deep']:.3%}")
             lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
         for c in drift:
             d = [r["seconds"] for r in drift[c]]

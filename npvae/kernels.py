@@ -638,8 +638,6 @@ _LOG2E = 1.4426950408889634
 #: that ``k * _LN2_HI`` is exact in float32 for the integers ``k <= 150`` used here.
 _LN2_HI = 0.693145751953125
 _LN2_LO = 1.4286068203094173e-06
-#: exp(-a) underflows float32 to 0 for a above this (exp(-104) < 2**-150).
-_EXP_NEG_MAX = 104.0
 #: The largest float32 ``a`` whose ``exp(-a)`` is a normal float32 (>= 2**-126), for both
 #: :func:`_exp_neg_f32` and NumPy's ``exp`` (checked in the tests): the float32 Bernoulli
 #: pass takes ``exp(-|l|)`` as 0 above it (``ops.flush_subnormal``).
@@ -716,17 +714,21 @@ else:
 
 @_fma_inline
 def _exp_neg_f32(a):
-    """``exp(-a)`` in float32 for ``a >= 0`` (or NaN): within 1.5 ulp, subnormals included.
+    """``exp(-a)`` in float32 for ``a >= 0`` (or NaN): within 1.5 ulp, and 0 where the
+    result would be subnormal (``a >`` :data:`_EXP_NEG_NORMAL`, as ``ops.sigmoid`` flushes).
 
     ``a = k ln2 + r`` with ``|r| <= ln2 / 2`` (Cody-Waite: ``k * _LN2_HI`` exact),
     ``exp(-r) = 1 - r + r^2 P(r)`` with ``P`` of degree 4 (a Chebyshev fit: relative
-    error 1e-8 before rounding), times ``2^-k`` made from bits in two halves so
-    that results down to the subnormal range are right. ``a > 104`` gives 0, as
-    ``np.exp(np.float32(-a))`` does; NaN gives NaN. Only float arithmetic and
-    integer/bit operations: a loop calling it vectorizes.
+    error 1e-8 before rounding), times ``2^-k`` made from bits in two halves. The
+    argument is capped at :data:`_EXP_NEG_NORMAL` before all that, so that no lane of a
+    vector computes a subnormal (each would cost a microcode assist); the lanes above
+    the cap then give 0. NaN gives NaN. Only float arithmetic and integer/bit
+    operations: a loop calling it vectorizes.
     """
     f = np.float32
-    v = f(_EXP_NEG_MAX) if a > f(_EXP_NEG_MAX) else a      # NaN stays NaN
+    cap = f(_EXP_NEG_NORMAL)
+    above = a > cap
+    v = cap if above else a                                  # NaN stays NaN
     k = np.int32(v * f(_LOG2E) + f(0.5))                     # round(v / ln2), v >= 0
     kf = f(k)
     r = (v - kf * f(_LN2_HI)) - kf * f(_LN2_LO)
@@ -737,7 +739,8 @@ def _exp_neg_f32(a):
     p = p * r + f(0.5)
     p = (p * r) * r + (f(1.0) - r)
     k1 = k >> 1
-    return (p * _exp2_neg(k1, v)) * _exp2_neg(k - k1, v)
+    e = (p * _exp2_neg(k1, v)) * _exp2_neg(k - k1, v)
+    return f(0.0) if above else e
 
 
 @_fma_inline
@@ -771,16 +774,11 @@ def _log1p_unit_f32(e):
 @_fma_inline
 def _bernoulli_pixel_f32(l, xd):
     """One pixel in float32: ``(max(l, 0) - x l + log1p(exp(-|l|)), sigmoid(l) - x)``,
-    with ``exp(-|l|)`` taken as 0 where it is subnormal (``|l| >`` :data:`_EXP_NEG_NORMAL`),
-    as ``ops.sigmoid`` does. The exponent's argument is capped first, so that no lane
-    of a vector computes a subnormal (each would cost a microcode assist)."""
+    with ``exp(-|l|)`` taken as 0 where it is subnormal (:func:`_exp_neg_f32`), as
+    ``ops.sigmoid`` does."""
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    cap = np.float32(_EXP_NEG_NORMAL)
-    a = abs(l)
-    flush = a > cap
-    e = _exp_neg_f32(cap if flush else a)                             # exp(-|l|), normal
-    e = zero if flush else e
+    e = _exp_neg_f32(abs(l))                                          # exp(-|l|), or 0
     term = ((l if l > zero else zero) - xd * l) + _log1p_unit_f32(e)
     # sigmoid(l) = 1 / (1 + e) for l >= 0, e / (1 + e) below, as ops.sigmoid
     return term, (one if l >= zero else e) / (one + e) - xd

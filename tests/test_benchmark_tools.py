@@ -1,4 +1,4 @@
-"""The benchmark helpers that turn reports into figures (benchmarks/plot_speed.py)."""
+"""The benchmark helpers: reports into figures (benchmarks/plot_speed.py), report sections (benchmarks/speed.py)."""
 
 import importlib.util
 import os
@@ -28,12 +28,22 @@ Target: numba float32 at most 0.67x the peer at every S.
 """
 
 
-@pytest.fixture
-def plot_speed():
-    spec = importlib.util.spec_from_file_location("plot_speed", os.path.join(REPO, "benchmarks", "plot_speed.py"))
+def _benchmark(name):
+    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def plot_speed():
+    return _benchmark("plot_speed")
+
+
+@pytest.fixture
+def speed():
+    return _benchmark("speed")
 
 
 def test_read_report_takes_the_seconds_table_only(tmp_path, plot_speed):
@@ -57,14 +67,6 @@ def test_plot_writes_a_figure_and_rejects_other_files(tmp_path, plot_speed, caps
     other.write_text("# something else\n")
     assert plot_speed.main([str(other), "--out", str(out)]) == 2
     assert "not a report" in capsys.readouterr().err
-
-
-@pytest.fixture
-def speed():
-    spec = importlib.util.spec_from_file_location("speed", os.path.join(REPO, "benchmarks", "speed.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_floor_section_divides_the_epochs_flops_by_npvaes_rate(speed):

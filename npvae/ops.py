@@ -131,11 +131,12 @@ def flush_subnormal(a):
     a microcode assist. npvae's gradient of the Bernoulli likelihood would hold them
     once the decoder is confident (``sigmoid(l) - x`` for a pixel ``x = 0`` with a
     logit below ``log(tiny)``, about -87.3 in float32; on 10,000 MNIST images that
-    was 0.1% of the pixels after 20 epochs), and the products that take the gradient
-    (``dW``, ``dh``) then ran several times slower: 0.15% of subnormal entries made
-    a float32 ``dW`` product 2-2.6x slower on the development machine, and a trained
-    model's step 1.4-1.7x slower than a fresh one's. Setting them to 0 changes each
-    entry by less than ``tiny`` (1.2e-38 in float32, 2.2e-308 in float64).
+    was 0.1-0.2% of the pixels after 20 epochs), and the products that take the
+    gradient (``dW``, ``dh``) then ran several times slower: 0.15% of subnormal
+    entries made a float32 ``dW`` product 2-2.6x slower on the development machine.
+    With the float32 kernel's own subnormals (``npvae.kernels._log1p_unit_f32``), a
+    trained model's step was 1.4-1.7x slower than a fresh one's. Setting them to 0
+    changes each entry by less than ``tiny`` (1.2e-38 in float32, 2.2e-308 in float64).
     """
     tiny = np.finfo(a.dtype).tiny
     a[np.abs(a) < tiny] = 0

@@ -293,9 +293,10 @@ def scale_rows(a, w):
     """``a[i, :] *= w[i]`` in place.
 
     Applies a per-(example, sample) upstream factor to a ``(B * S, F)`` array: e.g.
-    ``dnll`` to ``sigmoid(l) - x`` (giving ``ops.bernoulli_nll_backward`` exactly),
-    or, cheaper, to ``dh = (sigmoid(l) - x) @ W.T`` on the ``(B * S, H)`` side,
-    since a row scale commutes with a right product.
+    ``dnll`` to ``sigmoid(l) - x`` (giving ``ops.bernoulli_nll_backward`` exactly,
+    except for products below the dtype's ``tiny``, which the reference flushes to 0:
+    ``ops.flush_subnormal``), or, cheaper, to ``dh = (sigmoid(l) - x) @ W.T`` on the
+    ``(B * S, H)`` side, since a row scale commutes with a right product.
 
     Parameters
     ----------

@@ -137,6 +137,9 @@ def flush_subnormal(a):
     With the float32 kernel's own subnormals (``npvae.kernels._log1p_unit_f32``), a
     trained model's step was 1.4-1.7x slower than a fresh one's. Setting them to 0
     changes each entry by less than ``tiny`` (1.2e-38 in float32, 2.2e-308 in float64).
+    :mod:`npvae.optim` flushes its running averages by the same rule with its own
+    helper, into preallocated buffers: that module imports nothing from npvae, so
+    that it stands alone (tested).
     """
     tiny = np.finfo(a.dtype).tiny
     a[np.abs(a) < tiny] = 0

@@ -39,9 +39,9 @@ REPO = os.path.dirname(HERE)
 CONTENDERS = ("numba-float32", "numba-float64", "numpy-float64", "torch-float32")
 PEER = "torch-float32"
 D, H, L, BATCH = 784, 256, 2, 100
-#: float32 sigmoid(l) is subnormal below this logit (log of the smallest normal float32):
+#: float32 sigmoid(l) is subnormal below this logit (log of the smallest normal float32, -87.34):
 #: there ``sigmoid(l) - x`` for a pixel x = 0 is subnormal unless flushed (npvae flushes it).
-DEEP_LOGIT = -87.33654
+DEEP_LOGIT = float(np.log(np.finfo(np.float32).tiny))
 DEEP_PROBE = 1000           # images whose logits (decoded at the encoder's mean) are counted
 
 
@@ -222,22 +222,18 @@ def worker_gemm(S, threads, reps=15):
     """GFLOPS of ``(100*S, 256) @ (256, 784)`` in NumPy (float32, float64) and torch (float32)."""
     rng = np.random.default_rng(0)
     out = {}
-
-    def rate(f, flops):
-        return gflops(f, flops, reps)
-
     M = BATCH * S
     flops = 2.0 * M * H * D
     for dt in (np.float32, np.float64):
         a, b = rng.random((M, H)).astype(dt), rng.random((H, D)).astype(dt)
         o = np.empty((M, D), dt)
-        out[f"numpy-{np.dtype(dt).name}"] = rate(lambda: np.matmul(a, b, out=o), flops)
+        out[f"numpy-{np.dtype(dt).name}"] = gflops(lambda: np.matmul(a, b, out=o), flops, reps)
     try:
         import torch
         torch.set_num_threads(threads)
         a, b = torch.rand(M, H), torch.rand(H, D)
         o = torch.empty(M, D)
-        out["torch-float32"] = rate(lambda: torch.matmul(a, b, out=o), flops)
+        out["torch-float32"] = gflops(lambda: torch.matmul(a, b, out=o), flops, reps)
     except ImportError:
         pass
     return out
@@ -634,7 +630,7 @@ def main(argv=None):
         lines += [f"## Epoch time over {args.drift_epochs} epochs (S=1, first {args.drift_subset} images)", "",
                   "Per epoch, in order: wall seconds / CPU seconds of the process / subnormal floats in RMSprop's "
                   "running averages (and in the parameters) at the end of the epoch / the share of logits below "
-                  f"{DEEP_LOGIT} (the first {DEEP_PROBE} images, decoded at the encoder's mean), where float32 "
+                  f"{DEEP_LOGIT:.2f} (the first {DEEP_PROBE} images, decoded at the encoder's mean), where float32 "
                   "`sigmoid(l) - x` is subnormal for a pixel x = 0. npvae flushes subnormal running averages "
                   "to zero every step (`npvae.optim`, `npvae.kernels.rmsprop_step`), and the Bernoulli "
                   "gradient's subnormal entries (`npvae.ops.flush_subnormal`); the peer does neither "

@@ -80,3 +80,121 @@ def test_check_model_refuses_float32_model():
     x = np.full((1, 4), 0.5, dtype=np.float32)
     with pytest.raises(ValueError, match="model.dtype: expected float64"):
         gradcheck.check_model(model, x, model.sample_eps(1, 1, 0))
+
+
+# ---------------------------------------------------------------------------
+# check_all and format_table
+# ---------------------------------------------------------------------------
+def tanh_model(seed):
+    """check_all's default architecture, with nonzero biases."""
+    from npvae.model import VAE
+    model = VAE(input_dim=6, hidden=(5, 4), latent_dim=2, activation="tanh", seed=seed, backend="numpy")
+    rng = np.random.default_rng(seed + 100)
+    for name, p in model.params.items():
+        if name.endswith(".b"):
+            p[:] = 0.3 * rng.standard_normal(p.shape)
+    return model
+
+
+def failed(rows, check_prefix=""):
+    return {(r["check"], r["parameter"]) for r in rows if r["check"].startswith(check_prefix) and not r["passed"]}
+
+
+def test_check_all_passes_and_covers_every_op_objective_estimator_and_parameter():
+    from npvae import objectives
+    rows = gradcheck.check_all(seed=0)
+    assert all(set(r) == {"check", "parameter", "max_rel_error", "tolerance", "passed"} for r in rows)
+    checks = {r["check"] for r in rows}
+    assert {f"ops.{name}" for name in gradcheck.op_pairs(ops)} <= checks
+    assert {f"objectives.{name}" for name in gradcheck.op_pairs(objectives)} <= checks
+    assert {"ops.dense", "ops.reparam", "ops.logsumexp", "objectives.iwae"} <= checks   # the pairs were found
+    names = set(tanh_model(0).params)
+    for check in ("model elbo/analytic", "model elbo/mc", "model iwae/analytic"):
+        assert {r["parameter"] for r in rows if r["check"] == check} == names
+    for estimator in ("stl elbo/mc", "stl iwae/analytic", "dreg iwae/analytic"):
+        assert {r["parameter"] for r in rows if r["check"].startswith(estimator)} == names
+    assert not failed(rows), failed(rows)
+    assert max(r["max_rel_error"] for r in rows) < 1e-6
+
+
+def test_check_all_reports_a_broken_op_backward_as_failed(monkeypatch):
+    def reparam_backward_without_the_half(dz, cache):
+        sigma, eps = cache
+        return dz.sum(axis=1), sigma * (dz * eps).sum(axis=1)
+
+    monkeypatch.setattr(ops, "reparam_backward", reparam_backward_without_the_half)
+    rows = gradcheck.check_all(seed=1, objectives=["elbo/analytic"], estimators=[])
+    assert failed(rows, "ops.") == {("ops.reparam", "log_var")}
+    # The model composes the same op: every encoder parameter's gradient goes wrong, no decoder one.
+    model_failures = failed(rows, "model")
+    assert model_failures and all(p.startswith("enc.") for _, p in model_failures)
+    assert all(r["passed"] for r in rows if r["check"] == "model elbo/analytic" and r["parameter"].startswith("dec."))
+
+
+def test_check_all_reports_a_wrong_model_gradient_for_that_parameter_only():
+    model = tanh_model(2)
+    loss_and_grads = model.loss_and_grads
+
+    def one_gradient_off_by_one_percent(*args, **kwargs):
+        loss, grads = loss_and_grads(*args, **kwargs)
+        grads = dict(grads, **{"dec.out.b": grads["dec.out.b"] * 1.01})
+        return loss, grads
+
+    model.loss_and_grads = one_gradient_off_by_one_percent
+    rows = gradcheck.check_all(model=model, include_ops=False, estimators=[])
+    assert failed(rows) == {(c, "dec.out.b") for c in ("model elbo/analytic", "model elbo/mc", "model iwae/analytic")}
+    wrong = [r["max_rel_error"] for r in rows if not r["passed"]]
+    assert all(0.005 < e < 0.02 for e in wrong), wrong
+
+
+def test_check_all_estimator_rows_catch_a_wrong_sample_weight(monkeypatch):
+    # DReG weighted by w~ (as STL) instead of w~^2: its encoder fails its surrogate, its decoder does not.
+    from npvae import objectives
+    monkeypatch.setattr(objectives, "dreg_rescale", lambda dz, cache: dz)
+    rows = gradcheck.check_all(seed=0, objectives=[], estimators=["iwae/analytic/dreg", "iwae/analytic/stl"],
+                               include_ops=False)
+    bad = failed(rows)
+    assert bad and all(check == "dreg iwae/analytic (surrogate)" for check, _ in bad)
+    assert all(r["passed"] for r in rows if r["check"].startswith("stl"))
+
+
+def test_check_all_fails_an_op_pair_it_has_no_inputs_for(monkeypatch):
+    monkeypatch.setattr(ops, "square_forward", lambda a: (a * a, a), raising=False)
+    monkeypatch.setattr(ops, "square_backward", lambda dout, a: 2 * a * dout, raising=False)
+    monkeypatch.setattr(ops, "__all__", ops.__all__ + ["square_forward", "square_backward"])
+    rows = gradcheck.check_all(objectives=[], estimators=[])
+    assert "square" in gradcheck.op_pairs(ops)
+    assert failed(rows) == {("ops.square", "(no inputs in gradcheck)")}
+
+
+def test_check_all_validates_its_arguments():
+    from npvae.model import VAE
+    with pytest.raises(ValueError, match="model.dtype: expected float64"):
+        gradcheck.check_all(model=VAE(input_dim=4, hidden=(3,), latent_dim=2, dtype=np.float32, backend="numpy"))
+    with pytest.raises(ValueError, match="objectives: expected entries such as 'elbo/mc'.*got 'elbo'"):
+        gradcheck.check_all(objectives=["elbo"], include_ops=False)
+    with pytest.raises(ValueError, match="estimators: expected entries such as 'iwae/analytic/dreg'"):
+        gradcheck.check_all(objectives=[], estimators=[("iwae", "dreg")], include_ops=False)
+    with pytest.raises(ValueError, match="estimator: 'dreg'"):
+        gradcheck.check_all(objectives=[], estimators=["elbo/mc/dreg"], include_ops=False)
+
+
+def test_format_table_aligns_columns_and_counts_failures():
+    rows = [
+        {"check": "ops.dense", "parameter": "W", "max_rel_error": 3.2e-11, "tolerance": 1e-6, "passed": True},
+        {"check": "model iwae/analytic", "parameter": "enc.logvar.W", "max_rel_error": 0.25, "tolerance": 1e-6,
+         "passed": False},
+        {"check": "ops.new", "parameter": "(no inputs in gradcheck)", "max_rel_error": float("nan"),
+         "tolerance": 1e-6, "passed": False},
+    ]
+    lines = gradcheck.format_table(rows).splitlines()
+    assert lines[0].split()[:2] == ["check", "parameter"]
+    body = lines[2:-1]
+    assert len(body) == 3
+    # the parameter column starts at the same offset on every line; numbers are right-aligned
+    column = lines[0].index("parameter")
+    assert [line[column:].split()[0] for line in body] == ["W", "enc.logvar.W", "(no"]
+    assert len({line.index("e-") + 4 for line in body[:2]} | {lines[0].index("max rel error") + 13}) == 1
+    assert body[0].endswith("ok") and body[1].endswith("FAIL") and body[2].endswith("FAIL")
+    assert "3.20e-11" in body[0] and "2.50e-01" in body[1] and "nan" in body[2]
+    assert lines[-1] == "1 of 3 passed, 2 FAILED"

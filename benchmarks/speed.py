@@ -211,7 +211,7 @@ def worker_drift(contender, epochs, subset, threads, seed=0):
             h = npvae.fit(model, x, epochs=1, batch_size=BATCH, mc_samples=1, optimizer=opt, seed=seed + epoch,
                           verbose=0)
             mu, _ = model.encode(x[:DEEP_PROBE])
-            deep = float(np.mean(model._decode_logits(mu)[0] < DEEP_LOGIT))
+            deep = float(np.mean(model.engine.decode_logits(mu) < DEEP_LOGIT))
             records.append(dict(seconds=float(h["seconds"][0]), cpu=time.process_time() - c0,
                                 subnormal_state=count(opt._state["v"].values()),
                                 subnormal_params=count(model.params.values()), deep=deep))
@@ -239,23 +239,11 @@ def worker_gemm(S, threads, reps=15):
     return out
 
 
-class _Profiler:
-    def __init__(self):
-        self.t, self.last = {}, None
-
-    def start(self):
-        self.last = time.perf_counter()
-
-    def mark(self, phase):
-        now = time.perf_counter()
-        self.t[phase] = self.t.get(phase, 0.0) + now - self.last
-        self.last = now
-
-
 def worker_profile(S, steps, subset, threads, dtype="float32"):
     """Share of each phase of the numba step (+ RMSprop) over ``steps`` training steps."""
     import npvae
-    from npvae import fused, optim
+    from npvae import optim
+    from npvae.fast.step import Profiler
     x = _load_x(subset)
     model = npvae.VAE(dtype=dtype, backend="numba")
     opt = optim.RMSprop()
@@ -264,25 +252,25 @@ def worker_profile(S, steps, subset, threads, dtype="float32"):
 
     def batch(i):
         xb = x[(i * BATCH) % (len(x) - BATCH):][:BATCH]
-        return xb, model._draw_eps(rng, BATCH, S)
+        return xb, model.sample_eps(BATCH, S, rng)
 
-    with model._steps(BATCH, S):  # as in fit: BLAS held at one thread if the steps run groups
+    engine = model.engine
+    update = engine.optimizer_update(opt)
+    with engine.steps(BATCH, S):  # as in fit: BLAS held at one thread if the steps run groups
         for i in range(3):  # warm-up: compile cache, workspaces, optimizer state
-            _, g = model._loss_and_grads(*batch(i), "elbo", return_bound=True)
-            opt.step(model.params, g)
-        prof = _Profiler()
-        fused.PROFILER = prof  # marked by the group on the calling thread
+            _, g = engine.loss_and_grads(*batch(i), "elbo")
+            opt.step(model.params, g, update=update)
+        prof = engine.profiler = Profiler()  # marked by the group on the calling thread
         total = 0.0
         for i in range(steps):
             xb, eps = batch(i)
             t0 = time.perf_counter()
             prof.start()
-            _, g = model._loss_and_grads(xb, eps, "elbo", return_bound=True)
-            opt.step(model.params, g)
+            _, g = engine.loss_and_grads(xb, eps, "elbo")
+            opt.step(model.params, g, update=update)
             prof.mark("optimizer (RMSprop, fused kernel)")
             total += time.perf_counter() - t0
-        fused.PROFILER = None
-    return dict(step_ms=1e3 * total / steps, phases={k: v / total for k, v in prof.t.items()})
+    return dict(step_ms=1e3 * total / steps, phases={k: v / total for k, v in prof.seconds.items()})
 
 
 def run_worker(args):
@@ -541,10 +529,10 @@ def main(argv=None):
              f"Threads: {T} for every contender (OPENBLAS/OMP/MKL_NUM_THREADS={T}, torch.set_num_threads({T})); "
              + ("npvae's numba step runs as one group with BLAS threading its products.  " if T == 1 else
                 f"npvae's numba step (`VAE.threads` = {T}) runs {T} groups of examples at once when a step has at "
-                "least 2 x `npvae.fused.MIN_GROUP_ROWS` = 2048 rows (here S >= 21), each with single-threaded "
+                "least 2 x `npvae.fast.threads.MIN_GROUP_ROWS` = 2048 rows (here S >= 21), each with single-threaded "
                 "BLAS; "
                 "below that, one group with BLAS threading its products and, in float32, the row passes on "
-                "BLAS's threads (`npvae.fused.job_parts`).  "),
+                "BLAS's threads (`npvae.fast.threads.job_parts`).  "),
              "BLAS: " + "; ".join(info.values()) + ".  ",
              f"Load average (1/5/15 min) at start {load_start}, at end {load_end}: the machine was shared, "
              "so absolute times are noisy; the ratios come from the same run, contenders alternating.  ",
@@ -616,7 +604,7 @@ def main(argv=None):
     if profiles:
         lines += ["## Where the numba float32 step spends its time", "",
                   f"Share of each phase over {args.profile_steps} training steps (batch {BATCH}, ELBO), "
-                  "timed with `npvae.fused.PROFILER` marks; GEMM phases include the bias/activation "
+                  "timed with `npvae.fast.step.Profiler` marks; GEMM phases include the bias/activation "
                   "kernels around them.", "",
                   "| phase | " + " | ".join(f"S={S}" for S in profiles) + " |",
                   "|---" * (1 + len(profiles)) + "|"]
@@ -632,7 +620,7 @@ def main(argv=None):
                   "running averages (and in the parameters) at the end of the epoch / the share of logits below "
                   f"{DEEP_LOGIT:.2f} (the first {DEEP_PROBE} images, decoded at the encoder's mean), where float32 "
                   "`sigmoid(l) - x` is subnormal for a pixel x = 0. npvae flushes subnormal running averages "
-                  "to zero every step (`npvae.optim`, `npvae.kernels.rmsprop_step`), and the Bernoulli "
+                  "to zero every step (`npvae.optim`, `npvae.fast.updates.rmsprop_step`), and the Bernoulli "
                   "gradient's subnormal entries (`npvae.ops.flush_subnormal`); the peer does neither "
                   "(`--flush-denormal` is off by default): its sigmoid gives 0 below about -88.7, but its "
                   "gradient (scaled by 1 / batch) holds subnormal entries for logits from -88.7 to -82.7. "

@@ -16,8 +16,8 @@ from . import diagnostics, gradcheck, objectives, ops
 from .datasets import DataError, binarize, load_mnist
 from .evaluate import evaluate_bound, log_likelihood
 from .io import ModelFileError
-from .io import load_model as load
 from .model import VAE
+from .model import load_model as load
 from .train import History, TrainingError, fit
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ import numpy as np
 from . import io
 from .datasets import DataError, load_mnist
 from .evaluate import evaluate_bound, log_likelihood
-from .model import VAE
+from .model import VAE, load_model
 from .train import BINARIZE, NOISE, History, TrainingError, fit, load_checkpoint
 
 # Settings of `npvae train` that a resumed run takes from config.json, with their defaults.
@@ -177,9 +177,9 @@ def _load_any(path):
     if path.is_dir():
         for name in ("model.npz", "checkpoint.npz"):
             if (path / name).exists():
-                return io.load_model(path / name)
+                return load_model(path / name)
         raise CLIError(f"{str(path)!r} holds neither model.npz nor checkpoint.npz")
-    return io.load_model(path)
+    return load_model(path)
 
 
 def _plot(args):

@@ -20,7 +20,6 @@ import numpy as np
 
 from . import _validate as check
 from . import objectives as obj
-from .evaluate import _check_data
 
 __all__ = ["gradient_snr", "GradientSNR"]
 
@@ -113,15 +112,15 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
     mc_samples = check.positive_int(mc_samples, "mc_samples")
     repeats = check.positive_int(repeats, "repeats", minimum=2)
     objective, kl, estimator = obj.check_objective(objective, kl, estimator)
-    model._check_params()
-    x = _check_data(model, x)
+    model.check_params()
+    x = model.check_data(x)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     mean = {name: np.zeros(p.shape) for name, p in model.params.items()}
     m2 = {name: np.zeros(p.shape) for name, p in model.params.items()}
     for r in range(1, repeats + 1):
-        eps = model._draw_eps(rng, x.shape[0], mc_samples)
-        _, grads = model._loss_and_grads(x, eps, objective, kl, estimator)
+        eps = model.sample_eps(x.shape[0], mc_samples, rng)
+        _, grads = model.engine.loss_and_grads(x, eps, objective, kl, estimator)
         for name, g in grads.items():
             delta = g - mean[name]
             mean[name] += delta / r

@@ -9,9 +9,8 @@ import numpy as np
 
 from . import _validate as check
 from . import objectives as obj
-from . import ops
 
-__all__ = ["evaluate_bound", "log_likelihood", "LogLikelihood"]
+__all__ = ["evaluate_bound", "mean_bound", "log_likelihood", "LogLikelihood"]
 
 
 def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, rng=None, kl="analytic"):
@@ -41,20 +40,23 @@ def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, rn
     objective, kl, _ = obj.check_objective(objective, kl)
     mc_samples = check.positive_int(mc_samples, "mc_samples")
     batch_size = check.positive_int(batch_size, "batch_size")
-    model._check_params()
-    x = _check_data(model, x)
-    return _evaluate(model, x, mc_samples, objective, batch_size, np.random.default_rng(rng), kl)
+    model.check_params()
+    x = model.check_data(x)
+    return mean_bound(model, x, mc_samples, objective, batch_size, np.random.default_rng(rng), kl)
 
 
-def _evaluate(model, x, mc_samples, objective, batch_size, rng, kl="analytic"):
-    """:func:`evaluate_bound` on trusted inputs."""
+def mean_bound(model, x, mc_samples, objective, batch_size, rng, kl="analytic"):
+    """:func:`evaluate_bound` on trusted inputs (``x`` checked with :meth:`npvae.VAE.check_data`,
+    the names with :func:`npvae.objectives.check_objective`, ``rng`` a Generator), through
+    the model's engine: what :func:`npvae.fit` runs after every epoch."""
     totals = np.zeros(3)
     n = x.shape[0]
-    with model._steps(min(batch_size, n), mc_samples):
+    engine = model.engine
+    with engine.steps(min(batch_size, n), mc_samples):
         for start in range(0, n, batch_size):
             xb = x[start:start + batch_size]
-            eps = model._draw_eps(rng, xb.shape[0], mc_samples)
-            bound, _ = model._forward(xb, eps, objective, kl)
+            eps = model.sample_eps(xb.shape[0], mc_samples, rng)
+            bound = engine.bound(xb, eps, objective, kl)
             totals += xb.shape[0] * np.array([bound.loss, bound.recon, bound.kl])
     loss, recon, kl_mean = totals / n
     return {"loss": float(loss), "recon": float(recon), "kl": float(kl_mean), "n": n}
@@ -140,11 +142,11 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     is 113 MB (57 MB). ``k = 5000`` on the 10,000 MNIST test images (``x`` itself is
     63 MB in float64) therefore runs in well under 1 GB; ``tests/test_evaluate.py``
     checks the bound and that it does not grow with ``k``. Time grows as ``N * k``
-    decoder rows. With the numba backend the rows go through the fused forward pass
-    (:func:`npvae.fused.log_weights`, threads as in training); on the development
-    machine (2 cores) it ran about 6 x 10^4 rows per second in float64 and 1.6 x 10^5
-    in float32, against 3.5 x 10^4 and 7 x 10^4 for the NumPy ops: ``k = 5000`` on
-    the 10,000 test images (5 x 10^7 rows) takes about 14 minutes in float64.
+    decoder rows, computed by the model's engine (``model.engine.log_weights``): with
+    the numba engine, the forward-only pass on threads, each thread its own chunk
+    of examples with single-threaded BLAS, in the model's dtype (float32 for a
+    float32 model). ``benchmarks/results/ll_throughput.md`` has the rows per second
+    measured here and the fraction of the matrix products' rate.
 
     Parameters
     ----------
@@ -186,8 +188,8 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     max_rows = check.positive_int(max_rows, "max_rows")
     if batch is not None:
         batch = check.positive_int(batch, "batch")
-    model._check_params()
-    x = _check_data(model, x)
+    model.check_params()
+    x = model.check_data(x)
     n = x.shape[0]
     if batch is None:
         batch = max(1, max_rows // 32)
@@ -197,7 +199,7 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     per_example = np.empty(n)
     per_example_se = np.empty(n)
     ess = np.empty(n)
-    with model._steps(batch, max(1, max_rows // batch)):
+    with model.engine.steps(batch, max(1, max_rows // batch)):
         for start in range(0, n, batch):
             xb = x[start:start + batch]
             lse, se, ess_b = _log_likelihood_batch(model, xb, k, max(1, max_rows // xb.shape[0]), rng)
@@ -212,16 +214,6 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     return LogLikelihood(mean, se, mc_se, per_example, per_example_se, ess, k, n)
 
 
-def _check_data(model, x, name="x"):
-    """``model._check_x``, with a message that says when the model and data do not match."""
-    a = np.asarray(x)
-    if a.ndim == 2 and a.shape[1] != model.input_dim:
-        raise ValueError(f"{name}: the model takes {model.input_dim}-dimensional inputs (input_dim="
-                         f"{model.input_dim}) but the data has {a.shape[1]} columns, shape {a.shape}; "
-                         "is this the model trained on this data?")
-    return model._check_x(x, name)
-
-
 def _log_likelihood_batch(model, xb, k, chunk, rng):
     """Streaming logsumexp of ``k`` log weights per example of ``xb``, in chunks of samples.
 
@@ -229,25 +221,13 @@ def _log_likelihood_batch(model, xb, k, chunk, rng):
     effective sample size ``(b,)``, all float64.
     """
     b = xb.shape[0]
-    fused = model._fused()             # the numba backend's forward pass, else the NumPy ops
-    if fused is None:
-        mu, log_var, _ = model._encode(xb)                               # (b, L)
     m = np.full(b, -np.inf)            # running max of log w
     s1 = np.zeros(b)                   # sum_k exp(log w - m)
     s2 = np.zeros(b)                   # sum_k exp(2 (log w - m))
     for s0 in range(0, k, chunk):
         s = min(chunk, k - s0)
-        eps = model._draw_eps(rng, b, s)                                 # (b, s, L)
-        if fused is not None:
-            log_w = fused.log_weights(model, xb, eps)                    # (b, s), float64
-        else:
-            z, _ = ops.reparam_forward(mu, log_var, eps)                 # (b, s, L)
-            logits, _ = model._decode_logits(z)                          # (b, s, D)
-            nll, _ = ops.bernoulli_nll_forward(logits, xb)               # (b, s)
-            del logits
-            log_pz, _ = ops.log_standard_normal_forward(z)
-            log_qz, _ = ops.log_normal_diag_forward(z, mu, log_var)
-            log_w = (-nll + log_pz - log_qz).astype(np.float64)           # (b, s)
+        eps = model.sample_eps(b, s, rng)                                # (b, s, L)
+        log_w = model.engine.log_weights(xb, eps)                        # (b, s), float64
         m_new = np.maximum(m, log_w.max(axis=1))
         # rescale the sums kept so far to the new maximum (exp(-inf) = 0 on the first chunk)
         with np.errstate(invalid="ignore"):

@@ -1,7 +1,8 @@
 """File helpers: atomic writes, pickle-free ``.npz`` archives, string metadata in arrays.
 
-This module knows nothing about models; :mod:`npvae.train` and friends decide what goes
-into a file, this module makes sure it gets there whole and comes back safely.
+This module knows nothing about models or training: :mod:`npvae.model` (the model file)
+and :mod:`npvae.train` (the checkpoint) decide what goes into a file; this module makes
+sure it gets there whole and comes back safely.
 
 * **Atomic writes.** :func:`atomic_savez` and :func:`atomic_write_text` write to a
   temporary file in the destination's directory, flush and ``fsync`` it, then
@@ -40,8 +41,6 @@ __all__ = [
     "from_str_array",
     "to_json_array",
     "from_json_array",
-    "save_model",
-    "load_model",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -50,7 +49,7 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 
 
 class ModelFileError(ValueError):
-    """A file exists but is damaged, truncated or not an npvae ``.npz`` file."""
+    """A file exists but is damaged, truncated, or not the npvae file it should be."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -363,83 +362,3 @@ def from_json_array(a: np.ndarray) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ValueError(f"a must hold JSON text (from to_json_array): {exc}") from exc
-
-
-# ----------------------------------------------------------------------------------------
-# Model files
-# ----------------------------------------------------------------------------------------
-
-MODEL_FORMAT = "npvae-model"
-MODEL_VERSION = 1
-
-
-def model_arrays(model) -> Dict[str, np.ndarray]:
-    """The arrays that describe a model: its config as JSON and ``param/<name>`` arrays."""
-    arrays = {"format": to_str_array(MODEL_FORMAT),
-              "version": np.array(MODEL_VERSION),
-              "config": to_json_array(model.config)}
-    arrays.update({f"param/{k}": v for k, v in model.params.items()})
-    return arrays
-
-
-def model_from_arrays(arrays: Mapping[str, np.ndarray], source: str):
-    """Rebuild a :class:`npvae.VAE` from :func:`model_arrays`' output.
-
-    Raises :class:`ModelFileError` naming ``source`` when the format, the version or the
-    parameters do not match what the stored architecture needs.
-    """
-    from .model import VAE
-
-    def bad(why):
-        return ModelFileError(f"{source}: {why}")
-
-    try:
-        fmt = from_str_array(arrays["format"])
-        version = int(arrays["version"])
-        config = from_json_array(arrays["config"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise bad(f"not an npvae model file (missing or unreadable metadata: {exc})") from exc
-    if fmt not in (MODEL_FORMAT, "npvae-checkpoint"):
-        raise bad(f"expected format {MODEL_FORMAT!r}, got {fmt!r}")
-    if version > MODEL_VERSION or version < 1:
-        raise bad(f"file format version {version} is not supported by this npvae "
-                  f"(it reads versions 1 to {MODEL_VERSION}); upgrade npvae to read it")
-    try:
-        model = VAE(**config)
-    except (TypeError, ValueError) as exc:
-        raise bad(f"the stored architecture is not valid: {exc}") from exc
-    stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
-    if stored != set(model.params):
-        raise bad(f"the parameters do not match the stored architecture {config}: "
-                  f"missing {sorted(set(model.params) - stored)}, unexpected {sorted(stored - set(model.params))}")
-    for name, p in model.params.items():
-        a = arrays[f"param/{name}"]
-        if a.shape != p.shape or a.dtype != p.dtype:
-            raise bad(f"param {name!r}: expected shape {p.shape} dtype {p.dtype} for the stored "
-                      f"architecture, got shape {a.shape} dtype {a.dtype}")
-        if not np.isfinite(a).all():
-            raise bad(f"param {name!r} holds NaN or inf")
-        model.params[name] = np.array(a)
-    return model
-
-
-def save_model(model, path: PathLike) -> Path:
-    """Write ``model`` (architecture and parameters) to a versioned ``.npz``, atomically."""
-    return atomic_savez(path, model_arrays(model))
-
-
-def load_model(path: PathLike):
-    """Load a model written by :meth:`npvae.VAE.save` (or a training checkpoint).
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ModelFileError
-        A ``ValueError``: damaged file, unknown format or version, or parameters that
-        do not fit the stored architecture.
-    """
-    path = Path(os.fspath(path))
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {str(path)!r}")
-    return model_from_arrays(load_npz(path), repr(str(path)))

@@ -1,59 +1,28 @@
-"""The VAE: parameters, encoder, decoder, and the loss with its gradients.
+"""The VAE: parameters, configuration, validation at the boundary; and its file format.
 
 The model is the MLP VAE of Kingma & Welling (2014) and of the classic Keras
 example: a Gaussian encoder ``q(z|x) = N(mu(x), diag(exp(log_var(x))))``, the
 reparameterization ``z = mu + exp(log_var / 2) * eps`` with ``eps`` of shape
 ``(B, S, L)``, and a Bernoulli decoder ``p(x|z)`` given by logits.
+
+:class:`VAE` holds the parameters and the configuration and checks every input at its
+public methods; the computing is its engine's (:mod:`npvae.engine`: the NumPy reference,
+or the numba fast path). The model file (:func:`save_model`, :func:`load_model`) is a
+pickle-free ``.npz`` written through :mod:`npvae.io`.
 """
 
-import warnings
-from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 
 from . import _validate as check
+from . import io
 from . import objectives as obj
-from . import ops
+from .engine import make_engine, resolve_backend
+from .io import ModelFileError
 
-__all__ = ["VAE"]
-
-BACKENDS = ("auto", "numba", "numpy")
-_warned_no_numba = False
-
-
-def _numba_importable():
-    """Whether numba can be imported, without importing it (that costs ~1 s)."""
-    import importlib.util
-    import sys
-    if "numba" in sys.modules:                 # imported, or blocked with sys.modules["numba"] = None
-        return sys.modules["numba"] is not None
-    try:
-        return importlib.util.find_spec("numba") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _warn_no_numba(reason="numba is not installed"):
-    global _warned_no_numba
-    if not _warned_no_numba:
-        _warned_no_numba = True
-        warnings.warn(f"{reason}; npvae uses its NumPy reference path (slower). pip install numba",
-                      RuntimeWarning, stacklevel=4)
-
-
-def _resolve_backend(backend):
-    """"auto" -> "numba" if numba is installed, else "numpy" with one warning per process."""
-    backend = check.choice(backend, "backend", BACKENDS)
-    if backend == "numba":
-        from . import kernels
-        kernels.require()
-    elif backend == "auto":
-        if _numba_importable():
-            backend = "numba"
-        else:
-            backend = "numpy"
-            _warn_no_numba()
-    return backend
+__all__ = ["VAE", "save_model", "load_model", "model_arrays", "model_from_arrays", "MODEL_FORMAT",
+           "MODEL_VERSION"]
 
 
 class VAE:
@@ -72,20 +41,22 @@ class VAE:
     seed : int or None, default 0
         Seed of the weights' initialization (Keras' glorot_uniform, biases 0).
     dtype : {np.float64, np.float32}, default np.float64
-        Parameter and computation dtype. Gradient checks need float64.
+        Parameter and computation dtype. The default is float64, the precision of
+        gradient checks; train in float32 for speed (``npvae train`` does by default).
     backend : {"auto", "numba", "numpy"}, default "auto"
-        How the loss and gradients are computed: ``"numpy"`` composes the
-        reference ops of :mod:`npvae.ops` (the specification); ``"numba"`` runs
-        the fused kernels of :mod:`npvae.fused` (same results to float rounding,
-        several times faster, preallocated workspaces). ``"auto"`` picks numba
-        when it is installed, else NumPy with a warning. Not part of
-        :attr:`config`: a saved model loads with ``"auto"``.
+        The engine that computes bounds and gradients (:mod:`npvae.engine`):
+        ``"numpy"`` composes the reference ops of :mod:`npvae.ops` (the
+        specification); ``"numba"`` runs the fused kernels of :mod:`npvae.fast`
+        (same results to float rounding, several times faster, preallocated
+        workspaces). ``"auto"`` picks numba when it is installed, else NumPy with
+        a warning. Resolved here, once (numba, when used, is imported now). Not
+        part of :attr:`config`: a saved model loads with ``"auto"``.
     threads : int or None, default None
         Threads of a numba-backend step: a large step (from 2048 rows ``B * S``)
         is split into this many groups of examples, run at once, each with
         single-threaded matrix products; a smaller one runs as one group, its
         products threaded by BLAS and, in float32, its elementwise passes split
-        over BLAS's threads (:mod:`npvae.fused`). None: as many as NumPy's
+        over BLAS's threads (:mod:`npvae.fast.threads`). None: as many as NumPy's
         OpenBLAS uses (set by ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``,
         else the cores), or 1 where the BLAS is not an OpenBLAS npvae can
         control (then BLAS threads its own products). Results depend on it only
@@ -101,7 +72,10 @@ class VAE:
         ``W`` is shaped ``(fan_in, fan_out)``. The arrays may be assigned
         (same shape and dtype) or updated in place.
     backend : str
-        ``"numba"`` or ``"numpy"``, as resolved from the ``backend`` argument.
+        ``"numba"`` or ``"numpy"``, as resolved from the ``backend`` argument. May be
+        reassigned (any of the ``backend`` names): the model then gets a new engine.
+    engine : npvae.engine.ReferenceEngine or npvae.fast.NumbaEngine
+        What computes the model's bounds and gradients (read only).
     threads : int or None
         As the argument.
 
@@ -127,14 +101,15 @@ class VAE:
         if not self.hidden:
             raise ValueError("hidden: expected at least one hidden layer size, got ()")
         self.latent_dim = check.positive_int(latent_dim, "latent_dim")
-        self.activation = check.choice(activation, "activation", tuple(ops.ACTIVATIONS))
+        self.activation = check.choice(activation, "activation", ("relu", "tanh"))
         if seed is not None:
             seed = check.positive_int(seed, "seed", minimum=0)
         self.seed = seed
         self.dtype = check.float_dtype(dtype)
-        self.backend = _resolve_backend(backend)
         self.threads = threads
+        self.backend = backend
         self.params = self._init_params(np.random.default_rng(seed))
+
 
     @property
     def threads(self):
@@ -144,9 +119,28 @@ class VAE:
     def threads(self, value):
         self._threads = None if value is None else check.positive_int(value, "threads")
 
+    @property
+    def backend(self):
+        return self._backend
+
+    @backend.setter
+    def backend(self, value):
+        self._backend = resolve_backend(value)
+        self._engine = make_engine(self, self._backend)
+
+    @property
+    def engine(self):
+        return self._engine
+
     # ------------------------------------------------------------------
-    def _layer_shapes(self):
-        """(name, fan_in, fan_out) of every dense layer, encoder then decoder."""
+    # Architecture and parameters
+    # ------------------------------------------------------------------
+    def layer_shapes(self):
+        """``(name, fan_in, fan_out)`` of every dense layer, encoder then decoder.
+
+        Each layer has the parameters ``name + ".W"`` of shape ``(fan_in, fan_out)`` and
+        ``name + ".b"`` of shape ``(fan_out,)``.
+        """
         layers = []
         sizes = (self.input_dim,) + self.hidden
         for i in range(len(self.hidden)):
@@ -159,24 +153,30 @@ class VAE:
         layers.append(("dec.out", self.hidden[0], self.input_dim))
         return layers
 
+    def param_shapes(self):
+        """``{name: shape}`` of every parameter the architecture has."""
+        return {f"{name}.{kind}": shape for name, fan_in, fan_out in self.layer_shapes()
+                for kind, shape in (("W", (fan_in, fan_out)), ("b", (fan_out,)))}
+
     def _init_params(self, rng):
         # Keras' glorot_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
         # Drawn in float64 so that float32 and float64 models of one seed agree.
         params = {}
-        for name, fan_in, fan_out in self._layer_shapes():
+        for name, fan_in, fan_out in self.layer_shapes():
             limit = np.sqrt(6.0 / (fan_in + fan_out))
             params[f"{name}.W"] = rng.uniform(-limit, limit, (fan_in, fan_out)).astype(self.dtype)
             params[f"{name}.b"] = np.zeros(fan_out, dtype=self.dtype)
         return params
 
-    def _check_params(self):
-        for name, fan_in, fan_out in self._layer_shapes():
-            for key, shape in ((f"{name}.W", (fan_in, fan_out)), (f"{name}.b", (fan_out,))):
-                p = self.params.get(key)
-                if not isinstance(p, np.ndarray) or p.shape != shape or p.dtype != self.dtype:
-                    got = "missing" if p is None else (
-                        f"shape {getattr(p, 'shape', '?')} dtype {getattr(p, 'dtype', type(p).__name__)}")
-                    raise ValueError(f"params[{key!r}]: expected shape {shape} dtype {self.dtype}, got {got}")
+    def check_params(self):
+        """Raise ValueError, naming the parameter, unless every array of :attr:`params` has
+        the architecture's shape and the model's dtype (they may have been reassigned)."""
+        for key, shape in self.param_shapes().items():
+            p = self.params.get(key)
+            if not isinstance(p, np.ndarray) or p.shape != shape or p.dtype != self.dtype:
+                got = "missing" if p is None else (
+                    f"shape {getattr(p, 'shape', '?')} dtype {getattr(p, 'dtype', type(p).__name__)}")
+                raise ValueError(f"params[{key!r}]: expected shape {shape} dtype {self.dtype}, got {got}")
 
     def __repr__(self):
         return (f"VAE(input_dim={self.input_dim}, hidden={self.hidden}, latent_dim={self.latent_dim}, "
@@ -188,96 +188,43 @@ class VAE:
         return dict(input_dim=self.input_dim, hidden=list(self.hidden), latent_dim=self.latent_dim,
                     activation=self.activation, seed=self.seed, dtype=self.dtype.name)
 
-    def _fused(self):
-        """:mod:`npvae.fused` if this model runs the numba backend, else None.
+    # ------------------------------------------------------------------
+    # Input checks (the public boundary)
+    # ------------------------------------------------------------------
+    def check_data(self, x, name="x"):
+        """``x`` as an array of the model's dtype, after checking it is data for this model.
 
-        Imported here, on first use, so that ``import npvae`` never imports numba.
+        Raises ValueError naming ``name`` unless ``x`` is a non-empty float array of shape
+        ``(N, input_dim)`` with finite values in [0, 1]; says so when the number of columns
+        does not match the model (the data of another model).
         """
-        if self.backend != "numba":
-            return None
-        from . import fused
-        if not fused.K.AVAILABLE:  # "auto" found numba installed, but it failed to import
-            self.backend = "numpy"
-            _warn_no_numba(f"numba could not be imported ({fused.K._IMPORT_ERROR})")
-            return None
-        return fused
-
-    # ------------------------------------------------------------------
-    # Input checks
-    # ------------------------------------------------------------------
-    def _steps(self, batch, mc_samples):
-        """Context manager for a loop of steps of ``batch`` examples and ``mc_samples``
-        samples: :func:`npvae.fused.steps_context` with the numba backend, else nothing."""
-        fused = self._fused()
-        return nullcontext() if fused is None else fused.steps_context(self, batch, mc_samples)
-
-    def _check_x(self, x, name="x"):
+        a = np.asarray(x)
+        if a.ndim == 2 and a.shape[1] != self.input_dim:
+            raise ValueError(f"{name}: the model takes {self.input_dim}-dimensional inputs (input_dim="
+                             f"{self.input_dim}) but the data has {a.shape[1]} columns, shape {a.shape}; "
+                             "is this the model trained on this data?")
         return check.float_array(x, name, ("B", self.input_dim), dtype=self.dtype, lo=0.0, hi=1.0)
 
     def _check_eps(self, eps, batch):
-        eps = check.float_array(eps, "eps", (batch, "S", self.latent_dim), dtype=self.dtype)
-        return eps
+        return check.float_array(eps, "eps", (batch, "S", self.latent_dim), dtype=self.dtype)
 
     def sample_eps(self, batch, mc_samples=1, rng=None):
         """Draw standard normal noise of shape ``(batch, mc_samples, latent_dim)``.
+
+        Drawn in float64 whatever the model's dtype, then cast: a float32 run sees the
+        same noise as a float64 run of the same seed, rounded.
 
         Parameters
         ----------
         batch, mc_samples : int
         rng : numpy.random.Generator or int or None
-            The source of randomness (an int seeds a new Generator).
+            The source of randomness (an int seeds a new Generator; a Generator is used
+            as it is, and advanced).
         """
         batch = check.positive_int(batch, "batch")
         mc_samples = check.positive_int(mc_samples, "mc_samples")
-        return self._draw_eps(np.random.default_rng(rng), batch, mc_samples)
-
-    def _draw_eps(self, rng, batch, mc_samples):
-        # Drawn in float64 whatever the model's dtype: a float32 run then sees the
-        # same noise as a float64 run of the same seed, rounded.
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         return rng.standard_normal((batch, mc_samples, self.latent_dim)).astype(self.dtype, copy=False)
-
-    # ------------------------------------------------------------------
-    # Forward pieces
-    # ------------------------------------------------------------------
-    def _hidden_forward(self, prefix, h):
-        """The hidden stack ``prefix.0``, ``prefix.1``, ...: dense then activation, with caches."""
-        act_forward, _ = ops.ACTIVATIONS[self.activation]
-        caches = []
-        for i in range(len(self.hidden)):
-            a, c_dense = ops.dense_forward(h, self.params[f"{prefix}.{i}.W"], self.params[f"{prefix}.{i}.b"])
-            h, c_act = act_forward(a)
-            caches.append((c_dense, c_act))
-        return h, caches
-
-    def _hidden_backward(self, prefix, dh, caches, grads):
-        """Backward of :meth:`_hidden_forward`: fills ``grads`` and returns the input's gradient."""
-        _, act_backward = ops.ACTIVATIONS[self.activation]
-        for i in reversed(range(len(self.hidden))):
-            c_dense, c_act = caches[i]
-            dh, grads[f"{prefix}.{i}.W"], grads[f"{prefix}.{i}.b"] = ops.dense_backward(act_backward(dh, c_act), c_dense)
-        return dh
-
-    def _encode(self, x):
-        h, caches = self._hidden_forward("enc", x)                              # (B, H)
-        mu, c_mu = ops.dense_forward(h, self.params["enc.mu.W"], self.params["enc.mu.b"])
-        log_var, c_lv = ops.dense_forward(h, self.params["enc.logvar.W"], self.params["enc.logvar.b"])
-        return mu, log_var, (caches, c_mu, c_lv)
-
-    def _encode_backward(self, dmu, dlog_var, cache, grads):
-        caches, c_mu, c_lv = cache
-        dh, grads["enc.mu.W"], grads["enc.mu.b"] = ops.dense_backward(dmu, c_mu)
-        dh_lv, grads["enc.logvar.W"], grads["enc.logvar.b"] = ops.dense_backward(dlog_var, c_lv)
-        self._hidden_backward("enc", dh + dh_lv, caches, grads)  # the data's gradient is not needed
-
-    def _decode_logits(self, z):
-        h, caches = self._hidden_forward("dec", z)                              # (..., H)
-        logits, c_out = ops.dense_forward(h, self.params["dec.out.W"], self.params["dec.out.b"])
-        return logits, (caches, c_out)
-
-    def _decode_backward(self, dlogits, cache, grads):
-        caches, c_out = cache
-        dh, grads["dec.out.W"], grads["dec.out.b"] = ops.dense_backward(dlogits, c_out)
-        return self._hidden_backward("dec", dh, caches, grads)
 
     # ------------------------------------------------------------------
     # Public API
@@ -293,9 +240,8 @@ class VAE:
         -------
         mu, log_var : ndarray, shape (B, latent_dim)
         """
-        self._check_params()
-        mu, log_var, _ = self._encode(self._check_x(x))
-        return mu, log_var
+        self.check_params()
+        return self.engine.encode(self.check_data(x))
 
     def decode(self, z):
         """Bernoulli means ``sigmoid(logits)`` of ``p(x|z)``.
@@ -309,7 +255,8 @@ class VAE:
         -------
         probs : ndarray, shape (..., input_dim)
         """
-        self._check_params()
+        from .ops import sigmoid
+        self.check_params()
         z = np.asarray(z)
         if z.dtype.kind != "f" or z.ndim < 1 or z.shape[-1] != self.latent_dim or z.size == 0:
             raise ValueError(f"z: expected a float array of shape (..., {self.latent_dim}), "
@@ -317,8 +264,7 @@ class VAE:
         z = z.astype(self.dtype, copy=False)
         if not np.isfinite(z).all():
             raise ValueError("z: expected finite values, got NaN or inf")
-        logits, _ = self._decode_logits(z)
-        return ops.sigmoid(logits)
+        return sigmoid(self.engine.decode_logits(z))
 
     def loss_and_grads(self, x, eps, objective="elbo", kl="analytic", estimator="standard", return_bound=False):
         """The training loss on a batch and its gradient for every parameter.
@@ -353,14 +299,13 @@ class VAE:
             Same keys, shapes and dtype as :attr:`params`.
         """
         objective, kl, estimator = obj.check_objective(objective, kl, estimator)
-        self._check_params()
-        x = self._check_x(x)
+        self.check_params()
+        x = self.check_data(x)
         eps = self._check_eps(eps, x.shape[0])
-        loss, grads = self._loss_and_grads(x, eps, objective, kl, estimator, return_bound)
-        if self.backend == "numba":
-            # the fused path's grads live in a workspace that the next call overwrites
-            grads = {k: g.copy() for k, g in grads.items()}
-        return loss, grads
+        bound, grads = self.engine.loss_and_grads(x, eps, objective, kl, estimator)
+        # fresh arrays: an engine may hand out its workspace's (the numba engine does)
+        grads = {k: g.copy() for k, g in grads.items()}
+        return (bound if return_bound else bound.loss), grads
 
     def bound(self, x, eps, objective="elbo", kl="analytic"):
         """Evaluate a bound on a batch without gradients.
@@ -369,79 +314,9 @@ class VAE:
         :class:`npvae.objectives.Bound`.
         """
         objective, kl, _ = obj.check_objective(objective, kl)
-        self._check_params()
-        x = self._check_x(x)
-        return self._forward(x, self._check_eps(eps, x.shape[0]), objective, kl)[0]
-
-    def _loss_and_grads(self, x, eps, objective, kl="analytic", estimator="standard", return_bound=False):
-        """:meth:`loss_and_grads` on trusted inputs (the training loop checks once).
-
-        With the numba backend the grads are views into a workspace that the next
-        call of the same shapes overwrites (see :func:`npvae.fused.loss_and_grads`).
-        """
-        fused = self._fused()
-        if fused is not None:
-            return fused.loss_and_grads(self, x, eps, objective, kl, estimator, return_bound)
-        bound, cache = self._forward(x, eps, objective, kl)
-        grads = self._backward(cache, estimator)
-        return (bound if return_bound else bound.loss), grads
-
-    def _forward(self, x, eps, objective, kl):
-        """The bound, and every op's cache for :meth:`_backward`.
-
-        With the numba backend: the bound from :func:`npvae.fused.forward` and no cache
-        (``None``); only the NumPy path's :meth:`_loss_and_grads` uses the cache.
-        """
-        fused = self._fused()
-        if fused is not None:
-            return fused.forward(self, x, eps, objective, kl), None
-        c = {"objective": objective, "log_weights": objective == "iwae" or kl == "mc"}
-        mu, log_var, c["enc"] = self._encode(x)                     # (B, L) each
-        z, c["z"] = ops.reparam_forward(mu, log_var, eps)           # (B, S, L)
-        logits, c["dec"] = self._decode_logits(z)                   # (B, S, D)
-        nll, c["nll"] = ops.bernoulli_nll_forward(logits, x)        # (B, S)
-        kl_exact, c["kl"] = ops.gaussian_kl_forward(mu, log_var)    # (B,)
-        if c["log_weights"]:
-            log_pz, c["pz"] = ops.log_standard_normal_forward(z)    # (B, S)
-            log_qz, c["qz"] = ops.log_normal_diag_forward(z, mu, log_var)
-            log_w = -nll + log_pz - log_qz                          # (B, S)
-        if objective == "iwae":
-            bound, c["bound"] = obj.iwae_forward(log_w)             # (B,)
-        elif c["log_weights"]:
-            bound, c["bound"] = obj.elbo_forward(log_w, np.zeros_like(kl_exact))
-        else:
-            bound, c["bound"] = obj.elbo_forward(-nll, kl_exact)
-        result = obj.Bound(float(-bound.mean()), bound, float(nll.mean()), float(kl_exact.mean()))
-        return result, c
-
-    def _backward(self, c, estimator="standard"):
-        """Gradients of the loss ``-mean(bound)`` for every parameter, in reverse order of :meth:`_forward`."""
-        grads = {}
-        B = c["kl"][0].shape[0]
-        dbound = np.full(B, -1.0 / B, dtype=self.dtype)             # d loss / d bound
-        if c["objective"] == "iwae":
-            dlog_w = obj.iwae_backward(dbound, c["bound"])          # (B, S)
-        elif c["log_weights"]:
-            dlog_w, _ = obj.elbo_backward(dbound, c["bound"])
-        if c["log_weights"]:
-            dlog_px = dlog_w
-            dz = ops.log_standard_normal_backward(dlog_w, c["pz"])  # (B, S, L)
-            dz_q, dmu, dlog_var = ops.log_normal_diag_backward(-dlog_w, c["qz"])
-            dz = dz + dz_q
-            if estimator != "standard":
-                # STL and DReG drop the score term: log q's direct dependence on mu, log_var
-                dmu, dlog_var = np.zeros_like(dmu), np.zeros_like(dlog_var)
-        else:
-            dlog_px, dkl = obj.elbo_backward(dbound, c["bound"])    # (B, S), (B,)
-            dmu, dlog_var = ops.gaussian_kl_backward(dkl, c["kl"])  # (B, L)
-            dz = 0.0
-        dlogits = ops.bernoulli_nll_backward(-dlog_px, c["nll"])    # (B, S, D)
-        dz = dz + self._decode_backward(dlogits, c["dec"], grads)   # (B, S, L)
-        if estimator == "dreg":
-            dz = obj.dreg_rescale(dz, c["bound"])                   # weights w~ -> w~^2 on the path to the encoder
-        dmu_z, dlog_var_z = ops.reparam_backward(dz, c["z"])        # (B, L)
-        self._encode_backward(dmu + dmu_z, dlog_var + dlog_var_z, c["enc"], grads)
-        return grads
+        self.check_params()
+        x = self.check_data(x)
+        return self.engine.bound(x, self._check_eps(eps, x.shape[0]), objective, kl)
 
     # ------------------------------------------------------------------
     # Files
@@ -451,5 +326,87 @@ class VAE:
 
         Load it back with :func:`npvae.load`.
         """
-        from .io import save_model
         return save_model(self, path)
+
+
+# ----------------------------------------------------------------------------------------
+# The model file
+# ----------------------------------------------------------------------------------------
+#: The ``format`` of a model file: a pickle-free ``.npz`` with ``format``, ``version``,
+#: ``config`` (the constructor arguments as JSON) and ``param/<name>`` arrays. Other
+#: files may hold a model and more (a training checkpoint adds its own keys).
+MODEL_FORMAT = "npvae-model"
+MODEL_VERSION = 1
+
+
+def model_arrays(model):
+    """The arrays that describe a model: its config as JSON and ``param/<name>`` arrays."""
+    arrays = {"format": io.to_str_array(MODEL_FORMAT),
+              "version": np.array(MODEL_VERSION),
+              "config": io.to_json_array(model.config)}
+    arrays.update({f"param/{k}": v for k, v in model.params.items()})
+    return arrays
+
+
+def model_from_arrays(arrays, source):
+    """Rebuild a :class:`VAE` from :func:`model_arrays`' output (read from ``source``).
+
+    Raises :class:`npvae.io.ModelFileError` naming ``source`` when the format, the version or
+    the parameters do not match what the stored architecture needs.
+    """
+    def bad(why):
+        return ModelFileError(f"{source}: {why}")
+
+    try:
+        fmt = io.from_str_array(arrays["format"])
+        version = int(arrays["version"])
+        config = io.from_json_array(arrays["config"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise bad(f"not an npvae model file (missing or unreadable metadata: {exc})") from exc
+    if fmt != MODEL_FORMAT:
+        raise bad(f"expected format {MODEL_FORMAT!r}, got {fmt!r}")
+    if version > MODEL_VERSION or version < 1:
+        raise bad(f"file format version {version} is not supported by this npvae "
+                  f"(it reads versions 1 to {MODEL_VERSION}); upgrade npvae to read it")
+    if not isinstance(config, dict):
+        raise bad(f"config: expected a JSON object of the model's settings, got {type(config).__name__}")
+    try:
+        model = VAE(**config)
+    except (TypeError, ValueError) as exc:
+        raise bad(f"the stored architecture is not valid: {exc}") from exc
+    stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
+    if stored != set(model.params):
+        raise bad(f"the parameters do not match the stored architecture {config}: "
+                  f"missing {sorted(set(model.params) - stored)}, unexpected {sorted(stored - set(model.params))}")
+    for name, p in model.params.items():
+        a = arrays[f"param/{name}"]
+        if a.shape != p.shape or a.dtype != p.dtype:
+            raise bad(f"param {name!r}: expected shape {p.shape} dtype {p.dtype} for the stored "
+                      f"architecture, got shape {a.shape} dtype {a.dtype}")
+        if not np.isfinite(a).all():
+            raise bad(f"param {name!r} holds NaN or inf")
+        model.params[name] = np.array(a)
+    return model
+
+
+def save_model(model, path):
+    """Write ``model`` (architecture and parameters) to a versioned ``.npz``, atomically."""
+    return io.atomic_savez(path, model_arrays(model))
+
+
+def load_model(path):
+    """Load a model written by :meth:`VAE.save` (or any file that holds one: a training
+    checkpoint does).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ModelFileError
+        A ``ValueError``: damaged file, unknown format or version, or parameters that
+        do not fit the stored architecture.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {str(path)!r}")
+    return model_from_arrays(io.load_npz(path), repr(str(path)))

@@ -7,7 +7,7 @@ the gradient of a scalar loss with respect to ``out`` and returns the
 gradients with respect to the forward's differentiable inputs, in order.
 
 These functions are the specification of npvae's math. The numba kernels in
-:mod:`npvae.kernels` share their contracts and are tested equal to them: bit for
+:mod:`npvae.fast` share their contracts and are tested equal to them: bit for
 bit where they do the same float operations, else to rounding (float64 ~1e-12;
 float32 to its precision, e.g. the float32 Bernoulli pass, which computes its own
 ``exp`` and ``log1p``, is within a few ulps of the exact values).
@@ -134,7 +134,7 @@ def flush_subnormal(a):
     was 0.1-0.2% of the pixels after 20 epochs), and the products that take the
     gradient (``dW``, ``dh``) then ran several times slower: 0.15% of subnormal
     entries made a float32 ``dW`` product 2-2.6x slower on the development machine.
-    With the float32 kernel's own subnormals (``npvae.kernels._log1p_unit_f32``), a
+    With the float32 kernel's own subnormals (``npvae.fast.bernoulli._log1p_unit_f32``), a
     trained model's step was 1.4-1.7x slower than a fresh one's. Setting them to 0
     changes each entry by less than ``tiny`` (1.2e-38 in float32, 2.2e-308 in float64).
     :mod:`npvae.optim` flushes its running averages by the same rule with its own

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from typing import Dict, Mapping, Tuple, Union
 
 import numpy as np
@@ -182,7 +181,7 @@ class Optimizer:
 
     # -- stepping ------------------------------------------------------------------------
 
-    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
+    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], update=None) -> None:
         """Apply one update to every parameter, in place.
 
         Parameters
@@ -195,6 +194,15 @@ class Optimizer:
             Gradient of the loss with respect to each parameter: the same keys as
             ``params``, each with its parameter's shape. A float64 gradient for a
             float32 parameter is rounded to float32 as the update is computed.
+        update : callable, optional
+            A fused update to use instead of the NumPy ufuncs: ``update(p, g, slots)``
+            updates one parameter ``p`` and its state ``slots`` (``{slot: array}``) in
+            place, flush included, and returns True, or returns False to leave that
+            parameter to the ufuncs. It must give the ufuncs' result bit for bit. The
+            engine that computed ``grads`` offers one
+            (:meth:`npvae.engine.ReferenceEngine.optimizer_update`: None for the NumPy
+            engine, one kernel pass per parameter for the numba engine, for all three
+            optimizers); :func:`npvae.fit` passes it. The optimizer never imports numba.
 
         Raises
         ------
@@ -216,8 +224,10 @@ class Optimizer:
             self._build(params)
         self.iterations += 1
         for key, p in params.items():
-            scratch, mask = self._buffers(p)
             slots = {s: self._state[s][key] for s in self._state}
+            if update is not None and update(p, grads[key], slots):
+                continue
+            scratch, mask = self._buffers(p)
             self._update(p, grads[key], slots, scratch)
             for s, a in slots.items():
                 _flush_subnormals(a, scratch, mask, s in self._nonnegative_slots)
@@ -490,9 +500,6 @@ class SGD(Optimizer):
             np.add(p, v, out=p)
 
 
-_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 class RMSprop(Optimizer):
     """RMSprop with Keras 2 semantics (epsilon outside the square root).
 
@@ -531,37 +538,6 @@ class RMSprop(Optimizer):
 
     def _slot_names(self):
         return ("v",)
-
-    def step(self, params, grads):
-        """As :meth:`Optimizer.step`; one fused pass per parameter when numba is loaded.
-
-        When :mod:`npvae.kernels` has already been imported with numba (a model with
-        ``backend="numba"`` has run), contiguous float32/float64 parameters are updated
-        by :func:`npvae.kernels.rmsprop_step`: the update and the subnormal flush in one
-        pass, bit for bit the result of the NumPy ufuncs below (tested), several times
-        faster; large float32 parameters in parts on BLAS's threads
-        (:func:`npvae.fused.rmsprop_step`). Otherwise, and for any other parameter, the
-        NumPy path runs. The optimizer itself never imports numba (that costs a second).
-        """
-        kernels = sys.modules.get("npvae.kernels")
-        if kernels is None or not kernels.AVAILABLE:
-            return super().step(params, grads)
-        fused = sys.modules.get("npvae.fused")        # loaded with kernels by a numba model
-        fused_step = kernels.rmsprop_step if fused is None else fused.rmsprop_step
-        self._check_params_grads(params, grads)
-        if not self._built:
-            self._build(params)
-        self.iterations += 1
-        state = self._state["v"]
-        for key, p in params.items():
-            g, v = grads[key], state[key]
-            if (p.dtype in _FUSED_DTYPES and g.dtype in (p.dtype, np.float64)
-                    and p.flags.c_contiguous and g.flags.c_contiguous and v.flags.c_contiguous):
-                fused_step(p, g, v, self.lr, self.rho, self.epsilon)
-            else:
-                scratch, mask = self._buffers(p)
-                self._update(p, g, {"v": v}, scratch)
-                _flush_subnormals(v, scratch, mask, True)
 
     def _update(self, p, g, slots, scratch):
         v = slots["v"]
@@ -617,12 +593,18 @@ class Adam(Optimizer):
     def _slot_names(self):
         return ("m", "v")
 
+    def step_size(self) -> float:
+        """``alpha_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)`` for ``t = iterations``.
+
+        A Python float (float64), so that the step size is identical for float32 and
+        float64 parameters up to the final rounding.
+        """
+        t = self.iterations
+        return self.lr * math.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
+
     def _update(self, p, g, slots, scratch):
         m, v = slots["m"], slots["v"]
-        t = self.iterations
-        # Python floats (float64) for the scalars, so the step size is identical for
-        # float32 and float64 params up to the final rounding
-        alpha = self.lr * math.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
+        alpha = self.step_size()
         np.multiply(g, 1.0 - self.beta1, out=scratch)
         np.multiply(m, self.beta1, out=m)
         np.add(m, scratch, out=m)                       # m = b1 m + (1 - b1) g

@@ -21,7 +21,8 @@ import numpy as np
 
 from . import _validate as check
 from . import datasets, io, optim
-from .evaluate import _evaluate
+from .evaluate import mean_bound
+from .model import model_arrays, model_from_arrays
 from .objectives import check_objective
 
 __all__ = ["fit", "History", "TrainingError", "load_checkpoint"]
@@ -86,8 +87,11 @@ def _settings(model, n_train, n_val, batch_size, mc_samples, objective, kl, esti
 
 
 def _save_checkpoint(path, model, opt, rng, history, settings):
-    arrays = io.model_arrays(model)
-    arrays["format"] = io.to_str_array(CHECKPOINT_FORMAT)
+    """A checkpoint is a model file (:func:`npvae.model.model_arrays`, so :func:`npvae.load`
+    reads it) plus ``checkpoint`` (:data:`CHECKPOINT_FORMAT`), ``optim/<key>`` (the optimizer's
+    state dict) and ``train`` (JSON: epochs done, RNG state, settings, history)."""
+    arrays = model_arrays(model)
+    arrays["checkpoint"] = io.to_str_array(CHECKPOINT_FORMAT)
     arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
     arrays["train"] = io.to_json_array({"epoch": len(history), "rng_state": rng.bit_generator.state,
                                         "settings": settings, "history": history.records})
@@ -108,9 +112,9 @@ def load_checkpoint(path):
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
     arrays = io.load_npz(path)
-    if "train" not in arrays or io.from_str_array(arrays.get("format", io.to_str_array("?"))) != CHECKPOINT_FORMAT:
+    if "train" not in arrays or io.from_str_array(arrays.get("checkpoint", io.to_str_array("?"))) != CHECKPOINT_FORMAT:
         raise io.ModelFileError(f"{str(path)!r} is not an npvae training checkpoint")
-    model = io.model_from_arrays(arrays, repr(str(path)))
+    model = model_from_arrays(arrays, repr(str(path)))
     meta = io.from_json_array(arrays["train"])
     return dict(model=model, epoch=meta["epoch"], rng_state=meta["rng_state"], settings=meta["settings"],
                 history=History(meta["history"]),
@@ -205,7 +209,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     TrainingError
         If the loss becomes NaN or inf; the last checkpoint stays as it was.
     """
-    x_train = model._check_x(x_train, "x_train")
+    x_train = model.check_data(x_train, "x_train")
     epochs = check.positive_int(epochs, "epochs")
     batch_size = check.positive_int(batch_size, "batch_size")
     mc_samples = check.positive_int(mc_samples, "mc_samples")
@@ -217,11 +221,11 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
         raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
     if isinstance(validation_data, tuple):
         validation_data = validation_data[0]
-    x_val = None if validation_data is None else model._check_x(validation_data, "validation_data")
+    x_val = None if validation_data is None else model.check_data(validation_data, "validation_data")
     if resume and checkpoint is None:
         raise ValueError("resume: resuming needs a checkpoint path, got checkpoint=None")
     opt = optim.get_optimizer(optimizer)
-    model._check_params()
+    model.check_params()
 
     n = x_train.shape[0]
     settings = _settings(model, n, None if x_val is None else x_val.shape[0], batch_size, mc_samples,
@@ -237,14 +241,16 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
         history = state["history"]
     fixed_eps = None
     if noise == "fixed":
-        fixed_eps = model._draw_eps(np.random.default_rng([seed, 1]), n, mc_samples)
+        fixed_eps = model.sample_eps(n, mc_samples, np.random.default_rng([seed, 1]))
 
     steps = -(-n // batch_size)
     progress = _Progress(epochs, steps, int(verbose), file)
     if len(history):
         progress.message(f"Resuming from {checkpoint} after epoch {len(history)}")
-    # the numba backend holds the BLAS setting of these steps for the whole loop (fused.steps_context)
-    with model._steps(min(batch_size, n), mc_samples):
+    engine = model.engine
+    update = engine.optimizer_update(opt)         # the engine's fused update, or None: NumPy's
+    # the numba engine holds the BLAS setting of these steps for the whole loop
+    with engine.steps(min(batch_size, n), mc_samples):
         for epoch in range(len(history) + 1, epochs + 1):
             t0 = time.perf_counter()
             totals = np.zeros(3)
@@ -255,16 +261,16 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
                 if binarize != "none":
                     xb = datasets.binarize(xb, binarize, rng=rng)
                 if fixed_eps is None:
-                    eps = model._draw_eps(rng, len(idx), mc_samples)
+                    eps = model.sample_eps(len(idx), mc_samples, rng)
                 else:
                     eps = fixed_eps[idx]
-                bound, grads = model._loss_and_grads(xb, eps, objective, kl, estimator, return_bound=True)
+                bound, grads = engine.loss_and_grads(xb, eps, objective, kl, estimator)
                 if not np.isfinite(bound.loss):
                     where = f"the last good checkpoint (epoch {len(history)}) is {str(checkpoint)!r}" if (
                         checkpoint is not None and len(history)) else "no checkpoint was written"
                     raise TrainingError(f"the loss became {bound.loss} at epoch {epoch}, step {step + 1}/{steps}; "
                                         f"training stopped and {where}. A smaller learning rate may help.")
-                opt.step(model.params, grads)
+                opt.step(model.params, grads, update=update)
                 totals += len(idx) * np.array([bound.loss, bound.recon, bound.kl])
                 progress.step(epoch, step + 1, totals[0] / min(n, (step + 1) * batch_size))  # running mean, as Keras
             seconds = time.perf_counter() - t0
@@ -274,7 +280,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
                 vrng = np.random.default_rng([seed, 2, epoch])
                 xv = x_val if binarize == "none" else datasets.binarize(x_val, binarize, rng=vrng)
                 # about 10,000 (example, sample) rows a chunk bounds memory for any S
-                val = _evaluate(model, xv, mc_samples, objective, max(1, 10000 // mc_samples), vrng, kl)
+                val = mean_bound(model, xv, mc_samples, objective, max(1, 10000 // mc_samples), vrng, kl)
                 record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
             history.append(record)
             if checkpoint is not None:

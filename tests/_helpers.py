@@ -22,15 +22,15 @@ def small_model(seed=3, backend=None, activation="tanh"):
 
 
 def fake_blas(monkeypatch, threads, run=None):
-    """Make ``npvae._blas`` control a stand-in library holding a thread count (starting at
+    """Make ``blas`` control a stand-in library holding a thread count (starting at
     ``threads``) instead of NumPy's BLAS, so that its logic is tested on any machine.
     ``run``: the stand-in's ``gotoblas_pthread`` (None: it has none).
     Returns the dict that holds the stand-in's count."""
-    from npvae import _blas
+    from npvae.fast import blas
     state = {"threads": threads}
 
     def set_threads(n):
         state["threads"] = n
 
-    monkeypatch.setattr(_blas, "_found", [("stand-in", lambda: state["threads"], set_threads, run)])
+    monkeypatch.setattr(blas, "_found", [("stand-in", lambda: state["threads"], set_threads, run)])
     return state

@@ -53,9 +53,9 @@ def mnist_dir():
 def blas_on_two_threads():
     """NumPy's BLAS on 2 threads (so that OpenBLAS has a thread for a second job), restored
     after; nothing where npvae cannot set BLAS's threads."""
-    from npvae import _blas
-    before = _blas.current_threads()
-    _blas.set_threads(2)
+    from npvae.fast import blas
+    before = blas.current_threads()
+    blas.set_threads(2)
     yield
     if before is not None:
-        _blas.set_threads(before)
+        blas.set_threads(before)

@@ -16,7 +16,7 @@ def test_moments_are_those_of_the_explicit_gradients():
     model, x = small_model(), data()
     r = gradient_snr(model, x, mc_samples=3, objective="iwae", repeats=7, seed=5)
     rng = np.random.default_rng(5)
-    draws = [model.loss_and_grads(x, model._draw_eps(rng, 4, 3), objective="iwae")[1] for _ in range(7)]
+    draws = [model.loss_and_grads(x, model.sample_eps(4, 3, rng), objective="iwae")[1] for _ in range(7)]
     for name, p in model.params.items():
         g = np.stack([d[name] for d in draws])
         np.testing.assert_allclose(r.mean[name], g.mean(axis=0), rtol=1e-12, atol=1e-15)

@@ -54,9 +54,9 @@ def encoder_names(model):
 # ---------------------------------------------------------------------------
 def log_weights(model, x, eps, mu0=None, log_var0=None):
     """``log w (B, S)``, from the reference ops; log q's parameters frozen at (mu0, log_var0) if given."""
-    mu, log_var, _ = model._encode(x)
+    mu, log_var = model.engine.encode(x)
     z, _ = ops.reparam_forward(mu, log_var, eps)
-    logits, _ = model._decode_logits(z)
+    logits = model.engine.decode_logits(z)
     nll, _ = ops.bernoulli_nll_forward(logits, x)
     log_pz, _ = ops.log_standard_normal_forward(z)
     log_qz, _ = ops.log_normal_diag_forward(z, mu if mu0 is None else mu0, log_var if log_var0 is None else log_var0)
@@ -75,7 +75,7 @@ def test_estimator_is_the_gradient_of_its_surrogate(backend, objective, kl, esti
     model, x = small_model(backend=backend), data(B=4)
     S = 3
     eps = model.sample_eps(4, S, rng=1)
-    mu0, log_var0, _ = model._encode(x)
+    mu0, log_var0 = model.engine.encode(x)
     log_w = log_weights(model, x, eps)                                      # (B, S)
     w_tilde = np.exp(log_w - log_w.max(axis=1, keepdims=True))
     w_tilde /= w_tilde.sum(axis=1, keepdims=True)
@@ -99,7 +99,7 @@ def paired_differences(objective, kl, estimator, S, R, seed=0):
     names = encoder_names(model)
     diffs = np.empty((R, sum(model.params[n].size for n in names)))
     for r in range(R):
-        eps = model._draw_eps(rng, x.shape[0], S)
+        eps = model.sample_eps(x.shape[0], S, rng)
         _, g_std = model.loss_and_grads(x, eps, objective=objective, kl=kl)
         _, g_est = model.loss_and_grads(x, eps, objective=objective, kl=kl, estimator=estimator)
         diffs[r] = np.concatenate([(g_est[n] - g_std[n]).ravel() for n in names])

@@ -35,13 +35,13 @@ def data(n, d=7, seed=0):
 
 
 class ReplayNoise:
-    """Stands in for ``model._draw_eps``: hands out the columns of one fixed (N, k, L) array in order,
+    """Stands in for ``model.sample_eps``: hands out the columns of one fixed (N, k, L) array in order,
     so that any chunking of the samples sees the same noise as a single pass."""
 
     def __init__(self, eps):
         self.eps, self.row, self.col = eps, 0, 0
 
-    def __call__(self, rng, b, s):
+    def __call__(self, b, s, rng=None):
         out = self.eps[self.row:self.row + b, self.col:self.col + s]
         self.col += s
         if self.col == self.eps.shape[1]:
@@ -55,8 +55,8 @@ class ReplayNoise:
 def test_log_likelihood_is_the_iwae_bound_with_k_samples():
     model, x = small_model(), data(6)
     r = log_likelihood(model, x, k=50, batch=6, max_rows=300, seed=3)   # one chunk: the same eps draw
-    eps = model._draw_eps(np.random.default_rng(3), 6, 50)
-    bound, _ = model._forward(x, eps, "iwae", "analytic")
+    eps = model.sample_eps(6, 50, np.random.default_rng(3))
+    bound, _ = model.engine.forward(x, eps, "iwae", "analytic")
     np.testing.assert_allclose(r.per_example, bound.per_example, rtol=1e-13)
     assert r.mean == pytest.approx(bound.per_example.mean(), rel=1e-13)
     assert (r.k, r.n) == (50, 6)
@@ -81,8 +81,8 @@ def test_numba_backend_gives_the_numpy_backends_estimate(scale):
 def test_streaming_logsumexp_over_chunks_equals_one_pass(monkeypatch, scale, batch, max_rows):
     model, x = small_model(scale=scale), data(5)
     eps = np.random.default_rng(1).standard_normal((5, 40, 2))
-    one_pass, _ = model._forward(x, eps, "iwae", "analytic")
-    monkeypatch.setattr(model, "_draw_eps", ReplayNoise(eps))
+    one_pass, _ = model.engine.forward(x, eps, "iwae", "analytic")
+    monkeypatch.setattr(model, "sample_eps", ReplayNoise(eps))
     r = log_likelihood(model, x, k=40, batch=batch, max_rows=max_rows)
     assert np.isfinite(r.per_example).all() and np.isfinite(r.per_example_se).all()
     np.testing.assert_allclose(r.per_example, one_pass.per_example, rtol=1e-12)
@@ -114,8 +114,8 @@ def test_dataset_standard_errors_are_defined_as_documented():
 def test_one_sample_is_the_log_weight_with_undefined_se():
     model, x = small_model(), data(4)
     r = log_likelihood(model, x, k=1, seed=2)
-    eps = model._draw_eps(np.random.default_rng(2), 4, 1)
-    elbo_mc, _ = model._forward(x, eps, "elbo", "mc")
+    eps = model.sample_eps(4, 1, np.random.default_rng(2))
+    elbo_mc, _ = model.engine.forward(x, eps, "elbo", "mc")
     np.testing.assert_allclose(r.per_example, elbo_mc.per_example, rtol=1e-13)
     assert np.isnan(r.per_example_se).all() and (r.ess == 1).all()
 

@@ -5,6 +5,7 @@ import pytest
 
 import npvae
 from npvae import io
+from npvae.model import model_arrays
 
 
 def test_save_load_round_trip(tmp_path):
@@ -41,7 +42,7 @@ def test_damaged_file(tmp_path):
 
 def test_unknown_version(tmp_path):
     model = npvae.VAE(input_dim=4, hidden=(3,))
-    arrays = io.model_arrays(model)
+    arrays = model_arrays(model)
     arrays["version"] = np.array(99)
     io.atomic_savez(tmp_path / "m.npz", arrays)
     with pytest.raises(npvae.ModelFileError, match="version 99 is not supported"):
@@ -50,7 +51,7 @@ def test_unknown_version(tmp_path):
 
 def test_other_architecture(tmp_path):
     model = npvae.VAE(input_dim=4, hidden=(3,))
-    arrays = io.model_arrays(model)
+    arrays = model_arrays(model)
     arrays["param/enc.0.W"] = np.zeros((4, 7))
     io.atomic_savez(tmp_path / "m.npz", arrays)
     with pytest.raises(npvae.ModelFileError, match=r"param 'enc.0.W': expected shape \(4, 3\)"):

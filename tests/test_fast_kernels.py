@@ -17,8 +17,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from npvae import kernels as K  # noqa: E402
-from npvae import kernels as K_  # noqa: E402  (K is a shape letter in some tests)
+from npvae.fast import _jit, bernoulli, dense, jobs, latent, updates  # noqa: E402
 from npvae import objectives as obj  # noqa: E402
 from npvae import ops  # noqa: E402
 from npvae.optim import RMSprop  # noqa: E402
@@ -54,8 +53,8 @@ def reference_activation(act, a, dout):
 
 
 def test_module_reports_numba_available():
-    assert K.AVAILABLE is True
-    K.require()  # no error
+    assert _jit.AVAILABLE is True
+    _jit.require()  # no error
 
 
 # --------------------------------------------------------------------------
@@ -68,10 +67,10 @@ def test_bias_act_forward_equals_dense_bias_then_activation(rng, dtype, act, N, 
     a, b = normal(rng, (N, F), dtype, 2.0), normal(rng, (F,), dtype)
     want = a + b if act == "identity" else ops.ACTIVATIONS[act][0](a + b)[0]
     out = np.full_like(a, np.nan)
-    K.bias_act_forward(a, b, K.ACT_CODES[act], out)
+    dense.bias_act_forward(a, b, dense.ACT_CODES[act], out)
     assert out.dtype == dtype
     np.testing.assert_array_equal(out, want)
-    K.bias_act_forward(a, b, K.ACT_CODES[act], a)  # in place
+    dense.bias_act_forward(a, b, dense.ACT_CODES[act], a)  # in place
     np.testing.assert_array_equal(a, want)
 
 
@@ -82,15 +81,15 @@ def test_act_backward_from_forward_output_equals_ops_backward(rng, dtype, act):
     a[0, :2] = 0.0  # the ReLU kink: subgradient 0
     out_act, want = reference_activation(act, a, dout)
     dst = np.full_like(dout, np.nan)
-    K.act_backward(dout, out_act, K.ACT_CODES[act], dst)
+    dense.act_backward(dout, out_act, dense.ACT_CODES[act], dst)
     np.testing.assert_array_equal(dst, want)
-    K.act_backward(dout, out_act, K.ACT_CODES[act], dout)  # dst aliases dout
+    dense.act_backward(dout, out_act, dense.ACT_CODES[act], dout)  # dst aliases dout
     np.testing.assert_array_equal(dout, want)
 
 
 def test_relu_forward_propagates_nan():
     out = np.empty((1, 3))
-    K.bias_act_forward(np.array([[np.nan, -1.0, 2.0]]), np.zeros(3), K.RELU, out)
+    dense.bias_act_forward(np.array([[np.nan, -1.0, 2.0]]), np.zeros(3), dense.RELU, out)
     np.testing.assert_array_equal(out, [[np.nan, 0.0, 2.0]])
 
 
@@ -100,7 +99,7 @@ def test_bias_grad_equals_dense_backward_db(rng, dtype, N, F):
     d = normal(rng, (N, F), dtype)
     _, _, want = ops.dense_backward(d.astype(np.float64), (np.zeros((N, 2)), np.zeros((2, F))))
     db = np.empty(F, dtype)
-    K.bias_grad(d, db)
+    dense.bias_grad(d, db)
     assert_close(db, want.astype(dtype), dtype)
 
 
@@ -115,19 +114,19 @@ def test_decoder_output_backward_composes_to_ops(rng, dtype, B, S, D, H, L):
     want_dh, want_dW, want_db = ops.dense_backward(ops.bernoulli_nll_backward(dnll, c_nll), (h, W))
 
     nll, g = np.empty((B, S), dtype), np.empty_like(logits)
-    K.bernoulli_nll_and_grad(logits, x, nll, g)
+    bernoulli.bernoulli_nll_and_grad(logits, x, nll, g)
     g2, w = g.reshape(-1, D), dnll.reshape(-1)
     db = np.empty(D, dtype)
-    K.weighted_bias_grad(g2, w, db)
+    dense.weighted_bias_grad(g2, w, db)
     dh = g2 @ W.T                                 # (B * S, H), unscaled
     dW = (h.reshape(-1, H) * w[:, None]).T @ g2   # the row scale moved onto h
-    K.scale_rows(dh, w)
+    dense.scale_rows(dh, w)
     assert_close(dh.reshape(B, S, H), want_dh, dtype)
     assert_close(dW, want_dW, dtype)
     assert_close(db, want_db, dtype)
     # scaling the (B * S, D) rows directly gives the reference's dlogits (float64: bit
     # for bit; float32 computes sigmoid(l) - x its own way, within a few ulps)
-    K.scale_rows(g2, w)
+    dense.scale_rows(g2, w)
     want = ops.bernoulli_nll_backward(dnll, c_nll)
     if dtype == np.float64:
         np.testing.assert_array_equal(g, want)
@@ -140,7 +139,7 @@ def test_decoder_output_backward_composes_to_ops(rng, dtype, B, S, D, H, L):
 def test_scale_rows_into_equals_broadcast_product(rng, dtype, N, F):
     a, w = normal(rng, (N, F), dtype), normal(rng, (N,), dtype)
     out = np.full_like(a, np.nan)
-    K.scale_rows_into(a, w, out)
+    dense.scale_rows_into(a, w, out)
     np.testing.assert_array_equal(out, a * w[:, None])
 
 
@@ -153,9 +152,9 @@ def test_act_backward_rows_equals_row_scale_then_ops_backward(rng, dtype, act, N
     scaled = dout * w[:, None]
     out_act, want = reference_activation(act, a, scaled)
     dst = np.full_like(dout, np.nan)
-    K.act_backward_rows(dout, out_act, K.ACT_CODES[act], w, dst)
+    dense.act_backward_rows(dout, out_act, dense.ACT_CODES[act], w, dst)
     np.testing.assert_array_equal(dst, want)
-    K.act_backward_rows(dout, out_act, K.ACT_CODES[act], w, dout)  # in place
+    dense.act_backward_rows(dout, out_act, dense.ACT_CODES[act], w, dout)  # in place
     np.testing.assert_array_equal(dout, want)
 
 
@@ -167,7 +166,7 @@ def test_narrow_dense_act_forward_equals_dense_then_activation(rng, dtype, act, 
     a, _ = ops.dense_forward(z, W, b)
     want = a if act == "identity" else ops.ACTIVATIONS[act][0](a)[0]
     out = np.full((N, F), np.nan, dtype)
-    K_.narrow_dense_act_forward(z, W, b, K_.ACT_CODES[act], out)
+    dense.narrow_dense_act_forward(z, W, b, dense.ACT_CODES[act], out)
     assert_close(out, want, dtype)
 
 
@@ -183,7 +182,7 @@ def test_narrow_dense_act_backward_equals_activation_then_dense_backward(rng, dt
     out_act, da = reference_activation(act, a, scaled)
     want_dz, want_dW, want_db = ops.dense_backward(da, cache)
     dW, db, dz = np.full((K, F), np.nan, dtype), np.full(F, np.nan, dtype), np.full((N, K), np.nan, dtype)
-    K_.narrow_dense_act_backward(dout, out_act, K_.ACT_CODES[act], w, weighted, z, W, dW, db, dz)
+    dense.narrow_dense_act_backward(dout, out_act, dense.ACT_CODES[act], w, weighted, z, W, dW, db, dz)
     assert_close(dW, want_dW, dtype)
     assert_close(db, want_db, dtype)
     assert_close(dz, want_dz, dtype)
@@ -227,9 +226,9 @@ def test_bernoulli_nll_and_grad_equals_ops(rng, dtype, B, S, D, H, L, block_rows
     logits = normal(rng, (B, S, D), dtype, 4.0)
     x = rng.random((B, D)).astype(dtype)
     x[:, ::2] = x[:, ::2] > 0.5  # binarized and grayscale pixels
-    work = None if block_rows is None else K.bernoulli_workspace(D, dtype, block_rows * D)
+    work = None if block_rows is None else bernoulli.bernoulli_workspace(D, dtype, block_rows * D)
     nll, dlogits = np.full((B, S), np.nan, dtype), np.full_like(logits, np.nan)
-    K.bernoulli_nll_and_grad(logits, x, nll, dlogits, work)
+    bernoulli.bernoulli_nll_and_grad(logits, x, nll, dlogits, work)
     assert_bernoulli(nll, dlogits, logits, x)
 
 
@@ -240,13 +239,13 @@ def test_bernoulli_nll_and_grad_adds_the_output_bias_in_its_pass(rng, dtype, B, 
     x = rng.random((B, D)).astype(dtype)
     logits = a + bias  # ops.dense_forward's "+ b"
     nll, dlogits = np.empty((B, S), dtype), np.empty_like(a)
-    K.bernoulli_nll_and_grad(a, x, nll, dlogits, K.bernoulli_workspace(D, dtype, 2 * D), bias=bias)
+    bernoulli.bernoulli_nll_and_grad(a, x, nll, dlogits, bernoulli.bernoulli_workspace(D, dtype, 2 * D), bias=bias)
     np.testing.assert_array_equal(a, logits)  # the biased logits, in place
     assert_bernoulli(nll, dlogits, logits, x)
     a = logits - bias  # in place over the logits too (the fused training step does this)
     a[...] = normal(rng, (B, S, D), dtype, 4.0)
     logits = a + bias
-    K.bernoulli_nll_and_grad(a, x, nll, a, bias=bias)
+    bernoulli.bernoulli_nll_and_grad(a, x, nll, a, bias=bias)
     assert_bernoulli(nll, a, logits, x)
 
 
@@ -255,7 +254,7 @@ def test_bernoulli_nll_and_grad_in_place_over_the_logits(rng, dtype):
     logits, x = normal(rng, (3, 4, 7), dtype, 3.0), rng.random((3, 7)).astype(dtype)
     original = logits.copy()
     nll = np.empty((3, 4), dtype)
-    K.bernoulli_nll_and_grad(logits, x, nll, logits, K.bernoulli_workspace(7, dtype, 3 * 7))
+    bernoulli.bernoulli_nll_and_grad(logits, x, nll, logits, bernoulli.bernoulli_workspace(7, dtype, 3 * 7))
     assert_bernoulli(nll, logits, original, x)
 
 
@@ -264,7 +263,7 @@ def test_bernoulli_nll_and_grad_finite_and_exact_at_extreme_logits(dtype):
     logits = np.array([[[1e4, -1e4, 1e4, -1e4, 40.0, -40.0, 0.0]]], dtype=dtype)
     x = np.array([[1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0]], dtype=dtype)
     nll, dlogits = np.empty((1, 1), dtype), np.empty_like(logits)
-    K.bernoulli_nll_and_grad(logits, x, nll, dlogits)
+    bernoulli.bernoulli_nll_and_grad(logits, x, nll, dlogits)
     want_nll, want_d = bernoulli_reference(logits, x)
     assert_bernoulli(nll, dlogits, logits, x)
     np.testing.assert_array_equal(dlogits[0, 0, :4], [0.0, 0.0, 1.0, -1.0])
@@ -288,7 +287,7 @@ def test_bernoulli_nll_and_grad_flushes_subnormals_as_ops_does(rng, dtype, in_pl
     want_nll, want_d = bernoulli_reference(logits, x)
     nll, original = np.empty((2, 3), dtype), logits.copy()
     d = logits if in_place else np.empty_like(logits)
-    K.bernoulli_nll_and_grad(logits, x, nll, d)
+    bernoulli.bernoulli_nll_and_grad(logits, x, nll, d)
     assert not np.any((d != 0) & (np.abs(d) < fi.tiny))
     assert np.any((d == 0) & (x[:, None, :] == 0))          # some entries were flushed
     assert_bernoulli(nll, d, original, x)
@@ -300,10 +299,10 @@ def test_float32_flush_threshold_is_where_exp_leaves_the_normal_range():
     bits = np.arange(np.float32(87.2).view(np.int32), np.float32(87.5).view(np.int32), dtype=np.int32)
     a = bits.view(np.float32)
     tiny = np.finfo(np.float32).tiny
-    ours = np.array([K._exp_neg_f32(v) for v in a], dtype=np.float32)
+    ours = np.array([bernoulli._exp_neg_f32(v) for v in a], dtype=np.float32)
     assert np.all(np.diff(ours) <= 0)
-    cap = np.float32(K._EXP_NEG_NORMAL)
-    assert float(cap) == K._EXP_NEG_NORMAL                     # exactly a float32
+    cap = np.float32(bernoulli._EXP_NEG_NORMAL)
+    assert float(cap) == bernoulli._EXP_NEG_NORMAL                     # exactly a float32
     np.testing.assert_array_equal(ours >= tiny, a <= cap)
     np.testing.assert_array_equal(np.exp(-a) >= tiny, a <= cap)
 
@@ -311,16 +310,16 @@ def test_float32_flush_threshold_is_where_exp_leaves_the_normal_range():
 def test_bernoulli_float32_sums_pixels_in_float64(rng):
     logits, x = rng.normal(size=(2, 3, 784)), rng.random((2, 784))
     nll64, nll32 = np.empty((2, 3)), np.empty((2, 3), np.float32)
-    K.bernoulli_nll_and_grad(logits, x, nll64, np.empty_like(logits))
+    bernoulli.bernoulli_nll_and_grad(logits, x, nll64, np.empty_like(logits))
     l32, x32 = logits.astype(np.float32), x.astype(np.float32)
-    K.bernoulli_nll_and_grad(l32, x32, nll32, np.empty_like(l32))
+    bernoulli.bernoulli_nll_and_grad(l32, x32, nll32, np.empty_like(l32))
     np.testing.assert_allclose(nll32, nll64, rtol=2e-7)
 
 
 def test_float32_exp_neg_within_ulps_of_exact_and_zero_below_the_normal_range():
     a = np.concatenate([np.linspace(0, 110, 100001), [0.3465, 0.3466, 87.33, 103.9, 104.0, 1e4, np.inf]])
     a = a.astype(np.float32)
-    got = np.array([K._exp_neg_f32(v) for v in a], dtype=np.float32)
+    got = np.array([bernoulli._exp_neg_f32(v) for v in a], dtype=np.float32)
     want = np.exp(-a.astype(np.float64))
     normal_range = want >= np.finfo(np.float32).tiny
     ulps = np.abs(got - want)[normal_range] / np.spacing(want[normal_range].astype(np.float32))
@@ -328,32 +327,32 @@ def test_float32_exp_neg_within_ulps_of_exact_and_zero_below_the_normal_range():
     # where the exact value is subnormal, the result is 0 (flushed), never a subnormal
     np.testing.assert_array_equal(got[~normal_range], 0.0)
     assert np.all(got >= 0)
-    assert np.isnan(K._exp_neg_f32(np.float32(np.nan)))
+    assert np.isnan(bernoulli._exp_neg_f32(np.float32(np.nan)))
 
 
 def test_float32_log1p_unit_within_ulps_of_exact():
     e = np.concatenate([np.linspace(0, 1, 100001), np.geomspace(1e-38, 1e-3, 2000)]).astype(np.float32)
-    got = np.array([K._log1p_unit_f32(v) for v in e], dtype=np.float32)
+    got = np.array([bernoulli._log1p_unit_f32(v) for v in e], dtype=np.float32)
     want = np.log1p(e.astype(np.float64))
     ok = want > 0
     ulps = np.abs(got - want)[ok] / np.spacing(want[ok].astype(np.float32))
     assert ulps.max() <= 2.0, ulps.max()
-    assert K._log1p_unit_f32(np.float32(0.0)) == 0.0
+    assert bernoulli._log1p_unit_f32(np.float32(0.0)) == 0.0
 
 
 def test_float32_log1p_unit_is_the_identity_below_its_bound_and_correctly_rounded_there():
     """Below 2**-25 the result is ``e`` itself (no polynomial on a tiny number), which is
     ``log1p(e)`` correctly rounded to float32; at and above the bound the polynomial runs."""
-    bound = np.float32(K._LOG1P_IS_IDENTITY)
+    bound = np.float32(bernoulli._LOG1P_IS_IDENTITY)
     e = np.concatenate([np.geomspace(np.finfo(np.float32).tiny, float(bound), 5000)[:-1],
                         np.nextafter(bound, np.float32(0)) * np.ones(1)]).astype(np.float32)
     e = e[e < bound]
-    got = np.array([K._log1p_unit_f32(v) for v in e], dtype=np.float32)
+    got = np.array([bernoulli._log1p_unit_f32(v) for v in e], dtype=np.float32)
     np.testing.assert_array_equal(got, e)
     np.testing.assert_array_equal(np.log1p(e.astype(np.float64)).astype(np.float32), e)
     above = np.nextafter(bound, np.float32(1)) * np.float32(1.5)
     exact = np.log1p(np.float64(above))
-    assert abs(float(K._log1p_unit_f32(above)) - exact) <= np.spacing(np.float32(exact))
+    assert abs(float(bernoulli._log1p_unit_f32(above)) - exact) <= np.spacing(np.float32(exact))
 
 
 # --------------------------------------------------------------------------
@@ -369,7 +368,7 @@ def latent_inputs(rng, dtype, B, S, L):
 def test_reparam_kl_forward_equals_ops(rng, dtype, B, S, D, H, L):
     mu, log_var, eps = latent_inputs(rng, dtype, B, S, L)
     z, kl = np.empty_like(eps), np.empty(B, dtype)
-    K.reparam_kl_forward(mu, log_var, eps, z, kl)
+    latent.reparam_kl_forward(mu, log_var, eps, z, kl)
     # references in float64 from the same inputs: float32 kernels must be within float32 noise
     m64, lv64, e64 = (a.astype(np.float64) for a in (mu, log_var, eps))
     assert_close(z, ops.reparam_forward(m64, lv64, e64)[0].astype(dtype), dtype)
@@ -382,7 +381,7 @@ def test_reparam_kl_backward_is_the_sum_of_the_ops_backwards(rng, dtype, B, S, D
     mu, log_var, eps = latent_inputs(rng, dtype, B, S, L)
     dz, dkl = normal(rng, (B, S, L), dtype), normal(rng, (B,), dtype)
     dmu, dlog_var = np.empty_like(mu), np.empty_like(mu)
-    K.reparam_kl_backward(dz, eps, mu, log_var, dkl, dmu, dlog_var)
+    latent.reparam_kl_backward(dz, eps, mu, log_var, dkl, dmu, dlog_var)
     m64, lv64, e64, dz64 = (a.astype(np.float64) for a in (mu, log_var, eps, dz))
     _, c_z = ops.reparam_forward(m64, lv64, e64)
     _, c_kl = ops.gaussian_kl_forward(m64, lv64)
@@ -404,9 +403,9 @@ def test_log_weights_equals_ops_log_densities(rng, dtype, B, S, D, H, L):
     mu, log_var, eps = latent_inputs(rng, dtype, B, S, L)
     nll = (rng.random((B, S)) * 200).astype(dtype)
     z = np.empty_like(eps)
-    K.reparam_kl_forward(mu, log_var, eps, z, np.empty(B, dtype))
+    latent.reparam_kl_forward(mu, log_var, eps, z, np.empty(B, dtype))
     log_w = np.empty((B, S), dtype)
-    K.log_weights(nll, z, log_var, eps, log_w)
+    latent.log_weights(nll, z, log_var, eps, log_w)
     want, _ = log_weights_reference(*(a.astype(np.float64) for a in (nll, z, mu, log_var)))
     assert_close(log_w, want.astype(dtype), dtype)
 
@@ -416,10 +415,10 @@ def test_log_weights_equals_ops_log_densities(rng, dtype, B, S, D, H, L):
 def test_log_weights_backward_equals_ops_backwards(rng, dtype, B, S, D, H, L):
     mu, log_var, eps = latent_inputs(rng, dtype, B, S, L)
     z = np.empty_like(eps)
-    K.reparam_kl_forward(mu, log_var, eps, z, np.empty(B, dtype))
+    latent.reparam_kl_forward(mu, log_var, eps, z, np.empty(B, dtype))
     dlog_w = normal(rng, (B, S), dtype)
     dz, dmu, dlog_var = np.empty_like(z), np.empty_like(mu), np.empty_like(mu)
-    K.log_weights_backward(dlog_w, z, eps, log_var, dz, dmu, dlog_var)
+    latent.log_weights_backward(dlog_w, z, eps, log_var, dz, dmu, dlog_var)
     z64, m64, lv64, d64 = (a.astype(np.float64) for a in (z, mu, log_var, dlog_w))
     _, (c_pz, c_qz) = log_weights_reference(np.zeros((B, S)), z64, m64, lv64)
     dz_q, dmu_q, dlv_q = ops.log_normal_diag_backward(-d64, c_qz)
@@ -438,12 +437,12 @@ def iwae_reference(log_w):
 def test_logsumexp_weights_equals_iwae_bound_and_weights(rng, dtype, B, S):
     log_w = normal(rng, (B, S), dtype, 30.0) - 500.0
     bound, w_tilde = np.empty(B, dtype), np.empty((B, S), dtype)
-    K.logsumexp_weights(log_w, bound, w_tilde)
+    latent.logsumexp_weights(log_w, bound, w_tilde)
     want_bound, want_w = iwae_reference(log_w.astype(np.float64))
     assert_close(bound, want_bound.astype(dtype), dtype)
     assert_close(w_tilde, want_w.astype(dtype), dtype)
     np.testing.assert_allclose(w_tilde.sum(axis=1, dtype=np.float64), 1.0, rtol=10 * RTOL[dtype])
-    K.logsumexp_weights(log_w, bound, log_w)  # weights over the log weights, in place
+    latent.logsumexp_weights(log_w, bound, log_w)  # weights over the log weights, in place
     np.testing.assert_array_equal(log_w, w_tilde)
 
 
@@ -451,7 +450,7 @@ def test_logsumexp_weights_is_stable_and_handles_minus_inf_rows():
     log_w = np.array([[-1e4 - 1.0, -1e4], [1e4, 1e4], [-np.inf, -np.inf], [-np.inf, 0.0]])
     bound, w_tilde = np.empty(4), np.empty((4, 2))
     with np.errstate(divide="ignore", invalid="ignore"):
-        K.logsumexp_weights(log_w, bound, w_tilde)
+        latent.logsumexp_weights(log_w, bound, w_tilde)
         want_bound, want_w = iwae_reference(log_w)
     e = math.exp(-1.0)
     np.testing.assert_allclose(bound[:2], [-1e4 + math.log1p(e) - math.log(2.0), 1e4], rtol=1e-15)
@@ -479,7 +478,7 @@ def test_rmsprop_step_equals_optim_rmsprop_bit_for_bit(rng, dtype, gdtype):
         grads["W"][:, :2] = small_g if step == 0 else 0.0
         opt.step(params, grads)
         for k in params:
-            K.rmsprop_step(mine[k], grads[k], v[k], hyper["lr"], hyper["rho"], hyper["epsilon"])
+            updates.rmsprop_step(mine[k], grads[k], v[k], hyper["lr"], hyper["rho"], hyper["epsilon"])
             np.testing.assert_array_equal(mine[k], params[k])
             np.testing.assert_array_equal(v[k], opt._state["v"][k])
             assert mine[k].dtype == v[k].dtype == dtype
@@ -491,7 +490,7 @@ def test_rmsprop_step_equals_optim_rmsprop_bit_for_bit(rng, dtype, gdtype):
 def test_rmsprop_step_flushes_subnormal_state_in_the_same_pass():
     tiny = np.finfo(np.float64).tiny
     p, v = np.ones(3), np.array([tiny * 1.5, tiny * 4.0, 1.0])
-    K.rmsprop_step(p, np.zeros(3), v, 1e-3, 0.5, 1e-7)
+    updates.rmsprop_step(p, np.zeros(3), v, 1e-3, 0.5, 1e-7)
     np.testing.assert_array_equal(v, [0.0, tiny * 2.0, 0.5])
     np.testing.assert_array_equal(p, 1.0)
 
@@ -504,11 +503,11 @@ def test_kernels_import_and_run_as_python_without_numba():
         import sys
         sys.modules["numba"] = None  # make `import numba` fail
         import numpy as np
-        import npvae.kernels as K
+        from npvae.fast import _jit, bernoulli, dense, latent
         from npvae import ops
-        assert K.AVAILABLE is False
+        assert _jit.AVAILABLE is False
         try:
-            K.require()
+            _jit.require()
         except ImportError as exc:
             assert "pip install numba" in str(exc), exc
         else:
@@ -516,15 +515,15 @@ def test_kernels_import_and_run_as_python_without_numba():
         rng = np.random.default_rng(0)
         logits, x = rng.normal(size=(2, 3, 5)) * 3, rng.random((2, 5))
         nll, dlogits = np.empty((2, 3)), np.empty_like(logits)
-        K.bernoulli_nll_and_grad(logits, x, nll, dlogits, K.bernoulli_workspace(5, np.float64, 10))
+        bernoulli.bernoulli_nll_and_grad(logits, x, nll, dlogits, bernoulli.bernoulli_workspace(5, np.float64, 10))
         want, cache = ops.bernoulli_nll_forward(logits, x)
         np.testing.assert_allclose(nll, want, rtol=1e-13)
         np.testing.assert_array_equal(dlogits, ops.bernoulli_nll_backward(np.ones((2, 3)), cache))
         a, b, out = rng.normal(size=(4, 3)).astype(np.float32), np.ones(3, np.float32), np.empty((4, 3), np.float32)
-        K.bias_act_forward(a, b, K.RELU, out)
+        dense.bias_act_forward(a, b, dense.RELU, out)
         np.testing.assert_array_equal(out, ops.relu_forward(a + b)[0])
         log_w, bound, w = rng.normal(size=(2, 3)), np.empty(2), np.empty((2, 3))
-        K.logsumexp_weights(log_w, bound, w)
+        latent.logsumexp_weights(log_w, bound, w)
         np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-15)
         print("ok")
     """)
@@ -544,28 +543,28 @@ def test_kernels_import_and_run_as_python_without_numba():
 def run_jobs_here(records):
     """Run each job record through the compiled job function, one after another on this thread."""
     import ctypes
-    address = K.row_job_address()
+    address = jobs.row_job_address()
     assert address is not None
     job = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
     for rec in records:
         job(rec.ctypes.data)
 
 
-def jobs(op, n, f, k, flag, arrays, shared, parts, unit=1):
-    records = np.zeros((parts, K.JOB_FIELDS), np.int64)
-    K.job_records(records, op, n, f, k, flag, unit, tuple(arrays), shared)
+def job_table(op, n, f, k, flag, arrays, shared, parts, unit=1):
+    records = np.zeros((parts, jobs.JOB_FIELDS), np.int64)
+    jobs.job_records(records, op, n, f, k, flag, unit, tuple(arrays), shared)
     return records
 
 
 def test_job_records_cover_the_rows_in_whole_units_with_each_parts_own_rows():
     a, w = np.zeros((12, 3), np.float32), np.zeros(12, np.float32)
     partial = np.zeros((3, 3))                       # one row per part
-    rec = jobs(K.JOB_WEIGHTED_BIAS, 12, 3, 0, 0, [a, w, partial], 2, parts=3, unit=4)
+    rec = job_table(jobs.JOB_WEIGHTED_BIAS, 12, 3, 0, 0, [a, w, partial], 2, parts=3, unit=4)
     assert rec[:, 1].tolist() == [0, 4, 8] and rec[:, 2].tolist() == [4, 8, 12]
-    assert (rec[:, 0] == K.JOB_WEIGHTED_BIAS).all() and (rec[:, 3:7] == [12, 3, 0, 0]).all()
+    assert (rec[:, 0] == jobs.JOB_WEIGHTED_BIAS).all() and (rec[:, 3:7] == [12, 3, 0, 0]).all()
     assert (rec[:, 7] == a.ctypes.data).all() and (rec[:, 8] == w.ctypes.data).all()
     assert rec[:, 9].tolist() == [partial[j].ctypes.data for j in range(3)]
-    rec = jobs(K.JOB_SCALE_ROWS, 10, 3, 0, 0, [a, w, a], 3, parts=3, unit=3)   # 3 blocks of 3 rows, 1 left
+    rec = job_table(jobs.JOB_SCALE_ROWS, 10, 3, 0, 0, [a, w, a], 3, parts=3, unit=3)   # 3 blocks of 3 rows, 1 left
     assert rec[:, 1].tolist() == [0, 3, 6] and rec[:, 2].tolist() == [3, 6, 9]
 
 
@@ -577,9 +576,9 @@ def test_bernoulli_job_parts_equal_the_one_pass_kernel_bit_for_bit(rng, add_bias
     x = (rng.random((B, D)) < 0.4).astype(np.float32)
     bias = rng.standard_normal(D).astype(np.float32)
     want_l, want_nll = logits.copy(), np.empty(B * S, np.float32)
-    K._bernoulli_f32_inplace(want_l, x, S, bias, add_bias, want_nll, np.empty(D, np.float32))
+    bernoulli._bernoulli_f32_inplace(want_l, x, S, bias, add_bias, want_nll, np.empty(D, np.float32))
     got_l, got_nll, term = logits.copy(), np.empty(B * S, np.float32), np.zeros((parts, D), np.float32)
-    run_jobs_here(jobs(K.JOB_BERNOULLI, B * S, D, S, int(add_bias), [got_l, x, got_nll, bias, term], 4,
+    run_jobs_here(job_table(jobs.JOB_BERNOULLI, B * S, D, S, int(add_bias), [got_l, x, got_nll, bias, term], 4,
                        parts, unit=S))
     np.testing.assert_array_equal(got_l, want_l)
     np.testing.assert_array_equal(got_nll, want_nll)
@@ -591,12 +590,12 @@ def test_narrow_forward_and_scale_rows_jobs_equal_the_kernels_bit_for_bit(rng, a
     z, W = rng.standard_normal((N, L)).astype(np.float32), rng.standard_normal((L, F)).astype(np.float32)
     b = rng.standard_normal(F).astype(np.float32)
     want, got = np.empty((N, F), np.float32), np.empty((N, F), np.float32)
-    K.narrow_dense_act_forward(z, W, b, K.ACT_CODES[act], want)
-    run_jobs_here(jobs(K.JOB_NARROW_FORWARD, N, F, L, int(act == "relu"), [z, W, b, got], 4, parts=3))
+    dense.narrow_dense_act_forward(z, W, b, dense.ACT_CODES[act], want)
+    run_jobs_here(job_table(jobs.JOB_NARROW_FORWARD, N, F, L, int(act == "relu"), [z, W, b, got], 4, parts=3))
     np.testing.assert_array_equal(got, want)
     w = rng.standard_normal(N).astype(np.float32)
-    K.scale_rows_into(want, w, want)
-    run_jobs_here(jobs(K.JOB_SCALE_ROWS, N, F, 0, 0, [got, w, got], 3, parts=2))
+    dense.scale_rows_into(want, w, want)
+    run_jobs_here(job_table(jobs.JOB_SCALE_ROWS, N, F, 0, 0, [got, w, got], 3, parts=2))
     np.testing.assert_array_equal(got, want)
 
 
@@ -607,19 +606,19 @@ def test_backward_jobs_partial_sums_add_up_to_the_kernels(rng, act, weighted):
     d = rng.standard_normal((N, F)).astype(np.float32)
     w = rng.standard_normal(N).astype(np.float32)
     db = np.empty(F, np.float32)
-    K.weighted_bias_grad(d, w, db)
+    dense.weighted_bias_grad(d, w, db)
     partial = np.zeros((parts, F))
-    run_jobs_here(jobs(K.JOB_WEIGHTED_BIAS, N, F, 0, 0, [d, w, partial], 2, parts))
+    run_jobs_here(job_table(jobs.JOB_WEIGHTED_BIAS, N, F, 0, 0, [d, w, partial], 2, parts))
     assert_close(partial.sum(0).astype(np.float32), db, np.float32)
     assert np.count_nonzero(partial.any(axis=1)) == parts          # each part summed its own rows
 
     out_act = np.tanh(d) if act == "tanh" else np.maximum(d, 0)
     z, W = rng.standard_normal((N, L)).astype(np.float32), rng.standard_normal((L, F)).astype(np.float32)
     want = [np.empty((L, F), np.float32), np.empty(F, np.float32), np.empty((N, L), np.float32)]
-    K.narrow_dense_act_backward(d, out_act, K.ACT_CODES[act], w, weighted, z, W, *want)
+    dense.narrow_dense_act_backward(d, out_act, dense.ACT_CODES[act], w, weighted, z, W, *want)
     dz, pdW, pdb = np.empty((N, L), np.float32), np.zeros((parts, L, F)), np.zeros((parts, F))
-    flag = K.ACT_CODES[act] + 16 * weighted
-    run_jobs_here(jobs(K.JOB_NARROW_BACKWARD, N, F, L, flag, [d, out_act, w, z, W, dz, pdW, pdb], 6, parts))
+    flag = dense.ACT_CODES[act] + 16 * weighted
+    run_jobs_here(job_table(jobs.JOB_NARROW_BACKWARD, N, F, L, flag, [d, out_act, w, z, W, dz, pdW, pdb], 6, parts))
     np.testing.assert_array_equal(dz, want[2])                     # per row: the same float operations
     assert_close(pdW.sum(0).astype(np.float32), want[0], np.float32)
     assert_close(pdb.sum(0).astype(np.float32), want[1], np.float32)
@@ -630,8 +629,8 @@ def test_rmsprop_job_equals_the_kernel_bit_for_bit(rng):
     p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     v = np.abs(rng.standard_normal(n)).astype(np.float32)
     p2, v2 = p.copy(), v.copy()
-    K.rmsprop_step(p, g, v, 3e-3, 0.8, 1e-7)
-    rec = jobs(K.JOB_RMSPROP, n, 0, 0, 0, [p2, g, v2], 3, parts=3)
+    updates.rmsprop_step(p, g, v, 3e-3, 0.8, 1e-7)
+    rec = job_table(jobs.JOB_RMSPROP, n, 0, 0, 0, [p2, g, v2], 3, parts=3)
     rec[:, 13:] = np.array([3e-3, 0.8, 1e-7]).view(np.int64)
     run_jobs_here(rec)
     np.testing.assert_array_equal(p2, p)
@@ -645,7 +644,7 @@ def test_wide_vectors_marks_the_calling_kernel_for_512_bit_vectors():
 
     @numba.njit
     def doubled(a, out):
-        K._wide_vectors()
+        _jit.wide_vectors()
         for i in range(a.size):
             out[i] = 2 * a[i]
 

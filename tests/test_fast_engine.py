@@ -1,6 +1,6 @@
-"""The numba backend (npvae.fused) against the NumPy reference path, on the same weights and inputs.
+"""The numba engine (npvae.fast) against the NumPy reference engine, on the same weights and inputs.
 
-The NumPy path of ``VAE._forward``/``VAE._backward`` is the specification: the fused step must
+The reference engine (``ReferenceEngine.forward``/``backward``) is the specification: the fused step must
 give the same loss, Bound and gradients (float64 to ~1e-12 relative to each array's scale,
 float32 to its precision), for every objective, KL and estimator, any number of hidden layers,
 both activations, and shapes with S=1, B=1 and odd sizes.
@@ -18,7 +18,9 @@ import pytest
 pytest.importorskip("numba")
 
 import npvae  # noqa: E402
-from npvae import fused, gradcheck, optim  # noqa: E402
+from npvae import gradcheck, optim  # noqa: E402
+from npvae.fast import blas, jobs, threads, updates  # noqa: E402
+from npvae.fast import engine as fast_engine  # noqa: E402
 from npvae.model import VAE  # noqa: E402
 
 from _helpers import fake_blas  # noqa: E402
@@ -92,9 +94,9 @@ def test_numba_backend_equals_numpy_backend(dtype, arch, objective, kl, estimato
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_wide_latent_takes_the_blas_route_for_the_first_decoder_layer(dtype):
-    """A latent wider than kernels.NARROW_INPUT: the first decoder layer runs as BLAS + kernels."""
-    from npvae import kernels
-    L = kernels.NARROW_INPUT + 1
+    """A latent wider than dense.NARROW_INPUT: the first decoder layer runs as BLAS + kernels."""
+    from npvae.fast import dense
+    L = dense.NARROW_INPUT + 1
     for arch in ARCHS:
         ref, fast = pair(dtype, latent_dim=L, **arch)
         for objective, kl, estimator in COMBOS[::2]:
@@ -114,7 +116,7 @@ def test_numba_backend_equals_numpy_backend_at_the_seed_model_size():
 
 
 def test_forward_only_path_works_in_chunks_of_examples(monkeypatch):
-    monkeypatch.setattr(fused, "FORWARD_ROWS", 6)  # 7 examples x 3 samples -> chunks of 2 examples
+    monkeypatch.setattr(fast_engine, "FORWARD_ROWS", 6)  # 7 examples x 3 samples -> chunks of 2 examples
     ref, fast = pair(np.float64)
     x, eps = data(ref, 7, 3)
     for objective, kl in (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic")):
@@ -147,7 +149,7 @@ def test_workspace_reuse_across_shapes_does_not_corrupt_results():
         objective = "iwae" if i % 2 else "elbo"
         assert_same_result(ref.loss_and_grads(x, eps, objective, return_bound=True),
                            fast.loss_and_grads(x, eps, objective, return_bound=True), np.float64)
-    assert len(fast._workspaces) <= fused.MAX_WORKSPACES * max(1, fused.threads_for(fast))
+    assert len(fast.engine._workspaces) <= fast_engine.MAX_WORKSPACES * max(1, threads.threads_for(fast))
 
 
 def test_public_grads_are_copies_and_internal_grads_are_workspace_views():
@@ -159,8 +161,8 @@ def test_public_grads_are_copies_and_internal_grads_are_workspace_views():
     fast.loss_and_grads(x2, eps2)
     for k in g1:  # the public API's grads survive the next call
         np.testing.assert_array_equal(g1[k], kept[k])
-    _, a = fast._loss_and_grads(x, eps, "elbo")
-    _, b = fast._loss_and_grads(x2, eps2, "elbo")
+    _, a = fast.engine.loss_and_grads(x, eps, "elbo")
+    _, b = fast.engine.loss_and_grads(x2, eps2, "elbo")
     assert all(a[k] is b[k] for k in a)  # zero-copy: fit consumes them before the next step
 
 
@@ -170,12 +172,12 @@ def test_steady_state_step_allocates_no_large_arrays():
     x, eps = data(fast, B, S)
     opt = optim.RMSprop()
     for _ in range(2):  # workspaces, optimizer state
-        _, g = fast._loss_and_grads(x, eps, "iwae", return_bound=True)
-        opt.step(fast.params, g)
+        _, g = fast.engine.loss_and_grads(x, eps, "iwae")
+        opt.step(fast.params, g, update=fast.engine.optimizer_update(opt))
     tracemalloc.start()
     for _ in range(3):
-        _, g = fast._loss_and_grads(x, eps, "iwae", return_bound=True)
-        opt.step(fast.params, g)
+        _, g = fast.engine.loss_and_grads(x, eps, "iwae")
+        opt.step(fast.params, g, update=fast.engine.optimizer_update(opt))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     smallest_large_array = B * S * 256 * 4  # one (B * S, H) float32 array
@@ -185,14 +187,14 @@ def test_steady_state_step_allocates_no_large_arrays():
 # --------------------------------------------------------------------------
 # Threads: a step split into groups of examples
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("n_threads", [2, 3])
 @pytest.mark.parametrize("objective,kl,estimator", COMBOS)
-def test_grouped_step_equals_numpy_path(monkeypatch, threads, objective, kl, estimator):
-    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+def test_grouped_step_equals_numpy_path(monkeypatch, n_threads, objective, kl, estimator):
+    monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 1)
     ref, fast = pair(np.float64)
-    fast.threads = threads
+    fast.threads = n_threads
     for B, S in ((7, 2), (3, 4), (2, 1)):      # 2 or 3 groups, of unequal sizes
-        assert fused.groups_for(fast, B, S) == min(threads, B)
+        assert threads.groups_for(fast, B, S) == min(n_threads, B)
         x, eps = data(ref, B, S, seed=B + S)
         args = (x, eps, objective, kl, estimator)
         assert_same_result(ref.loss_and_grads(*args, return_bound=True),
@@ -200,8 +202,8 @@ def test_grouped_step_equals_numpy_path(monkeypatch, threads, objective, kl, est
 
 
 def test_grouped_forward_shares_chunks_among_threads(monkeypatch):
-    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
-    monkeypatch.setattr(fused, "FORWARD_ROWS", 6)  # 9 examples x 3 samples -> 5 chunks of <= 2
+    monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(fast_engine, "FORWARD_ROWS", 6)  # 9 examples x 3 samples -> 5 chunks of <= 2
     ref, fast = pair(np.float64)
     fast.threads = 2
     x, eps = data(ref, 9, 3)
@@ -214,50 +216,51 @@ def test_grouped_forward_shares_chunks_among_threads(monkeypatch):
 def test_group_count_follows_threads_batch_and_minimum_rows(monkeypatch):
     _, fast = pair(np.float64)
     fast.threads = 4
-    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 500)
-    assert fused.groups_for(fast, 100, 25) == 4           # 2500 rows: 5 x 500, but 4 threads
-    assert fused.groups_for(fast, 100, 9) == 1            # 900 rows < 2 x 500
-    assert fused.groups_for(fast, 100, 10) == 2
-    assert fused.groups_for(fast, 3, 1000) == 3           # never more groups than examples
+    monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 500)
+    assert threads.groups_for(fast, 100, 25) == 4           # 2500 rows: 5 x 500, but 4 threads
+    assert threads.groups_for(fast, 100, 9) == 1            # 900 rows < 2 x 500
+    assert threads.groups_for(fast, 100, 10) == 2
+    assert threads.groups_for(fast, 3, 1000) == 3           # never more groups than examples
     fast.threads = 1
-    assert fused.groups_for(fast, 100, 50) == 1
+    assert threads.groups_for(fast, 100, 50) == 1
     fast.threads = None                                   # as many as BLAS uses
-    blas = npvae._blas.get_threads()
-    assert fused.threads_for(fast) == (1 if blas is None else min(blas, os.cpu_count()))
-    with fused.steps_context(fast, 100, 25):              # BLAS held at 1 thread: still the user's count
-        assert fused.threads_for(fast) == (1 if blas is None else min(blas, os.cpu_count()))
+    count = blas.get_threads()
+    assert threads.threads_for(fast) == (1 if count is None else min(count, os.cpu_count()))
+    with threads.steps_context(fast, 100, 25):              # BLAS held at 1 thread: still the user's count
+        assert threads.threads_for(fast) == (1 if count is None else min(count, os.cpu_count()))
 
 
 def test_fit_runs_its_steps_in_groups_by_default(monkeypatch):
     """Regression: fit holds BLAS at one thread; the default thread count must not read that 1."""
-    blas = fake_blas(monkeypatch, threads=2)                 # a BLAS with 2 threads, on 2 cores
+    fake = fake_blas(monkeypatch, threads=2)                 # a BLAS with 2 threads, on 2 cores
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 1)
     _, fast = pair(np.float32, input_dim=784, latent_dim=2, hidden=(16,))
-    seen, real_step = [], fused._step
+    seen, real_step = [], fast_engine.step.step
 
-    def recording(model, slot, *args):
-        seen.append(slot)
-        return real_step(model, slot, *args)
+    def recording(model, ws, *args, **kwargs):
+        seen.append(ws.slot)
+        return real_step(model, ws, *args, **kwargs)
 
-    monkeypatch.setattr(fused, "_step", recording)
+    monkeypatch.setattr(fast_engine.step, "step", recording)
     during = []
-    monkeypatch.setattr(npvae.optim.RMSprop, "step", lambda self, params, grads: during.append(blas["threads"]))
+    monkeypatch.setattr(npvae.optim.RMSprop, "step", lambda self, params, grads, update=None:
+                        during.append(fake["threads"]))
     npvae.fit(fast, np.random.default_rng(0).random((8, 784)), epochs=1, batch_size=4, verbose=0)
     assert max(seen) >= 1
-    assert set(during) == {1} and blas["threads"] == 2       # held at 1 in fit, restored after
+    assert set(during) == {1} and fake["threads"] == 2       # held at 1 in fit, restored after
 
 
 def test_without_a_controllable_blas_the_default_is_one_group(monkeypatch):
     """MKL, Accelerate, BLIS: npvae cannot hold their threads at one, so it leaves them to thread
     the products of a single group; an explicit ``threads`` still splits."""
-    monkeypatch.setattr(npvae._blas, "_found", [])
+    monkeypatch.setattr(blas, "_found", [])
     _, fast = pair(np.float64)
-    assert fused.threads_for(fast) == 1 and fused.groups_for(fast, 100, 50) == 1
+    assert threads.threads_for(fast) == 1 and threads.groups_for(fast, 100, 50) == 1
     x, eps = data(fast, 4, 2)
     fast.loss_and_grads(x, eps)                          # runs, BLAS untouched
     fast.threads = 2
-    assert fused.groups_for(fast, 100, 50) == 2
+    assert threads.groups_for(fast, 100, 50) == 2
 
 
 def test_threads_argument_is_validated_and_not_part_of_config():
@@ -272,32 +275,32 @@ def test_threads_argument_is_validated_and_not_part_of_config():
 
 
 def test_grouped_step_waits_for_all_groups_and_restores_blas_threads(monkeypatch):
-    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 1)
     _, fast = pair(np.float64)
     fast.threads = 3
     x, eps = data(fast, 6, 2)
-    before = npvae._blas.get_threads()
-    real_step, finished = fused._step, []
+    before = blas.get_threads()
+    real_step, finished = fast_engine.step.step, []
 
-    def failing(model, slot, *args):
-        if slot == 1:
+    def failing(model, ws, *args, **kwargs):
+        if ws.slot == 1:
             raise FloatingPointError("group 1 failed")
-        out = real_step(model, slot, *args)
-        finished.append(slot)
+        out = real_step(model, ws, *args, **kwargs)
+        finished.append(ws.slot)
         return out
 
-    monkeypatch.setattr(fused, "_step", failing)
+    monkeypatch.setattr(fast_engine.step, "step", failing)
     with pytest.raises(FloatingPointError, match="group 1"):
         fast.loss_and_grads(x, eps)
     assert sorted(finished) == [0, 2]                     # the other groups ran to the end
-    assert npvae._blas.current_threads() == before
+    assert blas.current_threads() == before
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_grouped_steps_work_in_a_forked_child(monkeypatch):
     """The thread pool does not survive fork; the child must start its own, not wait forever."""
     import multiprocessing
-    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 1)
     ref, fast = pair(np.float64)
     fast.threads = 2
     x, eps = data(fast, 6, 2)
@@ -311,14 +314,14 @@ def test_grouped_steps_work_in_a_forked_child(monkeypatch):
 
 def _loss_in_child(model, x, eps, groups=True):
     if groups:
-        fused.MIN_GROUP_ROWS = 1
+        threads.MIN_GROUP_ROWS = 1
     else:
-        assert fused.job_parts(model, *eps.shape[:2]) == 2
+        assert threads.job_parts(model, *eps.shape[:2]) == 2
     return model.loss_and_grads(x, eps)[0]
 
 
 def test_fit_on_threads_gives_the_one_thread_history(monkeypatch):
-    monkeypatch.setattr(fused, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 1)
     _, one = pair(np.float64, input_dim=784, latent_dim=2, hidden=(32,))
     _, two = pair(np.float64, input_dim=784, latent_dim=2, hidden=(32,))
     one.threads, two.threads = 1, 2
@@ -335,18 +338,18 @@ def test_fit_on_threads_gives_the_one_thread_history(monkeypatch):
 # --------------------------------------------------------------------------
 # Threads: a one-group float32 step's row passes as jobs on BLAS's threads
 # --------------------------------------------------------------------------
-jobs_here = pytest.mark.skipif(not npvae._blas.jobs_available(),
+jobs_here = pytest.mark.skipif(not blas.jobs_available(),
                                reason="NumPy's BLAS here is not an OpenBLAS with a thread server")
 
 
 def counting_jobs(monkeypatch):
-    calls, real = [], npvae._blas.run_jobs
+    calls, real = [], blas.run_jobs
 
     def counting(function, records):
         calls.append(records[:, 0].tolist())
         return real(function, records)
 
-    monkeypatch.setattr(npvae._blas, "run_jobs", counting)
+    monkeypatch.setattr(blas, "run_jobs", counting)
     return calls
 
 
@@ -358,7 +361,7 @@ def test_step_with_jobs_equals_numpy_path_and_the_step_without(monkeypatch, blas
     ref, fast = pair(np.float32, latent_dim=2, hidden=(7,), activation=activation)
     fast.threads = 2
     B, S = 9, 40                                   # 360 rows: one group, 2 parts of 4 and 5 examples
-    assert fused.groups_for(fast, B, S) == 1 and fused.job_parts(fast, B, S) == 2
+    assert threads.groups_for(fast, B, S) == 1 and threads.job_parts(fast, B, S) == 2
     x, eps = data(ref, B, S)
     args = (x, eps, objective, kl, estimator)
     calls = counting_jobs(monkeypatch)
@@ -366,7 +369,7 @@ def test_step_with_jobs_equals_numpy_path_and_the_step_without(monkeypatch, blas
     assert sorted({op for call in calls for op in call}) == [1, 2, 3, 4, 5]   # every pass went in parts
     assert_same_result(ref.loss_and_grads(*args, return_bound=True), got, np.float32)
     with monkeypatch.context() as m:
-        m.setattr(fused, "job_parts", lambda *a: 1)
+        m.setattr(threads, "job_parts", lambda *a: 1)
         want = fast.loss_and_grads(*args, return_bound=True)
     np.testing.assert_array_equal(got[0].per_example, want[0].per_example)
     for name in want[1]:                           # only the sums over rows add parts: rounding
@@ -398,20 +401,20 @@ def test_step_with_jobs_takes_parameters_that_are_not_c_contiguous(monkeypatch, 
 def test_job_parts_follow_dtype_threads_rows_and_the_blas(monkeypatch, blas_on_two_threads):
     _, fast = pair(np.float32, latent_dim=2, hidden=(7,))
     fast.threads = 2
-    assert fused.job_parts(fast, 100, 5) == 2
-    assert fused.job_parts(fast, 100, 1) == 1                 # 100 rows: below 2 x MIN_JOB_ROWS
-    assert fused.job_parts(fast, 1, 500) == 1                 # never more parts than examples
+    assert threads.job_parts(fast, 100, 5) == 2
+    assert threads.job_parts(fast, 100, 1) == 1                 # 100 rows: below 2 x MIN_JOB_ROWS
+    assert threads.job_parts(fast, 1, 500) == 1                 # never more parts than examples
     fast.threads = 1
-    assert fused.job_parts(fast, 100, 5) == 1
+    assert threads.job_parts(fast, 100, 5) == 1
     fast.threads = 4
-    assert fused.job_parts(fast, 100, 5) == 2                 # no more than BLAS's threads
-    with npvae._blas.single_threaded():
-        assert fused.job_parts(fast, 100, 5) == 1
+    assert threads.job_parts(fast, 100, 5) == 2                 # no more than BLAS's threads
+    with blas.single_threaded():
+        assert threads.job_parts(fast, 100, 5) == 1
     _, slow = pair(np.float64, latent_dim=2, hidden=(7,))
     slow.threads = 2
-    assert fused.job_parts(slow, 100, 5) == 1                 # float64: the reference precision
-    monkeypatch.setattr(npvae._blas, "jobs_available", lambda: False)
-    assert fused.job_parts(fast, 100, 5) == 1
+    assert threads.job_parts(slow, 100, 5) == 1                 # float64: the reference precision
+    monkeypatch.setattr(blas, "jobs_available", lambda: False)
+    assert threads.job_parts(fast, 100, 5) == 1
 
 
 @jobs_here
@@ -423,11 +426,11 @@ def test_fit_float32_with_jobs_gives_the_history_without(monkeypatch, blas_on_tw
         calls = []
         with monkeypatch.context() as m:
             if parts == 1:
-                m.setattr(fused, "job_parts", lambda *a: 1)
-                m.setattr(fused, "MIN_JOB_ELEMENTS", 10**9)
+                m.setattr(threads, "job_parts", lambda *a: 1)
+                m.setattr(jobs, "MIN_JOB_ELEMENTS", 10**9)
             else:
                 calls = counting_jobs(m)
-                m.setattr(fused, "MIN_JOB_ELEMENTS", 1000)   # the optimizer's step in parts too
+                m.setattr(jobs, "MIN_JOB_ELEMENTS", 1000)   # the optimizer's step in parts too
             x = np.random.default_rng(0).random((60, 784)).astype(np.float32)
             histories.append(npvae.fit(model, x, epochs=2, batch_size=30, mc_samples=8, verbose=0))
         assert (parts == 1) == (not calls) and (parts == 1 or [6, 6] in calls)
@@ -436,20 +439,20 @@ def test_fit_float32_with_jobs_gives_the_history_without(monkeypatch, blas_on_tw
 
 
 def test_a_job_function_that_does_not_compile_leaves_the_passes_on_the_calling_thread(monkeypatch):
-    from npvae import kernels as K
+    from npvae.fast import jobs
     import numba
 
     def broken(*args, **kwargs):
         raise RuntimeError("no cfunc here")
 
-    monkeypatch.setattr(K, "_row_job_cfunc", None)
+    monkeypatch.setattr(jobs, "_row_job_cfunc", None)
     monkeypatch.setattr(numba, "cfunc", broken)
     with pytest.warns(RuntimeWarning, match="no cfunc here"):
-        assert K.row_job_address() is None
-    assert K.row_job_address() is None                       # tried once, warned once
+        assert jobs.row_job_address() is None
+    assert jobs.row_job_address() is None                       # tried once, warned once
     ref, fast = pair(np.float32, latent_dim=2, hidden=(7,))
     fast.threads = 2
-    assert fused.job_parts(fast, 9, 40) == 1
+    assert threads.job_parts(fast, 9, 40) == 1
     x, eps = data(ref, 9, 40)
     assert_same_result(ref.loss_and_grads(x, eps, return_bound=True),
                        fast.loss_and_grads(x, eps, return_bound=True), np.float32)
@@ -463,7 +466,7 @@ def test_steps_with_jobs_work_in_a_forked_child(blas_on_two_threads):
     _, fast = pair(np.float32, latent_dim=2, hidden=(7,))
     fast.threads = 2
     x, eps = data(fast, 9, 40)
-    assert fused.job_parts(fast, 9, 40) == 2
+    assert threads.job_parts(fast, 9, 40) == 2
     want = fast.loss_and_grads(x, eps)[0]
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(_loss_in_child, (fast, x, eps, False)).get(timeout=60)
@@ -472,21 +475,21 @@ def test_steps_with_jobs_work_in_a_forked_child(blas_on_two_threads):
 
 @jobs_here
 def test_rmsprop_step_in_parts_is_bit_identical(monkeypatch, blas_on_two_threads):
-    from npvae import kernels as K
-    monkeypatch.setattr(fused, "MIN_JOB_ELEMENTS", 100)
+    from npvae.fast import jobs
+    monkeypatch.setattr(jobs, "MIN_JOB_ELEMENTS", 100)
     calls = counting_jobs(monkeypatch)
     rng = np.random.default_rng(1)
     p, v = rng.standard_normal((31, 17)).astype(np.float32), np.zeros((31, 17), np.float32)
     p2, v2 = p.copy(), v.copy()
     for _ in range(5):
         g = rng.standard_normal(p.shape).astype(np.float32)
-        fused.rmsprop_step(p, g, v, 3e-3, 0.9, 1e-7)
-        K.rmsprop_step(p2, g, v2, 3e-3, 0.9, 1e-7)
+        jobs.rmsprop_in_parts(p, g, v, 3e-3, 0.9, 1e-7)
+        updates.rmsprop_step(p2, g, v2, 3e-3, 0.9, 1e-7)
         np.testing.assert_array_equal(p, p2)
         np.testing.assert_array_equal(v, v2)
     assert len(calls) == 5 and all(len(c) == 2 for c in calls)
-    with npvae._blas.single_threaded():                       # BLAS on 1 thread: one part, no jobs
-        fused.rmsprop_step(p, g, v, 3e-3, 0.9, 1e-7)
+    with blas.single_threaded():                       # BLAS on 1 thread: one part, no jobs
+        jobs.rmsprop_in_parts(p, g, v, 3e-3, 0.9, 1e-7)
     assert len(calls) == 5
 
 
@@ -543,14 +546,17 @@ def test_without_numba_auto_falls_back_with_one_warning_and_numba_raises():
     assert result.stdout.strip() == "ok"
 
 
-def test_import_npvae_does_not_import_numba():
+def test_import_npvae_does_not_import_numba_a_model_of_the_numba_engine_does():
     result = run_python("""
         import sys
         import npvae
+        print("numba" in sys.modules)
+        model = npvae.VAE(input_dim=5, hidden=(3,), backend="numpy")
+        print(model.backend, "numba" in sys.modules)
         model = npvae.VAE(input_dim=5, hidden=(3,))
         print(model.backend, "numba" in sys.modules)
     """)
-    assert result.stdout.split() == ["numba", "False"]
+    assert result.stdout.split() == ["False", "numpy", "False", "numba", "True"]
 
 
 # --------------------------------------------------------------------------
@@ -593,27 +599,52 @@ def test_fit_numba_float32_tracks_numpy_float64():
 
 
 # --------------------------------------------------------------------------
-# RMSprop's fused step
+# The optimizers' fused updates
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_rmsprop_fused_step_is_bit_identical_to_numpy_step(dtype, monkeypatch):
+OPTIMIZERS = [("rmsprop", dict(lr=3e-3, rho=0.5)), ("adam", dict(lr=3e-3, beta1=0.8, beta2=0.5)),
+              ("sgd", dict(lr=3e-2)), ("sgd", dict(lr=3e-2, momentum=0.7)),
+              ("sgd", dict(lr=3e-2, momentum=0.7, nesterov=True))]
+
+
+@pytest.mark.parametrize("dtype,grad_dtype", [(np.float64, np.float64), (np.float32, np.float32),
+                                              (np.float32, np.float64)])
+@pytest.mark.parametrize("name,hyper", OPTIMIZERS)
+def test_fused_update_is_bit_identical_to_numpy_update(name, hyper, dtype, grad_dtype):
     rng = np.random.default_rng(0)
     shapes = {"W": (7, 5), "b": (5,), "T": (5, 7)}
     params = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
     params["T"] = np.asfortranarray(params["T"])  # not C-contiguous: the NumPy path for this one
     mine = {k: p.copy(order="K") for k, p in params.items()}
-    ref_opt, fused_opt = optim.RMSprop(lr=3e-3, rho=0.5), optim.RMSprop(lr=3e-3, rho=0.5)
-    import npvae.kernels  # noqa: F401  (loaded: the fused path is on)
+    ref_opt, fused_opt = optim.get_optimizer(name, **hyper), optim.get_optimizer(name, **hyper)
+    update = VAE(input_dim=3, hidden=(2,), backend="numba").engine.optimizer_update(fused_opt)
+    assert VAE(input_dim=3, hidden=(2,), backend="numpy").engine.optimizer_update(fused_opt) is None
+    used = []
     tiny_g = 8.0 * np.sqrt(np.finfo(dtype).tiny)
     for step in range(12):
-        grads = {k: (rng.normal(size=s) * 10.0 ** -rng.integers(0, 5)).astype(dtype) for k, s in shapes.items()}
+        grads = {k: (rng.normal(size=s) * 10.0 ** -rng.integers(0, 5)).astype(grad_dtype) for k, s in shapes.items()}
         grads["W"][:, :2] = tiny_g if step == 0 else 0.0  # running averages decay into subnormals
-        with monkeypatch.context() as m:
-            m.setitem(sys.modules, "npvae.kernels", None)  # as if numba were never loaded
-            ref_opt.step(params, grads)
-        fused_opt.step(mine, grads)
+        ref_opt.step(params, grads)
+        fused_opt.step(mine, grads, update=lambda p, g, slots: used.append(p.flags.c_contiguous) or update(p, g, slots))
         for k in params:
-            np.testing.assert_array_equal(mine[k], params[k])
-            np.testing.assert_array_equal(fused_opt._state["v"][k], ref_opt._state["v"][k])
-    assert np.all(fused_opt._state["v"]["W"][:, :2] == 0.0)  # flushed, not carried subnormal
+            np.testing.assert_array_equal(mine[k], params[k], err_msg=k)
+            for slot in ref_opt._state:
+                np.testing.assert_array_equal(fused_opt._state[slot][k], ref_opt._state[slot][k], err_msg=slot)
+    if "v" in fused_opt._state:                            # squares: flushed, not carried subnormal
+        assert np.all(fused_opt._state["v"]["W"][:, :2] == 0.0)
     assert fused_opt.iterations == ref_opt.iterations == 12
+    assert True in used and False in used                  # both routes were taken
+
+
+def test_fit_passes_the_engines_fused_update(monkeypatch):
+    model = VAE(input_dim=784, hidden=(8,), latent_dim=2, dtype=np.float32, backend="numba")
+    seen = []
+    real = optim.Adam.step
+
+    def spy(self, params, grads, update=None):
+        seen.append(update)
+        return real(self, params, grads, update=update)
+
+    monkeypatch.setattr(optim.Adam, "step", spy)
+    npvae.fit(model, np.random.default_rng(0).random((8, 784)), epochs=1, batch_size=4, optimizer="adam",
+              verbose=0)
+    assert len(seen) == 2 and all(callable(u) for u in seen)

@@ -1,7 +1,7 @@
 """The threads of NumPy's BLAS: their count, read and set at run time, and work for them (OpenBLAS only).
 
 The numba backend's training step splits a batch over worker threads, each of
-which runs its own matrix products (:mod:`npvae.fused`). That pays only when
+which runs its own matrix products (:mod:`npvae.fast.threads`). That pays only when
 each product runs on one thread: if BLAS also spread every product over all
 cores, the workers' products and the BLAS threads would fight over the same
 cores (and OpenBLAS's idle threads spin for a while after each product). So

@@ -1,0 +1,351 @@
+"""Dense layers on the fast path: the elementwise passes around BLAS's products, and the
+narrow layer (the decoder's first, whose input is the latent ``z``) in one pass each way.
+
+Reference: :func:`npvae.ops.dense_forward` / :func:`npvae.ops.dense_backward` and the
+activations :data:`npvae.ops.ACTIVATIONS`. Large products stay in BLAS
+(``np.matmul(..., out=)`` in :mod:`npvae.fast.step`); these kernels do what comes
+before and after them, fused, writing into caller-provided arrays (the last
+arguments) so that a step reuses its workspace. Arrays are C-contiguous 2-D
+``(N, F)`` (pass ``a.reshape(-1, F)`` views of ``(B, S, F)`` arrays); shapes are
+trusted. A float32 call computes elementwise in float32, as the ops do, and
+accumulates sums over rows in float64. Each docstring says which reference op it
+equals and how exactly (bit for bit, or up to the order of a sum).
+
+Activation codes: :data:`RELU`, :data:`TANH`, :data:`IDENTITY` (by name in
+:data:`ACT_CODES`). The tanh activation uses ``np.tanh`` (NumPy's SIMD tanh is
+faster than a numba loop calling the C library's).
+"""
+
+import numpy as np
+
+from ._jit import inline_kernel, kernel, reassoc_kernel, wide_vectors
+
+__all__ = ["RELU", "TANH", "IDENTITY", "ACT_CODES", "bias_act_forward", "act_backward", "act_backward_rows",
+           "bias_grad", "weighted_bias_grad", "scale_rows", "scale_rows_into", "NARROW_INPUT",
+           "narrow_dense_act_forward", "narrow_dense_act_backward"]
+
+RELU, TANH, IDENTITY = 0, 1, 2
+#: Activation name -> code for :func:`bias_act_forward` / :func:`act_backward`.
+ACT_CODES = {"relu": RELU, "tanh": TANH, "identity": IDENTITY}
+
+
+# --------------------------------------------------------------------------
+# Dense-layer passes around the BLAS product: bias + activation and back
+# --------------------------------------------------------------------------
+def bias_act_forward(a, b, act, out):
+    """``out = act(a + b)``, the elementwise half of a dense layer plus its activation.
+
+    Equals ``ops.relu_forward(a + b)[0]`` (``act=RELU``), ``ops.tanh_forward(a + b)[0]``
+    (``TANH``) or ``a + b`` (``IDENTITY``), bit for bit, where ``a = x2d @ W`` comes
+    from BLAS: with it, this is ``ops.dense_forward`` followed by the activation.
+    ReLU and identity are one numba pass; tanh is ``np.add`` then ``np.tanh`` in place
+    (see the module docstring).
+
+    Parameters
+    ----------
+    a : ndarray, shape (N, F)
+        Pre-activations without bias, e.g. ``(B * S, H)``.
+    b : ndarray, shape (F,)
+    act : int
+        :data:`RELU`, :data:`TANH` or :data:`IDENTITY`.
+    out : ndarray, shape (N, F)
+        Written. May be ``a`` itself (in place).
+    """
+    if act == TANH:
+        np.add(a, b, out=out)
+        np.tanh(out, out=out)
+    else:
+        _bias_relu_or_identity(a, b, act == RELU, out)
+
+
+@kernel
+def _bias_relu_or_identity(a, b, relu, out):
+    """``out = max(a + b, 0)`` if ``relu`` else ``a + b``, over (N, F)."""
+    wide_vectors()
+    n, f = a.shape
+    zero = a.dtype.type(0.0)
+    if relu:
+        for i in range(n):
+            for j in range(f):
+                v = a[i, j] + b[j]
+                # written so that NaN propagates (NaN <= 0 is False), as in a * (a > 0)
+                out[i, j] = zero if v <= zero else v
+    else:
+        for i in range(n):
+            for j in range(f):
+                out[i, j] = a[i, j] + b[j]
+
+
+@kernel
+def act_backward(dout, out_act, act, dst):
+    """``dst = dout * act'(a)``, from the activation's forward *output*.
+
+    ReLU: ``dout * 1[out > 0]`` (``out > 0`` exactly when ``a > 0``), equal to
+    ``ops.relu_backward`` bit for bit; tanh: ``dout * (1 - out^2)``, equal to
+    ``ops.tanh_backward``; identity: ``dout``.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F)
+    out_act : ndarray, shape (N, F)
+        What :func:`bias_act_forward` wrote.
+    act : int
+    dst : ndarray, shape (N, F)
+        Written. May be ``dout`` itself (in place).
+    """
+    wide_vectors()
+    one = dout.dtype.type(1.0)
+    for i in range(dout.shape[0]):
+        _act_backward_row(dout[i], out_act[i], act, one, dst[i])   # dout * 1 is dout, exactly
+
+
+@inline_kernel
+def _act_backward_row(dout, out_act, act, wi, dst):
+    """One row: ``dst = (dout * wi) * act'(a)`` from the activation's output, the one
+    place that spells out each activation's derivative for the kernels above and below.
+    ReLU multiplies by the 0/1 mask (not a select), so that the result is
+    ``dout * mask`` exactly, as in ``ops.relu_backward``."""
+    zero = dout.dtype.type(0.0)
+    one = dout.dtype.type(1.0)
+    f = dout.shape[0]
+    if act == RELU:
+        for j in range(f):
+            dst[j] = (dout[j] * wi) * (one if out_act[j] > zero else zero)
+    elif act == TANH:
+        for j in range(f):
+            o = out_act[j]
+            dst[j] = (dout[j] * wi) * (one - o * o)
+    else:
+        for j in range(f):
+            dst[j] = dout[j] * wi
+
+
+@kernel
+def bias_grad(d, db):
+    """Column sums ``db[j] = sum_i d[i, j]``: the ``db`` of ``ops.dense_backward``.
+
+    Accumulated in float64 (for float32, a more accurate sum than NumPy's).
+
+    Parameters
+    ----------
+    d : ndarray, shape (N, F)
+        Gradient of the layer's output, e.g. ``dlogits.reshape(-1, D)``.
+    db : ndarray, shape (F,)
+        Written.
+    """
+    wide_vectors()
+    n, f = d.shape
+    acc = np.zeros(f, dtype=np.float64)
+    for i in range(n):
+        for j in range(f):
+            acc[j] += d[i, j]
+    for j in range(f):
+        db[j] = acc[j]
+
+
+@kernel
+def weighted_bias_grad(d, w, db):
+    """Weighted column sums ``db[j] = sum_i w[i] * d[i, j]``, accumulated in float64.
+
+    The bias gradient of the decoder's output layer when the per-row upstream
+    factor is kept out of ``d`` (see :func:`bernoulli_nll_and_grad`): with
+    ``d = sigmoid(l) - x`` and ``w = dnll.reshape(-1)`` it equals the ``db`` of
+    ``ops.dense_backward(ops.bernoulli_nll_backward(dnll, ...), ...)``.
+
+    Parameters
+    ----------
+    d : ndarray, shape (N, F)
+    w : ndarray, shape (N,)
+    db : ndarray, shape (F,)
+        Written.
+    """
+    wide_vectors()
+    n, f = d.shape
+    acc = np.zeros(f, dtype=np.float64)
+    for i in range(n):
+        wi = np.float64(w[i])
+        for j in range(f):
+            acc[j] += wi * d[i, j]
+    for j in range(f):
+        db[j] = acc[j]
+
+
+def scale_rows(a, w):
+    """``a[i, :] *= w[i]`` in place.
+
+    Applies a per-(example, sample) upstream factor to a ``(B * S, F)`` array: e.g.
+    ``dnll`` to ``sigmoid(l) - x`` (giving ``ops.bernoulli_nll_backward`` exactly,
+    except for products below the dtype's ``tiny``, which the reference flushes to 0:
+    ``ops.flush_subnormal``), or, cheaper, to ``dh = (sigmoid(l) - x) @ W.T`` on the
+    ``(B * S, H)`` side, since a row scale commutes with a right product.
+
+    Parameters
+    ----------
+    a : ndarray, shape (N, F)
+        Updated in place.
+    w : ndarray, shape (N,)
+        E.g. ``dnll.reshape(-1)``.
+    """
+    scale_rows_into(a, w, a)
+
+
+@kernel
+def scale_rows_into(a, w, out):
+    """``out[i, :] = a[i, :] * w[i]``: :func:`scale_rows` into another array.
+
+    The decoder output layer's ``dW = (w[:, None] * h).T @ g`` needs ``h`` row-scaled
+    while ``h`` itself is kept for the activation's backward.
+
+    Parameters
+    ----------
+    a : ndarray, shape (N, F)
+    w : ndarray, shape (N,)
+    out : ndarray, shape (N, F)
+        Written.
+    """
+    wide_vectors()
+    n, f = a.shape
+    for i in range(n):
+        wi = w[i]
+        for j in range(f):
+            out[i, j] = a[i, j] * wi
+
+
+@kernel
+def act_backward_rows(dout, out_act, act, w, dst):
+    """``dst = (dout * w[:, None]) * act'(a)``: :func:`act_backward` with a row scale first.
+
+    With ``dout = g @ W.T`` (``g = sigmoid(l) - x``, unscaled) and ``w = dnll.reshape(-1)``
+    this is the decoder's last hidden layer's ``da`` of the reference, the per-row
+    upstream factor of the Bernoulli NLL applied on the ``(B * S, H)`` side in the same
+    pass as the activation's backward (see :func:`bernoulli_nll_and_grad`).
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F)
+    out_act : ndarray, shape (N, F)
+        The activation's forward output.
+    act : int
+    w : ndarray, shape (N,)
+    dst : ndarray, shape (N, F)
+        Written. May be ``dout`` itself (in place).
+    """
+    wide_vectors()
+    for i in range(dout.shape[0]):
+        _act_backward_row(dout[i], out_act[i], act, w[i], dst[i])
+
+
+# --------------------------------------------------------------------------
+# The decoder's first layer: a narrow input (the latent z, L columns)
+# --------------------------------------------------------------------------
+#: Inputs at most this wide go through :func:`narrow_dense_act_forward` /
+#: :func:`narrow_dense_act_backward` instead of BLAS (the decoder's first layer,
+#: whose input is the latent ``z``): a BLAS product with an inner size of 2 runs far
+#: below its rate, and the passes around it cost more than the product.
+NARROW_INPUT = 8
+
+
+def narrow_dense_act_forward(z, W, b, act, out):
+    """``out = act(z @ W + b)`` in one pass, for a narrow ``z`` (few columns, e.g. the latent).
+
+    Equal to ``np.matmul(z, W)`` then :func:`bias_act_forward` up to the order of the
+    ``K``-term sums (here ``z[:, 0] W[0] + z[:, 1] W[1] + ...``, then ``+ b``, as
+    ``ops.dense_forward`` adds the bias after the product).
+
+    Parameters
+    ----------
+    z : ndarray, shape (N, K)
+    W : ndarray, shape (K, F)
+    b : ndarray, shape (F,)
+    act : int
+    out : ndarray, shape (N, F)
+        Written.
+    """
+    _narrow_forward(z, W, b, act == RELU, out)
+    if act == TANH:
+        np.tanh(out, out=out)
+
+
+@kernel
+def _narrow_forward(z, W, b, relu, out):
+    wide_vectors()
+    n, k = z.shape
+    f = W.shape[1]
+    zero = out.dtype.type(0.0)
+    for i in range(n):
+        row = out[i]
+        z0 = z[i, 0]
+        for j in range(f):
+            row[j] = z0 * W[0, j]
+        for m in range(1, k):
+            zm = z[i, m]
+            for j in range(f):
+                row[j] += zm * W[m, j]
+        if relu:
+            for j in range(f):
+                v = row[j] + b[j]
+                row[j] = zero if v <= zero else v      # NaN propagates, as in bias_act_forward
+        else:
+            for j in range(f):
+                row[j] = row[j] + b[j]
+
+
+@kernel
+def narrow_dense_act_backward(dout, out_act, act, w, weighted, z, W, dW, db, dz):
+    """The backward of :func:`narrow_dense_act_forward` from its output's gradient, in one pass.
+
+    With ``da = (dout * w[:, None]) * act'(a)`` (``w`` only if ``weighted``; the
+    activation's derivative from its output, as :func:`act_backward_rows`):
+    ``dW = z.T @ da``, ``db = da.sum(0)`` (both accumulated in float64) and
+    ``dz = da @ W.T`` -- ``ops.dense_backward`` after the activation's backward,
+    without writing ``da``. Equal to the BLAS route up to the order of the sums.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F)
+        Gradient of the layer's activated output.
+    out_act : ndarray, shape (N, F)
+        The activated output.
+    act : int
+    w : ndarray, shape (N,)
+        Row weights (the upstream ``dnll`` when this is the last hidden layer).
+    weighted : bool
+    z : ndarray, shape (N, K)
+    W : ndarray, shape (K, F)
+    dW : ndarray, shape (K, F)
+        Written.
+    db : ndarray, shape (F,)
+        Written.
+    dz : ndarray, shape (N, K)
+        Written.
+    """
+    wide_vectors()
+    n, f = dout.shape
+    k = z.shape[1]
+    one = dout.dtype.type(1.0)
+    acc_w = np.zeros((k, f), dtype=np.float64)
+    acc_b = np.zeros(f, dtype=np.float64)
+    da = np.empty(f, dtype=dout.dtype)
+    for i in range(n):
+        _act_backward_row(dout[i], out_act[i], act, w[i] if weighted else one, da)
+        for j in range(f):
+            acc_b[j] += da[j]
+        for m in range(k):
+            zm = np.float64(z[i, m])
+            for j in range(f):
+                acc_w[m, j] += zm * da[j]
+            dz[i, m] = _dot_f64(da, W[m])
+    for m in range(k):
+        for j in range(f):
+            dW[m, j] = acc_w[m, j]
+    for j in range(f):
+        db[j] = acc_b[j]
+
+
+@reassoc_kernel
+def _dot_f64(a, b):
+    """``sum(a * b)`` in float64, in an order LLVM may choose (SIMD partial sums)."""
+    acc = np.float64(0.0)
+    for j in range(a.shape[0]):
+        acc += np.float64(a[j]) * np.float64(b[j])
+    return acc

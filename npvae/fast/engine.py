@@ -1,0 +1,183 @@
+"""The numba engine: the interface of :mod:`npvae.engine` on the fast path.
+
+:class:`NumbaEngine` owns its workspaces (one per batch shape and thread, the least
+recently used dropped first), splits each call into groups of examples on threads
+(:mod:`npvae.fast.threads`) and runs each group through :mod:`npvae.fast.step`. Its
+results equal :class:`npvae.engine.ReferenceEngine`'s to ~1e-12 relative in float64
+(only the order of float operations differs; the tests hold them equal), and it
+inherits the reference's ``encode``/``decode_logits`` (small, not on the hot path).
+"""
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import objectives as obj
+from ..engine import ReferenceEngine
+from . import dense, jobs, latent, step, threads, updates
+
+__all__ = ["NumbaEngine", "FORWARD_ROWS", "MAX_WORKSPACES"]
+
+#: Rows ``B * S`` per chunk of the forward-only calls (evaluation): enough for BLAS to run
+#: at full rate, small enough that the logits stay a few MB.
+FORWARD_ROWS = 4096
+#: Workspaces kept per thread (training batch, last partial batch, evaluation chunks).
+MAX_WORKSPACES = 4
+
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NumbaEngine(ReferenceEngine):
+    """Fused numba kernels around BLAS products, on threads, in preallocated workspaces.
+
+    Parameters
+    ----------
+    model : npvae.VAE
+        Its ``threads`` sets the threads of a call (:func:`npvae.fast.threads.threads_for`).
+
+    Attributes
+    ----------
+    profiler : object with ``mark(phase)``
+        Marked at the end of each phase of a training step by the group on the calling
+        thread; :data:`npvae.fast.step.NO_PROFILE` (the default) does nothing. Set a
+        :class:`npvae.fast.step.Profiler` to time the phases.
+    """
+
+    name = "numba"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.profiler = step.NO_PROFILE
+        self._workspaces = OrderedDict()
+
+    # ------------------------------------------------------------------
+    def workspace(self, B, S, grads=True, slot=0, parts=1):
+        """The :class:`npvae.fast.step.Workspace` for ``(B, S)`` of the model's dtype and
+        thread ``slot``, made on first use. ``parts``: see :class:`~npvae.fast.step.Workspace`."""
+        key = (B, S, self.model.dtype.name, grads, slot, parts)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            ws = self._workspaces[key] = step.Workspace(self.model, B, S, self.model.dtype, grads, parts, slot)
+            while len(self._workspaces) > MAX_WORKSPACES * (slot + 1):
+                self._workspaces.popitem(last=False)
+        else:
+            self._workspaces.move_to_end(key)
+        return ws
+
+    @property
+    def workspace_bytes(self):
+        """Bytes held by the engine's workspaces."""
+        return sum(ws.nbytes for ws in self._workspaces.values())
+
+    # ------------------------------------------------------------------
+    def loss_and_grads(self, x, eps, objective, kl="analytic", estimator="standard"):
+        """As :meth:`npvae.engine.ReferenceEngine.loss_and_grads`.
+
+        The grads are **arrays of this engine's workspace for this (B, S), which the next
+        call with the same shapes overwrites**: consume them (an optimizer step) or copy
+        them first. For the same reason one engine must not run two calls at once from
+        threads of its own (it runs its groups on threads itself).
+        """
+        model = self.model
+        x, eps = np.ascontiguousarray(x), np.ascontiguousarray(eps)
+        B, S, _ = eps.shape
+        groups = threads.split(B, threads.groups_for(model, B, S))
+        parts = threads.job_parts(model, B, S) if len(groups) == 1 else 1
+
+        def run(slot, b0, b1):
+            ws = self.workspace(b1 - b0, S, grads=True, slot=slot, parts=parts)
+            prof = self.profiler if slot == 0 else step.NO_PROFILE
+            return step.step(model, ws, x[b0:b1], eps[b0:b1], objective, kl, estimator, B, prof)
+
+        results = threads.run_groups(run, groups)
+        g = results[0][3]
+        for part in results[1:]:                  # sum the groups' gradients into group 0's
+            for name, a in g.items():
+                np.add(a, part[3][name], out=a)
+        bound = results[0][0] if len(results) == 1 else np.concatenate([r[0] for r in results])
+        result = obj.Bound(float(-bound.mean()), bound, sum(r[1] for r in results) / (B * S),
+                           sum(r[2] for r in results) / B)
+        return result, g
+
+    def bound(self, x, eps, objective, kl="analytic"):
+        """As :meth:`npvae.engine.ReferenceEngine.bound`, in chunks of at most
+        :data:`FORWARD_ROWS` rows on threads (exact: each example's bound depends on its
+        own samples only)."""
+        B, S, _ = eps.shape
+        dtype = self.model.dtype
+        per_example, nll, kl_exact = np.empty(B, dtype), np.empty((B, S), dtype), np.empty(B, dtype)
+
+        def keep(ws, b0, b1, e):
+            per_example[b0:b1] = step.bound(ws, objective, kl, e)
+            nll[b0:b1] = ws.nll
+            kl_exact[b0:b1] = ws.kl
+
+        self._forward_chunks(x, eps, keep)
+        return obj.Bound(float(-per_example.mean()), per_example, float(nll.mean()), float(kl_exact.mean()))
+
+    def log_weights(self, x, eps):
+        """As :meth:`npvae.engine.ReferenceEngine.log_weights`: the forward-only pass in chunks
+        on threads, then :func:`npvae.fast.latent.log_weights` (float64 sums)."""
+        out = np.empty(eps.shape[:2])
+
+        def keep(ws, b0, b1, e):
+            latent.log_weights(ws.nll, ws.z, ws.log_var, e, ws.log_w)
+            out[b0:b1] = ws.log_w
+
+        self._forward_chunks(x, eps, keep)
+        return out
+
+    def _forward_chunks(self, x, eps, keep):
+        """The forward pass over chunks of at most :data:`FORWARD_ROWS` rows, shared among
+        :func:`npvae.fast.threads.groups_for` threads (every thread gets a chunk when there
+        are enough rows, however few examples); ``keep(ws, b0, b1, eps[b0:b1])`` takes each
+        chunk's results from its workspace (different chunks write different rows: no
+        locking)."""
+        model = self.model
+        x, eps = np.ascontiguousarray(x), np.ascontiguousarray(eps)
+        B, S, _ = eps.shape
+        act = dense.ACT_CODES[model.activation]
+        n_threads = threads.groups_for(model, B, S)
+        chunk = max(1, min(-(-B // n_threads), FORWARD_ROWS // S))
+        starts = list(range(0, B, chunk))
+
+        def run(slot, i0, i1):  # chunks starts[i0:i1]
+            for b0 in starts[i0:i1]:
+                b1 = min(B, b0 + chunk)
+                ws = self.workspace(b1 - b0, S, grads=False, slot=slot)
+                e = eps[b0:b1]
+                step.forward_into(model, ws, x[b0:b1], e, act, nll_only=True)
+                keep(ws, b0, b1, e)
+
+        threads.run_groups(run, threads.split(len(starts), min(n_threads, len(starts))))
+
+    # ------------------------------------------------------------------
+    def steps(self, batch, mc_samples):
+        """BLAS on one thread for the whole loop when its calls run on several threads
+        (:func:`npvae.fast.threads.steps_context`), else nothing."""
+        return threads.steps_context(self.model, batch, mc_samples)
+
+    def optimizer_update(self, optimizer):
+        """The fused update of ``optimizer`` (an :class:`npvae.optim.SGD`, ``RMSprop`` or ``Adam``)
+        for :meth:`npvae.optim.Optimizer.step`'s ``update=``: one kernel pass per parameter
+        (:mod:`npvae.fast.updates`), RMSprop's large float32 parameters in parts on BLAS's
+        threads (:func:`npvae.fast.jobs.rmsprop_in_parts`). Bit for bit the NumPy update. None
+        for another optimizer (it keeps its own update)."""
+        name = getattr(optimizer, "name", None)
+        if name not in ("sgd", "rmsprop", "adam"):
+            return None
+        opt = optimizer
+
+        def update(p, g, slots):
+            if not (p.dtype in _FUSED_DTYPES and g.dtype in (p.dtype, np.float64) and p.flags.c_contiguous
+                    and g.flags.c_contiguous and all(s.flags.c_contiguous for s in slots.values())):
+                return False
+            if name == "rmsprop":
+                jobs.rmsprop_in_parts(p, g, slots["v"], opt.lr, opt.rho, opt.epsilon)
+            elif name == "adam":
+                updates.adam_step(p, g, slots["m"], slots["v"], opt.step_size(), opt.beta1, opt.beta2, opt.epsilon)
+            else:
+                updates.sgd_step(p, g, slots.get("velocity", p), opt.lr, opt.momentum, opt.nesterov)
+            return True
+
+        return update

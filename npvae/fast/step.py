@@ -1,0 +1,288 @@
+"""The VAE's training step composed from numba kernels and BLAS, in a preallocated workspace.
+
+:meth:`npvae.engine.ReferenceEngine.forward` and :meth:`~npvae.engine.ReferenceEngine.backward`
+(the NumPy ops, top to bottom) are the specification; :func:`step` computes the same loss,
+bound and gradients for every combination they support (any number of hidden layers,
+relu/tanh, ``objective`` elbo/iwae, ``kl`` analytic/mc, ``estimator`` standard/stl/dreg),
+equal to ~1e-12 relative in float64 (only the order of float operations differs).
+
+What it does differently from the reference, for speed:
+
+* Every dense product is one BLAS call on a contiguous 2-D view, written with
+  ``np.matmul(..., out=)`` into a :class:`Workspace` reused from step to step; the
+  elementwise passes around the products are fused kernels (:mod:`npvae.fast.dense`,
+  :mod:`npvae.fast.latent`): bias + activation, activation backward, the
+  reparameterization with its KL, the log weights and their backward. The exception is
+  the decoder's first layer, whose input is the latent ``z``
+  (``L <= dense.NARROW_INPUT`` columns): its product, bias and activation are one kernel
+  pass, and so are its activation's backward, ``dW``, ``db`` and ``dz``.
+* The decoder output -- bias, Bernoulli NLL summed over pixels and ``sigmoid(l) - x`` --
+  is one pass over ``(B, S, D)``, in place over the logits
+  (:func:`npvae.fast.bernoulli.bernoulli_nll_and_grad`). The upstream factor
+  ``dnll[b, s]`` of each row is applied on the ``(B * S, H)`` side: to the hidden
+  activations for ``dW`` and fused into the activation's backward for ``dh`` (a row scale
+  commutes with a right product), never in a pass over ``(B, S, D)``.
+* The gradient with respect to ``x`` (the encoder's input) is not computed.
+
+This module is the math of one group of examples on one thread; splitting a batch into
+groups and threads is :mod:`npvae.fast.threads`, and the workspaces' life is
+:class:`npvae.fast.engine.NumbaEngine`'s.
+"""
+
+import numpy as np
+
+from . import bernoulli, dense, jobs, latent
+
+__all__ = ["Workspace", "forward_into", "bound", "step", "Profiler", "NO_PROFILE"]
+
+
+class _NoProfile:
+    """A profiler that records nothing (:data:`NO_PROFILE`): one empty call per phase."""
+
+    __slots__ = ()
+
+    def mark(self, phase):
+        """Do nothing."""
+
+
+#: The profiler a step uses unless it is given one.
+NO_PROFILE = _NoProfile()
+
+
+class Profiler:
+    """Time the phases of steps: each :meth:`mark` ends the phase that started at the last.
+
+    Give it to :class:`npvae.fast.engine.NumbaEngine` (``engine.profiler = Profiler()``);
+    the group on the calling thread marks it (``benchmarks/speed.py`` reads
+    :attr:`seconds`). :meth:`start` begins a step.
+    """
+
+    def __init__(self, clock=None):
+        import time
+        self.clock = clock or time.perf_counter
+        self.seconds = {}
+        self._last = None
+
+    def start(self):
+        """Begin timing (the next :meth:`mark` ends the first phase)."""
+        self._last = self.clock()
+
+    def mark(self, phase):
+        """Add the time since the last mark (or :meth:`start`) to ``phase``."""
+        now = self.clock()
+        if self._last is not None:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + (now - self._last)
+        self._last = now
+
+
+class Workspace:
+    """Preallocated arrays for one ``(B, S, dtype)`` of one model's architecture.
+
+    Forward: ``enc_h[i]`` (B, H_i) hidden activations, ``mu``, ``log_var`` (B, L),
+    ``z`` (B, S, L), ``kl`` (B,), ``dec_h[i]`` (B * S, H_i), ``logits`` (B * S, D)
+    (overwritten by ``sigmoid(logits) - x``), ``nll``, ``log_w``, ``w_tilde`` (B, S),
+    ``bound`` (B,). Backward (``grads=True``): the gradients of each of these, the
+    row weights ``row_w`` (B * S,) and ``grads``, one array per parameter.
+    ``passes``: the row passes, :data:`npvae.fast.jobs.SERIAL`, or with ``parts > 1`` a
+    :class:`npvae.fast.jobs.Jobs` that runs them in that many parts on BLAS's threads.
+    """
+
+    def __init__(self, model, B, S, dtype, grads=True, parts=1, slot=0):
+        D, L, N = model.input_dim, model.latent_dim, B * S
+        hidden, dec_sizes = model.hidden, model.hidden[::-1]
+
+        def e(*shape):
+            return np.empty(shape, dtype)
+
+        self.key = (B, S, np.dtype(dtype).name, grads, parts)
+        self.slot = slot                                 # the thread (group) that uses it
+        self.passes = jobs.Jobs(parts, D) if parts > 1 else jobs.SERIAL
+        self.enc_h = [e(B, h) for h in hidden]
+        self.mu, self.log_var = e(B, L), e(B, L)
+        self.z, self.kl = e(B, S, L), e(B)
+        self.dec_h = [e(N, h) for h in dec_sizes]
+        self.logits = e(N, D)
+        self.nll, self.log_w, self.w_tilde, self.bound = e(B, S), e(B, S), e(B, S), e(B)
+        self.work = bernoulli.bernoulli_workspace(D, dtype)
+        self.has_grads = grads
+        if grads:
+            self.row_w = e(N)
+            self.hs = e(N, dec_sizes[-1])
+            self.dec_d = [e(N, h) for h in dec_sizes]
+            self.dz, self.dz_direct = e(B, S, L), e(B, S, L)
+            self.dlog_w, self.dkl = e(B, S), e(B)
+            self.dmu, self.dlog_var, self.dmu_q, self.dlog_var_q = e(B, L), e(B, L), e(B, L), e(B, L)
+            self.enc_d = [e(B, h) for h in hidden]
+            self.enc_tmp = e(B, hidden[-1])
+            self.grads = {f"{name}.{kind}": e(*shape)
+                          for name, fan_in, fan_out in model.layer_shapes()
+                          for kind, shape in (("W", (fan_in, fan_out)), ("b", (fan_out,)))}
+
+    @property
+    def nbytes(self):
+        """Bytes held by the arrays."""
+        total = 0
+        for v in vars(self).values():
+            for a in (v.values() if isinstance(v, dict) else v if isinstance(v, list)
+                      else vars(v).values() if isinstance(v, jobs.Jobs) else [v]):
+                total += a.nbytes if isinstance(a, np.ndarray) else 0
+        return total
+
+
+def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
+    """Encoder, reparameterization + KL, decoder and the Bernoulli pass, into ``ws``.
+
+    ``ops`` order of :meth:`npvae.engine.ReferenceEngine.forward` up to the bound:
+    ``ws.mu``, ``ws.log_var``, ``ws.kl``, ``ws.z``, the hidden activations and ``ws.nll``;
+    ``ws.logits`` then holds ``sigmoid(logits) - x`` (``nll_only``: nothing of use, the
+    forward-only Bernoulli pass). ``prof`` is marked at the end of each phase.
+    """
+    p, nh = model.params, len(model.hidden)
+    B, S, L = eps.shape
+    D = x.shape[1]
+    h = x
+    for i in range(nh):
+        out = ws.enc_h[i]                                            # (B, H_i)
+        np.matmul(h, p[f"enc.{i}.W"], out=out)
+        dense.bias_act_forward(out, p[f"enc.{i}.b"], act, out)
+        h = out
+    np.matmul(h, p["enc.mu.W"], out=ws.mu)                           # (B, L)
+    np.add(ws.mu, p["enc.mu.b"], out=ws.mu)
+    np.matmul(h, p["enc.logvar.W"], out=ws.log_var)
+    np.add(ws.log_var, p["enc.logvar.b"], out=ws.log_var)
+    prof.mark("encoder GEMMs + bias/act")
+    latent.reparam_kl_forward(ws.mu, ws.log_var, eps, ws.z, ws.kl)       # (B, S, L), (B,)
+    prof.mark("reparam + KL")
+    h = ws.z.reshape(B * S, L)
+    for i in range(nh):
+        out = ws.dec_h[i]                                            # (B * S, H_i)
+        if i == 0 and L <= dense.NARROW_INPUT:                           # z @ W + b, act: one pass
+            ws.passes.narrow_dense_act_forward(h, p["dec.0.W"], p["dec.0.b"], act, out)
+        else:
+            np.matmul(h, p[f"dec.{i}.W"], out=out)
+            dense.bias_act_forward(out, p[f"dec.{i}.b"], act, out)
+        h = out
+    prof.mark("decoder hidden layers")
+    np.matmul(h, p["dec.out.W"], out=ws.logits)                      # (B * S, D), bias added below
+    prof.mark("output layer GEMM")
+    logits = ws.logits.reshape(B, S, D)
+    # nll (B, S); the logits become g = sigmoid(logits) - x, in place
+    if nll_only:
+        bernoulli.bernoulli_nll(logits, x, ws.nll, ws.work, bias=p["dec.out.b"])
+    else:
+        ws.passes.bernoulli_nll_and_grad(logits, x, ws.nll, logits, ws.work, bias=p["dec.out.b"])
+    prof.mark("output Bernoulli pass (bias, NLL, sigmoid - x)")
+
+
+def dense_backward(da, h_in, p, g, name, d_in):
+    """``ops.dense_backward`` into the workspace: ``g[name.W] = h_in.T @ da``,
+    ``g[name.b] = da.sum(0)`` and, unless ``d_in`` is None, ``d_in = da @ W.T``."""
+    np.matmul(h_in.T, da, out=g[f"{name}.W"])
+    dense.bias_grad(da, g[f"{name}.b"])
+    if d_in is not None:
+        np.matmul(da, p[f"{name}.W"].T, out=d_in)
+
+
+def bound(ws, objective, kl, eps):
+    """Per-example bound (B,) as the reference computes it; fills ``log_w``/``w_tilde`` when used."""
+    if objective == "iwae" or kl == "mc":
+        latent.log_weights(ws.nll, ws.z, ws.log_var, eps, ws.log_w)       # (B, S)
+    if objective == "iwae":
+        latent.logsumexp_weights(ws.log_w, ws.bound, ws.w_tilde)
+        return ws.bound.copy()
+    if kl == "mc":
+        return ws.log_w.mean(axis=1)
+    return (-ws.nll).mean(axis=1) - ws.kl
+
+
+def step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFILE):
+    """Forward and backward of the examples ``x`` (a group of a batch of ``batch``) in the
+    workspace ``ws`` (made for ``x``'s ``B``, ``S`` and the model's dtype, with gradients),
+    its row passes through ``ws.passes``.
+
+    The same loss and gradients as :meth:`npvae.engine.ReferenceEngine.backward` (see the
+    module docstring for what is fused and what stays BLAS).
+
+    Returns ``(bound, nll_sum, kl_sum, grads)``: the per-example bound (a fresh array),
+    the float64 sums of the NLL over (examples, samples) and of the analytic KL over
+    examples, and the gradients of the *whole batch's* loss (``-mean`` of the bound
+    over ``batch`` examples) with respect to the parameters, through these examples.
+    """
+    p, nh = model.params, len(model.hidden)
+    B, S, L = eps.shape
+    N = B * S
+    act = dense.ACT_CODES[model.activation]
+    g = ws.grads
+
+    # ---- forward ---------------------------------------------------------------
+    forward_into(model, ws, x, eps, act, prof)
+    log_weights = objective == "iwae" or kl == "mc"
+    per_example = bound(ws, objective, kl, eps)                            # (B,)
+    sums = float(ws.nll.sum(dtype=np.float64)), float(ws.kl.sum(dtype=np.float64))
+
+    # ---- backward: the bound's gradients on the sample axis --------------------
+    dbound = model.dtype.type(-1.0 / batch)                          # d loss / d bound
+    if log_weights:
+        if objective == "iwae":
+            np.multiply(ws.w_tilde, dbound, out=ws.dlog_w)           # dbound * w~
+        else:
+            ws.dlog_w.fill(dbound / S)
+        np.negative(ws.dlog_w, out=ws.row_w.reshape(B, S))           # dnll = -dlog_px
+        # direct gradients of log p(z) - log q(z|x) (z held fixed)
+        latent.log_weights_backward(ws.dlog_w, ws.z, eps, ws.log_var, ws.dz_direct, ws.dmu_q, ws.dlog_var_q)
+        ws.dkl.fill(0.0)
+    else:
+        ws.row_w.fill(-(dbound / S))
+        ws.dkl.fill(-dbound)
+
+    prof.mark("bound, log weights and their backward")
+    # ---- decoder backward ---------------------------------------------------------
+    w = ws.row_w
+    grad_logits = ws.logits                                           # sigmoid(l) - x, (B * S, D)
+    h_last, kern = ws.dec_h[-1], ws.passes
+    kern.scale_rows_into(h_last, w, ws.hs)
+    np.matmul(ws.hs.T, grad_logits, out=g["dec.out.W"])               # (dnll * h).T @ g
+    kern.weighted_bias_grad(grad_logits, w, g["dec.out.b"])
+    np.matmul(grad_logits, p["dec.out.W"].T, out=ws.dec_d[-1])       # g @ W.T, unscaled
+    prof.mark("output layer backward: dW, db, dh (GEMMs, row weights)")
+    z2 = ws.z.reshape(N, L)
+    weighted = True                          # dnll still to apply (with the last layer's act')
+    for i in reversed(range(nh)):
+        dout = ws.dec_d[i]                                            # (B * S, H_i), before act'
+        if i == 0 and L <= dense.NARROW_INPUT:   # act', dW, db and dz of the latent's layer: one pass
+            kern.narrow_dense_act_backward(dout, ws.dec_h[0], act, w, weighted, z2, p["dec.0.W"],
+                                           g["dec.0.W"], g["dec.0.b"], ws.dz.reshape(N, L))
+            break
+        if weighted:
+            dense.act_backward_rows(dout, ws.dec_h[i], act, w, dout)      # dnll * (g @ W.T) * act'
+            weighted = False
+        else:
+            dense.act_backward(dout, ws.dec_h[i], act, dout)
+        dense_backward(dout, ws.dec_h[i - 1] if i > 0 else z2, p, g, f"dec.{i}",
+                        ws.dec_d[i - 1] if i > 0 else ws.dz.reshape(N, L))
+
+    prof.mark("decoder hidden layers backward")
+    # ---- latent: estimators, reparameterization and KL ---------------------------
+    dz = ws.dz
+    if log_weights:
+        np.add(dz, ws.dz_direct, out=dz)
+    if estimator == "dreg":
+        np.multiply(dz, ws.w_tilde[:, :, None], out=dz)              # w~ -> w~^2 on the path
+    latent.reparam_kl_backward(dz, eps, ws.mu, ws.log_var, ws.dkl, ws.dmu, ws.dlog_var)
+    if log_weights and estimator == "standard":                      # STL/DReG drop the score term
+        np.add(ws.dmu, ws.dmu_q, out=ws.dmu)
+        np.add(ws.dlog_var, ws.dlog_var_q, out=ws.dlog_var)
+
+    prof.mark("reparam + KL backward")
+    # ---- encoder backward ---------------------------------------------------------
+    h_last, dh = ws.enc_h[-1], ws.enc_d[-1]
+    dense_backward(ws.dmu, h_last, p, g, "enc.mu", dh)
+    dense_backward(ws.dlog_var, h_last, p, g, "enc.logvar", ws.enc_tmp)
+    np.add(dh, ws.enc_tmp, out=dh)
+    for i in reversed(range(nh)):
+        da = ws.enc_d[i]                                              # (B, H_i)
+        dense.act_backward(da, ws.enc_h[i], act, da)
+        dense_backward(da, ws.enc_h[i - 1] if i > 0 else x, p, g, f"enc.{i}",
+                        ws.enc_d[i - 1] if i > 0 else None)           # no dx for the data
+    prof.mark("encoder backward GEMMs + act/bias grads")
+    return per_example, sums[0], sums[1], g

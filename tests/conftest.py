@@ -1,9 +1,24 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the ``numba`` marker's skip where numba is not installed."""
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+NUMBA = importlib.util.find_spec("numba") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``numba`` need the numba engine: where numba is not installed they are
+    skipped, saying so (CI's NumPy-only environment deselects them with ``-m "not numba"``;
+    its main environment has numba, where they run)."""
+    if NUMBA:
+        return
+    skip = pytest.mark.skip(reason="needs numba (pip install numba, or npvae's [fast] extra)")
+    for item in items:
+        if "numba" in item.keywords:
+            item.add_marker(skip)
 
 _MNIST_NAMES = (
     "train-images-idx3-ubyte",

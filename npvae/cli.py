@@ -1,4 +1,4 @@
-"""Command line: ``npvae train``, ``npvae plot``, ``npvae evaluate`` (also ``python -m npvae``).
+"""Command line: ``npvae train``, ``npvae plot``, ``npvae evaluate``, ``npvae gradcheck`` (also ``python -m npvae``).
 
 A run folder (``--out``) holds ``config.json`` (the settings), ``checkpoint.npz``
 (written after every epoch), ``history.json``, ``model.npz`` and ``figures/``.
@@ -105,6 +105,19 @@ def build_parser():
     e.add_argument("--data", help="folder holding MNIST")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    g = sub.add_parser("gradcheck", help="check every gradient against finite differences (float64)",
+                       description="Check every op of npvae.ops and npvae.objectives, the whole model for each "
+                                   "objective, and the STL and DReG estimators against central finite differences "
+                                   "in float64; print a table, exit 1 if any check fails. docs/gradients.md "
+                                   "derives what is checked.")
+    g.add_argument("--model", help="check the model of this .npz, checkpoint or run folder (as float64; "
+                                   "default: a small tanh model)")
+    g.add_argument("--seed", type=_non_negative, default=0, help="seed of the small model, data, noise and dout")
+    g.add_argument("--coords", type=_positive,
+                   help="random coordinates checked per parameter (default: all; 20 with --model)")
+    g.add_argument("--tolerance", type=_positive_float, default=1e-6, help="largest relative error that passes")
+    g.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     return parser
 
 
@@ -227,11 +240,31 @@ def _evaluate(args):
     return 0
 
 
+def _gradcheck(args):
+    from .gradcheck import check_all, format_table
+    model, coords = None, args.coords
+    if args.model is not None:
+        loaded = _load_any(args.model)
+        model = VAE(**dict(loaded.config, dtype="float64"), backend="numpy")
+        for name, p in loaded.params.items():
+            model.params[name] = p.astype(np.float64)
+        coords = 20 if coords is None else coords
+    rows = check_all(seed=args.seed, model=model, tolerance=args.tolerance, n_coords=coords)
+    passed = all(r["passed"] for r in rows)
+    if args.json:
+        print(json.dumps({"passed": passed, "rows": rows}))
+    else:
+        what = f"the model in {args.model} (float64 copy)" if args.model else "a small float64 model"
+        print(f"Gradients of npvae's ops and of {what} against central differences (float64):\n")
+        print(format_table(rows))
+    return 0 if passed else 1
+
+
 def main(argv=None):
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"train": _train, "plot": _plot, "evaluate": _evaluate}[args.command]
+    command = {"train": _train, "plot": _plot, "evaluate": _evaluate, "gradcheck": _gradcheck}[args.command]
     try:
         return command(args)
     except (CLIError, DataError, ValueError, FileNotFoundError, TrainingError) as exc:

@@ -1,12 +1,14 @@
-"""End-to-end command line: train, resume, evaluate, plot, and clean failures."""
+"""End-to-end command line: train, resume, evaluate, plot, gradcheck, and clean failures."""
 
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from npvae import cli
+from npvae.model import VAE
 
 pytest.importorskip("matplotlib")
 
@@ -119,3 +121,37 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys, monkeypatch):
 def test_python_dash_m_runs():
     result = subprocess.run([sys.executable, "-m", "npvae", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# npvae gradcheck
+# ---------------------------------------------------------------------------
+def test_gradcheck_passes_and_prints_a_table(capsys):
+    assert cli.main(["gradcheck"]) == 0
+    out = capsys.readouterr().out
+    assert "ops.dense" in out and "model iwae/analytic" in out and "dreg" in out
+    assert "FAIL" not in out
+
+
+def test_gradcheck_json_and_a_broken_backward_exits_1(monkeypatch, capsys):
+    from npvae import ops
+    real = ops.gaussian_kl_backward
+
+    def broken(dkl, cache):                   # the mu gradient off by 1%
+        dmu, dlog_var = real(dkl, cache)
+        return 1.01 * dmu, dlog_var
+
+    monkeypatch.setattr(ops, "gaussian_kl_backward", broken)
+    assert cli.main(["gradcheck", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    failed = {(r["check"], r["parameter"]) for r in report["rows"] if not r["passed"]}
+    assert report["passed"] is False and ("ops.gaussian_kl", "mu") in failed
+    assert all(r["tolerance"] == 1e-6 for r in report["rows"])
+
+
+def test_gradcheck_of_a_saved_float32_model(tmp_path, capsys):
+    model = VAE(input_dim=10, hidden=(6,), latent_dim=2, activation="tanh", seed=1, dtype=np.float32)
+    model.save(tmp_path / "m.npz")
+    assert cli.main(["gradcheck", "--model", str(tmp_path / "m.npz"), "--coords", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "(float64 copy)" in out and "enc.0.W" in out

@@ -76,17 +76,17 @@ __all__ = [
 def _check_real(name: str, value) -> float:
     # bool is an int subclass; lr=True is always a mistake, never 1.0
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{name}: expected a real number, got {value!r} ({type(value).__name__})")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
     return value
 
 
 def _check_positive(name: str, value) -> float:
     value = _check_real(name, value)
     if value <= 0.0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
     return value
 
 
@@ -94,13 +94,13 @@ def _check_unit_interval(name: str, value) -> float:
     """A decay factor: 0 <= value < 1 (1 would never forget, so never adapt)."""
     value = _check_real(name, value)
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
     return value
 
 
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{name}: expected a bool, got {value!r} ({type(value).__name__})")
     return bool(value)
 
 
@@ -251,10 +251,10 @@ class Optimizer:
     def _check_params_grads(self, params, grads) -> None:
         for arg, d in (("params", params), ("grads", grads)):
             if not isinstance(d, Mapping):
-                raise ValueError(f"{arg} must be a dict of name -> ndarray, got {type(d).__name__}")
+                raise ValueError(f"{arg}: expected a dict of name -> ndarray, got {type(d).__name__}")
         if params.keys() != grads.keys():
             raise ValueError(
-                "grads must have the same keys as params; "
+                "grads: expected the keys of params; "
                 f"missing from grads: {sorted(set(params) - set(grads))}, "
                 f"not in params: {sorted(set(grads) - set(params))}")
         for key, p in params.items():
@@ -262,27 +262,27 @@ class Optimizer:
             for arg, a in (("params", p), ("grads", g)):
                 if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
                     raise ValueError(
-                        f"{arg}[{key!r}] must be a floating-point ndarray, got {_describe(a)}")
+                        f"{arg}[{key!r}]: expected a floating-point ndarray, got {_describe(a)}")
             if not p.flags.writeable:
-                raise ValueError(f"params[{key!r}] must be writable (it is updated in place)")
+                raise ValueError(
+                    f"params[{key!r}]: expected a writable array (it is updated in place), got a read-only one")
             if g.shape != p.shape:
                 raise ValueError(
-                    f"grads[{key!r}] must have the shape of params[{key!r}], "
-                    f"expected {p.shape}, got {g.shape}")
+                    f"grads[{key!r}]: expected the shape of params[{key!r}], {p.shape}, got {g.shape}")
         if not self._built:
             return
         for s, arrays in self._state.items():
             if arrays.keys() != params.keys():
                 raise ValueError(
-                    "params must have the keys this optimizer holds state for, expected "
+                    "params: expected the keys this optimizer holds state for, "
                     f"{sorted(arrays)}, got {sorted(params)}; "
                     "use a fresh optimizer for a new model")
             for key, p in params.items():
                 a = arrays[key]
                 if a.shape != p.shape or a.dtype != p.dtype:
                     raise ValueError(
-                        f"params[{key!r}] must match the optimizer state '{s}/{key}': "
-                        f"expected shape {a.shape} and dtype {a.dtype}, "
+                        f"params[{key!r}]: expected the optimizer state '{s}/{key}''s "
+                        f"shape {a.shape} and dtype {a.dtype}, "
                         f"got shape {p.shape} and dtype {p.dtype}")
 
     # -- state dicts ---------------------------------------------------------------------
@@ -341,20 +341,20 @@ def _describe(x) -> str:
 def _parse_state(state, expected=None) -> Optimizer:
     """Validate a state dict and return a new optimizer holding it (arrays copied)."""
     if not isinstance(state, Mapping):
-        raise ValueError(f"state must be a dict of name -> ndarray, got {type(state).__name__}")
+        raise ValueError(f"state: expected a dict of name -> ndarray, got {type(state).__name__}")
     if "name" not in state:
-        raise ValueError("state must have a 'name' key (the optimizer's name, e.g. 'adam')")
+        raise ValueError("state: expected a 'name' key (the optimizer's name, e.g. 'adam'), got none")
     a = np.asarray(state["name"])
     if a.shape != () or a.dtype.kind != "U":
-        raise ValueError(f"state['name'] must be a 0-d unicode array, got {a!r}")
+        raise ValueError(f"state['name']: expected a 0-d unicode array, got {a!r}")
     name = str(a.item())
     if name not in _OPTIMIZERS:
         raise ValueError(
-            f"state['name'] must be one of {', '.join(map(repr, _OPTIMIZERS))}, got {name!r}")
+            f"state['name']: expected one of {', '.join(map(repr, _OPTIMIZERS))}, got {name!r}")
     cls = _OPTIMIZERS[name]
     if expected is not None and cls is not expected:
         raise ValueError(
-            f"state must be a {expected.name!r} optimizer state, got {name!r}; "
+            f"state: expected a {expected.name!r} optimizer state, got {name!r}; "
             "use optimizer_from_state() to rebuild whichever optimizer it holds")
 
     scalars = ("name", "iterations") + cls._hyperparameters
@@ -365,13 +365,13 @@ def _parse_state(state, expected=None) -> Optimizer:
     for h in cls._hyperparameters:
         a = np.asarray(state[h])
         if a.shape != ():
-            raise ValueError(f"state[{h!r}] must be a 0-d array, got shape {a.shape}")
+            raise ValueError(f"state[{h!r}]: expected a 0-d array, got shape {a.shape}")
         config[h] = a.item()
     opt = cls(**config)  # validates the hyperparameters
 
     it = np.asarray(state["iterations"])
     if it.shape != () or it.dtype.kind not in "iu" or int(it) < 0:
-        raise ValueError(f"state['iterations'] must be a 0-d integer >= 0, got {it!r}")
+        raise ValueError(f"state['iterations']: expected a 0-d integer >= 0, got {it!r}")
     opt.iterations = int(it)
 
     slots = opt._slot_names()  # from the state's hyperparameters (SGD momentum)
@@ -386,7 +386,7 @@ def _parse_state(state, expected=None) -> Optimizer:
                 f"with slot in {list(slots)}")
         v = np.asarray(v)
         if v.dtype.kind != "f":
-            raise ValueError(f"state[{k!r}] must be a floating-point array, got dtype {v.dtype}")
+            raise ValueError(f"state[{k!r}]: expected a floating-point array, got dtype {v.dtype}")
         opt._state[slot][param] = v.copy()
     if slots:
         ref = opt._state[slots[0]]
@@ -396,7 +396,7 @@ def _parse_state(state, expected=None) -> Optimizer:
                     other[k].shape != ref[k].shape or other[k].dtype != ref[k].dtype
                     for k in ref):
                 raise ValueError(
-                    f"state slots {list(slots)} must hold arrays for the same parameters "
+                    f"state: expected the slots {list(slots)} to hold arrays for the same parameters "
                     "with the same shapes and dtypes")
         opt._built = bool(ref)
     else:
@@ -656,13 +656,13 @@ def get_optimizer(name_or_instance: Union[str, Optimizer], **kwargs) -> Optimize
         return name_or_instance
     if not isinstance(name_or_instance, str):
         raise TypeError(
-            "name_or_instance must be an optimizer name "
+            "name_or_instance: expected an optimizer name "
             f"({', '.join(map(repr, _OPTIMIZERS))}) or an Optimizer, "
             f"got {type(name_or_instance).__name__}")
     key = name_or_instance.strip().lower()
     if key not in _OPTIMIZERS:
         raise ValueError(
-            f"name_or_instance must be one of {', '.join(map(repr, _OPTIMIZERS))}, "
+            f"name_or_instance: expected one of {', '.join(map(repr, _OPTIMIZERS))}, "
             f"got {name_or_instance!r}")
     cls = _OPTIMIZERS[key]
     unknown = sorted(set(kwargs) - set(cls._hyperparameters))

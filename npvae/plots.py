@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _validate as check
+
 from npvae.stats import norm_ppf
 
 __all__ = [
@@ -67,19 +69,14 @@ def _save(fig, path):
 
 
 def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__}: "
-                        f"{value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
+    return check.positive_int(value, name, minimum=minimum)
 
 
 def _check_model(model):
     missing = [a for a in ("input_dim", "latent_dim", "encode", "decode") if not hasattr(model, a)]
     if missing:
         raise TypeError(
-            "model must have input_dim, latent_dim, encode(x) and decode(z); "
+            "model: expected an object with input_dim, latent_dim, encode(x) and decode(z), "
             f"got {type(model).__name__} without {', '.join(missing)}"
         )
 
@@ -88,9 +85,9 @@ def _check_images(name, x, input_dim):
     """``x`` as a numeric array of shape (B, input_dim), or an error naming ``name``."""
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+        raise ValueError(f"{name}: expected a numeric array, got dtype {x.dtype}")
     if x.ndim != 2 or x.shape[1] != input_dim:
-        raise ValueError(f"{name} must have shape (B, {input_dim}), got shape {x.shape}")
+        raise ValueError(f"{name}: expected shape (B, {input_dim}), got {x.shape}")
     return x
 
 
@@ -98,7 +95,7 @@ def _digit_side(input_dim):
     side = math.isqrt(input_dim)
     if side * side != input_dim:
         raise ValueError(
-            f"model.input_dim must be a perfect square to be shown as an image, got {input_dim}"
+            f"model.input_dim: expected a perfect square to be shown as an image, got {input_dim}"
         )
     return side
 
@@ -154,9 +151,9 @@ def plot_latent(model, x, y, path=None, batch_size=1000):
     x = _check_images("x", x, model.input_dim)
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got shape {y.shape}")
+        raise ValueError(f"y: expected shape ({x.shape[0]},) to match x, got {y.shape}")
     if y.size and (y.dtype.kind not in "iuf" or np.any(y != np.round(y)) or y.min() < 0):
-        raise ValueError("y must hold non-negative integer class labels")
+        raise ValueError(f"y: expected non-negative integer class labels, got an array of dtype {y.dtype} with others")
     y = y.astype(np.int64)
     batch_size = _check_int("batch_size", batch_size, 1)
 
@@ -230,9 +227,9 @@ def latent_grid(n=15, lo=0.05, hi=0.95):
     n = _check_int("n", n, 1)
     for name, value in (("lo", lo), ("hi", hi)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-            raise ValueError(f"{name} must be a probability in (0, 1), got {value!r}")
+            raise ValueError(f"{name}: expected a probability in (0, 1), got {value!r}")
     if not lo < hi and not (n == 1 and lo == hi):
-        raise ValueError(f"lo must be < hi, got lo={lo!r}, hi={hi!r}")
+        raise ValueError(f"lo: expected a value below hi, got lo={lo!r}, hi={hi!r}")
     q = norm_ppf(np.linspace(lo, hi, n))
     grid = np.empty((n, n, 2))
     grid[..., 0] = q[None, :]  # z_1 varies along columns j
@@ -283,7 +280,7 @@ def plot_manifold(model, path=None, n=15, digit_size=28):
         warnings.warn(message, UserWarning, stacklevel=2)
         return None
     if digit_size * digit_size != model.input_dim:
-        raise ValueError(f"digit_size**2 must equal model.input_dim={model.input_dim}, "
+        raise ValueError(f"digit_size: expected digit_size**2 == model.input_dim={model.input_dim}, "
                          f"got digit_size={digit_size}")
 
     grid = latent_grid(n)
@@ -340,9 +337,9 @@ def plot_reconstructions(model, x_one, mc_samples=25, rng=None, path=None):
     _check_model(model)
     x_one = np.asarray(x_one)
     if x_one.dtype.kind not in "biuf":
-        raise TypeError(f"x_one must be a numeric array, got dtype {x_one.dtype}")
+        raise ValueError(f"x_one: expected a numeric array, got dtype {x_one.dtype}")
     if x_one.shape not in ((model.input_dim,), (1, model.input_dim)):
-        raise ValueError(f"x_one must be a single input of shape ({model.input_dim},) or "
+        raise ValueError(f"x_one: expected a single input of shape ({model.input_dim},) or "
                          f"(1, {model.input_dim}), got shape {x_one.shape}")
     x_one = x_one.reshape(1, model.input_dim)
     mc_samples = _check_int("mc_samples", mc_samples, 1)
@@ -402,11 +399,11 @@ def _history_records(history):
     try:
         records = list(history)
     except TypeError as exc:
-        raise TypeError("history must be a list of per-epoch dicts, "
+        raise TypeError("history: expected a list of per-epoch dicts, "
                         f"got {type(history).__name__}") from exc
     for i, rec in enumerate(records):
         if not hasattr(rec, "keys"):
-            raise TypeError(f"history[{i}] must be a dict, got {type(rec).__name__}")
+            raise TypeError(f"history[{i}]: expected a dict, got {type(rec).__name__}")
     return records
 
 
@@ -431,10 +428,10 @@ def plot_history(history, path=None):
     """
     records = _history_records(history)
     if not records:
-        raise ValueError("history must hold at least one epoch, got an empty history")
+        raise ValueError("history: expected at least one epoch, got an empty history")
     for i, rec in enumerate(records):
         if rec.get("loss") is None:
-            raise ValueError(f"history[{i}] must have a 'loss' value, got keys {sorted(rec)}")
+            raise ValueError(f"history[{i}]: expected a 'loss' value, got keys {sorted(rec)}")
 
     def column(key):
         return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records])
@@ -506,7 +503,7 @@ def save_all(model, history, x_test, y_test, out_dir, seed=0):
     _check_model(model)
     x_test = _check_images("x_test", x_test, model.input_dim)
     if x_test.shape[0] < 1:
-        raise ValueError("x_test must hold at least one input, got shape "
+        raise ValueError("x_test: expected at least one input, got shape "
                          f"{x_test.shape}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

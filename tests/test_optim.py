@@ -371,7 +371,7 @@ def test_load_state_dict_rejects_another_optimizers_state():
     (lambda s: s.pop("name"), "name"),
     (lambda s: s.update(name=np.array("adagrad")), "adagrad"),
     (lambda s: s.update(name=np.array(3)), "name"),
-    (lambda s: s.update(lr=np.array(-1.0)), "lr must be > 0"),
+    (lambda s: s.update(lr=np.array(-1.0)), "lr: expected a number > 0"),
     (lambda s: s.update(iterations=np.array(-1)), "iterations"),
     (lambda s: s.update(iterations=np.array(1.5)), "iterations"),
     (lambda s: s.update({"bogus/w": np.zeros(3)}), "unknown key 'bogus/w'"),
@@ -415,7 +415,7 @@ def test_get_optimizer_passes_an_instance_through():
 
 
 def test_get_optimizer_unknown_name_raises_naming_the_argument():
-    with pytest.raises(ValueError, match=r"name_or_instance must be one of .*'adam'.*got 'adamw'"):
+    with pytest.raises(ValueError, match=r"name_or_instance: expected one of .*'adam'.*got 'adamw'"):
         get_optimizer("adamw")
     with pytest.raises(TypeError, match="name_or_instance"):
         get_optimizer(3)
@@ -427,22 +427,22 @@ def test_get_optimizer_unknown_hyperparameter_raises():
 
 
 @pytest.mark.parametrize("name, hyper, match", [
-    ("sgd", dict(lr=0.0), "lr must be > 0, got 0.0"),
-    ("sgd", dict(lr=-0.1), "lr must be > 0"),
-    ("adam", dict(lr=float("nan")), "lr must be finite"),
-    ("adam", dict(lr=float("inf")), "lr must be finite"),
-    ("adam", dict(lr="0.1"), "lr must be a real number, got '0.1'"),
-    ("adam", dict(lr=True), "lr must be a real number"),
-    ("sgd", dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
-    ("sgd", dict(momentum=-0.5), "momentum must be in"),
-    ("sgd", dict(nesterov="yes"), "nesterov must be a bool"),
+    ("sgd", dict(lr=0.0), "lr: expected a number > 0, got 0.0"),
+    ("sgd", dict(lr=-0.1), "lr: expected a number > 0"),
+    ("adam", dict(lr=float("nan")), "lr: expected a finite number"),
+    ("adam", dict(lr=float("inf")), "lr: expected a finite number"),
+    ("adam", dict(lr="0.1"), "lr: expected a real number, got '0.1'"),
+    ("adam", dict(lr=True), "lr: expected a real number"),
+    ("sgd", dict(momentum=1.0), r"momentum: expected a number in \[0, 1\), got 1.0"),
+    ("sgd", dict(momentum=-0.5), "momentum: expected a number in"),
+    ("sgd", dict(nesterov="yes"), "nesterov: expected a bool"),
     ("sgd", dict(nesterov=True), "nesterov=True requires momentum > 0"),
-    ("rmsprop", dict(rho=1.0), r"rho must be in \[0, 1\)"),
-    ("rmsprop", dict(rho=-0.1), "rho must be in"),
-    ("rmsprop", dict(epsilon=0.0), "epsilon must be > 0"),
-    ("adam", dict(beta1=1.0), "beta1 must be in"),
-    ("adam", dict(beta2=1.5), "beta2 must be in"),
-    ("adam", dict(epsilon=-1e-8), "epsilon must be > 0"),
+    ("rmsprop", dict(rho=1.0), r"rho: expected a number in \[0, 1\)"),
+    ("rmsprop", dict(rho=-0.1), "rho: expected a number in"),
+    ("rmsprop", dict(epsilon=0.0), "epsilon: expected a number > 0"),
+    ("adam", dict(beta1=1.0), "beta1: expected a number in"),
+    ("adam", dict(beta2=1.5), "beta2: expected a number in"),
+    ("adam", dict(epsilon=-1e-8), "epsilon: expected a number > 0"),
 ])
 def test_bad_hyperparameters_raise_naming_the_argument(name, hyper, match):
     with pytest.raises(ValueError, match=match):
@@ -451,7 +451,7 @@ def test_bad_hyperparameters_raise_naming_the_argument(name, hyper, match):
 
 def test_lr_setter_validates():
     opt = RMSprop()
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match="lr: expected a number > 0"):
         opt.lr = 0
     assert opt.lr == 1e-3
     opt.lr = np.float32(0.5)
@@ -462,15 +462,15 @@ W = np.ones(3)
 
 
 @pytest.mark.parametrize("params, grads, match", [
-    ({"w": W}, {}, r"grads must have the same keys as params; missing from grads: \['w'\]"),
+    ({"w": W}, {}, r"grads: expected the keys of params; missing from grads: \['w'\]"),
     ({"w": W}, {"w": W, "b": np.ones(1)}, r"not in params: \['b'\]"),
-    ({"w": W}, {"w": np.ones(4)}, r"grads\['w'\] must have the shape .* got \(4,\)"),
+    ({"w": W}, {"w": np.ones(4)}, r"grads\['w'\]: expected the shape .* got \(4,\)"),
     ({"w": np.ones(3, dtype=int)}, {"w": W},
-     r"params\['w'\] must be a floating-point ndarray, got ndarray of dtype int"),
+     r"params\['w'\]: expected a floating-point ndarray, got ndarray of dtype int"),
     ({"w": [1.0, 2.0]}, {"w": np.ones(2)},
-     r"params\['w'\] must be a floating-point ndarray, got list"),
-    ({"w": W}, {"w": [1.0, 2.0, 3.0]}, r"grads\['w'\] must be a floating-point ndarray"),
-    ([W], {"w": W}, "params must be a dict"),
+     r"params\['w'\]: expected a floating-point ndarray, got list"),
+    ({"w": W}, {"w": [1.0, 2.0, 3.0]}, r"grads\['w'\]: expected a floating-point ndarray"),
+    ([W], {"w": W}, "params: expected a dict"),
 ])
 def test_mismatched_grads_raise_naming_the_argument(params, grads, match):
     with pytest.raises(ValueError, match=match):
@@ -481,18 +481,18 @@ def test_mismatched_grads_raise_naming_the_argument(params, grads, match):
 def test_read_only_params_raise():
     w = np.ones(3)
     w.flags.writeable = False
-    with pytest.raises(ValueError, match=r"params\['w'\] must be writable"):
+    with pytest.raises(ValueError, match=r"params\['w'\]: expected a writable array"):
         SGD().step({"w": w}, {"w": np.ones(3)})
 
 
 def test_params_must_match_the_state_already_held():
     opt = RMSprop()
     opt.step({"w": np.ones(3)}, {"w": np.ones(3)})
-    with pytest.raises(ValueError, match=r"params\['w'\] must match the optimizer state 'v/w'"):
+    with pytest.raises(ValueError, match=r"params\['w'\]: expected the optimizer state 'v/w''s"):
         opt.step({"w": np.ones(4)}, {"w": np.ones(4)})
     with pytest.raises(ValueError, match="dtype float64, got shape .* dtype float32"):
         opt.step({"w": np.ones(3, np.float32)}, {"w": np.ones(3, np.float32)})
-    with pytest.raises(ValueError, match="params must have the keys"):
+    with pytest.raises(ValueError, match="params: expected the keys"):
         opt.step({"u": np.ones(3)}, {"u": np.ones(3)})
     assert opt.iterations == 1  # failed steps do not count
 

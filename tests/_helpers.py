@@ -1,23 +1,28 @@
 """Helpers shared by several test modules (plain functions; fixtures live in conftest.py)."""
 
-import inspect
-
 import numpy as np
+import pytest
 
 from npvae.model import VAE
 
-#: The backends a test can choose between (only "numpy" where numba is not installed).
-BACKENDS = ["numpy", "numba"] if "backend" in inspect.signature(VAE).parameters else [None]
+#: The backends a test can run over; "numba" carries the ``numba`` marker (skipped without numba).
+BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.numba)]
 
 
-def small_model(seed=3, backend=None, activation="tanh"):
-    """A 6-5-2 VAE whose biases are nonzero (so that no gradient is zero by construction)."""
-    kwargs = {} if backend is None else {"backend": backend}
-    model = VAE(input_dim=6, hidden=(5,), latent_dim=2, activation=activation, seed=seed, **kwargs)
+def small_model(input_dim=6, hidden=(5,), latent_dim=2, activation="tanh", seed=3, dtype=np.float64,
+                backend="auto", bias_scale=0.3, decoder_scale=1.0):
+    """The one small model of the tests: a VAE whose biases are ``bias_scale * N(0, 1)`` (drawn
+    from ``seed + 100``; nonzero, so that no gradient is zero by construction), its decoder's
+    parameters then multiplied by ``decoder_scale`` (large logits). The same arguments give the
+    same weights whatever the backend. Test modules fix their own defaults with ``partial``."""
+    model = VAE(input_dim=input_dim, hidden=hidden, latent_dim=latent_dim, activation=activation, seed=seed,
+                dtype=dtype, backend=backend)
     rng = np.random.default_rng(seed + 100)
     for name, p in model.params.items():
-        if name.endswith(".b"):
-            p[:] = 0.3 * rng.standard_normal(p.shape)
+        if name.endswith(".b") and bias_scale:
+            p[:] = bias_scale * rng.standard_normal(p.shape)
+        if name.startswith("dec.") and decoder_scale != 1.0:
+            p *= decoder_scale
     return model
 
 

@@ -1,8 +1,14 @@
-"""The benchmark helpers: reports into figures (benchmarks/plot_speed.py), report sections (benchmarks/speed.py)."""
+"""The benchmark tools: reports into figures (benchmarks/plot_speed.py), report sections
+(benchmarks/speed.py), the sample-size study's executor (benchmarks/sample_sizes.py) and the
+log-likelihood throughput report (benchmarks/ll_throughput.py)."""
 
 import importlib.util
+import json
 import os
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,10 +34,13 @@ Target: numba float32 at most 0.67x the peer at every S.
 """
 
 
-def _benchmark(name):
-    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks/ is no package)."""
+def _benchmark(name, register=False):
+    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks/ is no package);
+    ``register``: also as ``sys.modules[name]``."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -81,3 +90,67 @@ def test_floor_section_divides_the_epochs_flops_by_npvaes_rate(speed):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     # floor 2 s; best ratio 2/5; share needed 2/(0.67*5); share now 2/4; peer's BLAS 1.5x
     assert cells == [str(S), "2.00", "0.40", f"{2 / (0.67 * 5):.0%}", "50%", "1.50"]
+
+
+# ---------------------------------------------------------------------------
+# The sample-size study's executor (benchmarks/sample_sizes.py), on tiny synthetic cells
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def study():
+    module = _benchmark("sample_sizes", register=True)  # registered: workers unpickle run_cell by reference
+    yield module
+    sys.modules.pop("sample_sizes", None)
+
+
+def tiny_argv(out, *extra):
+    return ["--synthetic", "12", "--samples", "1", "3", "--objectives", "elbo", "iwae", "--epochs", "1",
+            "--subset", "40", "--test-subset", "10", "--k", "8", "--snr-repeats", "2", "--snr-batch", "10",
+            "--hidden", "8", "--out", str(out), *extra]
+
+
+@pytest.mark.slow      # trains 4 tiny cells in worker processes, twice
+def test_study_runs_cells_in_workers_and_resumes(study, tmp_path, capsys):
+    out = tmp_path / "ss"
+    assert study.main(tiny_argv(out, "--workers", "2")) == 0
+    log = capsys.readouterr().out
+    assert "4 cells: 0 already done, 4 to run" in log and "[4/4]" in log and "ETA" in log
+    results = sorted((out / "cells").glob("*/result.json"))
+    assert [p.parent.name for p in results] == ["elbo-S1-seed0", "elbo-S3-seed0", "iwae-S1-seed0", "iwae-S3-seed0"]
+    assert not list((out / "cells").glob("*/checkpoint.npz"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    report = Path(str(out) + ".md").read_text()
+    assert "| iwae | 3 | 1 |" in report and "Command: `python benchmarks/sample_sizes.py" in report
+    for name in ("bounds", "snr", "time"):
+        if importlib.util.find_spec("matplotlib"):
+            assert Path(f"{out}_{name}.png").exists()
+
+    # Resume: a finished cell is not recomputed; a deleted one is.
+    (out / "cells" / "iwae-S3-seed0" / "result.json").unlink()
+    assert study.main(tiny_argv(out, "--workers", "1", "--no-plots")) == 0
+    assert "4 cells: 3 already done, 1 to run" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in results[:3]] == stamps[:3]
+
+    # Other settings over the same folder are refused rather than mixed in.
+    with pytest.raises(SystemExit, match=r"other settings \(epochs\)"):
+        study.main(tiny_argv(out, "--epochs", "2", "--no-plots"))
+
+
+def test_study_refuses_bad_grid(study, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        study.main(tiny_argv(tmp_path / "ss", "--samples", "0"))
+    assert "--samples: expected integers >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow      # starts a Dask cluster
+def test_study_on_a_dask_cluster(study, tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        out = tmp_path / "ss"
+        argv = tiny_argv(out, "--samples", "2", "--objectives", "iwae", "--scheduler", cluster.scheduler_address,
+                         "--no-plots")
+        assert study.main(argv) == 0
+        log = capsys.readouterr().out
+        assert "1 cells: 0 already done, 1 to run (scheduler tcp://127.0.0.1:" in log
+        result = json.loads((out / "cells" / "iwae-S2-seed0" / "result.json").read_text())
+        assert result["mc_samples"] == 2 and np.isfinite(result["log_likelihood"])

@@ -636,7 +636,14 @@ def test_path_to_a_non_npz_file_is_refused(tmp_path, synth):
 def test_uppercase_checksums_are_accepted(tmp_path, synth):
     folder = write_mnist(tmp_path / "d", synth)
     upper = {k: v.upper() for k, v in md5s(synth).items()}
-    load_mnist(folder, download=False, checksums=upper)
+    (x, y), (xt, yt) = load_mnist(folder, download=False, checksums=upper)
+    want = load_mnist(folder, download=False, checksums=md5s(synth))
+    np.testing.assert_array_equal(x, want[0][0])
+    np.testing.assert_array_equal(yt, want[1][1])
+    assert x.shape == (5, 784) and xt.shape == (3, 784)
+    wrong = dict(upper, **{TRAIN_IMAGES: "F" * 32})          # still verified, not just accepted
+    with pytest.raises(DataError, match="checksum"):
+        load_mnist(folder, download=False, checksums=wrong)
 
 
 # ---------------------------------------------------------------------------------------------

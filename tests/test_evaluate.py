@@ -1,12 +1,11 @@
 """Dataset measures: the importance-sampled log-likelihood, its chunking, its standard errors,
-its memory bound and its CLI; and the executor of the sample-size study (benchmarks/sample_sizes.py)."""
+its memory bound and its CLI."""
 
-import importlib.util
 import io as stdio
 import json
 import sys
 import tracemalloc
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,18 +15,11 @@ from npvae import evaluate as ev
 from npvae.evaluate import evaluate_bound, log_likelihood
 from npvae.model import VAE
 
-REPO = Path(__file__).resolve().parents[1]
+import _helpers  # noqa: E402
 
 
-def small_model(seed=3, input_dim=7, scale=1.0):
-    model = VAE(input_dim=input_dim, hidden=(6,), latent_dim=2, seed=seed)
-    rng = np.random.default_rng(seed + 100)
-    for name, p in model.params.items():
-        if name.endswith(".b"):
-            p[:] = 0.1 * rng.standard_normal(p.shape)
-        if name.startswith("dec."):
-            p *= scale
-    return model
+
+small_model = partial(_helpers.small_model, input_dim=7, hidden=(6,), activation="relu", bias_scale=0.1)
 
 
 def data(n, d=7, seed=0):
@@ -62,11 +54,11 @@ def test_log_likelihood_is_the_iwae_bound_with_k_samples():
     assert (r.k, r.n) == (50, 6)
 
 
+@pytest.mark.numba
 @pytest.mark.parametrize("scale", [1.0, 150.0])
 def test_numba_backend_gives_the_numpy_backends_estimate(scale):
     """log_likelihood runs the fused forward pass with the numba backend, the ops without."""
-    pytest.importorskip("numba")
-    ref, fast = small_model(scale=scale), small_model(scale=scale)
+    ref, fast = small_model(decoder_scale=scale), small_model(decoder_scale=scale)
     ref.backend, fast.backend = "numpy", "numba"
     x = data(9)
     a = log_likelihood(ref, x, k=30, batch=4, max_rows=50, seed=5, progress=False)
@@ -79,7 +71,7 @@ def test_numba_backend_gives_the_numpy_backends_estimate(scale):
 @pytest.mark.parametrize("scale", [1.0, 150.0])   # 150: log p(x) of -1500..-3700, where exp() underflows
 @pytest.mark.parametrize("batch,max_rows", [(1, 1), (2, 7), (5, 13), (5, 1000)])
 def test_streaming_logsumexp_over_chunks_equals_one_pass(monkeypatch, scale, batch, max_rows):
-    model, x = small_model(scale=scale), data(5)
+    model, x = small_model(decoder_scale=scale), data(5)
     eps = np.random.default_rng(1).standard_normal((5, 40, 2))
     one_pass, _ = model.engine.forward(x, eps, "iwae", "analytic")
     monkeypatch.setattr(model, "sample_eps", ReplayNoise(eps))
@@ -227,68 +219,3 @@ def test_cli_evaluate_refuses_k_below_one(capsys):
         cli.main(["evaluate", "m.npz", "--k", "0"])
     assert exc.value.code == 2
     assert "argument --k: expected a positive integer, got 0" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------
-# The sample-size study's executor (benchmarks/sample_sizes.py), on tiny synthetic cells
-# ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("sample_sizes", REPO / "benchmarks" / "sample_sizes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sample_sizes"] = module      # so that workers can unpickle run_cell by reference
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("sample_sizes", None)
-
-
-def tiny_argv(out, *extra):
-    return ["--synthetic", "12", "--samples", "1", "3", "--objectives", "elbo", "iwae", "--epochs", "1",
-            "--subset", "40", "--test-subset", "10", "--k", "8", "--snr-repeats", "2", "--snr-batch", "10",
-            "--hidden", "8", "--out", str(out), *extra]
-
-
-def test_study_runs_cells_in_workers_and_resumes(study, tmp_path, capsys):
-    out = tmp_path / "ss"
-    assert study.main(tiny_argv(out, "--workers", "2")) == 0
-    log = capsys.readouterr().out
-    assert "4 cells: 0 already done, 4 to run" in log and "[4/4]" in log and "ETA" in log
-    results = sorted((out / "cells").glob("*/result.json"))
-    assert [p.parent.name for p in results] == ["elbo-S1-seed0", "elbo-S3-seed0", "iwae-S1-seed0", "iwae-S3-seed0"]
-    assert not list((out / "cells").glob("*/checkpoint.npz"))
-    stamps = [p.stat().st_mtime_ns for p in results]
-    report = Path(str(out) + ".md").read_text()
-    assert "| iwae | 3 | 1 |" in report and "Command: `python benchmarks/sample_sizes.py" in report
-    for name in ("bounds", "snr", "time"):
-        if importlib.util.find_spec("matplotlib"):
-            assert Path(f"{out}_{name}.png").exists()
-
-    # Resume: a finished cell is not recomputed; a deleted one is.
-    (out / "cells" / "iwae-S3-seed0" / "result.json").unlink()
-    assert study.main(tiny_argv(out, "--workers", "1", "--no-plots")) == 0
-    assert "4 cells: 3 already done, 1 to run" in capsys.readouterr().out
-    assert [p.stat().st_mtime_ns for p in results[:3]] == stamps[:3]
-
-    # Other settings over the same folder are refused rather than mixed in.
-    with pytest.raises(SystemExit, match=r"other settings \(epochs\)"):
-        study.main(tiny_argv(out, "--epochs", "2", "--no-plots"))
-
-
-def test_study_refuses_bad_grid(study, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        study.main(tiny_argv(tmp_path / "ss", "--samples", "0"))
-    assert "--samples: expected integers >= 1, got 0" in capsys.readouterr().err
-
-
-def test_study_on_a_dask_cluster(study, tmp_path, capsys):
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
-        out = tmp_path / "ss"
-        argv = tiny_argv(out, "--samples", "2", "--objectives", "iwae", "--scheduler", cluster.scheduler_address,
-                         "--no-plots")
-        assert study.main(argv) == 0
-        log = capsys.readouterr().out
-        assert "1 cells: 0 already done, 1 to run (scheduler tcp://127.0.0.1:" in log
-        result = json.loads((out / "cells" / "iwae-S2-seed0" / "result.json").read_text())
-        assert result["mc_samples"] == 2 and np.isfinite(result["log_likelihood"])

@@ -25,12 +25,13 @@ def test_thread_count_is_read_set_and_restored_where_controllable():
     assert blas.get_threads() == blas.current_threads() == before
 
 
-def test_restored_after_an_exception():
-    before = blas.get_threads()
+def test_restored_after_an_exception(monkeypatch):
+    fake = fake_blas(monkeypatch, threads=3)              # any machine: a stand-in library
     with pytest.raises(KeyError):
         with blas.single_threaded():
+            assert fake["threads"] == 1
             raise KeyError("x")
-    assert blas.get_threads() == before
+    assert fake["threads"] == 3 and blas.current_threads() == 3
 
 
 def test_nothing_happens_where_blas_is_not_controllable(monkeypatch):

@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+pytestmark = pytest.mark.numba      # the numba engine's kernels (skipped without numba)
 
 from npvae.fast import _jit, bernoulli, dense, jobs, latent, updates  # noqa: E402
 from npvae import objectives as obj  # noqa: E402
@@ -654,3 +654,20 @@ def test_wide_vectors_marks_the_calling_kernel_for_512_bit_vectors():
     np.testing.assert_array_equal(out, 2 * a)
     llvm_ir = doubled.inspect_llvm(doubled.signatures[0])
     assert '"prefer-vector-width"="512"' in llvm_ir
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("add_bias", [True, False])
+def test_forward_only_nll_equals_the_nll_of_the_pass_with_gradient(rng, dtype, add_bias):
+    B, S, D = 3, 4, 37
+    logits = (6 * rng.standard_normal((B, S, D))).astype(dtype)
+    logits[0, 0, :3] = [-120.0, 95.0, 0.0]                  # beyond the subnormal cap, and a zero
+    x = rng.random((B, D)).astype(dtype)
+    bias = rng.standard_normal(D).astype(dtype) if add_bias else None
+    want, got = np.empty((B, S), dtype), np.empty((B, S), dtype)
+    bernoulli.bernoulli_nll_and_grad(logits.copy(), x, want, np.empty_like(logits), bias=bias)
+    kept = logits.copy()
+    bernoulli.bernoulli_nll(kept, x, got, bias=bias)
+    np.testing.assert_array_equal(got, want)                # the same terms, the same float64 sums
+    if dtype == np.float32:
+        np.testing.assert_array_equal(kept, logits)         # float32 reads the logits only

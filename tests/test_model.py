@@ -4,24 +4,22 @@ These tests hold the NumPy reference path (the specification); test_fused.py hol
 numba backend equal to it.
 """
 
+from functools import partial
+
 import numpy as np
 import pytest
 
 from npvae import gradcheck
 from npvae.model import VAE
 
+import _helpers  # noqa: E402
+
 TOL = 1e-6
 
 
-def small_model(activation="relu", hidden=(6, 5), seed=3, dtype=np.float64):
-    model = VAE(input_dim=7, hidden=hidden, latent_dim=3, activation=activation, seed=seed, dtype=dtype,
-                backend="numpy")
-    # Nonzero biases, so that their gradients are not checked only at a special point.
-    rng = np.random.default_rng(seed + 100)
-    for name, p in model.params.items():
-        if name.endswith(".b"):
-            p[:] = 0.1 * rng.standard_normal(p.shape)
-    return model
+# nonzero biases, so that their gradients are not checked only at a special point
+small_model = partial(_helpers.small_model, input_dim=7, hidden=(6, 5), latent_dim=3, activation="relu",
+                      backend="numpy", bias_scale=0.1)
 
 
 def batch(model, B, S, seed=0):
@@ -37,7 +35,7 @@ def batch(model, B, S, seed=0):
 @pytest.mark.parametrize("B", [1, 5])
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_model_gradients_match_finite_differences(objective, kl, S, B, activation):
-    model = small_model(activation)
+    model = small_model(activation=activation)
     x, eps = batch(model, B, S, seed=B * 10 + S)
     errors = gradcheck.check_model(model, x, eps, objective=objective, kl=kl)
     assert set(errors) == set(model.params)
@@ -46,7 +44,7 @@ def test_model_gradients_match_finite_differences(objective, kl, S, B, activatio
 
 def test_gradcheck_on_random_coordinate_subset():
     # tanh is smooth, so a larger step (less rounding error) is safe here
-    model = small_model("tanh")
+    model = small_model(activation="tanh")
     x, eps = batch(model, 3, 2)
     errors = gradcheck.check_model(model, x, eps, objective="iwae", n_coords=5, rng=0, h=1e-3)
     assert max(errors.values()) < TOL, errors

@@ -2,6 +2,7 @@
 
 import io as stdio
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import pytest
 import npvae
 from npvae import optim
 from npvae.train import load_checkpoint
+
+import _helpers  # noqa: E402
 
 
 def make_data(n=230, d=12, seed=0):
@@ -18,8 +21,7 @@ def make_data(n=230, d=12, seed=0):
     return x[: n - 30], x[n - 30:]
 
 
-def small_model(seed=0, dtype=np.float64):
-    return npvae.VAE(input_dim=12, hidden=(8,), latent_dim=2, seed=seed, dtype=dtype)
+small_model = partial(_helpers.small_model, input_dim=12, hidden=(8,), activation="relu", seed=0, bias_scale=0)
 
 
 def run(epochs=3, seed=0, **kw):

@@ -44,8 +44,9 @@ __all__ = ["bernoulli_nll_and_grad", "bernoulli_nll", "bernoulli_workspace", "BL
 # --------------------------------------------------------------------------
 # Decoder output: Bernoulli NLL and its gradient in one pass over the logits
 # --------------------------------------------------------------------------
-#: Elements per block of :func:`bernoulli_nll_and_grad`: two float32 blocks of
-#: 64K elements (256 KiB each) stay in a core's L2 cache between the passes.
+#: Elements per block of the float64 route of :func:`bernoulli_nll_and_grad` (the float32
+#: route needs no blocks): two float64 blocks of 64K elements (512 KiB each) stay in a
+#: core's L2 cache between the passes.
 BLOCK_ELEMENTS = 1 << 16
 
 
@@ -77,7 +78,7 @@ def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
     vectorized route of the module docstring) each pixel's NLL term and gradient
     are within a few float32 ulps of the exact values. The upstream ``dnll[b, s]``
     is **not** applied, because for the IWAE it depends on every sample's NLL,
-    known only after this pass. Apply it afterwards: either :func:`scale_rows` on
+    known only after this pass. Apply it afterwards: either :func:`npvae.fast.dense.scale_rows` on
     ``dlogits.reshape(-1, D)`` (one more pass over ``(B, S, D)``; then the plain
     ``dense_backward`` follows), or on the ``(B * S, H)`` side, since a row scale
     commutes with the products: ``dh = scale_rows(g @ W.T, w)``,
@@ -381,8 +382,9 @@ def bernoulli_nll(logits, x, nll, work=None, bias=None):
     ``nll[b, s]`` as in :func:`bernoulli_nll_and_grad`, equal to it bit for bit in float32
     (the same per-pixel terms and the same float64 sum) and in float64 (where it is that
     function). Float32 skips the sigmoid's division and the write back over the logits: one
-    read per element. ``logits`` may be overwritten (float64 writes the gradient there, and
-    both add ``bias`` in place when it is given); do not use them afterwards.
+    read per element, ``logits`` left as they are (the bias is added on the fly). Float64
+    overwrites ``logits`` with the gradient (after adding ``bias`` in place): do not use them
+    afterwards.
 
     Parameters
     ----------

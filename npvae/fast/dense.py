@@ -148,7 +148,7 @@ def weighted_bias_grad(d, w, db):
     """Weighted column sums ``db[j] = sum_i w[i] * d[i, j]``, accumulated in float64.
 
     The bias gradient of the decoder's output layer when the per-row upstream
-    factor is kept out of ``d`` (see :func:`bernoulli_nll_and_grad`): with
+    factor is kept out of ``d`` (see :func:`npvae.fast.bernoulli.bernoulli_nll_and_grad`): with
     ``d = sigmoid(l) - x`` and ``w = dnll.reshape(-1)`` it equals the ``db`` of
     ``ops.dense_backward(ops.bernoulli_nll_backward(dnll, ...), ...)``.
 
@@ -218,7 +218,7 @@ def act_backward_rows(dout, out_act, act, w, dst):
     With ``dout = g @ W.T`` (``g = sigmoid(l) - x``, unscaled) and ``w = dnll.reshape(-1)``
     this is the decoder's last hidden layer's ``da`` of the reference, the per-row
     upstream factor of the Bernoulli NLL applied on the ``(B * S, H)`` side in the same
-    pass as the activation's backward (see :func:`bernoulli_nll_and_grad`).
+    pass as the activation's backward (see :func:`npvae.fast.bernoulli.bernoulli_nll_and_grad`).
 
     Parameters
     ----------

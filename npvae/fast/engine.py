@@ -3,7 +3,7 @@
 :class:`NumbaEngine` owns its workspaces (one per batch shape and thread, the least
 recently used dropped first), splits each call into groups of examples on threads
 (:mod:`npvae.fast.threads`) and runs each group through :mod:`npvae.fast.step`. Its
-results equal :class:`npvae.engine.ReferenceEngine`'s to ~1e-12 relative in float64
+results equal :class:`npvae.engine.ReferenceEngine`'s to ~1e-11 relative in float64 (tested)
 (only the order of float operations differs; the tests hold them equal), and it
 inherits the reference's ``encode``/``decode_logits`` (small, not on the hot path).
 """
@@ -21,7 +21,9 @@ __all__ = ["NumbaEngine", "FORWARD_ROWS", "MAX_WORKSPACES"]
 #: Rows ``B * S`` per chunk of the forward-only calls (evaluation): enough for BLAS to run
 #: at full rate, small enough that the logits stay a few MB.
 FORWARD_ROWS = 4096
-#: Workspaces kept per thread (training batch, last partial batch, evaluation chunks).
+#: Workspaces kept per thread in use (training batch, last partial batch, evaluation chunks): when
+#: a workspace for thread ``slot`` is made, the least recently used ones of any thread are
+#: dropped beyond ``MAX_WORKSPACES * (slot + 1)`` (a dropped one is made again when needed).
 MAX_WORKSPACES = 4
 
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -90,6 +92,7 @@ class NumbaEngine(ReferenceEngine):
             return step.step(model, ws, x[b0:b1], eps[b0:b1], objective, kl, estimator, B, prof)
 
         results = threads.run_groups(run, groups)
+        self.profiler.mark("groups: waiting for the others")
         g = results[0][3]
         for part in results[1:]:                  # sum the groups' gradients into group 0's
             for name, a in g.items():
@@ -97,12 +100,13 @@ class NumbaEngine(ReferenceEngine):
         bound = results[0][0] if len(results) == 1 else np.concatenate([r[0] for r in results])
         result = obj.Bound(float(-bound.mean()), bound, sum(r[1] for r in results) / (B * S),
                            sum(r[2] for r in results) / B)
+        self.profiler.mark("groups: summing their gradients")
         return result, g
 
     def bound(self, x, eps, objective, kl="analytic"):
-        """As :meth:`npvae.engine.ReferenceEngine.bound`, in chunks of at most
-        :data:`FORWARD_ROWS` rows on threads (exact: each example's bound depends on its
-        own samples only)."""
+        """As :meth:`npvae.engine.ReferenceEngine.bound`, in chunks of whole examples, at most
+        :data:`FORWARD_ROWS` rows each (or one example, when ``S`` is larger), on threads
+        (exact: each example's bound depends on its own samples only)."""
         B, S, _ = eps.shape
         dtype = self.model.dtype
         per_example, nll, kl_exact = np.empty(B, dtype), np.empty((B, S), dtype), np.empty(B, dtype)

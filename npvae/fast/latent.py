@@ -107,7 +107,7 @@ def log_weights(nll, z, log_var, eps, log_w):
     Parameters
     ----------
     nll : ndarray, shape (B, S)
-        From :func:`bernoulli_nll_and_grad`.
+        From :func:`npvae.fast.bernoulli.bernoulli_nll_and_grad`.
     z, eps : ndarray, shape (B, S, L)
     log_var : ndarray, shape (B, L)
     log_w : ndarray, shape (B, S)

@@ -11,6 +11,15 @@ better") show that for the IWAE bound with ``K`` samples the SNR of the encoder'
 gradient falls as ``O(1/sqrt(K))`` while the decoder's rises as ``O(sqrt(K))``;
 :func:`gradient_snr` measures it for any objective and estimator of
 :meth:`npvae.VAE.loss_and_grads`.
+
+**The noise floor.** With ``R`` draws, the estimated mean carries noise of about
+``std / sqrt(R)``, so a coordinate whose true SNR is 0 still shows ``|mean| / std`` of
+about ``1 / sqrt(R)`` (:attr:`GradientSNR.floor`): an SNR below ~``3 / sqrt(R)`` is not
+measured. Since ``E[mean^2] = mu^2 + var / R``, the bias-corrected squared SNR
+``(mean^2 - var / R) / var`` removes that floor on average (it is reported as
+``sqrt(max(., 0))``); the summaries also give a jackknife confidence interval of the whole
+gradient vector's SNR and the share of coordinates below the floor, so that a study can
+choose ``R`` large enough for what it reports.
 """
 
 import math
@@ -38,6 +47,10 @@ class GradientSNR(NamedTuple):
         ``|mean| / sqrt(var)``; ``inf`` where the variance is 0 and the mean is not
         (a deterministic gradient), ``nan`` where both are 0 (a coordinate that
         never gets a gradient, e.g. behind a dead ReLU).
+    snr_corrected : dict of str to ndarray
+        ``sqrt(max(mean^2 - var / repeats, 0) / var)``: the SNR with the noise floor's
+        bias removed on average (0 where the measured SNR is at the floor or below;
+        ``inf``/``nan`` as ``snr``).
     summary : dict
         ``{"encoder": {...}, "decoder": {...}}``, each over that network's
         coordinates: ``median_snr`` (median of the SNR over the coordinates where it is
@@ -45,7 +58,13 @@ class GradientSNR(NamedTuple):
         ``norm_snr`` (``||mean|| / sqrt(sum var)``, the SNR of the whole gradient
         vector, which small noisy coordinates cannot dominate), ``mean_var`` (mean
         variance per coordinate), ``n_params`` and ``n_undefined`` (coordinates with
-        ``nan`` SNR).
+        ``nan`` SNR); ``median_snr_corrected`` and ``norm_snr_corrected`` (the same
+        with the floor's bias removed: ``(||mean||^2 - sum var / R) / sum var``, square
+        root of its positive part), ``norm_snr_ci`` (a 95% interval of
+        ``norm_snr_corrected``: plus or minus 1.96 delete-one-group jackknife standard
+        errors over :data:`GROUPS` groups of consecutive draws),
+        ``floor`` (``1 / sqrt(R)``) and ``share_below_floor`` (the share of the defined
+        coordinates whose SNR is below ``3 / sqrt(R)``: not measured).
     repeats : int
     settings : dict
         ``mc_samples``, ``objective``, ``kl``, ``estimator``, ``batch`` (examples in ``x``).
@@ -54,6 +73,7 @@ class GradientSNR(NamedTuple):
     mean: dict
     var: dict
     snr: dict
+    snr_corrected: dict
     summary: dict
     repeats: int
     settings: dict
@@ -61,6 +81,15 @@ class GradientSNR(NamedTuple):
     def se(self, name):
         """Standard error ``sqrt(var / repeats)`` of ``mean[name]``."""
         return np.sqrt(self.var[name] / self.repeats)
+
+    @property
+    def floor(self):
+        """``1 / sqrt(repeats)``: the SNR that noise alone shows (see the module docstring)."""
+        return 1.0 / math.sqrt(self.repeats)
+
+
+#: Groups of consecutive draws kept for the jackknife interval of the norm SNR.
+GROUPS = 20
 
 
 def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard", repeats=100, seed=0,
@@ -116,26 +145,108 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
     x = model.check_data(x)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
+    names = list(model.params)
     mean = {name: np.zeros(p.shape) for name, p in model.params.items()}
     m2 = {name: np.zeros(p.shape) for name, p in model.params.items()}
+    # the groups of consecutive draws (for the jackknife interval): each group's mean, size and sum of M2
+    bounds = [repeats * i // min(GROUPS, repeats) for i in range(min(GROUPS, repeats) + 1)]
+    groups = []                                   # (size, {name: mean}, {prefix: sum of M2})
+    g_mean = {name: np.zeros(p.shape) for name, p in model.params.items()}
+    g_m2 = {name: np.zeros(p.shape) for name, p in model.params.items()}
+    engine = model.engine
     for r in range(1, repeats + 1):
         eps = model.sample_eps(x.shape[0], mc_samples, rng)
-        _, grads = model.engine.loss_and_grads(x, eps, objective, kl, estimator)
-        for name, g in grads.items():
+        _, grads = engine.loss_and_grads(x, eps, objective, kl, estimator)
+        k = r - bounds[len(groups)]               # draws in the current group, this one included
+        for name in names:
+            g = grads[name]
             delta = g - mean[name]
             mean[name] += delta / r
             m2[name] += delta * (g - mean[name])
+            delta = g - g_mean[name]
+            g_mean[name] += delta / k
+            g_m2[name] += delta * (g - g_mean[name])
+        if r == bounds[len(groups) + 1]:
+            groups.append((k, {n: g_mean[n].copy() for n in names},
+                           {p: sum(float(g_m2[n].sum()) for n in names if n.startswith(p)) for p in ("enc.", "dec.")}))
+            for name in names:
+                g_mean[name][...] = 0.0
+                g_m2[name][...] = 0.0
     var = {name: m2[name] / (repeats - 1) for name in m2}
     snr = {name: _snr(mean[name], var[name]) for name in mean}
-    summary = {"encoder": _summarize(mean, var, snr, "enc."), "decoder": _summarize(mean, var, snr, "dec.")}
+    corrected = {name: _snr_corrected(mean[name], var[name], repeats) for name in mean}
+    summary = {part: dict(_summarize(mean, var, snr, prefix), **_floor_summary(
+                   mean, var, snr, corrected, prefix, repeats, groups))
+               for part, prefix in (("encoder", "enc."), ("decoder", "dec."))}
     settings = dict(mc_samples=mc_samples, objective=objective, kl=kl, estimator=estimator, batch=x.shape[0])
-    return GradientSNR(mean, var, snr, summary, repeats, settings)
+    return GradientSNR(mean, var, snr, corrected, summary, repeats, settings)
 
 
 def _snr(mean, var):
     std = np.sqrt(var)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.abs(mean) / std      # x/0 = inf, 0/0 = nan, as documented
+
+
+def _snr_corrected(mean, var, repeats):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(np.maximum(mean * mean - var / repeats, 0.0) / var)
+
+
+def _norm_snr_corrected(norm2, total_var, n):
+    """``sqrt(max(||mean||^2 - sum var / n, 0) / sum var)``."""
+    if total_var <= 0:
+        return math.inf if norm2 > 0 else math.nan
+    return math.sqrt(max(norm2 - total_var / n, 0.0) / total_var)
+
+
+def _floor_summary(mean, var, snr, corrected, prefix, repeats, groups):
+    """The floor-aware part of a network's summary (see :class:`GradientSNR`)."""
+    names = [n for n in mean if n.startswith(prefix)]
+    s = np.concatenate([snr[n].ravel() for n in names])
+    c = np.concatenate([corrected[n].ravel() for n in names])
+    defined = ~np.isnan(s)
+    norm2 = float(sum(np.sum(mean[n] ** 2) for n in names))
+    total_var = float(sum(np.sum(var[n]) for n in names))
+    floor = 1.0 / math.sqrt(repeats)
+    return {"median_snr_corrected": float(np.median(c[defined])) if defined.any() else math.nan,
+            "norm_snr_corrected": _norm_snr_corrected(norm2, total_var, repeats),
+            "norm_snr_ci": _interval_norm_snr(groups, prefix, names),
+            "floor": floor,
+            "share_below_floor": float(np.mean(s[defined] < 3 * floor)) if defined.any() else math.nan}
+
+
+def _interval_norm_snr(groups, prefix, names, level_z=1.959964):
+    """95% interval of the corrected norm SNR: the estimate plus or minus 1.96 delete-one-group
+    jackknife standard errors (a normal interval, clipped at 0).
+
+    Deleting group ``g`` leaves ``N - n_g`` draws whose mean, total variance and norm follow
+    from the groups' sizes ``n_g``, means ``M_g`` and summed ``M2`` alone (Chan et al.'s
+    pairwise update), through the Gram matrix ``M_g . M_h``: a replicate costs ``O(G^2)``
+    whatever the number of parameters. Groups of consecutive draws are exchangeable (every
+    draw is independent), and the gradient's coordinates may be correlated in any way.
+    """
+    G = len(groups)
+    if G < 3:
+        return (math.nan, math.nan)
+    sizes = np.array([g[0] for g in groups], dtype=float)
+    flat = np.stack([np.concatenate([g[1][n].ravel() for n in names]) for g in groups])    # (G, P)
+    gram = flat @ flat.T
+    within = np.array([g[2][prefix] for g in groups])
+
+    def estimate(keep):                       # keep: 0/1 per group
+        w = keep * sizes
+        N = w.sum()
+        norm2 = w @ gram @ w / N ** 2                                                   # ||m||^2
+        between = float(w @ (np.diag(gram) - 2 * (gram @ w) / N + norm2))
+        return _norm_snr_corrected(norm2, (keep @ within + between) / (N - 1), N)
+
+    full = estimate(np.ones(G))
+    leave_out = np.array([estimate(np.arange(G) != g) for g in range(G)])
+    if not (np.isfinite(full) and np.isfinite(leave_out).all()):
+        return (math.nan, math.nan)
+    se = math.sqrt((G - 1) / G * float(np.sum((leave_out - leave_out.mean()) ** 2)))
+    return (max(full - level_z * se, 0.0), full + level_z * se)
 
 
 def _summarize(mean, var, snr, prefix):

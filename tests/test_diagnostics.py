@@ -35,7 +35,8 @@ def test_summary_covers_encoder_and_decoder():
     assert r.summary["encoder"]["n_params"] == n_enc and r.summary["decoder"]["n_params"] == n_dec
     for part in ("encoder", "decoder"):
         s = r.summary[part]
-        assert set(s) == {"median_snr", "mean_snr", "norm_snr", "mean_var", "n_params", "n_undefined"}
+        assert set(s) == {"median_snr", "mean_snr", "norm_snr", "mean_var", "n_params", "n_undefined",
+                          "median_snr_corrected", "norm_snr_corrected", "norm_snr_ci", "floor", "share_below_floor"}
         snr = np.concatenate([r.snr[n].ravel() for n in r.snr if n.startswith(part[:3] + ".")])
         assert s["median_snr"] == pytest.approx(np.median(snr[~np.isnan(snr)]))
         assert 0 < s["median_snr"] < np.inf
@@ -113,3 +114,91 @@ def test_bad_arguments_name_the_argument(kwargs, match):
 def test_data_of_another_dimension_is_a_clear_error():
     with pytest.raises(ValueError, match=r"x: the model takes 6-dimensional inputs .* the data has 784 columns"):
         gradient_snr(small_model(), np.zeros((2, 784)))
+
+
+# --------------------------------------------------------------------------
+# The instrument on gradients whose SNR is known: N(snr, 1) draws per coordinate
+# --------------------------------------------------------------------------
+def known_gradients(model, monkeypatch, snr, seed=0):
+    """The engine's gradients replaced by independent N(snr[prefix], 1) draws, so that every
+    coordinate's true SNR is ``snr`` of its network ("enc." or "dec.")."""
+    rng = np.random.default_rng(seed)
+
+    def loss_and_grads(x, eps, *args, **kwargs):
+        return None, {n: snr[n[:4]] + rng.standard_normal(p.shape) for n, p in model.params.items()}
+
+    monkeypatch.setattr(model.engine, "loss_and_grads", loss_and_grads)
+
+
+def wide_model():
+    return small_model(input_dim=40, hidden=(30,), latent_dim=4)
+
+
+def test_zero_snr_sits_at_the_noise_floor_and_the_correction_removes_it(monkeypatch):
+    model = wide_model()
+    known_gradients(model, monkeypatch, {"enc.": 0.0, "dec.": 0.0})
+    r = gradient_snr(model, np.full((2, 40), 0.5), repeats=16)
+    for part in ("encoder", "decoder"):
+        s = r.summary[part]
+        assert s["floor"] == r.floor == 0.25
+        assert 0.5 * r.floor < s["median_snr"] < 1.5 * r.floor       # |mean| / std of pure noise
+        assert s["median_snr_corrected"] == 0.0                     # E[mean^2] = var / R: removed
+        assert s["share_below_floor"] > 0.95                        # not measured, and said so
+        assert s["norm_snr"] == pytest.approx(r.floor, rel=0.15)
+        assert s["norm_snr_corrected"] < 0.3 * r.floor
+
+
+@pytest.mark.parametrize("true_snr,repeats", [(2.0, 400), (0.1, 60)])
+def test_corrected_snr_and_its_interval_find_a_known_snr(monkeypatch, true_snr, repeats):
+    model = wide_model()
+    known_gradients(model, monkeypatch, {"enc.": true_snr, "dec.": true_snr}, seed=3)
+    r = gradient_snr(model, np.full((2, 40), 0.5), repeats=repeats)
+    for part in ("encoder", "decoder"):
+        s = r.summary[part]
+        raw_norm = np.sqrt(true_snr ** 2 + 1.0 / repeats)          # what the floor adds, on average
+        assert s["norm_snr"] == pytest.approx(raw_norm, rel=0.08)
+        assert s["norm_snr_corrected"] == pytest.approx(true_snr, rel=0.12)
+        lo, hi = s["norm_snr_ci"]
+        assert lo < true_snr < hi and hi - lo < true_snr            # covers it, and says something
+    if true_snr > 1:
+        assert r.summary["decoder"]["median_snr_corrected"] == pytest.approx(true_snr, rel=0.05)
+        assert r.summary["decoder"]["share_below_floor"] == 0.0
+
+
+# --------------------------------------------------------------------------
+# A case with the answer in closed form: q is the exact posterior
+# --------------------------------------------------------------------------
+def exact_posterior_model(backend="numpy"):
+    """A decoder that ignores z (dec.0.W = 0) and an encoder that outputs q = N(0, I): then the
+    posterior is the prior, q equals it, and every log weight is log p(x) whatever z is."""
+    model = small_model(backend=backend)
+    for name in ("dec.0.W", "enc.mu.W", "enc.mu.b", "enc.logvar.W", "enc.logvar.b"):
+        model.params[name][...] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("K", [1, 4, 16])
+def test_standard_iwae_encoder_variance_at_the_exact_posterior_is_one_over_BK(K):
+    # The standard estimator keeps the score term: d loss / d mu_b = (1 / (B K)) sum_k eps_bk,
+    # so Var[enc.mu.b] = 1 / (B K) and Var[enc.logvar.b] = Var[eps^2 / 2] / (B K) = 1 / (2 B K),
+    # each with mean 0 (true SNR 0: the corrected SNR says so).
+    model, x = exact_posterior_model(), data(B=3)
+    r = gradient_snr(model, x, mc_samples=K, objective="iwae", repeats=3000, seed=K)
+    B = x.shape[0]
+    np.testing.assert_allclose(r.var["enc.mu.b"], 1.0 / (B * K), rtol=0.1)
+    np.testing.assert_allclose(r.var["enc.logvar.b"], 1.0 / (2 * B * K), rtol=0.1)
+    assert np.all(np.abs(r.mean["enc.mu.b"]) < 4 * np.sqrt(1.0 / (B * K) / 3000))
+    assert np.all(r.snr_corrected["enc.mu.b"] < 3 * r.floor)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.numba)])
+@pytest.mark.parametrize("estimator", ["stl", "dreg"])
+def test_stl_and_dreg_have_zero_encoder_variance_at_the_exact_posterior(backend, estimator):
+    # They drop the score term, and the path term d(log p(z) - log q(z)) / dz = -z + eps / sigma
+    # is exactly 0 here: the encoder's gradient is 0 with no variance (SNR undefined), for any K.
+    model, x = exact_posterior_model(backend), data(B=3)
+    r = gradient_snr(model, x, mc_samples=5, objective="iwae", estimator=estimator, repeats=20)
+    for name in model.params:
+        if name.startswith("enc."):
+            assert np.all(r.var[name] == 0) and np.all(r.mean[name] == 0), name
+    assert r.summary["encoder"]["n_undefined"] == r.summary["encoder"]["n_params"]

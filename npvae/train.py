@@ -158,7 +158,7 @@ class _Progress:
 
 def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo", optimizer="rmsprop",
         validation_data=None, noise="fresh", binarize="none", seed=0, kl="analytic", estimator="standard",
-        checkpoint=None, resume=False, verbose=1, file=None):
+        checkpoint=None, resume=False, verbose=1, file=None, callback=None):
     """Train ``model`` in place by minibatch gradient descent on ``-bound``.
 
     Parameters
@@ -199,6 +199,12 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
         0 quiet, 1 a progress bar (on a terminal) and a line per epoch, 2 a line per epoch.
     file : file-like, optional
         Where progress goes (default ``sys.stdout``).
+    callback : callable, optional
+        Called at the end of every epoch as ``callback(model, record)``, after validation
+        and before the checkpoint is written. A dict it returns is merged into the epoch's
+        record (so it is kept in the history and the checkpoint: JSON values only), e.g. a
+        measure of the model that the study of sample sizes tracks per epoch. Its time is
+        not counted in ``seconds``.
 
     Returns
     -------
@@ -217,6 +223,8 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     noise = check.choice(noise, "noise", NOISE)
     binarize = check.choice(binarize, "binarize", BINARIZE)
     seed = check.positive_int(seed, "seed", minimum=0)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback: expected a callable (model, record) -> dict or None, got {callback!r}")
     if verbose not in (0, 1, 2, False, True):
         raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
     if isinstance(validation_data, tuple):
@@ -282,6 +290,10 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
                 # about 10,000 (example, sample) rows a chunk bounds memory for any S
                 val = mean_bound(model, xv, mc_samples, objective, max(1, 10000 // mc_samples), vrng, kl)
                 record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
+            if callback is not None:
+                extra = callback(model, dict(record))
+                if extra:
+                    record.update(extra)
             history.append(record)
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, model, opt, rng, history, settings)

@@ -234,3 +234,23 @@ def test_bad_fit_arguments(kwargs, match):
 def test_bad_training_data_is_named():
     with pytest.raises(ValueError, match=r"x_train: expected values in \[0.0, 1.0\]"):
         npvae.fit(small_model(), np.full((10, 12), 2.0), epochs=1, verbose=0)
+
+
+def test_callback_sees_every_epoch_and_its_dict_joins_the_history(tmp_path):
+    x, xv = make_data()
+    seen = []
+
+    def callback(model, record):
+        seen.append((record["epoch"], "val_loss" in record, model.params["dec.out.b"].copy()))
+        return {"marker": 10 * record["epoch"]}
+
+    model = small_model()
+    ck = tmp_path / "ck.npz"
+    history = npvae.fit(model, x, epochs=3, batch_size=64, validation_data=xv, verbose=0, callback=callback,
+                        checkpoint=ck)
+    assert [e for e, _, _ in seen] == [1, 2, 3] and all(v for _, v, _ in seen)
+    assert not np.array_equal(seen[0][2], seen[1][2])          # called with the trained model of that epoch
+    assert list(history["marker"]) == [10, 20, 30]
+    assert [r["marker"] for r in load_checkpoint(ck)["history"]] == [10, 20, 30]
+    with pytest.raises(ValueError, match="callback: expected a callable"):
+        npvae.fit(small_model(), x, epochs=1, verbose=0, callback=3)

@@ -4,13 +4,23 @@ For every cell (S, objective, seed) of the grid this trains the seed's model (78
 RMSprop with Keras' settings, batch 100) with ``S`` samples per example, then measures on
 the test images:
 
-* the test ELBO (analytic KL, averaged over 10 samples per image),
+* the test ELBO (analytic KL, averaged over 10 samples per image), and its KL term (the
+  encoder's posterior width) and the active units (latent dimensions whose encoder mean varies
+  over the test images by more than 0.01, Burda et al. 2016, section 5.2),
 * the test IWAE bound with ``k = S`` (the bound the cell trained, for IWAE) and ``k = 50``,
-* the importance-sampled log-likelihood (``npvae.evaluate.log_likelihood``, ``k = --k``),
-* wall time per training epoch (median over epochs),
+* the importance-sampled log-likelihood (``npvae.evaluate.log_likelihood``, ``k = --k``), with
+  its Monte Carlo standard error and effective sample size,
+* wall time per training epoch (median over epochs), and with ``--curve N`` the test IWAE bound
+  (k = 50, first N test images) after every epoch, for the equal-wall-clock view (which S is
+  best for a fixed budget of training seconds),
 * the signal-to-noise ratio of the encoder's and the decoder's minibatch gradient
   (``npvae.diagnostics.gradient_snr``, median over coordinates) with the cell's S and
   objective, at the trained parameters and at the initialization.
+
+Objectives: ``elbo``, ``iwae`` and ``iwae-dreg`` (the IWAE bound trained with the DReG
+estimator of Tucker et al. 2018). ``--binarize dynamic`` trains on a fresh Bernoulli draw of
+every batch (Burda et al.) and evaluates on one fixed binarization of the test images;
+``--dtype float32`` trains and evaluates in float32 (the numba engine's fast path).
 
 Cells are independent: they run in local worker processes (``--workers N``) or on an
 existing Dask distributed cluster (``--scheduler tcp://HOST:PORT``; ``pip install
@@ -72,6 +82,8 @@ METRICS = [  # (key, label, higher is better)
     ("test_iwae_S", "test IWAE bound, k = S", True),
     ("test_iwae_50", "test IWAE bound, k = 50", True),
     ("log_likelihood", "log-likelihood (IS)", True),
+    ("test_kl", "test KL(q || p)", False),
+    ("active_units", "active units", True),
     ("seconds_per_epoch", "seconds per epoch", False),
     ("snr_encoder", "encoder gradient SNR", True),
     ("snr_decoder", "decoder gradient SNR", True),
@@ -83,8 +95,24 @@ METRICS = [  # (key, label, higher is better)
 # ---------------------------------------------------------------------------
 # One cell
 # ---------------------------------------------------------------------------
+#: ``--objectives`` names: (objective, estimator) of :func:`npvae.fit`.
+OBJECTIVES = {"elbo": ("elbo", "standard"), "iwae": ("iwae", "standard"), "iwae-dreg": ("iwae", "dreg")}
+#: Settings added after the first committed grid, with the values that grid used: a stored
+#: cell without them was computed with these.
+LATER_SETTINGS = {"dtype": "float64", "binarize": "none", "activation": "relu", "curve": 0}
+#: The fixed binarization of the test images (``--binarize dynamic``), the same for every cell.
+TEST_BINARIZATION_SEED = 20160101
+
+
 def cell_name(cell):
     return f"{cell['objective']}-S{cell['mc_samples']}-seed{cell['seed']}"
+
+
+def active_units(model, x, threshold=0.01, batch=1000):
+    """Latent dimensions whose encoder mean varies over ``x`` by more than ``threshold``
+    (``Var_x E_q[z_j] > 0.01``, Burda et al. 2016, section 5.2)."""
+    mu = np.concatenate([model.encode(x[i:i + batch])[0] for i in range(0, len(x), batch)])
+    return int(np.sum(mu.astype(np.float64).var(axis=0) > threshold))
 
 
 def _load_data(cell):
@@ -97,7 +125,10 @@ def _load_data(cell):
         x = (proto[pick] ^ (rng.random((len(pick), d)) < 0.05)).astype(np.float64)
         return x[:cell["subset"]], x[cell["subset"]:]
     (x_train, _), (x_test, _) = npvae.load_mnist(cell.get("data"), progress=False)
-    return x_train[:cell["subset"]], x_test[:cell["test_subset"]]
+    x_train, x_test = x_train[:cell["subset"]], x_test[:cell["test_subset"]]
+    if cell.get("binarize", "none") == "dynamic":
+        x_test = npvae.binarize(x_test, "dynamic", rng=np.random.default_rng(TEST_BINARIZATION_SEED))
+    return x_train, x_test
 
 
 def run_cell(cell):
@@ -114,25 +145,45 @@ def run_cell(cell):
     folder.mkdir(parents=True, exist_ok=True)
     t_cell = time.perf_counter()
     x_train, x_test = _load_data(cell)
-    S, objective, seed = cell["mc_samples"], cell["objective"], cell["seed"]
-    model = npvae.VAE(input_dim=x_train.shape[1], hidden=cell["hidden"], latent_dim=cell["latent_dim"], seed=seed)
+    S, seed = cell["mc_samples"], cell["seed"]
+    objective, estimator = OBJECTIVES[cell["objective"]]
+    binarize = cell.get("binarize", "none")
+    model = npvae.VAE(input_dim=x_train.shape[1], hidden=cell["hidden"], latent_dim=cell["latent_dim"], seed=seed,
+                      activation=cell.get("activation", "relu"), dtype=cell.get("dtype", "float64"))
     x_snr = x_train[:cell["snr_batch"]]
-    snr_init = gradient_snr(model, x_snr, S, objective, repeats=cell["snr_repeats"], seed=[seed, 13])
+    if binarize == "dynamic":
+        x_snr = npvae.binarize(x_snr, "dynamic", rng=np.random.default_rng([seed, 16]))
+    snr_init = gradient_snr(model, x_snr, S, objective, estimator=estimator, repeats=cell["snr_repeats"],
+                            seed=[seed, 13])
     checkpoint = folder / "checkpoint.npz"
+    curve = None
+    if cell.get("curve", 0):
+        x_curve = x_test[:cell["curve"]]
+
+        def curve(model, record):   # the common yardstick after every epoch: test IWAE bound, k = 50
+            b = evaluate_bound(model, x_curve, mc_samples=50, objective="iwae", rng=[seed, 17, record["epoch"]],
+                               batch_size=100)
+            return {"curve_iwae_50": -b["loss"]}
+
     history = npvae.fit(model, x_train, epochs=cell["epochs"], batch_size=cell["batch_size"], mc_samples=S,
-                        objective=objective, seed=seed, checkpoint=checkpoint, resume=True, verbose=0)
+                        objective=objective, estimator=estimator, binarize=binarize, seed=seed,
+                        checkpoint=checkpoint, resume=True, verbose=0, callback=curve)
     t_eval = time.perf_counter()
     elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", rng=[seed, 10])
     iwae_s = evaluate_bound(model, x_test, mc_samples=S, objective="iwae", rng=[seed, 11], batch_size=200)
     iwae_50 = evaluate_bound(model, x_test, mc_samples=50, objective="iwae", rng=[seed, 12], batch_size=200)
     ll = log_likelihood(model, x_test, k=cell["k"], seed=[seed, 14], progress=False)
-    snr = gradient_snr(model, x_snr, S, objective, repeats=cell["snr_repeats"], seed=[seed, 15])
+    snr = gradient_snr(model, x_snr, S, objective, estimator=estimator, repeats=cell["snr_repeats"],
+                       seed=[seed, 15])
     result = {
-        "cell": cell_name(cell), "mc_samples": S, "objective": objective, "seed": seed,
+        "cell": cell_name(cell), "mc_samples": S, "objective": cell["objective"], "estimator": estimator,
+        "seed": seed,
         "test_elbo": -elbo["loss"], "test_iwae_S": -iwae_s["loss"], "test_iwae_50": -iwae_50["loss"],
+        "test_kl": elbo["kl"], "active_units": active_units(model, x_test),
         "log_likelihood": ll.mean, "log_likelihood_mc_se": ll.mc_se, "log_likelihood_se": ll.se,
         "ess_median": float(np.median(ll.ess)),
         "seconds_per_epoch": float(np.median(history["seconds"])),
+        "train_seconds": float(np.sum(history["seconds"])),
         "train_loss": history[-1]["loss"],
         "snr_encoder": snr.summary["encoder"]["median_snr"], "snr_decoder": snr.summary["decoder"]["median_snr"],
         "snr_encoder_init": snr_init.summary["encoder"]["median_snr"],
@@ -166,7 +217,8 @@ def make_cells(args):
                             test_subset=args.test_subset, k=args.k, batch_size=args.batch_size,
                             hidden=list(args.hidden), latent_dim=args.latent_dim, snr_batch=args.snr_batch,
                             snr_repeats=args.snr_repeats, data=args.data, synthetic=args.synthetic,
-                            keep_checkpoint=args.keep_checkpoints)
+                            keep_checkpoint=args.keep_checkpoints, dtype=args.dtype, binarize=args.binarize,
+                            activation=args.activation, curve=args.curve)
                 cell["dir"] = str(out / "cells" / cell_name(cell))
                 cells.append(cell)
     return sorted(cells, key=lambda c: -cost(c))
@@ -231,8 +283,9 @@ def run_grid(cells, workers=1, scheduler=None, file=None):
         if done.exists():
             r = json.loads(done.read_text())
             want = {k: v for k, v in cell.items() if k != "dir"}
-            if r.get("settings") != want:
-                diff = sorted(k for k in want if r.get("settings", {}).get(k) != want[k])
+            stored = dict(LATER_SETTINGS, **r.get("settings", {}))
+            if any(stored.get(k) != want[k] for k in want):
+                diff = sorted(k for k in want if stored.get(k) != want[k])
                 raise SystemExit(f"{done} was computed with other settings ({', '.join(diff)}); "
                                  "use another --out or remove it")
             results.append(r)
@@ -350,6 +403,7 @@ def write_report(results, args, command, failures=()):
             cells.append(_fmt(mean, sd, 1 if m.startswith("seconds") else 2))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += equal_time_section(results)
     plots = [] if getattr(args, "no_plots", False) else write_plots(agg, out)
     if plots:
         lines += ["Plots: " + ", ".join(f"`{p.name}`" for p in plots), ""]
@@ -362,6 +416,59 @@ def write_report(results, args, command, failures=()):
         {"command": command, "results": sorted(results, key=lambda r: (r["objective"], r["mc_samples"], r["seed"]))},
         indent=1, default=_jsonable) + "\n")
     return md
+
+
+def curve_at(result, budget):
+    """The cell's per-epoch test IWAE bound (k = 50) after the last epoch that ended within
+    ``budget`` training seconds, or None if its first epoch took longer."""
+    elapsed, value = 0.0, None
+    for record in result.get("history", []):
+        elapsed += record["seconds"]
+        if elapsed > budget:
+            break
+        value = record.get("curve_iwae_50")
+    return value
+
+
+def equal_time_section(results):
+    """Markdown: which S is best for a fixed budget of training seconds (cells run with --curve).
+
+    The budgets are the median total training times of each S's cells; for every budget and
+    (objective, S), the mean over seeds of the per-epoch test IWAE bound (k = 50) reached
+    within it."""
+    with_curve = [r for r in results if r.get("history") and "curve_iwae_50" in r["history"][0]]
+    if not with_curve:
+        return []
+    samples = sorted({r["mc_samples"] for r in with_curve})
+    budgets = [float(np.median([sum(h["seconds"] for h in r["history"]) for r in with_curve
+                                if r["mc_samples"] == S])) for S in samples]
+    lines = ["## Equal wall-clock time: which S wins for a budget of training seconds", "",
+             "Test IWAE bound (k = 50, the images of `--curve`) after the last epoch that ended within the "
+             "budget, mean over seeds (— : not one epoch within it). Budgets: the median training time of all "
+             "epochs of the cells of each S.", ""]
+    head = ["objective", "S"] + [f"{b:.0f} s (S = {S}'s)" for b, S in zip(budgets, samples)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = {}
+    for objective in sorted({r["objective"] for r in with_curve}):
+        for S in samples:
+            cells = [r for r in with_curve if r["objective"] == objective and r["mc_samples"] == S]
+            row = [objective, str(S)]
+            for j, b in enumerate(budgets):
+                vals = [curve_at(r, b) for r in cells]
+                if not cells or any(v is None for v in vals):
+                    row.append("—")
+                    continue
+                mean = float(np.mean(vals))
+                row.append(f"{mean:.2f}")
+                if mean > best.get((objective, j), (None, -np.inf))[1]:
+                    best[(objective, j)] = (S, mean)
+            lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    for objective in sorted({o for o, _ in best}):
+        wins = ", ".join(f"{budgets[j]:.0f} s: S = {best[(objective, j)][0]}" for j in range(len(budgets))
+                         if (objective, j) in best)
+        lines.append(f"Best S for {objective}, by budget: {wins}.")
+    return lines + [""]
 
 
 def write_plots(agg, out):
@@ -408,7 +515,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, nargs="+", default=[1, 5, 25, 50], help="values of S")
-    p.add_argument("--objectives", nargs="+", default=["elbo", "iwae"], choices=("elbo", "iwae"))
+    p.add_argument("--objectives", nargs="+", default=["elbo", "iwae"], choices=tuple(OBJECTIVES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--subset", type=int, default=10000, help="training images (the first N)")
@@ -417,6 +524,13 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--hidden", type=int, nargs="+", default=[256])
     p.add_argument("--latent-dim", type=int, default=2)
+    p.add_argument("--activation", choices=("relu", "tanh"), default="relu")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="training and evaluation dtype (float32: the numba engine's fast path)")
+    p.add_argument("--binarize", choices=("none", "dynamic"), default="none",
+                   help="targets: grayscale, or a fresh Bernoulli draw per batch (Burda et al.)")
+    p.add_argument("--curve", type=int, default=0, metavar="N",
+                   help="after every epoch, the test IWAE bound (k = 50) on the first N test images")
     p.add_argument("--snr-batch", type=int, default=100, help="training images of the SNR minibatch")
     p.add_argument("--snr-repeats", type=int, default=50, help="eps draws of the SNR estimate")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")

@@ -154,3 +154,59 @@ def test_study_on_a_dask_cluster(study, tmp_path, capsys):
         assert "1 cells: 0 already done, 1 to run (scheduler tcp://127.0.0.1:" in log
         result = json.loads((out / "cells" / "iwae-S2-seed0" / "result.json").read_text())
         assert result["mc_samples"] == 2 and np.isfinite(result["log_likelihood"])
+
+
+def test_study_cells_with_dreg_binarized_float32_and_a_curve(study, tmp_path, capsys):
+    out = tmp_path / "ss"
+    argv = tiny_argv(out, "--objectives", "elbo", "iwae-dreg", "--samples", "2", "--epochs", "2", "--dtype",
+                     "float32", "--binarize", "dynamic", "--curve", "6", "--no-plots")
+    assert study.main(argv) == 0
+    capsys.readouterr()
+    r = json.loads((out / "cells" / "iwae-dreg-S2-seed0" / "result.json").read_text())
+    assert r["settings"]["dtype"] == "float32" and r["settings"]["binarize"] == "dynamic"
+    assert 0 <= r["active_units"] <= 2 and r["test_kl"] >= 0 and np.isfinite(r["log_likelihood"])
+    assert [("curve_iwae_50" in h) for h in r["history"]] == [True, True]
+    report = Path(str(out) + ".md").read_text()
+    assert "## Equal wall-clock time" in report and "| iwae-dreg | 2 |" in report
+    assert "Best S for iwae-dreg, by budget" in report or "Best S for elbo, by budget" in report
+
+
+def test_study_reads_cells_of_the_first_grid_as_computed_with_the_old_defaults(study, tmp_path, capsys):
+    out = tmp_path / "ss"
+    argv = tiny_argv(out, "--samples", "1", "--objectives", "elbo", "--no-plots")
+    assert study.main(argv) == 0
+    path = out / "cells" / "elbo-S1-seed0" / "result.json"
+    r = json.loads(path.read_text())
+    for key in study.LATER_SETTINGS:                     # as the first grid's cells were written
+        del r["settings"][key]
+    path.write_text(json.dumps(r))
+    capsys.readouterr()
+    assert study.main(argv) == 0
+    assert "1 cells: 1 already done, 0 to run" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"other settings \(dtype\)"):
+        study.main(argv + ["--dtype", "float32"])
+
+
+def test_curve_at_takes_the_last_epoch_within_the_budget(study):
+    result = {"history": [{"seconds": 2.0, "curve_iwae_50": -100.0}, {"seconds": 2.0, "curve_iwae_50": -90.0}]}
+    assert study.curve_at(result, 1.0) is None
+    assert study.curve_at(result, 3.9) == -100.0
+    assert study.curve_at(result, 4.0) == -90.0
+
+
+def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch, mnist_dir):
+    snr = _benchmark("snr_vs_k")
+    monkeypatch.setenv("NPVAE_DATA", str(mnist_dir))
+    out, models = tmp_path / "snr", tmp_path / "models"
+    argv = ["--K", "1", "4", "--points", "init", "--batches", "2", "--repeats", "10", "--max-repeats", "40",
+            "--fit-from", "1", "--estimators", "iwae-standard", "elbo", "--out", str(out), "--models", str(models)]
+    assert snr.main(argv) == 0
+    data = json.loads(Path(str(out) + ".json").read_text())
+    cell = data["cells"]["init/B2"]["4"]
+    assert set(cell) == {"ess", "iwae-standard", "elbo"} and 1.0 <= cell["ess"] <= 4.0
+    assert 10 <= cell["elbo"]["repeats"] <= 40 and cell["elbo"]["encoder"]["norm_snr_corrected"] > 0
+    report = Path(str(out) + ".md").read_text()
+    assert "## init, a minibatch of 2" in report and "* elbo: encoder" in report and "[+0.5]" in report
+    capsys.readouterr()
+    assert snr.main(argv) == 0                            # resumed: nothing recomputed
+    assert "K=4" not in capsys.readouterr().out

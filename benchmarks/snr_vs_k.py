@@ -1,0 +1,277 @@
+"""Gradient signal-to-noise ratio against the number of importance samples K, at fixed parameters.
+
+Rainforth et al. (2018, "Tighter variational bounds are not necessarily better") show that
+under the IWAE bound with K samples and the standard (reparameterization) estimator the SNR
+of the encoder's gradient falls as ``K^(-1/2)`` while the decoder's rises as ``K^(1/2)``;
+Tucker et al. (2018, DReG) that the doubly reparameterized estimator's encoder SNR rises with
+K instead. This script measures it with :func:`npvae.diagnostics.gradient_snr` for:
+
+* parameter points: ``init`` (the seed model's initialization), ``elbo`` (the seed model
+  trained with the ELBO) and ``iwae`` (trained with the IWAE bound), each loaded from
+  ``--models DIR/<point>.npz`` or trained there first (and kept);
+* estimators: the IWAE bound with the ``standard``, ``stl`` and ``dreg`` estimators, and the
+  K-sample ELBO (analytic KL);
+* K in ``--K``; a single data point (Rainforth's setting) and a minibatch (``--batch``);
+* summaries over each network's coordinates: the median SNR and the SNR of the whole
+  gradient vector, each raw and bias-corrected (``gradient_snr``'s noise floor), with a
+  jackknife interval of the latter, and the importance weights' effective sample size.
+
+The number of gradient draws R is chosen per cell: from ``--repeats`` it is raised (up to
+``--max-repeats``) until the noise floor ``3 / sqrt(R)`` is below the smallest SNR reported;
+a cell that cannot get there says so (``at floor``). Log-log slopes against K are fitted over
+the largest K values (``--fit-from``), where the asymptotics hold, and set beside the
+published rates.
+
+    python benchmarks/snr_vs_k.py --K 1 3 10 30 100 300 1000 3000 --points init elbo iwae
+
+writes ``benchmarks/results/snr_vs_k.md``, ``.json`` and ``.png`` (``--out``); finished
+cells are kept in the JSON and not recomputed (resumable).
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import npvae  # noqa: E402
+from npvae import io  # noqa: E402
+from npvae.diagnostics import gradient_snr  # noqa: E402
+
+#: (name, objective, kl, estimator) of the gradient estimators compared.
+ESTIMATORS = [("iwae-standard", "iwae", "analytic", "standard"), ("iwae-stl", "iwae", "analytic", "stl"),
+              ("iwae-dreg", "iwae", "analytic", "dreg"), ("elbo", "elbo", "analytic", "standard")]
+#: Published asymptotic slopes of the SNR against K (log-log), where they exist.
+PUBLISHED = {("iwae-standard", "encoder"): -0.5, ("iwae-standard", "decoder"): 0.5,
+             ("elbo", "encoder"): 0.5, ("elbo", "decoder"): 0.5}
+
+
+def trained(point, models, x_train, args):
+    """The model of a parameter point: loaded from ``models/<point>.npz`` or made there."""
+    path = Path(models) / f"{point}.npz"
+    if path.exists():
+        return npvae.load(path)
+    model = npvae.VAE(seed=0, dtype=args.dtype)
+    if point != "init":
+        objective, S = ("elbo", 1) if point == "elbo" else ("iwae", args.iwae_samples)
+        print(f"training the {point} point: {args.train_epochs} epochs, {objective}, S = {S}", flush=True)
+        npvae.fit(model, x_train, epochs=args.train_epochs, mc_samples=S, objective=objective, seed=0,
+                  checkpoint=Path(models) / f"{point}-checkpoint.npz", resume=True, verbose=0)
+    model.save(path)
+    return model
+
+
+def ess(model, x, K, rng, draws=20):
+    """Median over the examples of the mean over ``draws`` of the importance weights' ESS
+    ``(sum w)^2 / sum w^2`` with K samples, from the engine's log weights."""
+    out = np.zeros(len(x))
+    for _ in range(draws):
+        log_w = model.engine.log_weights(x, model.sample_eps(len(x), K, rng))
+        w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+        out += w.sum(axis=1) ** 2 / (w * w).sum(axis=1)
+    return float(np.median(out / draws))
+
+
+def measure(model, x, K, estimator, args, seed):
+    """One cell: SNR summaries at the smallest R that lifts the floor below what it reports."""
+    _, objective, kl, est = next(e for e in ESTIMATORS if e[0] == estimator)
+    # at most --max-rows decoder rows per cell (x K samples x R draws), at least --repeats draws
+    limit = max(args.repeats, min(args.max_repeats, args.max_rows // (len(x) * K)))
+    repeats = args.repeats
+    t0 = time.perf_counter()
+    while True:
+        r = gradient_snr(model, x, mc_samples=K, objective=objective, kl=kl, estimator=est, repeats=repeats,
+                         seed=[seed, K, repeats])
+        smallest = min(min(r.summary[p]["norm_snr_corrected"], r.summary[p]["median_snr_corrected"] or math.inf)
+                       for p in ("encoder", "decoder"))
+        enough = 3.0 * r.floor <= smallest
+        if enough or repeats >= limit:
+            break
+        want = 9.0 / max(smallest, 1e-9) ** 2
+        repeats = int(min(limit, max(2 * repeats, math.ceil(want * 1.2))))
+    cell = {"repeats": repeats, "floor": r.floor, "at_floor": not enough, "seconds": time.perf_counter() - t0}
+    for part in ("encoder", "decoder"):
+        s = r.summary[part]
+        cell[part] = {k: s[k] for k in ("median_snr", "median_snr_corrected", "norm_snr", "norm_snr_corrected",
+                                        "norm_snr_ci", "share_below_floor")}
+    return cell
+
+
+def slope(Ks, values):
+    """Least-squares slope of log(value) against log(K) (positive finite values only)."""
+    pts = [(math.log(k), math.log(v)) for k, v in zip(Ks, values) if v and np.isfinite(v) and v > 0]
+    if len(pts) < 2:
+        return math.nan
+    a = np.array(pts)
+    return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
+
+
+def write_report(data, args, command, out):
+    Ks = sorted(args.K)
+    lines = ["# Gradient SNR against K at fixed parameters", "",
+             f"Command: `{command}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; NumPy {np.__version__}; "
+             f"npvae {npvae.__version__}, {args.dtype}.", "",
+             "SNR of the gradient of each network (encoder q, decoder p) over R draws of the noise at fixed "
+             "parameters: *median* over the coordinates and *norm* (the SNR of the whole gradient vector, "
+             "`||mean|| / sqrt(sum var)`), both bias-corrected for the noise floor `1/sqrt(R)` "
+             "(`npvae.diagnostics.gradient_snr`); [a, b] the 95% jackknife interval of the norm SNR. R was raised "
+             "until `3 / sqrt(R)` was below the smallest SNR of the cell, up to "
+             f"{args.max_repeats} draws and {args.max_rows:.0e} decoder rows a cell; *floor* marks cells where it "
+             "could not be (the corrected values and intervals still hold, with less precision). ESS: median over the examples of "
+             "the importance weights' effective sample size at that K.", ""]
+    for point in args.points:
+        for batch in args.batches:
+            key = f"{point}/B{batch}"
+            if key not in data["cells"]:
+                continue
+            lines += [f"## {point}, {'one data point' if batch == 1 else f'a minibatch of {batch}'}", ""]
+            head = ["K", "ESS"] + [f"{e} {p}" for e, *_ in ESTIMATORS for p in ("q", "p")]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for K in Ks:
+                cells = data["cells"][key].get(str(K))
+                if not cells:
+                    continue
+                row = [str(K), f"{cells.get('ess', math.nan):.1f}"]
+                for e, *_ in ESTIMATORS:
+                    c = cells.get(e)
+                    for part in ("encoder", "decoder"):
+                        if c is None:
+                            row.append("—")
+                            continue
+                        s = c[part]
+                        lo, hi = s["norm_snr_ci"]
+                        row.append(f"{s['median_snr_corrected']:.3g} / {s['norm_snr_corrected']:.3g} "
+                                   f"[{lo:.2g}, {hi:.2g}]" + (" floor" if c["at_floor"] else ""))
+                lines.append("| " + " | ".join(row) + " |")
+            lines += ["", "Cells: median / norm SNR [interval of the norm SNR].", ""]
+            fit = [K for K in Ks if K >= args.fit_from and str(K) in data["cells"][key]]
+            lines += [f"Log-log slope of the norm SNR over K = {', '.join(map(str, fit))} "
+                      f"(published asymptotic rate in brackets):", ""]
+            for e, *_ in ESTIMATORS:
+                parts = []
+                for part in ("encoder", "decoder"):
+                    vals = [data["cells"][key][str(K)].get(e, {}).get(part, {}).get("norm_snr_corrected") for K in fit]
+                    pub = PUBLISHED.get((e, part))
+                    parts.append(f"{part} {slope(fit, vals):+.2f}" + (f" [{pub:+.1f}]" if pub is not None else ""))
+                lines.append(f"* {e}: " + ", ".join(parts))
+            lines.append("")
+    notes = Path(str(out) + "_notes.md")
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    io.atomic_write_text(Path(str(out) + ".md"), "\n".join(lines))
+    plot(data, args, out)
+
+
+def plot(data, args, out):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    keys = [f"{p}/B{b}" for p in args.points for b in args.batches if f"{p}/B{b}" in data["cells"]]
+    if not keys:
+        return None
+    fig = Figure(figsize=(8.5, 3.2 * len(keys)), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(keys):
+        for j, part in enumerate(("encoder", "decoder")):
+            ax = fig.add_subplot(len(keys), 2, 2 * i + j + 1)
+            for e, *_ in ESTIMATORS:
+                Ks = sorted(int(K) for K in data["cells"][key] if e in data["cells"][key][K])
+                if not Ks:
+                    continue
+                v = [data["cells"][key][str(K)][e][part]["norm_snr_corrected"] for K in Ks]
+                ci = np.array([data["cells"][key][str(K)][e][part]["norm_snr_ci"] for K in Ks], dtype=float)
+                ax.plot(Ks, v, "o-", label=e, ms=3)
+                ax.fill_between(Ks, ci[:, 0], ci[:, 1], alpha=0.15)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{key}: {part}", fontsize=9)
+            ax.set_xlabel("K")
+            ax.grid(True, which="both", alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(str(out) + ".png")
+    fig.savefig(path)
+    return path
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--K", type=int, nargs="+", default=[1, 3, 10, 30, 100, 300, 1000, 3000])
+    p.add_argument("--points", nargs="+", default=["init", "elbo", "iwae"], choices=("init", "elbo", "iwae"))
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 100], help="examples per gradient")
+    p.add_argument("--estimators", nargs="+", default=[e for e, *_ in ESTIMATORS],
+                   choices=[e for e, *_ in ESTIMATORS])
+    p.add_argument("--repeats", type=int, default=100, help="gradient draws to start with")
+    p.add_argument("--max-repeats", type=int, default=2000)
+    p.add_argument("--max-rows", type=float, default=1e7,
+                   help="decoder rows (examples x K x draws) a cell may spend raising R")
+    p.add_argument("--fit-from", type=int, default=30, help="fit slopes over K >= this")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--train-epochs", type=int, default=50, help="epochs of the trained points")
+    p.add_argument("--iwae-samples", type=int, default=5, help="S of the IWAE-trained point")
+    p.add_argument("--models", default=str(REPO / "benchmarks" / "results" / "snr_vs_k_models"),
+                   help="where the points' models are kept (not committed)")
+    p.add_argument("--data", help="folder holding MNIST")
+    p.add_argument("--threads", type=int, default=None, help="threads of the numba engine")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "snr_vs_k"))
+    p.add_argument("--report-only", action="store_true")
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    for name in ("K", "batches"):
+        if min(getattr(args, name)) < 1:
+            p.error(f"--{name.lower()}: expected integers >= 1, got {getattr(args, name)}")
+    if args.repeats < 2 or args.max_repeats < args.repeats:
+        p.error(f"--repeats: expected 2 <= repeats <= max-repeats, got {args.repeats} and {args.max_repeats}")
+    command = "python benchmarks/snr_vs_k.py " + " ".join(shlex.quote(a) for a in (
+        sys.argv[1:] if argv is None else argv) if a != "--report-only")
+    out = Path(args.out)
+    store = Path(str(out) + ".json")
+    data = json.loads(store.read_text()) if store.exists() else {"cells": {}}
+    data["command"] = command
+    if not args.report_only:
+        (x_train, _), (x_test, _) = npvae.load_mnist(args.data, progress=False)
+        Path(args.models).mkdir(parents=True, exist_ok=True)
+        for point in args.points:
+            model = trained(point, args.models, x_train, args)
+            model.threads = args.threads
+            for batch in args.batches:
+                key = f"{point}/B{batch}"
+                x = x_test[:batch].astype(model.dtype)
+                for K in sorted(args.K):
+                    cells = data["cells"].setdefault(key, {}).setdefault(str(K), {})
+                    if "ess" not in cells:
+                        cells["ess"] = ess(model, x, K, np.random.default_rng([K, 99]))
+                    for e in args.estimators:
+                        if e in cells:
+                            continue
+                        cells[e] = measure(model, x, K, e, args, seed=batch)
+                        c = cells[e]
+                        print(f"{key} K={K} {e}: R={c['repeats']} q {c['encoder']['norm_snr_corrected']:.3g} "
+                              f"p {c['decoder']['norm_snr_corrected']:.3g}{' (floor)' if c['at_floor'] else ''} "
+                              f"{c['seconds']:.0f} s", flush=True)
+                        io.atomic_write_text(store, json.dumps(data, indent=1) + "\n")
+    io.atomic_write_text(store, json.dumps(data, indent=1) + "\n")
+    write_report(data, args, command, out)
+    print(f"wrote {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

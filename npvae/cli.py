@@ -20,7 +20,7 @@ from .train import BINARIZE, NOISE, History, TrainingError, fit, load_checkpoint
 # Settings of `npvae train` that a resumed run takes from config.json, with their defaults.
 TRAIN_DEFAULTS = dict(epochs=50, batch_size=100, mc_samples=1, latent_dim=2, hidden=[256], activation="relu",
                       optimizer="rmsprop", lr=None, objective="elbo", noise="fresh", binarize="none", seed=0,
-                      dtype="float64", kl="analytic", estimator="standard")
+                      dtype="float32", kl="analytic", estimator="standard")
 
 
 class CLIError(Exception):
@@ -77,7 +77,8 @@ def build_parser():
     t.add_argument("--noise", choices=NOISE, help="fresh eps every step, or fixed per example (default fresh)")
     t.add_argument("--binarize", choices=BINARIZE, help="targets: none (grayscale), threshold, dynamic")
     t.add_argument("--seed", type=_non_negative, help="seed of init, shuffling and noise (default 0)")
-    t.add_argument("--dtype", choices=("float64", "float32"), help="default float64")
+    t.add_argument("--dtype", choices=("float64", "float32"),
+                   help="default float32, as the seed's Keras model (float64 for exact work, e.g. gradient checks)")
     t.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
     t.add_argument("--out", help="run folder (default runs/<objective>-S<S>-seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

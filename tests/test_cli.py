@@ -155,3 +155,13 @@ def test_gradcheck_of_a_saved_float32_model(tmp_path, capsys):
     assert cli.main(["gradcheck", "--model", str(tmp_path / "m.npz"), "--coords", "5"]) == 0
     out = capsys.readouterr().out
     assert "(float64 copy)" in out and "enc.0.W" in out
+
+
+def test_train_defaults_to_float32_and_float64_on_request(mnist_dir, tmp_path):
+    for extra, want in (([], "float32"), (["--dtype", "float64"], "float64")):
+        out = tmp_path / want
+        assert run_cli("train", "--epochs", 1, "--hidden", 8, "--data", mnist_dir, "--out", out, "--quiet",
+                       "--no-figures", *extra) == 0
+        assert json.loads((out / "config.json").read_text())["dtype"] == want
+        from npvae import load
+        assert load(out / "model.npz").dtype == np.dtype(want)

@@ -16,19 +16,28 @@ sure it gets there whole and comes back safely.
 * **Clear errors.** A damaged, truncated or foreign file raises :class:`ModelFileError`
   (a ``ValueError``) naming the path, rather than whatever ``zipfile``, ``zlib`` or
   NumPy's header parser happened to trip over.
+* **Sizes checked before reading.** :func:`load_npz` reads every member's ``.npy`` header
+  first and refuses, naming the file and the member, one that declares more data than
+  its zip entry holds or an entry that inflates beyond the size it records (a zip
+  bomb); :func:`npz_headers` gives the declared shapes alone, so a caller can check
+  them (against a model's architecture, say) before any array is allocated.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
+import math
 import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Mapping, Union
+from typing import (Any, BinaryIO, Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple,
+                    Union)
 
 import numpy as np
 
@@ -37,6 +46,7 @@ __all__ = [
     "atomic_savez",
     "atomic_write_text",
     "load_npz",
+    "npz_headers",
     "to_str_array",
     "from_str_array",
     "to_json_array",
@@ -224,18 +234,206 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Pat
 # Loading
 # ----------------------------------------------------------------------------------------
 
-def load_npz(path: PathLike) -> Dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` file into memory, without unpickling anything.
+# Deflate cannot expand data more than 1032:1 (a 258-byte match coded in 2 bits; zlib's
+# documentation), so an entry recording a larger uncompressed size is lying
+_MAX_DEFLATE_RATIO = 1032
+_DEFLATE_SLACK = 1024  # block headers and the end of the stream
+
+
+class _Member(NamedTuple):
+    """One ``.npy`` member as its zip entry and its header describe it."""
+
+    info: zipfile.ZipInfo
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+    nbytes: int  # prod(shape) * itemsize: what the header declares
+
+
+def _damaged(source: str, exc: BaseException) -> ModelFileError:
+    # zipfile, zlib, NumPy's header parser (even tokenize) each raise their own types on
+    # damaged bytes; the caller only needs to know the file is bad
+    return ModelFileError(f"{source} is damaged or is not an npvae .npz file "
+                          f"({type(exc).__name__}: {exc})")
+
+
+def _read_file(path: Path) -> bytes:
+    # Read the bytes first: an I/O error then surfaces here as the OSError it is, and
+    # anything that goes wrong below is about the content (a bad zip offset, for one,
+    # raises OSError(EINVAL) from seek, indistinguishable from a disk error otherwise)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _open_zip(data: bytes) -> zipfile.ZipFile:
+    if data.startswith(np.lib.format.MAGIC_PREFIX):
+        raise ValueError("it holds a single ndarray, not an .npz archive")
+    return zipfile.ZipFile(io.BytesIO(data))
+
+
+class _Counted:
+    """A zip member's stream that counts and checksums the bytes it delivers."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream, self.count, self.crc = stream, 0, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.count += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        return data
+
+
+def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Tuple[tuple, bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, header_bytes)`` of a member, reading only its header."""
+    with zf.open(info) as stream:
+        member = _Counted(stream)
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version in ((2, 0), (3, 0)):
+            # 3.0 has 2.0's layout with a UTF-8 header (for non-Latin-1 field names of a
+            # structured dtype); read as 2.0, only such names come out garbled, never the
+            # sizes. The arrays themselves are decoded by np.lib.format.read_array.
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"member {info.filename!r} has unknown .npy format version {version}")
+        return shape, fortran, dtype, member.count
+
+
+def _members(zf: zipfile.ZipFile, size: int, source: str) -> Dict[str, _Member]:
+    """Every member's declared array, after checking the archive could really hold it.
+
+    Reads the headers only (a few hundred bytes a member), so a hostile file is refused
+    before anything of the size it claims is allocated or inflated. Raises
+    ModelFileError for a size that does not add up; the damage zipfile and NumPy's
+    header parser find themselves is left to the caller to wrap.
+    """
+    def bad(key: str, why: str) -> ModelFileError:
+        return ModelFileError(f"{source}: member {key!r} {why}")
+
+    infos = zf.infolist()
+    stored = sum(info.compress_size for info in infos)
+    if stored > size:
+        # members overlapping in the file (the classic zip bomb) or lying about their size
+        raise ModelFileError(f"{source}: its zip entries record {stored} compressed bytes but "
+                             f"the file has only {size}; it is damaged or a zip bomb")
+    members = {}
+    for info in infos:
+        name = info.filename
+        key = name[:-len(".npy")] if name.endswith(".npy") else name
+        if info.compress_type == zipfile.ZIP_STORED:
+            most = info.compress_size
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            most = info.compress_size * _MAX_DEFLATE_RATIO + _DEFLATE_SLACK
+        else:
+            # bzip2 and lzma have no useful bound on their expansion (and zipfile inflates
+            # them unbounded); NumPy writes stored or deflated members only
+            raise bad(key, f"is compressed with zip method {info.compress_type}; only stored "
+                           "and deflated members (what np.savez writes) are read")
+        if info.file_size > most:
+            raise bad(key, f"records {info.file_size} uncompressed bytes, more than its "
+                           f"{info.compress_size} stored bytes can hold; it is damaged or a zip bomb")
+        shape, _, dtype, header = _read_header(zf, info)
+        if dtype.hasobject:
+            raise bad(key, f"holds a pickled object array (dtype {dtype}), which is never "
+                           "loaded (allow_pickle=False)")
+        if any(n < 0 for n in shape):
+            raise bad(key, f"declares the impossible shape {shape}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        payload = info.file_size - header
+        if nbytes != payload:
+            more = "more than" if nbytes > payload else "not all of"
+            raise bad(key, f"declares shape {shape} dtype {dtype}, i.e. {nbytes} bytes, {more} "
+                           f"the {payload} bytes its zip entry records after the header")
+        members[key] = _Member(info, tuple(shape), dtype, nbytes)
+    return members
+
+
+def _read_member(zf: zipfile.ZipFile, m: _Member, key: str, source: str) -> np.ndarray:
+    # Open the entry as if it were one byte longer than recorded: zipfile otherwise cuts
+    # a stream that inflates further, and reports it as a bad CRC, so a zip bomb shows
+    # itself by delivering that byte. zipfile's CRC check, which would then fire first,
+    # is off (CRC None) and made here instead, over the bytes the entry records.
+    probe = copy.copy(m.info)
+    probe.file_size, probe.CRC = m.info.file_size + 1, None
+    with zf.open(probe) as stream:
+        member = _Counted(stream)
+        array = np.lib.format.read_array(member, allow_pickle=False)
+        member.read(1)
+    if member.count > m.info.file_size:
+        raise ModelFileError(f"{source}: member {key!r} inflates beyond the {m.info.file_size} "
+                             "bytes its zip entry records; it is damaged or a zip bomb")
+    if member.crc != m.info.CRC:
+        raise ModelFileError(f"{source} is damaged or is not an npvae .npz file "
+                             f"(member {key!r} fails its CRC-32 check)")
+    return array
+
+
+def npz_headers(path: PathLike) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+    """The shape and dtype of every array of an ``.npz`` file, reading only the headers.
+
+    Lets a caller check what a file declares (against a model's architecture, say)
+    before :func:`load_npz` allocates anything. The checks of :func:`load_npz` on the
+    members' sizes are made here too.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    dict of str to (tuple of int, numpy.dtype)
+        ``{name: (shape, dtype)}`` in archive order, names as :func:`load_npz` gives
+        them.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ModelFileError
+        If the file is damaged, not an ``.npz`` archive, holds object arrays, or a
+        member declares more (or less) data than its zip entry holds.
+    """
+    path = Path(os.fspath(path))
+    source = repr(str(path))
+    data = _read_file(path)
+    try:
+        with _open_zip(data) as zf:
+            members = _members(zf, len(data), source)
+    except (ModelFileError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _damaged(source, exc) from exc
+    return {key: (m.shape, m.dtype) for key, m in members.items()}
+
+
+def load_npz(path: PathLike, max_bytes: Optional[int] = None,
+             keys: Optional[Iterable[str]] = None) -> Dict[str, np.ndarray]:
+    """Read the arrays of an ``.npz`` file into memory, without unpickling anything.
+
+    Every member's ``.npy`` header is read and checked before any array is: a member
+    whose header declares more data than its zip entry holds, or whose entry records
+    more than its compressed bytes can inflate to, is refused without allocating
+    anything; a member that inflates beyond the size its entry records (a zip bomb) is
+    refused as soon as it does.
 
     Parameters
     ----------
     path : str or os.PathLike
         The file, e.g. one written by :func:`atomic_savez` or ``np.savez``.
+    max_bytes : int, optional
+        Refuse the file, before reading any array, if the arrays read would total more
+        than this many bytes. None: no cap beyond the checks above (which bound the
+        arrays by about 1000 times the file's size, deflate's largest ratio).
+    keys : iterable of str, optional
+        Read only these members (e.g. a file's small metadata before its arrays); names
+        the file does not hold are left out of the result. None: every member.
 
     Returns
     -------
     dict of str to ndarray
-        All members, in archive order. The whole file is read into memory (briefly
+        The members, in archive order. The whole file is read into memory (briefly
         holding the raw bytes beside the arrays) and closed before parsing.
 
     Raises
@@ -243,30 +441,39 @@ def load_npz(path: PathLike) -> Dict[str, np.ndarray]:
     FileNotFoundError
         If ``path`` does not exist (the message names it).
     ModelFileError
-        A ``ValueError``: the file is truncated or damaged, is not an ``.npz`` archive
-        (a lone ``.npy``, text, a pickle), or holds object arrays. The original error
-        is chained as ``__cause__``.
+        A ``ValueError`` naming the file: it is truncated or damaged, is not an ``.npz``
+        archive (a lone ``.npy``, text, a pickle), holds object arrays, a member's size
+        does not add up (the message names the member and what it declares), or the
+        arrays exceed ``max_bytes``. The original error, if any, is chained as
+        ``__cause__``.
+    ValueError
+        If ``max_bytes`` is not a non-negative int.
     """
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
+                                  or max_bytes < 0):
+        raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
+    wanted = None if keys is None else set(keys)
     path = Path(os.fspath(path))
-    # Read the bytes first: an I/O error then surfaces here as the OSError it is, and
-    # anything that goes wrong below is about the content (a bad zip offset, for one,
-    # raises OSError(EINVAL) from seek, indistinguishable from a disk error otherwise)
-    with open(path, "rb") as f:
-        data = f.read()
+    source = repr(str(path))
+    data = _read_file(path)
     try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError(f"it holds a single {type(loaded).__name__}, not an .npz archive")
-        with loaded:
-            return {key: loaded[key] for key in loaded.files}
-    except MemoryError:
+        with _open_zip(data) as zf:
+            members = _members(zf, len(data), source)
+            if wanted is not None:
+                members = {k: m for k, m in members.items() if k in wanted}
+            total = 0
+            for key, m in members.items():
+                total += m.nbytes
+                if max_bytes is not None and total > max_bytes:
+                    raise ModelFileError(
+                        f"{source}: its arrays take more than max_bytes={max_bytes} bytes "
+                        f"(member {key!r} declares shape {m.shape} dtype {m.dtype}, "
+                        f"{m.nbytes} bytes)")
+            return {key: _read_member(zf, m, key, source) for key, m in members.items()}
+    except (ModelFileError, MemoryError):
         raise
     except Exception as exc:
-        # zipfile, zlib, NumPy's header parser (even tokenize) each raise their own
-        # types on damaged bytes; the caller only needs to know the file is bad
-        raise ModelFileError(
-            f"{str(path)!r} is damaged or is not an npvae .npz file "
-            f"({type(exc).__name__}: {exc})") from exc
+        raise _damaged(source, exc) from exc
 
 
 # ----------------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 errors for missing or damaged files."""
 
 import hashlib
+import io
 import os
 import pickle
 import stat
+import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -358,3 +362,149 @@ def test_module_imports_with_only_numpy_and_the_standard_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------
+# Hostile sizes: headers are checked before anything is allocated or inflated
+# ----------------------------------------------------------------------------------------
+
+def npy_header(shape, descr="<f8"):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def write_member(path, name, chunks, compression=zipfile.ZIP_STORED):
+    """A one-member zip whose member is the concatenation of `chunks`, streamed."""
+    info = zipfile.ZipInfo(name)
+    info.compress_type = compression
+    with zipfile.ZipFile(path, "w") as zf:
+        with zf.open(info, "w") as member:
+            for chunk in chunks:
+                member.write(chunk)
+    return path
+
+
+def patch_entry(path, **fields):
+    """Overwrite the one member's CRC/sizes in its local header and the central directory."""
+    data = bytearray(path.read_bytes())
+    cd = data.rfind(b"PK\x01\x02")
+    local = {"crc": 14, "compress_size": 18, "file_size": 22}
+    for field, value in fields.items():
+        struct.pack_into("<I", data, local[field], value)
+        struct.pack_into("<I", data, cd + local[field] + 2, value)
+    path.write_bytes(bytes(data))
+
+
+def peak_while(f):
+    """(exception raised by f(), peak bytes traced while it ran)."""
+    tracemalloc.start()
+    try:
+        f()
+    except Exception as exc:  # noqa: BLE001 - returned for the test to check
+        error = exc
+    else:
+        error = None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return error, peak
+
+
+@pytest.mark.parametrize("reader", [load_npz, nio.npz_headers])
+def test_member_declaring_a_huge_shape_is_refused_before_allocating(tmp_path, reader):
+    path = write_member(tmp_path / "m.npz", "w.npy", [npy_header((10**12,)), b"\0" * 80])
+    error, peak = peak_while(lambda: reader(path))
+    assert isinstance(error, ModelFileError)
+    message = str(error)
+    assert str(path) in message and "'w'" in message and "(1000000000000,)" in message
+    assert "more than the 80 bytes" in message and "\n" not in message
+    assert peak < 4 << 20
+
+
+def test_member_declaring_less_than_it_stores_is_refused(tmp_path):
+    path = write_member(tmp_path / "m.npz", "w.npy", [npy_header((3,)), b"\0" * 32])
+    with pytest.raises(ModelFileError, match=r"'w' declares shape \(3,\).*24 bytes, not all of the 32"):
+        load_npz(path)
+
+
+def test_zip_bomb_member_is_refused_without_inflating_it(tmp_path):
+    # the entry records 1,000 bytes (and their CRC) but its stream inflates to 64 MB;
+    # zipfile alone would hand over the first 1,000 bytes as a valid array
+    header = npy_header((109,))
+    recorded = header + b"\0" * (1000 - len(header))
+    path = write_member(tmp_path / "bomb.npz", "a.npy", [header] + [b"\0" * (1 << 20)] * 64,
+                        compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 1 << 20
+    patch_entry(path, file_size=len(recorded), crc=zlib.crc32(recorded))
+    error, peak = peak_while(lambda: load_npz(path))
+    assert isinstance(error, ModelFileError)
+    assert str(path) in str(error) and "'a' inflates beyond the 1000 bytes" in str(error)
+    assert peak < 4 << 20
+
+
+def test_entry_recording_more_than_deflate_can_produce_is_refused(tmp_path):
+    # deflate expands at most 1032:1, so this entry's recorded size is a lie
+    path = write_member(tmp_path / "m.npz", "a.npy", [npy_header((10,)), b"\0" * 80],
+                        compression=zipfile.ZIP_DEFLATED)
+    patch_entry(path, file_size=10**9)
+    error, peak = peak_while(lambda: load_npz(path))
+    assert isinstance(error, ModelFileError)
+    assert str(path) in str(error) and "'a' records 1000000000 uncompressed bytes" in str(error)
+    assert peak < 4 << 20
+
+
+def test_entries_claiming_more_compressed_bytes_than_the_file_has_are_refused(tmp_path):
+    path = write_member(tmp_path / "m.npz", "a.npy", [npy_header((10,)), b"\0" * 80])
+    patch_entry(path, compress_size=10**9, file_size=10**9)
+    with pytest.raises(ModelFileError, match="record 1000000000 compressed bytes but the file has only"):
+        load_npz(path)
+
+
+def test_members_compressed_other_than_numpy_does_are_refused(tmp_path):
+    path = write_member(tmp_path / "m.npz", "a.npy", [npy_header((10,)), b"\0" * 80],
+                        compression=zipfile.ZIP_BZIP2)
+    with pytest.raises(ModelFileError, match=r"'a' is compressed with zip method 12"):
+        load_npz(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("n", [50, 10_000])  # read whole with the header by zipfile, or not
+def test_damaged_payload_fails_the_crc_check(tmp_path, compress, n):
+    path = atomic_savez(tmp_path / "m.npz", {"a": np.arange(float(n))}, compress=compress)
+    if compress:  # damage the stored CRC instead: a damaged deflate stream may not decode
+        with zipfile.ZipFile(path) as zf:
+            crc = zf.getinfo("a.npy").CRC
+        data = path.read_bytes().replace(struct.pack("<I", crc), struct.pack("<I", crc ^ 1))
+    else:
+        data = path.read_bytes().replace(np.array([n - 3.0]).tobytes(), np.array([-1.0]).tobytes())
+    path.write_bytes(data)
+    # zipfile's own check fires for a small member, load_npz's for a big one
+    which = "'a' fails its CRC-32 check" if n > 1000 else "Bad CRC-32 for file 'a.npy'"
+    with pytest.raises(ModelFileError, match=rf"m\.npz.*is damaged.*{which}"):
+        load_npz(path)
+
+
+def test_max_bytes_caps_the_total_before_reading(tmp_path, monkeypatch):
+    path = atomic_savez(tmp_path / "m.npz", {"a": np.zeros(10), "b": np.zeros(5, np.float32)})
+    assert list(load_npz(path, max_bytes=100)) == ["a", "b"]  # exactly 80 + 20
+    monkeypatch.setattr(np.lib.format, "read_array", pytest.fail)
+    with pytest.raises(ModelFileError, match=r"more than max_bytes=99 bytes \(member 'b' declares shape \(5,\)"):
+        load_npz(path, max_bytes=99)
+    for bad in (-1, 1.5, True, "100"):
+        with pytest.raises(ValueError, match="max_bytes must be a non-negative int or None"):
+            load_npz(path, max_bytes=bad)
+
+
+def test_keys_reads_only_those_members(tmp_path):
+    path = atomic_savez(tmp_path / "m.npz", {"meta": to_str_array("x"), "big": np.zeros(10**4)})
+    got = load_npz(path, keys=["meta", "absent"], max_bytes=100)
+    assert list(got) == ["meta"] and from_str_array(got["meta"]) == "x"
+
+
+def test_npz_headers_gives_shapes_and_dtypes_without_reading_arrays(tmp_path, arrays, monkeypatch):
+    path = atomic_savez(tmp_path / "m.npz", arrays, compress=True)
+    monkeypatch.setattr(np.lib.format, "read_array", pytest.fail)
+    headers = nio.npz_headers(path)
+    assert list(headers) == list(arrays)
+    assert headers == {k: (a.shape, a.dtype) for k, a in arrays.items()}

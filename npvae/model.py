@@ -348,12 +348,15 @@ def model_arrays(model):
     return arrays
 
 
-def model_from_arrays(arrays, source):
-    """Rebuild a :class:`VAE` from :func:`model_arrays`' output (read from ``source``).
+#: Members of a model file other than ``param/<name>``, all small.
+_METADATA = ("format", "version", "config")
+#: A cap on the metadata members' size: a config is a few hundred bytes of JSON.
+_MAX_METADATA_BYTES = 1 << 20
 
-    Raises :class:`npvae.io.ModelFileError` naming ``source`` when the format, the version or
-    the parameters do not match what the stored architecture needs.
-    """
+
+def _model_from_metadata(arrays, source):
+    """A :class:`VAE` of the architecture that ``arrays``' metadata describes (its own
+    fresh parameters), after checking the format and version."""
     def bad(why):
         return ModelFileError(f"{source}: {why}")
 
@@ -371,20 +374,41 @@ def model_from_arrays(arrays, source):
     if not isinstance(config, dict):
         raise bad(f"config: expected a JSON object of the model's settings, got {type(config).__name__}")
     try:
-        model = VAE(**config)
+        return VAE(**config)
     except (TypeError, ValueError) as exc:
         raise bad(f"the stored architecture is not valid: {exc}") from exc
-    stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
+
+
+def _check_param_layout(model, layout, source):
+    """Raise ModelFileError naming ``source`` and the parameter unless ``layout``
+    (``{"param/<name>": (shape, dtype)}``, other keys ignored) has exactly ``model``'s
+    parameters with their shapes and dtype."""
+    def bad(why):
+        return ModelFileError(f"{source}: {why}")
+
+    stored = {k[len("param/"):] for k in layout if k.startswith("param/")}
     if stored != set(model.params):
-        raise bad(f"the parameters do not match the stored architecture {config}: "
+        raise bad(f"the parameters do not match the stored architecture {model.config}: "
                   f"missing {sorted(set(model.params) - stored)}, unexpected {sorted(stored - set(model.params))}")
     for name, p in model.params.items():
-        a = arrays[f"param/{name}"]
-        if a.shape != p.shape or a.dtype != p.dtype:
+        shape, dtype = layout[f"param/{name}"]
+        if shape != p.shape or dtype != p.dtype:
             raise bad(f"param {name!r}: expected shape {p.shape} dtype {p.dtype} for the stored "
-                      f"architecture, got shape {a.shape} dtype {a.dtype}")
+                      f"architecture, got shape {shape} dtype {dtype}")
+
+
+def model_from_arrays(arrays, source):
+    """Rebuild a :class:`VAE` from :func:`model_arrays`' output (read from ``source``).
+
+    Raises :class:`npvae.io.ModelFileError` naming ``source`` when the format, the version or
+    the parameters do not match what the stored architecture needs.
+    """
+    model = _model_from_metadata(arrays, source)
+    _check_param_layout(model, {k: (a.shape, a.dtype) for k, a in arrays.items()}, source)
+    for name in model.params:
+        a = arrays[f"param/{name}"]
         if not np.isfinite(a).all():
-            raise bad(f"param {name!r} holds NaN or inf")
+            raise ModelFileError(f"{source}: param {name!r} holds NaN or inf")
         model.params[name] = np.array(a)
     return model
 
@@ -403,10 +427,20 @@ def load_model(path):
     FileNotFoundError
         If ``path`` does not exist.
     ModelFileError
-        A ``ValueError``: damaged file, unknown format or version, or parameters that
-        do not fit the stored architecture.
+        A ``ValueError`` naming the file: damaged file, unknown format or version, or
+        parameters that do not fit the stored architecture (found from the arrays'
+        headers, before any parameter is read).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {str(path)!r}")
-    return model_from_arrays(io.load_npz(path), repr(str(path)))
+    source = repr(str(path))
+    # The shapes the file declares are checked against its stored architecture before
+    # any parameter is read, so a hostile or mismatched file allocates nothing big:
+    # headers first, then the small metadata alone, then the parameters.
+    headers = io.npz_headers(path)
+    metadata = io.load_npz(path, max_bytes=_MAX_METADATA_BYTES, keys=_METADATA)
+    _check_param_layout(_model_from_metadata(metadata, source), headers, source)
+    # only what a model needs: a checkpoint's optimizer state and history stay unread
+    keys = [k for k in headers if k in _METADATA or k.startswith("param/")]
+    return model_from_arrays(io.load_npz(path, keys=keys), source)

@@ -1,5 +1,9 @@
 """model.save / npvae.load: versioned .npz files and their failure modes."""
 
+import io as _io
+import tracemalloc
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -62,3 +66,75 @@ def test_not_a_model_file(tmp_path):
     io.atomic_savez(tmp_path / "m.npz", {"a": np.zeros(3)})
     with pytest.raises(npvae.ModelFileError, match="not an npvae model file"):
         npvae.load(tmp_path / "m.npz")
+
+
+def peak_while(f):
+    """(exception raised by f(), peak bytes traced while it ran)."""
+    tracemalloc.start()
+    try:
+        f()
+    except Exception as exc:  # noqa: BLE001 - returned for the test to check
+        return exc, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return None, 0
+
+
+def test_param_of_the_wrong_shape_is_refused_before_reading_the_arrays(tmp_path):
+    # 32 MB of zeros in the wrong shape, deflated to a small file: without the header
+    # check they would be allocated and inflated before the shape is compared
+    arrays = model_arrays(npvae.VAE(input_dim=4, hidden=(3,)))
+    arrays["param/enc.0.W"] = np.zeros((4, 10**6))
+    path = io.atomic_savez(tmp_path / "m.npz", arrays, compress=True)
+    del arrays
+    error, peak = peak_while(lambda: npvae.load(path))
+    assert isinstance(error, npvae.ModelFileError)
+    assert str(path) in str(error)
+    assert "param 'enc.0.W': expected shape (4, 3) dtype float64" in str(error)
+    assert "got shape (4, 1000000) dtype float64" in str(error)
+    assert peak < 4 << 20
+
+
+def test_param_declaring_a_huge_shape_is_refused_naming_file_and_member(tmp_path):
+    # a well-formed zip whose enc.0.W header declares 10**12 floats over its 96 bytes
+    path = tmp_path / "m.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        for key, a in model_arrays(npvae.VAE(input_dim=4, hidden=(3,))).items():
+            buf = _io.BytesIO()
+            if key == "param/enc.0.W":
+                np.lib.format.write_array_header_1_0(
+                    buf, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+                buf.write(a.tobytes())
+            else:
+                np.lib.format.write_array(buf, a)
+            zf.writestr(key + ".npy", buf.getvalue())
+    error, peak = peak_while(lambda: npvae.load(path))
+    assert isinstance(error, npvae.ModelFileError)
+    assert str(path) in str(error)
+    assert "'param/enc.0.W' declares shape (1000000000000,) dtype float64" in str(error)
+    assert peak < 4 << 20
+
+
+def test_load_reads_only_what_a_model_needs_from_a_bigger_file(tmp_path):
+    # a checkpoint holds a model and more; npvae.load leaves the rest unread
+    model = npvae.VAE(input_dim=4, hidden=(3,))
+    arrays = dict(model_arrays(model), **{"optim/big": np.zeros(4 * 10**6)})
+    path = io.atomic_savez(tmp_path / "ckpt.npz", arrays, compress=True)
+    del arrays
+    loaded, peak = None, 0
+    tracemalloc.start()
+    try:
+        loaded = npvae.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(loaded.params["enc.0.W"], model.params["enc.0.W"])
+    assert peak < 4 << 20
+
+
+def test_oversized_metadata_is_refused(tmp_path):
+    arrays = model_arrays(npvae.VAE(input_dim=4, hidden=(3,)))
+    arrays["config"] = np.array("x" * (1 << 19))  # 2 MB of UTF-32 text
+    path = io.atomic_savez(tmp_path / "m.npz", arrays, compress=True)
+    with pytest.raises(npvae.ModelFileError, match=r"m\.npz.*more than max_bytes=1048576.*'config'"):
+        npvae.load(path)

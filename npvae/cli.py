@@ -6,6 +6,7 @@ A run folder (``--out``) holds ``config.json`` (the settings), ``checkpoint.npz`
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from . import io
 from .datasets import DataError, load_mnist
 from .evaluate import evaluate_bound, log_likelihood
 from .model import VAE, load_model
+from .runfolder import RunLock, describe_previous, read_config, read_history, remove_stale_temp_files
 from .train import BINARIZE, NOISE, History, TrainingError, fit, load_checkpoint
 
 # Settings of `npvae train` that a resumed run takes from config.json, with their defaults.
@@ -123,6 +125,14 @@ def build_parser():
 
 
 # ---------------------------------------------------------------------------
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread (batch schedulers send it before they kill)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def _train(args):
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
     out = Path(args.out) if args.out else None
@@ -132,7 +142,7 @@ def _train(args):
         config_path = out / "config.json"
         if not config_path.exists():
             raise CLIError(f"--resume: no run to continue in {str(out)!r} (config.json not found)")
-        stored = json.loads(config_path.read_text())
+        stored = read_config(config_path)
         clash = {k: (stored[k], v) for k, v in given.items() if k != "epochs" and stored.get(k) != v}
         if clash:
             raise CLIError("--resume: these options differ from the run's settings: "
@@ -142,35 +152,83 @@ def _train(args):
         settings = {**TRAIN_DEFAULTS, **given}
         if out is None:
             out = Path("runs") / f"{settings['objective']}-S{settings['mc_samples']}-seed{settings['seed']}"
-        if (out / "checkpoint.npz").exists():
-            raise CLIError(f"{str(out)!r} already holds a run; continue it with --resume or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out: {str(out)!r} is a file, not a run folder")
     s = settings
     (x_train, _), (x_test, y_test) = load_mnist(args.data, progress=not args.quiet)
     model = VAE(input_dim=x_train.shape[1], hidden=s["hidden"], latent_dim=s["latent_dim"],
                 activation=s["activation"], seed=s["seed"], dtype=s["dtype"], threads=args.threads)
     from .optim import get_optimizer
     optimizer = get_optimizer(s["optimizer"], **({} if s["lr"] is None else {"lr": s["lr"]}))
-    out.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(out / "config.json", json.dumps(s, indent=1) + "\n")
     checkpoint = out / "checkpoint.npz"
-    try:
-        history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
-                      objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
-                      binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"], checkpoint=checkpoint,
-                      resume=args.resume, verbose=0 if args.quiet else 1)
-    except KeyboardInterrupt:
-        done = load_checkpoint(checkpoint)["history"] if checkpoint.exists() else History()
-        if len(done):
-            done.save(out / "history.json")
-        print(f"\nInterrupted. {len(done)} epoch(s) are saved in {checkpoint}; continue with:\n"
-              f"  npvae train --out {out} --resume", file=sys.stderr)
-        return 130
-    history.save(out / "history.json")
-    model.save(out / "model.npz")
+    resume_hint = f"npvae train --out {out} --resume"
+    with RunLock(out) as lock:
+        if not args.resume and checkpoint.exists():
+            raise CLIError(f"{str(out)!r} already holds a run; continue it with --resume or choose another --out")
+        note = describe_previous(lock)
+        if note and not args.quiet:
+            print(f"{out}: {note}", file=sys.stderr)
+        remove_stale_temp_files(out)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
+        try:
+            io.atomic_write_text(out / "config.json", json.dumps(s, indent=1) + "\n")
+            history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
+                          objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
+                          binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"],
+                          checkpoint=checkpoint, resume=args.resume, verbose=0 if args.quiet else 1)
+            history.save(out / "history.json")
+            model.save(out / "model.npz")
+        except (KeyboardInterrupt, _Terminated) as exc:
+            done = _saved_history(checkpoint)
+            if len(done):
+                try:
+                    done.save(out / "history.json")
+                except OSError:
+                    pass
+            why = "Terminated (SIGTERM)" if isinstance(exc, _Terminated) else "Interrupted"
+            print(f"\n{why}. {len(done)} epoch(s) are saved in {checkpoint}; continue with:\n  {resume_hint}",
+                  file=sys.stderr)
+            return 143 if isinstance(exc, _Terminated) else 130
+        except OSError as exc:
+            done = _saved_history(checkpoint)
+            raise _WriteError(f"{_os_error(exc)}; {len(done)} epoch(s) are saved in {checkpoint}, intact. "
+                              f"When the disk is fixed, continue with: {resume_hint}") from exc
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     print(f"Model: {out / 'model.npz'}  history: {out / 'history.json'}")
     if not args.no_figures:
         _figures(model, history, x_test, y_test, out / "figures", seed=0)
     return 0
+
+
+class _WriteError(Exception):
+    """A run that could not finish: a file not written (disk full, read-only, ...), or a result
+    that is not a number. One line, exit 1."""
+
+
+def _main_thread():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _saved_history(checkpoint):
+    """The history in ``checkpoint``, or an empty one if there is none or it cannot be read."""
+    try:
+        return load_checkpoint(checkpoint)["history"] if checkpoint.exists() else History()
+    except (OSError, ValueError):
+        return History()
+
+
+def _os_error(exc):
+    """An OSError in one line: the path (the destination, not a temporary file) and the cause."""
+    name = exc.filename
+    if name is not None:
+        p = Path(str(name))
+        if p.name.startswith(".") and p.name.endswith(".tmp") and p.name.count(".") >= 3:
+            p = p.with_name(p.name[1:].rsplit(".", 2)[0])        # .checkpoint.npz.abc123.tmp -> checkpoint.npz
+        return f"cannot write {p}: {exc.strerror or exc}"
+    return f"{exc.strerror or exc}"
 
 
 def _figures(model, history, x_test, y_test, folder, seed):
@@ -180,6 +238,9 @@ def _figures(model, history, x_test, y_test, folder, seed):
     except ImportError as exc:
         print(f"Figures skipped: {exc}", file=sys.stderr)
         return
+    except OSError as exc:
+        raise _WriteError(f"{_os_error(exc)} (the figures; the run's other files are complete: redraw them "
+                          f"with npvae plot {folder.parent})") from exc
     for m in messages:
         print(m)
     print("Figures: " + ", ".join(str(p) for p in paths))
@@ -201,7 +262,7 @@ def _plot(args):
     model = _load_any(run)
     history = []
     if (run / "history.json").exists():
-        history = json.loads((run / "history.json").read_text())
+        history = read_history(run / "history.json")
     _, (x_test, y_test) = load_mnist(args.data)
     _check_dims(model, x_test)
     _figures(model, history, x_test, y_test, run / "figures", seed=args.seed)
@@ -230,6 +291,12 @@ def _evaluate(args):
         # its own noise stream, so that adding --k does not change the bound above
         ll = log_likelihood(model, x_test, k=args.k, seed=[args.seed, 1], progress=not args.quiet)
         report.update(ll.to_dict())
+    bad = sorted(k for k, v in report.items() if isinstance(v, float) and not np.isfinite(v)
+                 and k not in ("log_likelihood_se",))      # the SE over images is NaN for one image
+    if bad:
+        raise _WriteError(f"{args.model}: the model's {', '.join(bad)} on these images are not finite "
+                          f"({', '.join(f'{k}={report[k]}' for k in bad)}): its parameters overflow in "
+                          f"{model.dtype.name}; no result is reported")
     if args.json:
         print(json.dumps(report))
     else:
@@ -268,9 +335,15 @@ def main(argv=None):
     command = {"train": _train, "plot": _plot, "evaluate": _evaluate, "gradcheck": _gradcheck}[args.command]
     try:
         return command(args)
-    except (CLIError, DataError, ValueError, FileNotFoundError, TrainingError) as exc:
+    except (_WriteError, TrainingError) as exc:
         print(f"npvae {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if not isinstance(exc, TrainingError) else 1
+        return 1
+    except (CLIError, DataError, ValueError, FileNotFoundError) as exc:
+        print(f"npvae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"npvae {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130

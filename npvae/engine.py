@@ -11,6 +11,7 @@ set of public methods:
 ``log_weights(x, eps)``                        ``log p(x|z) + log p(z) - log q(z|x)``, (B, S) float64
 ``encode(x)``, ``decode_logits(z)``            the encoder's ``mu, log_var``; the decoder's logits
 ``steps(batch, mc_samples)``                   a context for a loop of such calls (thread settings)
+``step_bytes(batch, mc_samples)``              the working memory of one training step, estimated
 ``optimizer_update(optimizer)``                a fused optimizer update for the model's arrays, or None
 =============================================  ====================================================
 
@@ -263,6 +264,17 @@ class ReferenceEngine:
     # ------------------------------------------------------------------
     # Loops
     # ------------------------------------------------------------------
+    def step_bytes(self, batch, mc_samples):
+        """An upper estimate of the working memory of one ``loss_and_grads`` call, in bytes.
+
+        The reference ops allocate fresh arrays: the logits and about four more arrays of
+        shape ``(B, S, D)`` (the NLL's terms, the gradient), and about six of ``(B, S, H)``
+        per hidden layer (activations, caches, gradients), in the model's dtype.
+        """
+        m = self.model
+        rows = batch * mc_samples
+        return m.dtype.itemsize * rows * (5 * m.input_dim + 6 * sum(m.hidden) + 8 * m.latent_dim)
+
     def steps(self, batch, mc_samples):
         """A context manager for a loop of calls on ``batch`` examples with ``mc_samples``
         samples each (training, evaluation). The reference engine needs none."""

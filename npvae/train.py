@@ -99,7 +99,7 @@ def _save_checkpoint(path, model, opt, rng, history, settings):
 
 
 def load_checkpoint(path):
-    """Read a training checkpoint.
+    """Read a training checkpoint, checked part by part.
 
     Returns
     -------
@@ -107,18 +107,77 @@ def load_checkpoint(path):
         ``model`` (a VAE with the saved parameters), ``optimizer_state``,
         ``epoch`` (epochs completed), ``rng_state``, ``settings`` and
         ``history`` (a :class:`History`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    npvae.ModelFileError
+        A ``ValueError`` naming the file and the part: damaged, not a checkpoint, or a part
+        (the training record, its epoch, RNG state, settings or history) of the wrong shape.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
     arrays = io.load_npz(path)
-    if "train" not in arrays or io.from_str_array(arrays.get("checkpoint", io.to_str_array("?"))) != CHECKPOINT_FORMAT:
+    try:
+        marker = io.from_str_array(arrays["checkpoint"]) if "checkpoint" in arrays else None
+    except ValueError:
+        marker = None
+    if "train" not in arrays or marker != CHECKPOINT_FORMAT:
         raise io.ModelFileError(f"{str(path)!r} is not an npvae training checkpoint")
     model = model_from_arrays(arrays, repr(str(path)))
-    meta = io.from_json_array(arrays["train"])
+
+    def bad(what):
+        return io.ModelFileError(f"{str(path)!r}: {what}")
+
+    try:
+        meta = io.from_json_array(arrays["train"])
+    except ValueError as exc:
+        raise bad(f"the training record is unreadable ({exc})") from None
+    if not isinstance(meta, dict):
+        raise bad(f"train: expected a JSON object, got {type(meta).__name__}")
+    for key, kind in (("epoch", int), ("rng_state", dict), ("settings", dict), ("history", list)):
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise bad(f"train.{key}: expected {'an integer' if kind is int else 'a JSON ' + kind.__name__}, "
+                      f"got {value!r:.80}")
+    if meta["epoch"] != len(meta["history"]) or not all(
+            isinstance(r, dict) and isinstance(r.get("loss"), (int, float)) for r in meta["history"]):
+        raise bad(f"train.history: expected {meta['epoch']} per-epoch records with a numeric 'loss'")
     return dict(model=model, epoch=meta["epoch"], rng_state=meta["rng_state"], settings=meta["settings"],
                 history=History(meta["history"]),
                 optimizer_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+
+
+def _restore(path, state, model, opt, rng):
+    """Put a checkpoint's parameters, optimizer state and RNG state into this run's objects,
+    after checking that each fits; a part that does not is a ModelFileError naming the file."""
+    def bad(what):
+        return io.ModelFileError(f"{str(path)!r}: {what}")
+
+    saved = state["model"]
+    mine = {k: v for k, v in model.config.items() if k != "seed"}
+    theirs = {k: v for k, v in saved.config.items() if k != "seed"}
+    if mine != theirs:
+        raise bad(f"its parameters are of another model ({theirs}) than this run's ({mine})")
+    try:
+        opt.load_state_dict(state["optimizer_state"])
+    except ValueError as exc:
+        raise bad(f"optimizer state: {exc}") from None
+    for key, a in opt.state_dict().items():
+        slot, sep, name = key.partition("/")
+        if not sep:                                   # name, iterations, hyperparameters
+            continue
+        p = saved.params.get(name)
+        if p is None or a.shape != p.shape or a.dtype != p.dtype:
+            raise bad(f"optimizer state {key}: expected shape {getattr(p, 'shape', None)} dtype "
+                      f"{getattr(p, 'dtype', None)} (the parameter's), got shape {a.shape} dtype {a.dtype}")
+    try:
+        rng.bit_generator.state = state["rng_state"]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise bad(f"train.rng_state: not the state of a {type(rng.bit_generator).__name__} ({exc})") from None
+    model.params.update(saved.params)
 
 
 class _Progress:
@@ -236,6 +295,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     model.check_params()
 
     n = x_train.shape[0]
+    _check_memory(model, min(batch_size, n), mc_samples)
     settings = _settings(model, n, None if x_val is None else x_val.shape[0], batch_size, mc_samples,
                          objective, kl, estimator, noise, binarize, seed, opt)
     rng = np.random.default_rng(seed)
@@ -243,9 +303,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     if resume and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint)
         _check_resume(state["settings"], settings, checkpoint)
-        model.params.update(state["model"].params)
-        opt.load_state_dict(state["optimizer_state"])
-        rng.bit_generator.state = state["rng_state"]
+        _restore(checkpoint, state, model, opt, rng)
         history = state["history"]
     fixed_eps = None
     if noise == "fixed":
@@ -299,6 +357,30 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
                 _save_checkpoint(checkpoint, model, opt, rng, history, settings)
             progress.end_epoch(record)
     return history
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux: ``MemAvailable`` of /proc/meminfo),
+    or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(model, batch, mc_samples):
+    """Refuse, before the first allocation, a step whose working memory exceeds what is available."""
+    need = model.engine.step_bytes(batch, mc_samples)
+    have = available_memory()
+    if have is not None and need > 0.9 * have:
+        raise ValueError(f"mc_samples, batch_size: a training step of {batch} x {mc_samples} = {batch * mc_samples:,} "
+                         f"rows needs about {need / 2**30:.1f} GiB of working memory, more than the "
+                         f"{have / 2**30:.1f} GiB available; lower mc_samples (--mc-samples) or batch_size "
+                         "(--batch-size)")
 
 
 def _check_resume(stored, current, path):

@@ -156,6 +156,18 @@ class NumbaEngine(ReferenceEngine):
         threads.run_groups(run, threads.split(len(starts), min(n_threads, len(starts))))
 
     # ------------------------------------------------------------------
+    def step_bytes(self, batch, mc_samples):
+        """The bytes of the workspaces a training step of ``batch`` examples needs (its groups'
+        workspaces together), from :class:`npvae.fast.step.Workspace`'s arrays: the logits,
+        three ``(B * S, H)`` arrays per hidden layer, the latent arrays and the gradients."""
+        m = self.model
+        rows = batch * mc_samples
+        per_row = m.input_dim + 3 * sum(m.hidden) + 4 * m.latent_dim + 8
+        per_example = 3 * sum(m.hidden) + 8 * m.latent_dim + 8
+        params = sum(fan_in * fan_out + fan_out for _, fan_in, fan_out in m.layer_shapes())
+        groups = threads.groups_for(m, batch, mc_samples)
+        return m.dtype.itemsize * (rows * per_row + batch * per_example + groups * params)
+
     def steps(self, batch, mc_samples):
         """BLAS on one thread for the whole loop when its calls run on several threads
         (:func:`npvae.fast.threads.steps_context`), else nothing."""

@@ -16,7 +16,9 @@ downloaded into the cache from the mirrors in :data:`MIRRORS`.
 
 Every IDX file is checked against the MD5 of its *uncompressed* bytes (:data:`MNIST_FILES`),
 so a gzipped and a raw copy of the same file verify alike; ``mnist.npz`` carries no canonical
-checksum, so its keys, shapes and dtypes are checked instead.
+checksum, so its keys, shapes and dtypes are checked instead. A ``.gz`` is inflated no further
+than the size its IDX header gives, and never beyond the size of the MNIST file of its name, so
+a gzip bomb is refused without being inflated.
 
 Anything wrong with the data (a missing, truncated or corrupt file, a bad IDX header, no network)
 raises :class:`DataError`, whose message names the file, what was expected and where the
@@ -30,6 +32,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import math
 import os
 import struct
@@ -71,6 +74,17 @@ MNIST_FILES: Mapping[str, str] = types.MappingProxyType(
         "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
         "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
         "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    }
+)
+
+#: Uncompressed size of each canonical MNIST file: the most a file of that name may
+#: inflate to (decompression stops there; other data in MNIST's layout may be smaller).
+_MNIST_SIZES: Mapping[str, int] = types.MappingProxyType(
+    {
+        "train-images-idx3-ubyte": 47_040_016,
+        "train-labels-idx1-ubyte": 60_008,
+        "t10k-images-idx3-ubyte": 7_840_016,
+        "t10k-labels-idx1-ubyte": 10_008,
     }
 )
 
@@ -147,7 +161,8 @@ def read_idx(path_or_bytes) -> np.ndarray:
     ----------
     path_or_bytes : str, os.PathLike, bytes, bytearray or memoryview
         A file to read, or its contents. Gzipped data (recognised by its first two bytes,
-        not by the file name) is decompressed first.
+        not by the file name) is decompressed first, no further than the size its IDX
+        header gives (plus one byte, to tell trailing data).
 
     Returns
     -------
@@ -159,7 +174,8 @@ def read_idx(path_or_bytes) -> np.ndarray:
     ------
     DataError
         If the file cannot be read, is not valid gzip, has a bad magic number, or its size does
-        not match the header (truncated or with trailing bytes).
+        not match the header (truncated or with trailing bytes; a gzip bomb is refused once it
+        inflates one byte past the header's size).
     TypeError
         If `path_or_bytes` is none of the types above.
     """
@@ -182,16 +198,56 @@ def read_idx(path_or_bytes) -> np.ndarray:
     return _parse_idx(data, source)
 
 
-def _gunzip_if_needed(raw: bytes, source: str) -> bytes:
+def _gunzip_if_needed(raw: bytes, source: str, max_size: Optional[int] = None) -> bytes:
+    """`raw` itself, or the gzip contents it holds, inflated no further than needed.
+
+    Decompression stops one byte past the size the IDX header inside declares (an IDX
+    file's length follows from its header), and, when `max_size` is given, a header
+    declaring more is refused before any data is inflated: a gzip bomb costs a few
+    kilobytes of work, not gigabytes.
+    """
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            head = stream.read(4)
+            size, dims = None, ()
+            if len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES and head[3]:
+                ndim = head[3]
+                head += stream.read(4 * ndim)
+                if len(head) == 4 + 4 * ndim:
+                    dims = struct.unpack(f">{ndim}I", head[4:])
+                    size = len(head) + math.prod(dims) * _IDX_DTYPES[head[2]].itemsize
+            if size is None:
+                # no IDX header to size the data by, which _parse_idx will refuse; for a
+                # checksum to report, read what the MNIST file of this name may hold
+                if max_size is None:
+                    return head
+                data = head + stream.read(max_size + 1 - len(head))
+                if len(data) > max_size:
+                    raise DataError(
+                        f"{source}: decompresses to more than {max_size} bytes, the size of "
+                        "the MNIST file of this name, and has no valid IDX header; it is "
+                        "corrupt or a gzip bomb"
+                    )
+                return data
+            if max_size is not None and size > max_size:
+                raise DataError(
+                    f"{source}: its IDX header gives shape {dims}, i.e. {size} bytes, more than "
+                    f"the {max_size} bytes of the MNIST file of this name"
+                )
+            data = head + stream.read(size + 1 - len(head))
     except (EOFError, OSError, zlib.error) as exc:
         # EOFError is gzip's word for a file cut short, e.g. by an interrupted copy.
         raise DataError(
             f"{source}: not a complete gzip file ({exc}); it is truncated or corrupt"
         ) from exc
+    if len(data) > size:
+        raise DataError(
+            f"{source}: decompresses to more than the {size} bytes its IDX header gives (shape "
+            f"{dims}); the file has trailing bytes or is a gzip bomb"
+        )
+    return data
 
 
 def _parse_idx(data: bytes, source: str, magic: Optional[int] = None) -> np.ndarray:
@@ -313,8 +369,9 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def _read_verified(file: Path, want: str, places: Sequence[_Place]) -> bytes:
-    """Uncompressed bytes of `file`, checked against the MD5 `want`."""
+def _read_verified(file: Path, want: str, places: Sequence[_Place], max_size: int) -> bytes:
+    """Uncompressed bytes of `file`, checked against the MD5 `want`; a gzipped `file` is
+    inflated to at most `max_size` bytes (see `_gunzip_if_needed`)."""
     try:
         with open(file, "rb") as f:
             st = os.fstat(f.fileno())
@@ -322,7 +379,7 @@ def _read_verified(file: Path, want: str, places: Sequence[_Place]) -> bytes:
     except OSError as exc:
         raise DataError(f"{file}: cannot read the file ({exc}).\n{_where(places)}") from exc
     try:
-        data = _gunzip_if_needed(raw, str(file))
+        data = _gunzip_if_needed(raw, str(file), max_size)
     except DataError as exc:
         raise DataError(
             f"{exc} (expected uncompressed MD5 {want}). Delete or replace it.\n{_where(places)}"
@@ -378,7 +435,7 @@ def _load_idx(files: Mapping[str, Path], checksums, places) -> tuple:
         arrays = []
         for name, magic in ((images_name, _IMAGES_MAGIC), (labels_name, _LABELS_MAGIC)):
             file = files[name]
-            data = _read_verified(file, checksums[name], places)
+            data = _read_verified(file, checksums[name], places, _MNIST_SIZES[name])
             try:
                 arrays.append(_parse_idx(data, str(file), magic))
             except DataError as exc:
@@ -453,7 +510,7 @@ def _download(name: str, folder: Path, want: str, mirrors, progress, places, not
                 out.flush()
                 os.fsync(out.fileno())
             raw = Path(tmp).read_bytes()
-            got = _md5(_gunzip_if_needed(raw, url))
+            got = _md5(_gunzip_if_needed(raw, url, _MNIST_SIZES[name]))
             if got != want:
                 errors.append(f"{url}: uncompressed MD5 is {got}, expected {want}")
                 continue
@@ -542,7 +599,8 @@ def load_mnist(
     checksums : mapping of str to str, optional
         MD5 of the uncompressed bytes of each of the four IDX files, keyed by the names in
         :data:`MNIST_FILES` (the default). For IDX files in the same layout with other
-        contents. ``mnist.npz`` is checked by its shapes and dtypes instead.
+        contents, each no larger than the MNIST file of its name (a gzipped file is never
+        inflated beyond that). ``mnist.npz`` is checked by its shapes and dtypes instead.
     mirrors : sequence of str, optional
         Base URLs to download from, tried in turn; default :data:`MIRRORS`. Any URL
         ``urllib`` opens works, ``file://`` included.
@@ -558,8 +616,9 @@ def load_mnist(
     ------
     DataError
         If the data is missing and cannot be downloaded, or a file is unreadable, truncated,
-        corrupt (wrong MD5), or not a valid IDX/npz file. The message names the file, what was
-        expected, and the folders searched.
+        corrupt (wrong MD5), larger than the MNIST file of its name (a gzip bomb), or not a
+        valid IDX/npz file. The message names the file, what was expected, and the folders
+        searched.
     TypeError, ValueError
         If an argument has the wrong type or value.
 

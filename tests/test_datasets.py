@@ -8,9 +8,12 @@ from ``file://`` mirrors made in tmp_path. Network access is replaced by a stub 
 import gzip
 import hashlib
 import os
+import re
 import struct
+import tracemalloc
 import urllib.error
 import urllib.request
+import zlib
 
 import numpy as np
 import pytest
@@ -721,3 +724,82 @@ def test_binarize_rejects_bad_inputs():
     with pytest.raises(ValueError, match="threshold must be a finite number"):
         binarize(np.zeros(3), "threshold", threshold=float("nan"))
 
+
+
+# ---------------------------------------------------------------------------------------------
+# gzip bombs: decompression stops at the size the IDX header (and MNIST) allows
+
+
+def gzip_stream(head, zeros):
+    """gzip of `head` followed by `zeros` zero bytes, compressed in 1 MB pieces."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip container
+    parts = [packer.compress(head)]
+    for start in range(0, zeros, 1 << 20):
+        parts.append(packer.compress(bytes(min(1 << 20, zeros - start))))
+    return b"".join(parts) + packer.flush()
+
+
+def peak_while(f):
+    """(exception raised by f(), peak bytes traced while it ran)."""
+    tracemalloc.start()
+    try:
+        f()
+    except Exception as exc:  # noqa: BLE001 - returned for the test to check
+        return exc, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return None, 0
+
+
+def idx_header(type_and_ndim, *dims):
+    return bytes([0, 0, *type_and_ndim]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+@pytest.mark.parametrize(
+    "head, match",
+    [
+        # 5 images declared, 50 MB inflated: stops one byte past 16 + 5 * 784
+        (idx_header((0x08, 3), 5, 28, 28), "more than the 3936 bytes its IDX header gives"),
+        # declares more images than MNIST has: refused from the header alone
+        (idx_header((0x08, 3), 10**6, 28, 28), r"shape \(1000000, 28, 28\), i.e. 784000016 bytes, "
+                                               "more than the 47040016 bytes"),
+        # no IDX header to size it by: stops at the canonical file's size
+        (b"\x00" * 16, "more than 47040016 bytes, the size of the MNIST file of this name"),
+    ],
+    ids=["trailing", "declared", "headerless"],
+)
+def test_gzip_bomb_under_an_mnist_name_is_refused_without_inflating_it(tmp_path, synth, head, match):
+    folder = write_mnist(tmp_path / "d", synth)
+    bomb = folder / (TRAIN_IMAGES + ".gz")
+    bomb.write_bytes(gzip_stream(head, 50 * 10**6))
+    assert bomb.stat().st_size < 1 << 20
+    error, peak = peak_while(lambda: load_mnist(folder, download=False, checksums=md5s(synth)))
+    assert isinstance(error, DataError)
+    assert str(bomb) in str(error)
+    assert re.search(match, str(error)), str(error)
+    # the headerless case reads up to the 47 MB an MNIST training-image file may hold
+    assert peak < (100 << 20 if head == b"\x00" * 16 else 4 << 20)
+
+
+def test_read_idx_stops_inflating_at_the_headers_size():
+    data = gzip_stream(idx_header((0x08, 1), 4) + bytes(4), 50 * 10**6)
+    error, peak = peak_while(lambda: read_idx(data))
+    assert isinstance(error, DataError) and "more than the 12 bytes its IDX header gives" in str(error)
+    assert peak < 4 << 20
+    # the same header without the bomb still decodes
+    np.testing.assert_array_equal(read_idx(gzip.compress(idx_header((0x08, 1), 4) + bytes(4))),
+                                  np.zeros(4, np.uint8))
+
+
+def test_download_of_a_gzip_bomb_is_refused_and_the_next_mirror_tried(tmp_path, synth):
+    bombs = tmp_path / "bombs"
+    write_mnist(bombs, synth)
+    (bombs / (TRAIN_LABELS + ".gz")).write_bytes(gzip_stream(idx_header((0x08, 1), 5), 50 * 10**6))
+    bad = bombs.as_uri() + "/"
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz: decompresses to more than "
+                                        "the 13 bytes its IDX header gives"):
+        load_mnist(checksums=md5s(synth), mirrors=[bad], progress=False)
+    assert not (cache_dir() / (TRAIN_LABELS + ".gz")).exists()
+    got = load_mnist(checksums=md5s(synth), mirrors=[bad, mirror(tmp_path / "good", synth)],
+                     progress=False)
+    assert_same_data(got, expected_arrays(synth))

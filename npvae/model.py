@@ -25,6 +25,19 @@ __all__ = ["VAE", "save_model", "load_model", "model_arrays", "model_from_arrays
            "MODEL_VERSION"]
 
 
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux: ``MemAvailable`` of /proc/meminfo),
+    or None where it cannot be read (then no size is refused for want of memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class VAE:
     """A variational autoencoder with hand-written forward and backward passes.
 
@@ -107,6 +120,7 @@ class VAE:
         self.seed = seed
         self.dtype = check.float_dtype(dtype)
         self.threads = threads
+        self._check_size()
         self.backend = backend
         self.params = self._init_params(np.random.default_rng(seed))
 
@@ -157,6 +171,18 @@ class VAE:
         """``{name: shape}`` of every parameter the architecture has."""
         return {f"{name}.{kind}": shape for name, fan_in, fan_out in self.layer_shapes()
                 for kind, shape in (("W", (fan_in, fan_out)), ("b", (fan_out,)))}
+
+    def _check_size(self):
+        """Refuse, before allocating, parameters larger than the memory available (an absurd
+        ``input_dim`` or ``hidden`` would otherwise end in a MemoryError without a name)."""
+        count = sum(fan_in * fan_out + fan_out for _, fan_in, fan_out in self.layer_shapes())
+        need = count * (self.dtype.itemsize + 8)          # the parameters, and their float64 draw
+        have = available_memory()
+        if have is not None and need > 0.9 * have:
+            raise ValueError(f"input_dim, hidden, latent_dim: the model would have {count:,} parameters, "
+                             f"{need / 2**30:.1f} GiB to initialize, more than the {have / 2**30:.1f} GiB "
+                             f"available (got input_dim={self.input_dim}, hidden={self.hidden}, "
+                             f"latent_dim={self.latent_dim})")
 
     def _init_params(self, rng):
         # Keras' glorot_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).

@@ -22,7 +22,7 @@ import numpy as np
 from . import _validate as check
 from . import datasets, io, optim
 from .evaluate import mean_bound
-from .model import model_arrays, model_from_arrays
+from .model import available_memory, model_arrays, model_from_arrays
 from .objectives import check_objective
 
 __all__ = ["fit", "History", "TrainingError", "load_checkpoint"]
@@ -357,19 +357,6 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
                 _save_checkpoint(checkpoint, model, opt, rng, history, settings)
             progress.end_epoch(record)
     return history
-
-
-def available_memory():
-    """Bytes of memory available to a new allocation (Linux: ``MemAvailable`` of /proc/meminfo),
-    or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _check_memory(model, batch, mc_samples):

@@ -314,3 +314,8 @@ def test_evaluate_refuses_to_report_a_result_that_is_not_finite(mnist_dir, tmp_p
     captured = capsys.readouterr()
     assert captured.out == ""                                   # no JSON with NaN in it
     one_error_line(captured.err, "not finite", "m.npz")
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating():
+    with pytest.raises(ValueError, match=r"input_dim, hidden, latent_dim: the model would have .* GiB"):
+        npvae.VAE(input_dim=10**9, hidden=(256,), backend="numpy")

@@ -78,3 +78,23 @@ def float_array(a, name, shape, dtype=None, lo=None, hi=None):
     if lo is not None and a_min < lo or hi is not None and a_max > hi:
         raise ValueError(f"{name}: expected values in [{lo}, {hi}], got values in [{a_min}, {a_max}]")
     return a
+
+
+def vae(model, name="model"):
+    """Return ``model`` if it is an :class:`npvae.VAE`, else raise ValueError."""
+    from .model import VAE
+    if not isinstance(model, VAE):
+        raise ValueError(f"{name}: expected an npvae.VAE, got {type(model).__name__} {model!r:.60}")
+    return model
+
+
+def generator(seed, name="seed"):
+    """``seed`` as a ``numpy.random.Generator``: a Generator is used as it is (and advanced);
+    None, an integer >= 0 or a sequence of them seeds a new one; anything else raises ValueError."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected None, an integer >= 0, a sequence of them or a "
+                         f"numpy.random.Generator, got {seed!r:.60}") from None

@@ -124,9 +124,11 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
     Raises
     ------
     ValueError
-        For ``mc_samples < 1``, ``repeats < 2``, an unknown objective, kl or estimator,
-        an estimator that does not apply to the objective (``"dreg"`` with the ELBO),
-        or data that do not match the model.
+        For ``model`` not a VAE, ``mc_samples < 1``, ``repeats < 2``, an unknown objective,
+        kl or estimator, an estimator that does not apply to the objective (``"dreg"`` with
+        the ELBO), a ``seed`` that cannot seed a Generator, or data that do not match the
+        model; naming ``model``, when a loss or gradient is not finite (parameters that
+        overflow the model's dtype).
 
     Examples
     --------
@@ -141,9 +143,10 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
     mc_samples = check.positive_int(mc_samples, "mc_samples")
     repeats = check.positive_int(repeats, "repeats", minimum=2)
     objective, kl, estimator = obj.check_objective(objective, kl, estimator)
+    check.vae(model)
     model.check_params()
     x = model.check_data(x)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = check.generator(seed)
 
     names = list(model.params)
     mean = {name: np.zeros(p.shape) for name, p in model.params.items()}
@@ -156,7 +159,10 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
     engine = model.engine
     for r in range(1, repeats + 1):
         eps = model.sample_eps(x.shape[0], mc_samples, rng)
-        _, grads = engine.loss_and_grads(x, eps, objective, kl, estimator)
+        bound, grads = engine.loss_and_grads(x, eps, objective, kl, estimator)
+        if not (np.isfinite(bound.loss) and all(np.isfinite(grads[name]).all() for name in names)):
+            raise ValueError(f"model: the loss ({bound.loss}) or its gradient is not finite at draw {r}: the "
+                             f"model's parameters overflow in {model.dtype.name}; no moments are returned")
         k = r - bounds[len(groups)]               # draws in the current group, this one included
         for name in names:
             g = grads[name]

@@ -40,9 +40,10 @@ def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, rn
     objective, kl, _ = obj.check_objective(objective, kl)
     mc_samples = check.positive_int(mc_samples, "mc_samples")
     batch_size = check.positive_int(batch_size, "batch_size")
+    check.vae(model)
     model.check_params()
     x = model.check_data(x)
-    return mean_bound(model, x, mc_samples, objective, batch_size, np.random.default_rng(rng), kl)
+    return mean_bound(model, x, mc_samples, objective, batch_size, check.generator(rng, "rng"), kl)
 
 
 def mean_bound(model, x, mc_samples, objective, batch_size, rng, kl="analytic"):
@@ -180,21 +181,24 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     Raises
     ------
     ValueError
-        If ``k``, ``batch`` or ``max_rows`` is not a positive integer, or ``x`` does
-        not match the model (its number of columns is not ``model.input_dim``, or it
-        is not finite data in [0, 1]).
+        If ``model`` is not a VAE, ``k``, ``batch`` or ``max_rows`` is not a positive
+        integer, ``seed`` cannot seed a Generator, or ``x`` does not match the model (its
+        number of columns is not ``model.input_dim``, or it is not finite data in [0, 1]);
+        and, naming ``model``, when a log weight is not finite (parameters so large that
+        they overflow the model's dtype): a NaN is never returned as an estimate.
     """
     k = check.positive_int(k, "k")
     max_rows = check.positive_int(max_rows, "max_rows")
     if batch is not None:
         batch = check.positive_int(batch, "batch")
+    check.vae(model)
     model.check_params()
     x = model.check_data(x)
+    rng = check.generator(seed)
     n = x.shape[0]
     if batch is None:
         batch = max(1, max_rows // 32)
     batch = min(batch, n)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     report = _Reporter(n, k, progress, file)
     per_example = np.empty(n)
     per_example_se = np.empty(n)
@@ -208,6 +212,11 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
             ess[start:start + batch] = ess_b
             report.update(start + xb.shape[0])
     report.done()
+    overflow = ~np.isfinite(per_example)
+    if overflow.any():
+        raise ValueError(f"model: the log weights of {int(overflow.sum())} of {n} example(s) are not finite "
+                         f"(log p_hat = {per_example[overflow][0]}): the model's parameters overflow in "
+                         f"{model.dtype.name}; no estimate is returned")
     mean = float(per_example.mean())
     se = float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     mc_se = float(math.sqrt(float(np.sum(per_example_se ** 2))) / n)

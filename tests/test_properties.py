@@ -23,6 +23,7 @@ import hashlib
 import io as _io
 import json
 import os
+import re
 import struct
 import tempfile
 import urllib.error
@@ -173,10 +174,16 @@ def models(draw, backend="numpy"):
     return model
 
 
+def names_argument(message, name_):
+    """Whether ``message`` names the argument ``name_`` as the library's messages do:
+    ``"name: expected ..."``, ``"name must ..."``, ``"name['key']: ..."``, ``"a, name: ..."``."""
+    return re.search(rf"(^|[\s(,'\"]){re.escape(name_)}(['\"]?:|,|\[| must|=)", message) is not None
+
+
 def check_error(exc, names):
     """``exc`` is a clean error whose message names one of ``names``."""
     assert isinstance(exc, CLEAN_ERRORS), f"{type(exc).__name__}: {exc}"
-    assert any(n in str(exc) for n in names), f"the message {str(exc)!r} names none of {names}"
+    assert any(names_argument(str(exc), n) for n in names), f"the message {str(exc)!r} names none of {names}"
 
 
 def call(fn, invalid):
@@ -299,7 +306,7 @@ def test_loss_and_grads_names_a_reassigned_parameter_of_the_wrong_kind(model, da
     if kind == "missing":
         del model.params[name_]
     x = np.full((2, model.input_dim), 0.5)
-    with pytest.raises(ValueError, match="params"):
+    with pytest.raises(ValueError, match=r"params\["):
         model.loss_and_grads(x, model.sample_eps(2, 1, 0))
 
 
@@ -603,7 +610,8 @@ def idx_bytes(array, type_code=0x08):
 def mnist_files(draw):
     """Four tiny MNIST-like files ``name -> (bytes on disk, gzipped, checksum)`` and whether all are sound."""
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    n = {"train": draw(st.integers(0, 3)), "test": draw(st.integers(0, 3))}
+    # at least one image per split: an empty split is a known bug, see test_load_mnist_of_an_empty_split
+    n = {"train": draw(st.integers(1, 3)), "test": draw(st.integers(1, 3))}
     raw = {
         TRAIN_IMAGES: idx_bytes(rng.integers(0, 256, (n["train"], 28, 28), dtype=np.uint8)),
         TRAIN_LABELS: idx_bytes(rng.integers(0, 10, n["train"], dtype=np.uint8)),
@@ -629,7 +637,7 @@ def mnist_files(draw):
             data = idx_bytes(np.zeros((1, 28, 27) if images else (1, 2), np.uint8)) if images else \
                 idx_bytes(np.zeros((2, 1), np.uint8))
         elif mutation == "count":
-            count = draw(st.integers(0, 4).filter(lambda c: c != n["train" if "train" in file_name else "test"]))
+            count = draw(st.integers(1, 4).filter(lambda c: c != n["train" if "train" in file_name else "test"]))
             data = idx_bytes(np.zeros((count, 28, 28) if images else count, np.uint8))
         elif mutation == "truncated":
             data = data[:draw(st.integers(0, len(data) - 1))]
@@ -811,9 +819,6 @@ def test_fit_names_a_checkpoint_that_is_not_a_path():
     raises_clean(lambda: npvae.fit(tiny(), np.full((2, 4), 0.5), epochs=1, verbose=0, checkpoint=3), "checkpoint")
 
 
-@pytest.mark.xfail(strict=True, reason="train.py (with the memory checks of fit's step): mc_samples=10**12 goes "
-                                       "to sample_eps, which raises MemoryError; sizes just below what fails at once "
-                                       "would allocate (and swap) for real")
 def test_fit_refuses_an_absurd_number_of_samples():
     raises_clean(lambda: npvae.fit(tiny(), np.full((2, 4), 0.5), epochs=1, verbose=0, mc_samples=10**12),
                  "mc_samples")
@@ -870,3 +875,51 @@ def test_load_names_a_file_whose_config_declares_an_absurd_architecture():
 
 def valid_arrays_fixed():
     return model_arrays(tiny())
+
+
+@pytest.mark.xfail(strict=True, reason="datasets.py: _to_outputs reshapes (0, 28, 28) images with "
+                                       "reshape(0, -1): NumPy's ValueError 'cannot reshape array of size 0 into "
+                                       "shape (0,newaxis)' instead of (0, 784) arrays or a DataError")
+def test_load_mnist_of_an_empty_split():
+    empty = {TRAIN_IMAGES: idx_bytes(np.zeros((0, 28, 28), np.uint8)), TRAIN_LABELS: idx_bytes(np.zeros(0, np.uint8)),
+             TEST_IMAGES: idx_bytes(np.zeros((1, 28, 28), np.uint8)), TEST_LABELS: idx_bytes(np.zeros(1, np.uint8))}
+    with tempfile.TemporaryDirectory() as tmp:
+        for file_name, data in empty.items():
+            (Path(tmp) / file_name).write_bytes(data)
+        checksums = {k: hashlib.md5(v).hexdigest() for k, v in empty.items()}
+        try:
+            (x, y), _ = npvae.load_mnist(tmp, download=False, checksums=checksums)
+        except npvae.DataError as exc:
+            assert TRAIN_IMAGES in str(exc)
+            return
+    assert x.shape == (0, 784) and y.shape == (0,)
+
+
+@pytest.mark.xfail(strict=True, reason="diagnostics.py needs the step's memory estimate (engine.step_bytes, being "
+                                       "added with fit's memory check): gradient_snr(mc_samples=10**12) goes to "
+                                       "sample_eps, which raises MemoryError")
+def test_gradient_snr_refuses_an_absurd_number_of_samples():
+    raises_clean(lambda: gradient_snr(tiny(), np.full((2, 4), 0.5), mc_samples=10**12, repeats=2), "mc_samples")
+
+
+@FAST
+@given(model=models(), scale=st.sampled_from([10.0, 1e3, 1e20, 1e100, 1e300]), data=st.data())
+def test_log_likelihood_and_gradient_snr_on_enormous_weights_are_finite_or_name_the_model(model, scale, data):
+    """Finite but enormous weights (issue 12: NaN reported as a result): a finite result, or an
+    error naming ``model``; never a NaN."""
+    s = np.float32(min(scale, 1e30)) if model.dtype == np.float32 else scale
+    for p in model.params.values():
+        p *= s
+    x, _, _ = data.draw(data_arrays(data.draw(st.integers(1, 3)), model.input_dim, p_invalid=0))
+    try:
+        ll = log_likelihood(model, x, k=data.draw(st.integers(1, 6)), progress=False)
+    except ValueError as exc:
+        check_error(exc, ["model"])
+    else:
+        assert np.isfinite(ll.mean) and finite(ll.per_example)
+    try:
+        r = gradient_snr(model, x, repeats=2, objective=data.draw(st.sampled_from(["elbo", "iwae"])))
+    except ValueError as exc:
+        check_error(exc, ["model"])
+    else:
+        assert all(finite(r.mean[k]) and finite(r.var[k]) for k in model.params)

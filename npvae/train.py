@@ -291,7 +291,11 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     x_val = None if validation_data is None else model.check_data(validation_data, "validation_data")
     if resume and checkpoint is None:
         raise ValueError("resume: resuming needs a checkpoint path, got checkpoint=None")
-    opt = optim.get_optimizer(optimizer)
+    try:
+        opt = optim.get_optimizer(optimizer)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"optimizer: expected 'sgd', 'rmsprop', 'adam' or an npvae.optim.Optimizer, "
+                        f"got {optimizer!r}") from None
     model.check_params()
 
     n = x_train.shape[0]

@@ -98,3 +98,15 @@ def generator(seed, name="seed"):
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected None, an integer >= 0, a sequence of them or a "
                          f"numpy.random.Generator, got {seed!r:.60}") from None
+
+
+def workspace(model, batch, mc_samples, names, advice):
+    """Raise ValueError naming ``names`` if a step of ``batch`` x ``mc_samples`` rows of ``model``
+    (:meth:`engine.step_bytes`) needs more than 90% of the available memory; before allocating."""
+    from .model import available_memory
+    need = model.engine.step_bytes(batch, mc_samples)
+    have = available_memory()
+    if have is not None and need > 0.9 * have:
+        raise ValueError(f"{names}: a pass of {batch} x {mc_samples} = {batch * mc_samples:,} rows needs about "
+                         f"{need / 2**30:.1f} GiB of working memory, more than the {have / 2**30:.1f} GiB "
+                         f"available; {advice}")

@@ -420,6 +420,8 @@ def _to_outputs(images: np.ndarray, labels: np.ndarray, source: str, places) -> 
             f"{source}: {images.shape[0]} images but {labels.shape[0]} labels; expected the "
             f"same number.\n{_where(places)}"
         )
+    if images.shape[0] == 0:
+        raise DataError(f"{source}: holds no images; expected at least one.\n{_where(places)}")
     if labels.size and labels.max() > 9:
         raise DataError(
             f"{source}: labels go up to {labels.max()}; expected digits 0-9.\n{_where(places)}"

@@ -11,6 +11,7 @@ or the numba fast path). The model file (:func:`save_model`, :func:`load_model`)
 pickle-free ``.npz`` written through :mod:`npvae.io`.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -224,15 +225,29 @@ class VAE:
         ``(N, input_dim)`` with finite values in [0, 1]; says so when the number of columns
         does not match the model (the data of another model).
         """
-        a = np.asarray(x)
+        try:
+            a = np.asarray(x)
+        except (ValueError, TypeError) as exc:           # ragged nested lists, say
+            raise ValueError(f"{name}: expected a float array of shape (N, {self.input_dim}), got "
+                             f"{type(x).__name__} that NumPy cannot convert ({exc})") from None
         if a.ndim == 2 and a.shape[1] != self.input_dim:
             raise ValueError(f"{name}: the model takes {self.input_dim}-dimensional inputs (input_dim="
                              f"{self.input_dim}) but the data has {a.shape[1]} columns, shape {a.shape}; "
                              "is this the model trained on this data?")
         return check.float_array(x, name, ("B", self.input_dim), dtype=self.dtype, lo=0.0, hi=1.0)
 
+    #: The largest ``|eps|`` accepted: standard normal noise beyond it has probability below
+    #: 1e-200000, so such an ``eps`` is a mistake (and would overflow ``z`` into NaN).
+    EPS_LIMIT = 1e3
+
     def _check_eps(self, eps, batch):
-        return check.float_array(eps, "eps", (batch, "S", self.latent_dim), dtype=self.dtype)
+        try:
+            eps = np.asarray(eps)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"eps: expected a float array of shape ({batch}, S, {self.latent_dim}), got "
+                             f"{type(eps).__name__} that NumPy cannot convert ({exc})") from None
+        return check.float_array(eps, "eps", (batch, "S", self.latent_dim), dtype=self.dtype,
+                                 lo=-self.EPS_LIMIT, hi=self.EPS_LIMIT)
 
     def sample_eps(self, batch, mc_samples=1, rng=None):
         """Draw standard normal noise of shape ``(batch, mc_samples, latent_dim)``.
@@ -457,9 +472,13 @@ def load_model(path):
         parameters that do not fit the stored architecture (found from the arrays'
         headers, before any parameter is read).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a str or os.PathLike naming a model file, got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {str(path)!r}")
+    if path.is_dir():
+        raise ModelFileError(f"{str(path)!r} is a folder, not a model file (a run folder holds model.npz)")
     source = repr(str(path))
     # The shapes the file declares are checked against its stored architecture before
     # any parameter is read, so a hostile or mismatched file allocates nothing big:

@@ -337,39 +337,42 @@ def log_normal_diag_forward(z, mu, log_var):
     Returns
     -------
     log_qz : ndarray, shape (B, S)
-    cache : tuple ``(diff, inv_var)``, ``diff = z - mu`` and ``inv_var = exp(-log_var)``
+    cache : tuple ``(u, inv_std)``, the standardized residual ``u = (z - mu) * exp(-log_var / 2)``
+        and ``inv_std = exp(-log_var / 2)``
+
+    The quadratic term is formed as ``u^2``, not ``(z - mu)^2 * exp(-log_var)``: for a sharp
+    posterior in float32 (``log_var < -88``) ``exp(-log_var)`` overflows to inf while
+    ``z - mu`` rounds to 0, and ``0 * inf`` would make ``log q`` NaN; ``exp(-log_var / 2)``
+    stays finite down to ``log_var = -176``.
     """
-    inv_var = np.exp(-log_var)
-    diff = z - mu[:, None, :]
-    quad = (diff * diff * inv_var[:, None, :]).sum(axis=-1)
+    inv_std = np.exp(-0.5 * log_var)
+    u = (z - mu[:, None, :]) * inv_std[:, None, :]
+    quad = (u * u).sum(axis=-1)
     log_qz = -0.5 * (quad + log_var.sum(axis=-1)[:, None] + z.shape[-1] * LOG_2PI)
-    return log_qz, (diff, inv_var)
+    return log_qz, (u, inv_std)
 
 
 def log_normal_diag_backward(dlog_qz, cache):
     """Backward of :func:`log_normal_diag_forward`.
 
-    With ``r = (z - mu) * exp(-log_var)``:
+    With ``u = (z - mu) exp(-log_var / 2)`` and ``r = u exp(-log_var / 2) = (z - mu) / var``:
     ``dz = -dlog_qz * r``, ``dmu = sum_s dlog_qz * r``,
-    ``dlog_var = sum_s dlog_qz * ((z - mu) * r - 1) / 2``.
+    ``dlog_var = sum_s dlog_qz * (u^2 - 1) / 2``.
 
     Returns
     -------
     dz : ndarray, shape (B, S, L)
     dmu, dlog_var : ndarray, shape (B, L)
     """
-    diff, inv_var = cache
-    r = diff * inv_var[:, None, :]
+    u, inv_std = cache
+    r = u * inv_std[:, None, :]
     d = dlog_qz[:, :, None]
     dz = -d * r
     dmu = (d * r).sum(axis=1)
-    dlog_var = 0.5 * (d * (diff * r - 1.0)).sum(axis=1)
+    dlog_var = 0.5 * (d * (u * u - 1.0)).sum(axis=1)
     return dz, dmu, dlog_var
 
 
-# --------------------------------------------------------------------------
-# logsumexp over the last axis
-# --------------------------------------------------------------------------
 def logsumexp_forward(a):
     """Numerically stable ``log sum_s exp(a_s)`` over the last axis.
 

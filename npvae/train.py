@@ -13,6 +13,7 @@ its settings and seed alone:
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from . import _validate as check
 from . import datasets, io, optim
 from .evaluate import mean_bound
-from .model import available_memory, model_arrays, model_from_arrays
+from .model import VAE, available_memory, model_arrays, model_from_arrays
 from .objectives import check_objective
 
 __all__ = ["fit", "History", "TrainingError", "load_checkpoint"]
@@ -274,6 +275,8 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     TrainingError
         If the loss becomes NaN or inf; the last checkpoint stays as it was.
     """
+    if not isinstance(model, VAE):
+        raise TypeError(f"model: expected an npvae.VAE, got {type(model).__name__}")
     x_train = model.check_data(x_train, "x_train")
     epochs = check.positive_int(epochs, "epochs")
     batch_size = check.positive_int(batch_size, "batch_size")
@@ -284,9 +287,14 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     seed = check.positive_int(seed, "seed", minimum=0)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback: expected a callable (model, record) -> dict or None, got {callback!r}")
-    if verbose not in (0, 1, 2, False, True):
+    if not isinstance(verbose, (int, np.integer)) or verbose not in (0, 1, 2):
         raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint: expected a path (str or os.PathLike) or None, got {type(checkpoint).__name__}")
     if isinstance(validation_data, tuple):
+        if len(validation_data) not in (1, 2):
+            raise ValueError(f"validation_data: expected an array or a tuple (x, labels), got a tuple of "
+                             f"{len(validation_data)} items")
         validation_data = validation_data[0]
     x_val = None if validation_data is None else model.check_data(validation_data, "validation_data")
     if resume and checkpoint is None:
@@ -354,6 +362,8 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
                 record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
             if callback is not None:
                 extra = callback(model, dict(record))
+                if extra is not None and not isinstance(extra, dict):
+                    raise TypeError(f"callback: expected it to return a dict or None, got {type(extra).__name__}")
                 if extra:
                     record.update(extra)
             history.append(record)

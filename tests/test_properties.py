@@ -14,8 +14,8 @@ result of a contiguous copy.
 
 Sizes are kept small (a model has at most ~10 inputs), so every example runs in milliseconds and
 a correct library never allocates much; the absurd sizes it must refuse are in tests of their own.
-Inputs that hit a known bug in a module being edited elsewhere are in ``xfail(strict=True)``
-tests named after the bug, and left out of the general properties.
+The bugs these properties found are kept as tests of their own, named after the bug (the
+inputs that found them stay out of the general properties).
 """
 
 import gzip
@@ -731,7 +731,7 @@ def test_load_mnist_names_a_wrong_argument(kwargs, argname, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Known bugs in modules being edited elsewhere: exact reproductions, xfail until fixed there
+# Bugs these properties found, each kept as a regression test of its fix
 
 
 def tiny(backend="numpy", dtype=np.float64):
@@ -749,8 +749,6 @@ def raises_clean(fn, argname):
     raise AssertionError("no error")
 
 
-@pytest.mark.xfail(strict=True, reason="model.py: VAE.check_data calls np.asarray(x) unguarded; a ragged list "
-                                       "raises NumPy's 'inhomogeneous shape' ValueError, which does not name x")
 def test_ragged_data_is_refused_naming_x():
     raises_clean(lambda: tiny().loss_and_grads([[0.5] * 4, [0.5] * 3], np.zeros((2, 1, 2))), "x")
 
@@ -766,8 +764,6 @@ def test_vae_with_absurd_sizes_is_refused_before_allocating(sizes):
         raise AssertionError("no error")
 
 
-@pytest.mark.xfail(strict=True, reason="model.py/objectives: eps is checked for finiteness only; an absurd but "
-                                       "finite eps (1e300) makes loss_and_grads return a NaN loss and NaN grads")
 def test_absurd_finite_eps_is_refused_or_gives_a_finite_loss():
     model = tiny()
     eps = np.random.default_rng(1).standard_normal((3, 2, 2)) * 1e300
@@ -779,9 +775,6 @@ def test_absurd_finite_eps_is_refused_or_gives_a_finite_loss():
     assert np.isfinite(loss) and all(finite(g) for g in grads.values())
 
 
-@pytest.mark.xfail(strict=True, reason="ops.py: log_normal_diag_forward computes (z - mu)^2 * exp(-log_var); in "
-                                       "float32 exp(-log_var) overflows for log_var < -88 while z - mu is 0, so "
-                                       "log q(z|x) is NaN on the NumPy engine (the numba engine gives a finite value)")
 def test_reference_engine_float32_log_q_survives_a_sharp_posterior():
     model = tiny(dtype=np.float32)
     for k in model.params:
@@ -791,13 +784,10 @@ def test_reference_engine_float32_log_q_survives_a_sharp_posterior():
     assert np.isfinite(loss) and all(finite(g) for g in grads.values())
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: fit does not check that model is a VAE: "
-                                       "AttributeError 'str' object has no attribute 'check_data'")
 def test_fit_names_a_model_that_is_not_a_vae():
     raises_clean(lambda: npvae.fit("model", np.full((2, 4), 0.5), epochs=1, verbose=0), "model")
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: validation_data=() takes validation_data[0]: IndexError")
 def test_fit_names_an_empty_validation_tuple():
     raises_clean(lambda: npvae.fit(tiny(), np.full((2, 4), 0.5), epochs=1, verbose=0, validation_data=()),
                  "validation_data")
@@ -809,22 +799,15 @@ def test_fit_names_an_optimizer_of_the_wrong_type(optimizer):
                  "optimizer")
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: `verbose not in (0, 1, 2, ...)` on an array raises NumPy's "
-                                       "'truth value of an array is ambiguous', which does not name verbose")
 def test_fit_names_an_array_verbose():
     raises_clean(lambda: npvae.fit(tiny(), np.full((2, 4), 0.5), epochs=1, verbose=np.array([1, 2])), "verbose")
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: a callback's non-dict result goes to record.update: "
-                                       "TypeError \"'int' object is not iterable\", not naming callback")
 def test_fit_names_a_callback_that_returns_a_non_dict():
     raises_clean(lambda: npvae.fit(tiny(), np.full((2, 4), 0.5), epochs=1, verbose=0, callback=lambda m, r: 5),
                  "callback")
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: checkpoint is not checked up front; checkpoint=3 trains an "
-                                       "epoch, then io raises TypeError 'expected str, bytes or os.PathLike object, "
-                                       "not int', not naming checkpoint")
 def test_fit_names_a_checkpoint_that_is_not_a_path():
     raises_clean(lambda: npvae.fit(tiny(), np.full((2, 4), 0.5), epochs=1, verbose=0, checkpoint=3), "checkpoint")
 
@@ -835,15 +818,10 @@ def test_fit_refuses_an_absurd_number_of_samples(backend):
                  "mc_samples")
 
 
-@pytest.mark.xfail(strict=True, reason="model.py: load(path) passes path to Path() unchecked: load(3) and "
-                                       "load(None) raise TypeError 'expected str, bytes or os.PathLike object', "
-                                       "not naming path")
 def test_load_names_a_path_of_the_wrong_type():
     raises_clean(lambda: npvae.load(3), "path")
 
 
-@pytest.mark.xfail(strict=True, reason="model.py/io.py: load(<a folder>) raises IsADirectoryError, not a "
-                                       "ModelFileError/ValueError naming the path")
 def test_load_names_a_folder():
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -884,9 +862,6 @@ def valid_arrays_fixed():
     return model_arrays(tiny())
 
 
-@pytest.mark.xfail(strict=True, reason="datasets.py: _to_outputs reshapes (0, 28, 28) images with "
-                                       "reshape(0, -1): NumPy's ValueError 'cannot reshape array of size 0 into "
-                                       "shape (0,newaxis)' instead of (0, 784) arrays or a DataError")
 def test_load_mnist_of_an_empty_split():
     empty = {TRAIN_IMAGES: idx_bytes(np.zeros((0, 28, 28), np.uint8)), TRAIN_LABELS: idx_bytes(np.zeros(0, np.uint8)),
              TEST_IMAGES: idx_bytes(np.zeros((1, 28, 28), np.uint8)), TEST_LABELS: idx_bytes(np.zeros(1, np.uint8))}

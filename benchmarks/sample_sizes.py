@@ -207,7 +207,7 @@ def _jsonable(v):
 
 
 def make_cells(args):
-    """The grid, largest cells first (so that parallel workers finish together)."""
+    """The grid's cells, in the order of ``--order``."""
     out = Path(args.out)
     cells = []
     for S in args.samples:
@@ -221,7 +221,9 @@ def make_cells(args):
                             activation=args.activation, curve=args.curve)
                 cell["dir"] = str(out / "cells" / cell_name(cell))
                 cells.append(cell)
-    return sorted(cells, key=lambda c: -cost(c))
+    # largest first, so that parallel workers finish together; smallest first (--order) gives a
+    # single worker finished cells early
+    return sorted(cells, key=lambda c: cost(c) if getattr(args, "order", "largest") == "smallest" else -cost(c))
 
 
 def cost(cell):
@@ -534,6 +536,8 @@ def build_parser():
     p.add_argument("--snr-batch", type=int, default=100, help="training images of the SNR minibatch")
     p.add_argument("--snr-repeats", type=int, default=50, help="eps draws of the SNR estimate")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--order", choices=("largest", "smallest"), default="largest",
+                   help="cells largest first (parallel workers finish together) or smallest first (early results)")
     p.add_argument("--scheduler", help="address of a Dask distributed scheduler, e.g. tcp://HOST:8786")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads per local worker")
     p.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")

@@ -51,6 +51,8 @@ from npvae.diagnostics import gradient_snr  # noqa: E402
 #: (name, objective, kl, estimator) of the gradient estimators compared.
 ESTIMATORS = [("iwae-standard", "iwae", "analytic", "standard"), ("iwae-stl", "iwae", "analytic", "stl"),
               ("iwae-dreg", "iwae", "analytic", "dreg"), ("elbo", "elbo", "analytic", "standard")]
+#: Draws a cell takes at least, whatever its row budget (the floor is then 1/sqrt(20) = 0.22).
+MIN_REPEATS = 20
 #: Published asymptotic slopes of the SNR against K (log-log), where they exist.
 PUBLISHED = {("iwae-standard", "encoder"): -0.5, ("iwae-standard", "decoder"): 0.5,
              ("elbo", "encoder"): 0.5, ("elbo", "decoder"): 0.5}
@@ -86,8 +88,9 @@ def measure(model, x, K, estimator, args, seed):
     """One cell: SNR summaries at the smallest R that lifts the floor below what it reports."""
     _, objective, kl, est = next(e for e in ESTIMATORS if e[0] == estimator)
     # at most --max-rows decoder rows per cell (x K samples x R draws), at least --repeats draws
-    limit = max(args.repeats, min(args.max_repeats, args.max_rows // (len(x) * K)))
-    repeats = args.repeats
+    by_rows = int(args.max_rows // (len(x) * K))
+    limit = max(MIN_REPEATS, min(args.max_repeats, by_rows))
+    repeats = max(MIN_REPEATS, min(args.repeats, by_rows))
     t0 = time.perf_counter()
     while True:
         r = gradient_snr(model, x, mc_samples=K, objective=objective, kl=kl, estimator=est, repeats=repeats,
@@ -214,7 +217,8 @@ def build_parser():
     p.add_argument("--batches", type=int, nargs="+", default=[1, 100], help="examples per gradient")
     p.add_argument("--estimators", nargs="+", default=[e for e, *_ in ESTIMATORS],
                    choices=[e for e, *_ in ESTIMATORS])
-    p.add_argument("--repeats", type=int, default=100, help="gradient draws to start with")
+    p.add_argument("--repeats", type=int, default=100,
+                   help="gradient draws to start with (fewer, down to 20, where --max-rows would be spent)")
     p.add_argument("--max-repeats", type=int, default=2000)
     p.add_argument("--max-rows", type=float, default=1e7,
                    help="decoder rows (examples x K x draws) a cell may spend raising R")
@@ -248,13 +252,14 @@ def main(argv=None):
     if not args.report_only:
         (x_train, _), (x_test, _) = npvae.load_mnist(args.data, progress=False)
         Path(args.models).mkdir(parents=True, exist_ok=True)
-        for point in args.points:
-            model = trained(point, args.models, x_train, args)
-            model.threads = args.threads
-            for batch in args.batches:
-                key = f"{point}/B{batch}"
-                x = x_test[:batch].astype(model.dtype)
-                for K in sorted(args.K):
+        models = {point: trained(point, args.models, x_train, args) for point in args.points}
+        # K outermost: every point's curve grows together, so an interrupted run has slopes for all
+        for K in sorted(args.K):
+            for point, model in models.items():
+                model.threads = args.threads
+                for batch in args.batches:
+                    key = f"{point}/B{batch}"
+                    x = x_test[:batch].astype(model.dtype)
                     cells = data["cells"].setdefault(key, {}).setdefault(str(K), {})
                     if "ess" not in cells:
                         cells["ess"] = ess(model, x, K, np.random.default_rng([K, 99]))

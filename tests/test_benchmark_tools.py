@@ -210,3 +210,14 @@ def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch,
     capsys.readouterr()
     assert snr.main(argv) == 0                            # resumed: nothing recomputed
     assert "K=4" not in capsys.readouterr().out
+
+
+def test_time_table_sets_numba_against_both_peers_with_their_targets(speed):
+    values = {("numba-float32", 1): [1.0, 1.2], ("torch-float32", 1): [2.0], ("jax-float32", 1): [1.25],
+              ("numba-float32", 25): [7.0], ("torch-float32", 25): [10.0], ("jax-float32", 25): [10.0]}
+    rows, verdicts, med = speed.time_table([1, 25], ["numba-float32", "torch-float32", "jax-float32"], values)
+    assert rows[0].endswith("| numba-float32 / peer | jax-float32 / peer | numba-float32 / jax-float32 |")
+    assert rows[2].split(" | ")[-1].rstrip(" |") == f"{1.1 / 1.25:.2f}"
+    assert "- S=1, against torch-float32: ratio 0.55, met" in verdicts
+    assert "- S=1, against jax-float32: ratio 0.88, missed by 1.17x (0.88 vs 0.75)" in verdicts
+    assert "- S=25, against torch-float32: ratio 0.70, missed by 1.04x (0.70 vs 0.67)" in verdicts

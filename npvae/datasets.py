@@ -192,7 +192,7 @@ def read_idx(path_or_bytes) -> np.ndarray:
         data = _gunzip_if_needed(raw, source)
     else:
         raise TypeError(
-            "path_or_bytes must be a path (str or os.PathLike) or bytes-like; "
+            "path_or_bytes: expected a path (str or os.PathLike) or bytes-like, "
             f"got {type(path_or_bytes).__name__}"
         )
     return _parse_idx(data, source)
@@ -633,7 +633,7 @@ def load_mnist(
     path = _check_path(path)
     for value, argname in ((download, "download"), (progress, "progress")):
         if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{argname} must be a bool; got {type(value).__name__} {value!r}")
+            raise TypeError(f"{argname}: expected a bool, got {type(value).__name__} {value!r}")
     checksums = _check_checksums(checksums)
     mirrors = _check_mirrors(mirrors)
 
@@ -671,15 +671,15 @@ def _check_path(path) -> Optional[Path]:
         return None
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
-            f"path must be a folder or a path to {_NPZ_NAME} (str or os.PathLike) or None; "
+            f"path: expected a folder or a path to {_NPZ_NAME} (str or os.PathLike) or None, "
             f"got {type(path).__name__}"
         )
     if isinstance(path, str) and not path:
-        raise ValueError("path must be a folder or a path to mnist.npz; got the empty string")
+        raise ValueError("path: expected a folder or a path to mnist.npz, got the empty string")
     path = Path(path).expanduser()
     if path.is_file() and path.suffix != ".npz":
         raise ValueError(
-            f"path must be a folder holding the MNIST files or a path to {_NPZ_NAME}; got the "
+            f"path: expected a folder holding the MNIST files or a path to {_NPZ_NAME}, got the "
             f"file {path} (pass its folder instead)"
         )
     return path
@@ -690,13 +690,13 @@ def _check_checksums(checksums) -> Mapping[str, str]:
         return MNIST_FILES
     if not isinstance(checksums, Mapping):
         raise TypeError(
-            f"checksums must be a mapping from file name to MD5 hex digest; got "
+            f"checksums: expected a mapping from file name to MD5 hex digest, got "
             f"{type(checksums).__name__}"
         )
     expected = set(MNIST_FILES)
     if set(checksums) != expected:
         raise ValueError(
-            f"checksums must have exactly the keys {sorted(expected)}; got {sorted(checksums)}"
+            f"checksums: expected to have exactly the keys {sorted(expected)}, got {sorted(checksums)}"
         )
     clean = {}
     for name, digest in checksums.items():
@@ -708,7 +708,7 @@ def _check_checksums(checksums) -> Mapping[str, str]:
                 ok = False
         if not ok:
             raise ValueError(
-                f"checksums[{name!r}] must be a 32-character MD5 hex digest; got {digest!r}"
+                f"checksums[{name!r}]: expected a 32-character MD5 hex digest, got {digest!r}"
             )
         clean[name] = digest.lower()
     return clean
@@ -719,11 +719,11 @@ def _check_mirrors(mirrors) -> Tuple[str, ...]:
         return MIRRORS
     if isinstance(mirrors, (str, bytes)) or not isinstance(mirrors, Sequence):
         raise TypeError(
-            f"mirrors must be a sequence of base URLs (e.g. a list of str); got "
+            f"mirrors: expected a sequence of base URLs (e.g. a list of str), got "
             f"{type(mirrors).__name__} {mirrors!r}"
         )
     if not mirrors or not all(isinstance(m, str) and m for m in mirrors):
-        raise ValueError(f"mirrors must be a non-empty sequence of non-empty str; got {mirrors!r}")
+        raise ValueError(f"mirrors: expected a non-empty sequence of non-empty str, got {mirrors!r}")
     return tuple(mirrors)
 
 
@@ -766,20 +766,20 @@ def binarize(x, method: str, rng: Optional[np.random.Generator] = None, threshol
         If `rng` is given but is not a ``numpy.random.Generator``.
     """
     if not isinstance(method, str) or method not in _METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}; got {method!r}")
+        raise ValueError(f"method: expected one of {', '.join(map(repr, _METHODS))}, got {method!r}")
     if method == "none":
         return x
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(
-            f"x must be floating-point pixels in [0, 1] (e.g. from load_mnist); got dtype "
+            f"x: expected floating-point pixels in [0, 1] (e.g. from load_mnist), got dtype "
             f"{x.dtype}"
         )
     if method == "threshold":
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or (
             not np.isfinite(threshold)
         ):
-            raise ValueError(f"threshold must be a finite number; got {threshold!r}")
+            raise ValueError(f"threshold: expected a finite number, got {threshold!r}")
         return (x > threshold).astype(x.dtype)
     if rng is None:
         raise ValueError(
@@ -787,13 +787,13 @@ def binarize(x, method: str, rng: Optional[np.random.Generator] = None, threshol
         )
     if not isinstance(rng, np.random.Generator):
         raise TypeError(
-            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)); got "
+            f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got "
             f"{type(rng).__name__}"
         )
     # `not (a and b)` rather than `a or b` so that NaN, which fails every comparison, is caught.
     if x.size and not (x.min() >= 0 and x.max() <= 1):
         raise ValueError(
-            f"x must lie in [0, 1] for method='dynamic' (it is a Bernoulli probability); got "
+            f"x: expected values in [0, 1] for method='dynamic' (a Bernoulli probability), got "
             f"values in [{x.min()}, {x.max()}]"
         )
     # u < p with u in [0, 1) gives P(1) = p, with p = 0 never and p = 1 always firing.

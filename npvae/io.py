@@ -127,19 +127,19 @@ def _atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
 
 def _check_arrays(arrays: Mapping[str, Any]) -> Dict[str, np.ndarray]:
     if not isinstance(arrays, Mapping):
-        raise ValueError(f"arrays must be a dict of name -> ndarray, got {type(arrays).__name__}")
+        raise ValueError(f"arrays: expected a dict of name -> ndarray, got {type(arrays).__name__}")
     checked = {}
     for key, value in arrays.items():
         if not isinstance(key, str) or not key:
-            raise ValueError(f"arrays keys must be non-empty strings, got {key!r}")
+            raise ValueError(f"arrays: expected non-empty string keys, got {key!r}")
         try:
             a = np.asarray(value)
         except (ValueError, TypeError) as exc:  # e.g. ragged nested lists
-            raise ValueError(f"arrays[{key!r}] must be an array, got {type(value).__name__} "
+            raise ValueError(f"arrays[{key!r}]: expected an array, got {type(value).__name__} "
                              f"that NumPy cannot convert ({exc})") from exc
         if a.dtype.hasobject:
             raise ValueError(
-                f"arrays[{key!r}] must not be an object array (it could only be read back "
+                f"arrays[{key!r}]: expected an array of numbers or text, not objects (it could only be read back "
                 f"with allow_pickle=True); got dtype {a.dtype} from {type(value).__name__}. "
                 "Store text with to_str_array() or to_json_array()")
         checked[key] = a
@@ -225,7 +225,7 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Pat
         If writing fails; ``path`` is then left as it was.
     """
     if not isinstance(text, str):
-        raise ValueError(f"text must be a str, got {type(text).__name__}")
+        raise ValueError(f"text: expected a str, got {type(text).__name__}")
     data = text.encode(encoding)
     return _atomic_write(path, lambda f: f.write(data))
 
@@ -451,7 +451,7 @@ def load_npz(path: PathLike, max_bytes: Optional[int] = None,
     """
     if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
                                   or max_bytes < 0):
-        raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
+        raise ValueError(f"max_bytes: expected a non-negative int or None, got {max_bytes!r}")
     wanted = None if keys is None else set(keys)
     path = Path(os.fspath(path))
     source = repr(str(path))
@@ -495,9 +495,9 @@ def to_str_array(s: str) -> np.ndarray:
         Shape ``()``, dtype ``<U{len(s)}``; :func:`from_str_array` gives ``s`` back.
     """
     if not isinstance(s, str):
-        raise ValueError(f"s must be a str, got {type(s).__name__}")
+        raise ValueError(f"s: expected a str, got {type(s).__name__}")
     if s.endswith("\x00"):
-        raise ValueError("s must not end with a NUL character ('\\x00'): NumPy strips it")
+        raise ValueError("s: expected text that does not end with a NUL character ('\\x00'): NumPy strips it")
     return np.array(s, dtype=np.str_)
 
 
@@ -520,7 +520,7 @@ def from_str_array(a: np.ndarray) -> str:
     """
     if not isinstance(a, np.ndarray) or a.dtype.kind != "U" or a.size != 1:
         raise ValueError(
-            "a must be a 0-d unicode array (from to_str_array), got "
+            "a: expected a 0-d unicode array (from to_str_array), got "
             f"{type(a).__name__}"
             + (f" of dtype {a.dtype} and shape {a.shape}" if isinstance(a, np.ndarray) else ""))
     return str(a.reshape(()).item())
@@ -552,7 +552,7 @@ def to_json_array(obj: Any) -> np.ndarray:
     try:
         text = json.dumps(obj, sort_keys=True, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"obj must be JSON-serializable: {exc}") from exc
+        raise ValueError(f"obj: expected JSON-serializable values: {exc}") from exc
     return to_str_array(text)
 
 
@@ -568,4 +568,4 @@ def from_json_array(a: np.ndarray) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"a must hold JSON text (from to_json_array): {exc}") from exc
+        raise ValueError(f"a: expected JSON text (from to_json_array): {exc}") from exc

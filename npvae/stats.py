@@ -59,12 +59,12 @@ def _as_float_array(value, name):
         arr = np.asarray(value)
     except ValueError as exc:  # ragged nested sequences
         raise TypeError(
-            f"{name} must be a real number or an array of real numbers, got a ragged "
+            f"{name}: expected a real number or an array of real numbers, got a ragged "
             f"{type(value).__name__}"
         ) from exc
     if arr.dtype.kind not in "biuf":
         raise TypeError(
-            f"{name} must be a real number or an array of real numbers, "
+            f"{name}: expected a real number or an array of real numbers, "
             f"got {type(value).__name__} with dtype {arr.dtype}: {value!r}"
         )
     return arr.astype(np.float64, copy=False)
@@ -122,7 +122,7 @@ def norm_ppf(p):
     if np.any(bad):
         first = p[bad].flat[0] if p.ndim else p
         raise ValueError(
-            f"p must contain probabilities in [0, 1], got {np.count_nonzero(bad)} value(s) "
+            f"p: expected probabilities in [0, 1], got {np.count_nonzero(bad)} value(s) "
             f"outside it, e.g. {float(first)!r}"
         )
 

@@ -614,14 +614,14 @@ def test_unusable_cache_folder_is_a_data_error(tmp_path, synth):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"path": 3}, TypeError, "path must be"),
+        ({"path": 3}, TypeError, "path: expected"),
         ({"path": ""}, ValueError, "empty string"),
-        ({"download": "yes"}, TypeError, "download must be a bool; got str 'yes'"),
-        ({"progress": 1}, TypeError, "progress must be a bool"),
-        ({"checksums": ["x"]}, TypeError, "checksums must be a mapping"),
-        ({"checksums": {TRAIN_IMAGES: "0" * 32}}, ValueError, "checksums must have exactly"),
+        ({"download": "yes"}, TypeError, "download: expected a bool, got str 'yes'"),
+        ({"progress": 1}, TypeError, "progress: expected a bool"),
+        ({"checksums": ["x"]}, TypeError, "checksums: expected a mapping"),
+        ({"checksums": {TRAIN_IMAGES: "0" * 32}}, ValueError, "checksums: expected to have exactly"),
         ({"checksums": dict.fromkeys(NAMES, "xyz")}, ValueError, r"checksums\[.*32-character"),
-        ({"mirrors": "https://example.org/"}, TypeError, "mirrors must be a sequence"),
+        ({"mirrors": "https://example.org/"}, TypeError, "mirrors: expected a sequence"),
         ({"mirrors": []}, ValueError, "non-empty"),
     ],
 )
@@ -709,7 +709,7 @@ def test_binarize_dynamic_requires_a_generator():
 
 @pytest.mark.parametrize("method", ["Dynamic", "bernoulli", "", None])
 def test_binarize_rejects_unknown_method(method):
-    with pytest.raises(ValueError, match="method must be one of 'none', 'threshold', 'dynamic'"):
+    with pytest.raises(ValueError, match="method: expected one of 'none', 'threshold', 'dynamic'"):
         binarize(np.zeros(3), method)
 
 
@@ -721,7 +721,7 @@ def test_binarize_rejects_bad_inputs():
         binarize(np.array([0.2, 1.5]), "dynamic", rng=rng)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         binarize(np.array([0.2, np.nan]), "dynamic", rng=rng)
-    with pytest.raises(ValueError, match="threshold must be a finite number"):
+    with pytest.raises(ValueError, match="threshold: expected a finite number"):
         binarize(np.zeros(3), "threshold", threshold=float("nan"))
 
 

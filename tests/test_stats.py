@@ -121,13 +121,13 @@ def test_norm_ppf_is_strictly_increasing():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0000001, np.nan, -np.inf, np.inf, [0.2, 1.5]])
 def test_norm_ppf_rejects_probabilities_outside_unit_interval(bad):
-    with pytest.raises(ValueError, match=r"p must contain probabilities in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"p: expected probabilities in \[0, 1\]"):
         norm_ppf(bad)
 
 
 @pytest.mark.parametrize("bad", ["0.5", None, [[0.1], [0.2, 0.3]]])
 def test_norm_ppf_rejects_non_numeric_input(bad):
-    with pytest.raises(TypeError, match="p must be a real number"):
+    with pytest.raises(TypeError, match="p: expected a real number"):
         norm_ppf(bad)
 
 

@@ -36,40 +36,12 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+from hostload import Meter  # noqa: E402
 
 D, H, L = 784, 256, 2
 GEMM_ROWS = 4096
-
-
-def busy_seconds():
-    """CPU seconds all processes have spent busy (``/proc/stat``), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_seconds():
-    t = os.times()
-    return t.user + t.system
-
-
-class Meter:
-    """Wall and CPU time of a block, and the CPU share other processes took meanwhile."""
-
-    def __enter__(self):
-        self.b0, self.c0, self.t0 = busy_seconds(), own_seconds(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        self.cpu = own_seconds() - self.c0
-        b1 = busy_seconds()
-        cores = os.cpu_count() or 1
-        self.others = None if b1 is None else max(0.0, (b1 - self.b0) - self.cpu) / (self.wall * cores)
 
 
 def gemm_rate(dtype, threads, reps=10):

@@ -36,6 +36,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from hostload import DISTURBED, Meter  # noqa: E402
 REPO = os.path.dirname(HERE)
 CONTENDERS = ("numba-float32", "numba-float64", "numpy-float64", "torch-float32", "jax-float32")
 PEER = "torch-float32"
@@ -499,6 +501,8 @@ def main(argv=None):
     p.add_argument("--drift-contenders", nargs="+", default=["numba-float32", PEER], choices=CONTENDERS)
     p.add_argument("--profile-samples", type=int, nargs="*", default=[1, 25])
     p.add_argument("--profile-steps", type=int, default=60)
+    p.add_argument("--disturbed", type=float, default=DISTURBED,
+                   help="others' share of the machine that marks a run disturbed (measured again once)")
     p.add_argument("--out", default=None,
                    help="report file (default: benchmarks/results/speed_1thread.md or speed_<T>threads.md)")
     args = p.parse_args(argv)
@@ -519,6 +523,7 @@ def main(argv=None):
     losses = {}     # (contender, S) -> train loss of the last epoch (first repeat)
     cpus = {}       # (contender, S) -> list of epoch CPU seconds
     rates = {}      # (contender, S) -> GEMM GFLOPS measured in the worker right after training
+    disturbances = []  # one line per training run: the share of the machine others took
     for rep in range(args.repeats):
         for S in args.samples:
             gemm.setdefault(S, []).append(spawn(T, "--worker", "gemm", "--S", S))
@@ -526,8 +531,17 @@ def main(argv=None):
             for c in order:
                 if c.startswith("numpy") and args.numpy_samples is not None and S not in args.numpy_samples:
                     continue
-                res = spawn(T, "--worker", "train", "--contender", c, "--S", S, "--epochs", args.epochs,
-                            *(["--subset", args.subset] if args.subset else []))
+                for attempt in range(2):          # a run others disturbed is measured again, once
+                    with Meter(args.disturbed) as meter:
+                        res = spawn(T, "--worker", "train", "--contender", c, "--S", S, "--epochs", args.epochs,
+                                    *(["--subset", args.subset] if args.subset else []))
+                    others = meter.others or 0.0
+                    disturbances.append(f"rep {rep} S={S} {c}: others took {others:.0%} of the machine"
+                                        + (" (disturbed" + (", measured again)" if attempt == 0 else ", kept)")
+                                           if meter.disturbed else ""))
+                    if not meter.disturbed:
+                        break
+                res["others"] = others
                 times.setdefault((c, S), []).extend(res["seconds"])
                 cpus.setdefault((c, S), []).extend(res["cpu"])
                 rates.setdefault((c, S), []).append(res["gemm_gflops"])
@@ -536,7 +550,8 @@ def main(argv=None):
                 mem[(c, S)] = (max(m[0], res["maxrss_mb"]), max(m[1], res["maxrss_mb"] - res["rss_setup_mb"]))
                 print(f"rep {rep} S={S:3d} {c:14s} epochs {['%.2f' % s for s in res['seconds']]} "
                       f"cpu {['%.2f' % s for s in res['cpu']]} gemm {res['gemm_gflops']:.1f} "
-                      f"loss {res['loss'][-1]:.3f} maxrss {res['maxrss_mb']:.0f} MB load {loadavg()}", flush=True)
+                      f"loss {res['loss'][-1]:.3f} maxrss {res['maxrss_mb']:.0f} MB load {loadavg()} "
+                      f"others {res['others']:.0%}", flush=True)
 
     profiles = {}
     for S in args.profile_samples:
@@ -622,6 +637,11 @@ def main(argv=None):
     if "numba-float32" in args.contenders and PEER in args.contenders:
         lines += floor_section(args.samples, n, secs, rates)
 
+    lines += ["## What else ran on the machine", "",
+              "Per training run: the share of the machine (wall x CPUs) that other processes took while it "
+              "ran (`/proc/stat` busy time minus this run's CPU time). Above "
+              f"{args.disturbed:.0%} a run counts as disturbed and is measured again, once; the second "
+              "measurement is kept either way.", "", *(f"- {d}" for d in disturbances), ""]
     lines += ["## Peak memory (MB)", "",
               "`ru_maxrss` of the worker process (data, libraries and training), and in brackets its growth over "
               "the process's RSS after loading data and libraries (what training itself added).", "",

@@ -221,3 +221,20 @@ def test_time_table_sets_numba_against_both_peers_with_their_targets(speed):
     assert "- S=1, against torch-float32: ratio 0.55, met" in verdicts
     assert "- S=1, against jax-float32: ratio 0.88, missed by 1.17x (0.88 vs 0.75)" in verdicts
     assert "- S=25, against torch-float32: ratio 0.70, missed by 1.04x (0.70 vs 0.67)" in verdicts
+
+
+def test_meter_counts_what_others_took_of_the_machine(monkeypatch):
+    hostload = _benchmark("hostload")
+    busy = iter([100.0, 100.0 + (os.cpu_count() or 1)])              # every CPU busy for the whole second
+    own = iter([10.0, 10.0])                                              # this process took no CPU
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(hostload, "busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(hostload, "own_seconds", lambda: next(own))
+    monkeypatch.setattr(hostload.time, "perf_counter", lambda: next(clock))
+    with hostload.Meter(threshold=0.4) as m:
+        pass
+    assert m.wall == 1.0 and m.cpu == 0.0
+    assert m.others == pytest.approx(1.0) and m.disturbed             # others kept every CPU busy
+    m2 = hostload.Meter()
+    m2.others = 0.05
+    assert not m2.disturbed and hostload.DISTURBED == 0.10

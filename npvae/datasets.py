@@ -587,7 +587,9 @@ def load_mnist(
 
     Looks in `path`, then the folder (or ``.npz`` file) named by the ``NPVAE_DATA``
     environment variable, then :func:`cache_dir`; the first place holding all four IDX files
-    (each raw or ``.gz``), or else Keras' ``mnist.npz``, is used. If none does and `download`
+    (each raw or ``.gz``), or else Keras' ``mnist.npz``, is used. A `path` that does not
+    exist is an error (a typo must not quietly give the data of another place); an existing
+    folder without the files is passed over. If none does and `download`
     is true, the missing ``.gz`` files are downloaded into the cache.
 
     Parameters
@@ -637,6 +639,10 @@ def load_mnist(
     checksums = _check_checksums(checksums)
     mirrors = _check_mirrors(mirrors)
 
+    if path is not None and not path.exists():
+        # a typo in an explicit path must not quietly give the data of another place
+        raise DataError(f"path: {path} does not exist; expected a folder holding the MNIST files or a path to "
+                        f"{_NPZ_NAME} (leave it out to look in ${_ENV_VAR} and the user cache)")
     places = _places(path)
     found = [_look_in(place.location) for place in places]
     for here in found:

@@ -357,7 +357,10 @@ def test_search_order_is_path_then_npvae_data_then_cache(monkeypatch, tmp_path):
 
     assert n_loaded("arg", folders["arg"]) == 2
     assert n_loaded("env", None) == 3
-    assert n_loaded("env", tmp_path / "missing") == 3  # a path without the data falls through
+    (tmp_path / "empty").mkdir()
+    assert n_loaded("env", tmp_path / "empty") == 3    # a folder without the data falls through
+    with pytest.raises(DataError, match=r"path: .*missing does not exist"):
+        n_loaded("env", tmp_path / "missing")          # a path that does not exist (a typo) does not
     monkeypatch.delenv("NPVAE_DATA")
     assert n_loaded("cache", None) == 4
 
@@ -372,11 +375,12 @@ def test_npvae_data_may_name_an_npz_file(monkeypatch, tmp_path, small_npz):
 def test_missing_files_without_download_list_every_folder_searched(monkeypatch, tmp_path, synth):
     partial = write_mnist(tmp_path / "env", {TRAIN_IMAGES: synth[TRAIN_IMAGES]})
     monkeypatch.setenv("NPVAE_DATA", str(partial))
+    (tmp_path / "arg").mkdir()                           # exists, holds nothing
     with pytest.raises(DataError) as info:
         load_mnist(tmp_path / "arg", download=False)
     message = str(info.value)
     assert "download=False" in message
-    assert f"{tmp_path / 'arg'}  [the path argument]: does not exist" in message
+    assert f"{tmp_path / 'arg'}  [the path argument]: holds no MNIST files" in message
     assert f"{partial}  [the NPVAE_DATA environment variable]: missing" in message
     assert f"{TRAIN_LABELS}[.gz]" in message and f"{TEST_LABELS}[.gz]" in message
     assert str(cache_dir()) in message

@@ -191,8 +191,10 @@ def _train(args):
             return 143 if isinstance(exc, _Terminated) else 130
         except OSError as exc:
             done = _saved_history(checkpoint)
-            raise _WriteError(f"{_os_error(exc)}; {len(done)} epoch(s) are saved in {checkpoint}, intact. "
-                              f"When the disk is fixed, continue with: {resume_hint}") from exc
+            saved = (f"{len(done)} epoch(s) are saved in {checkpoint}, intact" if len(done)
+                     else "no epoch was saved yet")
+            raise _WriteError(f"{_os_error(exc)}; {saved}. When the disk is fixed, continue with: "
+                              f"{resume_hint}") from exc
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

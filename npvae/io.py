@@ -115,11 +115,15 @@ def _atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         # BaseException: a Ctrl-C mid-write must not leave a stray temp file either;
         # the with-block has already closed the file
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+            # a failed write (ENOSPC, EIO) names no file, a failed rename the temporary one:
+            # name the destination, the file the caller asked for
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     _fsync_dir(parent)
     return path

@@ -508,3 +508,19 @@ def test_npz_headers_gives_shapes_and_dtypes_without_reading_arrays(tmp_path, ar
     headers = nio.npz_headers(path)
     assert list(headers) == list(arrays)
     assert headers == {k: (a.shape, a.dtype) for k, a in arrays.items()}
+
+
+def test_a_failed_write_names_the_destination_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno as errno_
+    target = tmp_path / "ck.npz"
+    real_fsync = nio.os.fsync
+
+    def full(fd):                                   # the disk fills while the file is flushed
+        raise OSError(errno_.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nio.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        nio.atomic_savez(target, {"a": np.ones(3)})
+    assert info.value.errno == errno_.ENOSPC and info.value.filename == str(target)
+    monkeypatch.setattr(nio.os, "fsync", real_fsync)
+    assert list(tmp_path.iterdir()) == []

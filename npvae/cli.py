@@ -321,8 +321,10 @@ def _gradcheck(args):
         coords = 20 if coords is None else coords
     rows = check_all(seed=args.seed, model=model, tolerance=args.tolerance, n_coords=coords)
     passed = all(r["passed"] for r in rows)
-    if args.json:
-        print(json.dumps({"passed": passed, "rows": rows}))
+    if args.json:          # strict JSON: an error that could not be computed (NaN) is null
+        clean = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+                 for r in rows]
+        print(json.dumps({"passed": passed, "rows": clean}, allow_nan=False))
     else:
         what = f"the model in {args.model} (float64 copy)" if args.model else "a small float64 model"
         print(f"Gradients of npvae's ops and of {what} against central differences (float64):\n")

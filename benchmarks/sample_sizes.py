@@ -59,7 +59,6 @@ import argparse  # noqa: E402
 import concurrent.futures as cf  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import time  # noqa: E402
@@ -160,10 +159,12 @@ def run_cell(cell):
     if cell.get("curve", 0):
         x_curve = x_test[:cell["curve"]]
 
-        def curve(model, record):   # the common yardstick after every epoch: test IWAE bound, k = 50
+        def curve_iwae(model, record):   # the common yardstick after every epoch: test IWAE bound, k = 50
             b = evaluate_bound(model, x_curve, mc_samples=50, objective="iwae", rng=[seed, 17, record["epoch"]],
                                batch_size=100)
             return {"curve_iwae_50": -b["loss"]}
+
+        curve = curve_iwae
 
     history = npvae.fit(model, x_train, epochs=cell["epochs"], batch_size=cell["batch_size"], mc_samples=S,
                         objective=objective, estimator=estimator, binarize=binarize, seed=seed,

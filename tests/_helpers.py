@@ -1,5 +1,8 @@
 """Helpers shared by several test modules (plain functions; fixtures live in conftest.py)."""
 
+import struct
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -39,3 +42,23 @@ def fake_blas(monkeypatch, threads, run=None):
 
     monkeypatch.setattr(blas, "_found", [("stand-in", lambda: state["threads"], set_threads, run)])
     return state
+
+
+def idx_bytes(array, type_code=0x08):
+    """Encode ``array`` as IDX: 0x0000, type byte, ndim, big-endian dims, big-endian data."""
+    array = np.asarray(array)
+    big = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[type_code]
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(big).tobytes()
+
+
+def peak_while(f):
+    """(exception raised by f(), peak bytes traced while it ran)."""
+    tracemalloc.start()
+    try:
+        f()
+    except Exception as exc:  # noqa: BLE001 - returned for the test to check
+        return exc, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return None, 0

@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import struct
-import tracemalloc
 import urllib.error
 import urllib.request
 import zlib
@@ -21,6 +20,8 @@ import pytest
 from npvae import datasets
 from npvae.datasets import DataError, binarize, cache_dir, load_mnist, read_idx
 
+from _helpers import idx_bytes, peak_while  # noqa: E402
+
 NAMES = tuple(datasets.MNIST_FILES)
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = NAMES
 
@@ -29,12 +30,6 @@ TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = NAMES
 # helpers
 
 
-def idx_bytes(array, type_code=0x08):
-    """Encode `array` as IDX: 0x0000, type byte, ndim, big-endian dims, big-endian data."""
-    array = np.asarray(array)
-    big = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[type_code]
-    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(big).tobytes()
 
 
 def make_mnist(n_train=5, n_test=3, seed=0):
@@ -743,16 +738,6 @@ def gzip_stream(head, zeros):
     return b"".join(parts) + packer.flush()
 
 
-def peak_while(f):
-    """(exception raised by f(), peak bytes traced while it ran)."""
-    tracemalloc.start()
-    try:
-        f()
-    except Exception as exc:  # noqa: BLE001 - returned for the test to check
-        return exc, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return None, 0
 
 
 def idx_header(type_and_ndim, *dims):

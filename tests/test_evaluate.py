@@ -3,7 +3,6 @@ its memory bound and its CLI."""
 
 import io as stdio
 import json
-import sys
 import tracemalloc
 from functools import partial
 

@@ -11,6 +11,8 @@ import npvae
 from npvae import io
 from npvae.model import model_arrays
 
+from _helpers import peak_while  # noqa: E402
+
 
 def test_save_load_round_trip(tmp_path):
     model = npvae.VAE(input_dim=9, hidden=(5, 4), latent_dim=3, activation="tanh", seed=2, dtype=np.float32)
@@ -68,16 +70,6 @@ def test_not_a_model_file(tmp_path):
         npvae.load(tmp_path / "m.npz")
 
 
-def peak_while(f):
-    """(exception raised by f(), peak bytes traced while it ran)."""
-    tracemalloc.start()
-    try:
-        f()
-    except Exception as exc:  # noqa: BLE001 - returned for the test to check
-        return exc, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return None, 0
 
 
 def test_param_of_the_wrong_shape_is_refused_before_reading_the_arrays(tmp_path):

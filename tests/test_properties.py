@@ -42,7 +42,7 @@ from npvae.diagnostics import gradient_snr
 from npvae.evaluate import log_likelihood
 from npvae.model import model_arrays
 
-from _helpers import BACKENDS  # noqa: E402
+from _helpers import BACKENDS, idx_bytes  # noqa: E402
 
 FAST = settings(deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
@@ -604,12 +604,6 @@ NAMES = tuple(datasets.MNIST_FILES)
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = NAMES
 
 
-def idx_bytes(array, type_code=0x08):
-    """IDX: 0x0000, type byte, ndim, big-endian dims, big-endian data (as tests/test_datasets.py)."""
-    array = np.asarray(array)
-    big = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[type_code]
-    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(big).tobytes()
 
 
 @st.composite

@@ -23,8 +23,6 @@ The options every kernel shares:
 This package is the only part of npvae that imports numba.
 """
 
-import numpy as np
-
 try:
     import numba
 except ImportError as exc:  # numba is needed only for speed

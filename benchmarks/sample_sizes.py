@@ -382,9 +382,12 @@ def write_report(results, args, command, failures=()):
         "",
         f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}. Machine: {machine()}.",
         "",
-        f"Setup: the seed model ({args.hidden} hidden, latent {args.latent_dim}, RMSprop lr 1e-3, batch "
-        f"{args.batch_size}), {args.epochs} epochs on the first {args.subset} training images "
-        f"(grayscale targets), seeds {seeds}; test metrics on the first {args.test_subset} test images. "
+        f"Setup: {args.hidden} hidden ({args.activation}), latent {args.latent_dim}, RMSprop lr 1e-3, batch "
+        f"{args.batch_size}, {args.dtype}; {args.epochs} epochs on the first {args.subset} training images ("
+        + ("grayscale targets" if args.binarize == "none" else "dynamically binarized, a fresh draw per batch; "
+           "the test images binarized once") + f"), seeds {seeds}; test metrics on the first "
+        f"{args.test_subset} test images. Objectives: elbo (analytic KL), iwae, iwae-dreg (the IWAE bound "
+        "trained with the DReG estimator). "
         f"Log-likelihood: importance sampling with k = {args.k} (`npvae.evaluate.log_likelihood`); "
         f"± is the Monte Carlo standard error (one seed) or the SD over seeds. SNR: median over the coordinates "
         f"of |mean| / std of the minibatch gradient ({args.snr_batch} training images, {args.snr_repeats} "

@@ -158,15 +158,27 @@ def write_report(data, args, command, out):
                 lines.append("| " + " | ".join(row) + " |")
             lines += ["", "Cells: median / norm SNR [interval of the norm SNR].", ""]
             fit = [K for K in Ks if K >= args.fit_from and str(K) in data["cells"][key]]
-            lines += [f"Log-log slope of the norm SNR over K = {', '.join(map(str, fit))} "
-                      f"(published asymptotic rate in brackets):", ""]
+            lines += [f"Log-log slope of the norm SNR over K = {', '.join(map(str, fit))}, leaving out the K "
+                      "where that network's SNR is below the floor 3 / sqrt(R) (an upper bound there, not a "
+                      "value), with the published asymptotic rate in brackets:", ""]
             for e, *_ in ESTIMATORS:
                 parts = []
                 for part in ("encoder", "decoder"):
-                    vals = [data["cells"][key][str(K)].get(e, {}).get(part, {}).get("norm_snr_corrected") for K in fit]
+                    cells = [data["cells"][key][str(K)].get(e) for K in fit]
+                    # a network whose SNR is below 3 / sqrt(R) has an upper bound, not a value: left out
+                    def at_floor(c):
+                        return c[part]["norm_snr_corrected"] < 3 * c["floor"]
+
+                    used = [(K, c[part]["norm_snr_corrected"]) for K, c in zip(fit, cells)
+                            if c and not at_floor(c)]
+                    floor_from = [K for K, c in zip(fit, cells) if c and at_floor(c)]
                     pub = PUBLISHED.get((e, part))
-                    parts.append(f"{part} {slope(fit, vals):+.2f}" + (f" [{pub:+.1f}]" if pub is not None else ""))
-                lines.append(f"* {e}: " + ", ".join(parts))
+                    text = (f"{slope([k for k, _ in used], [v for _, v in used]):+.2f} over {len(used)} K"
+                            if len(used) >= 2 else "no fit")
+                    if floor_from:
+                        text += f", at the floor at K = {', '.join(map(str, floor_from))}"
+                    parts.append(f"{part} {text}" + (f" [published {pub:+.1f}]" if pub is not None else ""))
+                lines.append(f"* {e}: " + "; ".join(parts))
             lines.append("")
     notes = Path(str(out) + "_notes.md")
     if notes.exists():
@@ -232,6 +244,9 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="threads of the numba engine")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "snr_vs_k"))
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--redo-floor", action="store_true",
+                   help="measure again the cells left at the floor, where a larger --max-repeats/--max-rows "
+                        "now allows more draws")
     return p
 
 
@@ -264,7 +279,9 @@ def main(argv=None):
                     if "ess" not in cells:
                         cells["ess"] = ess(model, x, K, np.random.default_rng([K, 99]))
                     for e in args.estimators:
-                        if e in cells:
+                        if e in cells and not (args.redo_floor and cells[e]["at_floor"]
+                                               and cells[e]["repeats"] < min(args.max_repeats,
+                                                                             args.max_rows // (batch * K))):
                             continue
                         cells[e] = measure(model, x, K, e, args, seed=batch)
                         c = cells[e]

@@ -206,7 +206,7 @@ def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch,
     assert set(cell) == {"ess", "iwae-standard", "elbo"} and 1.0 <= cell["ess"] <= 4.0
     assert 10 <= cell["elbo"]["repeats"] <= 40 and cell["elbo"]["encoder"]["norm_snr_corrected"] > 0
     report = Path(str(out) + ".md").read_text()
-    assert "## init, a minibatch of 2" in report and "* elbo: encoder" in report and "[+0.5]" in report
+    assert "## init, a minibatch of 2" in report and "* elbo: encoder" in report and "[published +0.5]" in report
     capsys.readouterr()
     assert snr.main(argv) == 0                            # resumed: nothing recomputed
     assert "K=4" not in capsys.readouterr().out

@@ -165,21 +165,28 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
             raise ValueError(f"model: the gradient is not finite at draw {r}: the model's parameters "
                              f"overflow in {model.dtype.name}; no moments are returned")
         k = r - bounds[len(groups)]               # draws in the current group, this one included
-        for name in names:
-            g = grads[name]
-            delta = g - mean[name]
-            mean[name] += delta / r
-            m2[name] += delta * (g - mean[name])
-            delta = g - g_mean[name]
-            g_mean[name] += delta / k
-            g_m2[name] += delta * (g - g_mean[name])
+        with np.errstate(over="ignore", invalid="ignore"):   # an overflow is refused below
+            for name in names:
+                g = grads[name]
+                delta = g - mean[name]
+                mean[name] += delta / r
+                m2[name] += delta * (g - mean[name])
+                delta = g - g_mean[name]
+                g_mean[name] += delta / k
+                g_m2[name] += delta * (g - g_mean[name])
         if r == bounds[len(groups) + 1]:
             groups.append((k, {n: g_mean[n].copy() for n in names},
                            {p: sum(float(g_m2[n].sum()) for n in names if n.startswith(p)) for p in ("enc.", "dec.")}))
             for name in names:
                 g_mean[name][...] = 0.0
                 g_m2[name][...] = 0.0
-    var = {name: m2[name] / (repeats - 1) for name in m2}
+    with np.errstate(over="ignore", invalid="ignore"):
+        var = {name: m2[name] / (repeats - 1) for name in m2}
+    if not all(np.isfinite(mean[n]).all() and np.isfinite(var[n]).all() for n in names):
+        # each gradient was finite, but of an order whose square overflows float64
+        raise ValueError(f"model: the gradients' variance overflows float64 (gradients of order "
+                         f"{max(float(np.abs(mean[n]).max()) for n in names):.3g}): the model's parameters are "
+                         "too large for moments to be measured; no moments are returned")
     snr = {name: _snr(mean[name], var[name]) for name in mean}
     corrected = {name: _snr_corrected(mean[name], var[name], repeats) for name in mean}
     summary = {part: dict(_summarize(mean, var, snr, prefix), **_floor_summary(

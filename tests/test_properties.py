@@ -44,8 +44,13 @@ from npvae.model import model_arrays
 
 from _helpers import BACKENDS, idx_bytes  # noqa: E402
 
-FAST = settings(deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow])
-FEW = settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+# Under CI the examples are derived from each test (derandomize): the run is the same every time, so
+# a submission is judged on what was run here; elsewhere every run explores new examples.
+_DERANDOMIZE = os.environ.get("CI") == "true"
+FAST = settings(deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow],
+                derandomize=_DERANDOMIZE)
+FEW = settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow],
+               derandomize=_DERANDOMIZE)
 
 CLEAN_ERRORS = (ValueError, TypeError)
 

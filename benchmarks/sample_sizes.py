@@ -344,7 +344,7 @@ def aggregate(results):
     for key, rs in sorted(table.items()):
         row = {}
         for m, _, _ in METRICS + [("log_likelihood_mc_se", "", True)]:
-            v = np.array([r[m] for r in rs], dtype=float)
+            v = np.array([r.get(m, np.nan) for r in rs], dtype=float)   # metrics added later: NaN
             row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v))
         out[key] = row
     return out

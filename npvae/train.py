@@ -23,7 +23,7 @@ import numpy as np
 from . import _validate as check
 from . import datasets, io, optim
 from .evaluate import mean_bound
-from .model import VAE, available_memory, model_arrays, model_from_arrays
+from .model import available_memory, model_arrays, model_from_arrays
 from .objectives import check_objective
 
 __all__ = ["fit", "History", "TrainingError", "load_checkpoint"]
@@ -275,8 +275,7 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     TrainingError
         If the loss becomes NaN or inf; the last checkpoint stays as it was.
     """
-    if not isinstance(model, VAE):
-        raise TypeError(f"model: expected an npvae.VAE, got {type(model).__name__}")
+    check.vae(model)
     x_train = model.check_data(x_train, "x_train")
     epochs = check.positive_int(epochs, "epochs")
     batch_size = check.positive_int(batch_size, "batch_size")

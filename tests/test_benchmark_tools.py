@@ -62,7 +62,17 @@ def test_read_report_takes_the_seconds_table_only(tmp_path, plot_speed):
     assert threads == 2
     assert times == {"numba-float32": {1: 2.10, 25: 15.59}, "numpy-float64": {1: 7.66},
                      "torch-float32": {1: 4.75, 25: 18.45}}
-    assert ratio == {1: 0.44, 25: 0.85}
+    assert ratio == {"torch-float32": {1: 0.44, 25: 0.85}}
+
+
+def test_read_report_takes_the_ratio_to_each_peer(tmp_path, plot_speed):
+    path = tmp_path / "speed.md"
+    path.write_text(REPORT.replace("| numpy-float64 / peer |\n|---|---|---|---|---|---|",
+                                   "| jax-float32 / peer | numba-float32 / jax-float32 |\n|---|---|---|---|---|---|---|")
+                    .replace("| 0.44 | 1.61 |", "| 0.44 | 0.70 | 0.62 |").replace("| 0.85 | - |", "| 0.85 | 1.50 | 0.57 |"))
+    _, times, ratio = plot_speed.read_report(str(path))
+    assert ratio == {"torch-float32": {1: 0.44, 25: 0.85}, "jax-float32": {1: 0.62, 25: 0.57}}
+    assert set(times) == {"numba-float32", "numpy-float64", "torch-float32"}   # no ratio column as a contender
 
 
 def test_plot_writes_a_figure_and_rejects_other_files(tmp_path, plot_speed, capsys):
@@ -238,3 +248,44 @@ def test_meter_counts_what_others_took_of_the_machine(monkeypatch):
     m2 = hostload.Meter()
     m2.others = 0.05
     assert not m2.disturbed and hostload.DISTURBED == 0.10
+
+
+def test_end_to_end_alternates_measures_disturbed_runs_again_resumes_and_reports(tmp_path, monkeypatch):
+    e2e = _benchmark("end_to_end")
+    calls, jax_runs = [], []
+    walls = {"npvae": 40.0, "torch": 100.0, "jax": 70.0}
+
+    def fake_run(contender, epochs, threads, scratch, threshold):
+        calls.append(contender)
+        jax_runs.extend([1] if contender == "jax" else [])
+        disturbed = contender == "jax" and len(jax_runs) == 1          # the first JAX run was disturbed
+        return dict(wall=walls[contender] + len(calls), cpu=2.0 * walls[contender], others=0.5 if disturbed else 0.0,
+                    disturbed=disturbed, load=0.1, val_loss=153.0, train_seconds=30.0, figures=[])
+
+    monkeypatch.setattr(e2e, "run_once", fake_run)
+    out = tmp_path / "e2e.md"
+    argv = ["--rounds", "2", "--contenders", "npvae", "torch", "jax", "--out", str(out), "--scratch", str(tmp_path)]
+    assert e2e.main(argv) == 0
+    # round 0 in the given order, round 1 rotated; the disturbed JAX run was measured again at once
+    assert calls == ["npvae", "torch", "jax", "jax", "torch", "jax", "npvae"]
+    text = out.read_text()
+    npvae_med, torch_med = np.median([41.0, 47.0]), np.median([102.0, 105.0])
+    assert f"ratio {npvae_med / torch_med:.2f}, met" in text
+    assert "no (disturbed, measured again)" in text and text.count("| jax |") == 3
+    # a restart reads the finished runs back and runs nothing
+    calls.clear()
+    assert e2e.main(argv) == 0 and calls == []
+    # a third round only runs the third round
+    assert e2e.main(argv[:1] + ["3"] + argv[2:]) == 0 and calls == ["jax", "npvae", "torch"]
+
+
+def test_end_to_end_commands_are_the_readme_main_job_and_the_peers_mains(tmp_path):
+    e2e = _benchmark("end_to_end")
+    argv, history = e2e.command("npvae", 50, 2, str(tmp_path))
+    assert argv[1:] == ["train", "--epochs", "50", "--out", str(tmp_path), "--threads", "2", "--quiet"]
+    assert history == str(tmp_path / "history.json")
+    readme = Path(REPO, "README.md").read_text()
+    assert "npvae train --epochs 50 --out runs/seed" in readme
+    for peer in ("torch", "jax"):
+        argv, _ = e2e.command(peer, 50, 2, str(tmp_path))
+        assert argv[1].endswith(os.path.join("peers", f"{peer}_vae.py")) and "--threads" in argv

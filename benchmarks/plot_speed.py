@@ -2,24 +2,29 @@
 
 Reads the "Seconds per epoch" table of one or more Markdown reports written by
 ``benchmarks/speed.py`` (one per thread count) and draws, side by side: seconds per
-epoch against S for every contender, and the ratio numba float32 / peer against S,
-with the 0.67x target.
+epoch against S for every contender, and the ratio numba float32 / peer against S for
+each peer in the report (PyTorch; JAX where it ran), with each peer's targets.
 
     python benchmarks/plot_speed.py benchmarks/results/speed_2threads.md \\
         benchmarks/results/speed_1thread.md --out benchmarks/results/speed.png
 """
 
 import argparse
+import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed import JAX_PEER, PEER, TARGETS  # noqa: E402  (the targets, by peer and S)
+
 TABLE = "## Seconds per epoch"
-RATIO = "numba-float32 / peer"
-TARGET = 0.67
+#: Ratio columns of the table, by the peer they divide by.
+RATIOS = {"numba-float32 / peer": PEER, f"numba-float32 / {JAX_PEER}": JAX_PEER}
+LABELS = {PEER: "PyTorch peer", JAX_PEER: "JAX peer"}
 
 
 def read_report(path):
-    """``(threads, {contender: {S: seconds}}, {S: ratio})`` from one report."""
+    """``(threads, {contender: {S: seconds}}, {peer: {S: ratio}})`` from one report."""
     with open(path) as f:
         text = f.read()
     m = re.search(r"Threads: (\d+)", text)
@@ -41,9 +46,9 @@ def read_report(path):
             number = re.match(r"[0-9.]+", cell)
             if number is None:
                 continue
-            if name == RATIO:
-                ratio[S] = float(number.group())
-            elif not name.endswith("/ peer"):
+            if name in RATIOS:
+                ratio.setdefault(RATIOS[name], {})[S] = float(number.group())
+            elif "/" not in name:
                 times.setdefault(name, {})[S] = float(number.group())
     return threads, times, ratio
 
@@ -63,21 +68,27 @@ def plot(reports, out):
             s = sorted(by_s)
             ax_t.plot(s, [by_s[v] for v in s], ls, marker="o", color=color,
                       label=f"{name}, {threads} thread{'s' if threads > 1 else ''}")
-        s = sorted(ratio)
-        ax_r.plot(s, [ratio[v] for v in s], ls, marker="o", color="C0",
-                  label=f"{threads} thread{'s' if threads > 1 else ''}")
+        for peer, by_s in ratio.items():
+            s = sorted(by_s)
+            ax_r.plot(s, [by_s[v] for v in s], ls, marker="o", color=colors.setdefault(peer, f"C{len(colors)}"),
+                      label=f"/ {LABELS.get(peer, peer)}, {threads} thread{'s' if threads > 1 else ''}")
     ax_t.set(xscale="log", yscale="log", xlabel="Monte Carlo samples S", ylabel="seconds per epoch (median)",
              title="Training time per epoch")
     ax_t.legend(fontsize=7)
-    ax_r.axhline(TARGET, color="k", lw=0.8, ls="--", label=f"target {TARGET}x")
+    all_s = sorted({S for _, _, ratio in reports for by_s in ratio.values() for S in by_s})
+    for peer in sorted({peer for _, _, ratio in reports for peer in ratio}):
+        if peer in TARGETS and all_s:
+            ax_r.step(all_s, [TARGETS[peer](S) for S in all_s], where="mid", color=colors[peer], lw=0.8, ls="--",
+                      label=f"target against the {LABELS.get(peer, peer)}")
     ax_r.axhline(1.0, color="0.6", lw=0.8)
-    ax_r.set(xscale="log", xlabel="Monte Carlo samples S", ylabel="numba float32 / PyTorch peer",
-             title="Ratio to the peer (lower is faster)", ylim=(0, max(1.3, ax_r.get_ylim()[1])))
+    ax_r.set(xscale="log", xlabel="Monte Carlo samples S", ylabel="numba float32 / peer",
+             title="Ratio to each peer (lower is faster)", ylim=(0, max(1.3, ax_r.get_ylim()[1])))
     ax_r.legend(fontsize=8)
     ticks = sorted({S for _, times, _ in reports for by_s in times.values() for S in by_s})
-    from matplotlib.ticker import NullLocator, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, NullLocator, ScalarFormatter
+    ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax_t.yaxis.set_major_formatter(ScalarFormatter())
-    ax_t.yaxis.set_minor_formatter(ScalarFormatter())
+    ax_t.yaxis.set_minor_formatter(NullFormatter())
     for ax in (ax_t, ax_r):
         ax.grid(alpha=0.3, which="both")
         ax.set_xticks(ticks, [str(t) for t in ticks])

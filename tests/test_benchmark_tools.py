@@ -197,6 +197,31 @@ def test_study_reads_cells_of_the_first_grid_as_computed_with_the_old_defaults(s
         study.main(argv + ["--dtype", "float32"])
 
 
+def test_burda_section_sets_the_cells_beside_table_1_and_reads_the_directions(study):
+    import argparse
+    args = argparse.Namespace(hidden=[200, 200], activation="tanh", latent_dim=50, binarize="dynamic",
+                              epochs=10, batch_size=100)
+    assert study.is_burda_architecture(args)
+    assert not study.is_burda_architecture(argparse.Namespace(**{**vars(args), "binarize": "none"}))
+
+    def row(ll, au):
+        return {"log_likelihood": (ll, float("nan"), 1), "active_units": (au, float("nan"), 1)}
+
+    # here: IWAE better than the VAE at S = 5, worse at S = 50; the VAE's NLL rises from S = 5 to 50
+    agg = {("elbo", 1): row(-95.0, 12), ("elbo", 5): row(-94.0, 13), ("elbo", 50): row(-94.5, 13),
+           ("iwae", 1): row(-95.1, 12), ("iwae", 5): row(-93.0, 15), ("iwae", 50): row(-95.0, 16),
+           ("elbo", 25): row(-94.2, 13)}
+    text = "\n".join(study.burda_section(agg, args))
+    assert "| 5 | 94.00 | 86.47 | 93.00 | 85.54 | — | 1.00 | 0.93 | 13 / 15 | 20 / 22 |" in text
+    assert "S = 5: the IWAE bound trains a better model than the ELBO here (+1.00 nats)" in text
+    assert "S = 50: the IWAE bound trains a worse model" in text and "**the opposite direction**" in text
+    assert "- VAE: NLL against S here 95.00, 94.00, 94.50 (does not fall monotonically" in text
+    assert "- IWAE: NLL against S here 95.10, 93.00, 95.00 (does not fall" in text
+    assert "| 25 |" not in text                                        # not in their table
+    assert "10 epochs of RMSprop" in text and "3280 passes" in text
+    assert study.burda_section({("elbo", 25): row(-94.2, 13)}, args) == []
+
+
 def test_curve_at_takes_the_last_epoch_within_the_budget(study):
     result = {"history": [{"seconds": 2.0, "curve_iwae_50": -100.0}, {"seconds": 2.0, "curve_iwae_50": -90.0}]}
     assert study.curve_at(result, 1.0) is None

@@ -108,6 +108,23 @@ def med_range(values):
     return f"{np.median(v):.1f} [{v.min():.1f}-{v.max():.1f}]"
 
 
+def versions():
+    """The libraries each contender runs on (package versions and NumPy's BLAS)."""
+    from importlib import metadata
+    parts = []
+    for dist in ("numpy", "numba", "torch", "jax", "jaxlib"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        parts.append(f"NumPy's BLAS: {blas.get('name')} {blas.get('version')}")
+    except Exception:  # noqa: BLE001 (older NumPy)
+        pass
+    return ", ".join(parts)
+
+
 def report(state, args, contenders):
     runs = [r for r in state["runs"] if not r["disturbed"] or r.get("kept")]
     by = {c: [r for r in runs if r["contender"] == c] for c in contenders}
@@ -116,6 +133,7 @@ def report(state, args, contenders):
         "",
         f"Command: `python benchmarks/end_to_end.py {' '.join(state['argv'])}`  ",
         f"Started {state['started']}; machine: {state['machine']}; Python {platform.python_version()}.  ",
+        f"Libraries: {versions()}.  ",
         f"Threads: {args.threads} for every contender. Rounds: {args.rounds}, contenders alternating in a "
         "rotated order. Each run is a fresh process timed from start to exit: imports, reading MNIST, "
         "numba's cached kernels or XLA's compilation, 50 epochs of training on the 60,000 training images "

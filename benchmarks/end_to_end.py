@@ -39,6 +39,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from hostload import DISTURBED, Meter  # noqa: E402
+from speed import thread_env  # noqa: E402  (the same thread settings as the per-epoch benchmark)
+
+from npvae import io  # noqa: E402
 
 CONTENDERS = ("npvae", "torch", "jax")
 PEER = "torch"
@@ -56,14 +59,6 @@ def command(contender, epochs, threads, out_dir):
     script = os.path.join(HERE, "peers", f"{contender}_vae.py")
     out = os.path.join(out_dir, "history.json")
     return [sys.executable, script, "--epochs", str(epochs), "--threads", str(threads), "--out", out], out
-
-
-def thread_env(threads):
-    env = dict(os.environ)
-    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[k] = str(threads)
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    return env
 
 
 def final_val_loss(contender, path):
@@ -97,10 +92,7 @@ def load_state(path):
 
 
 def save_state(path, state):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1)
-    os.replace(tmp, path)
+    io.atomic_write_text(path, json.dumps(state, indent=1))
 
 
 def med_range(values):
@@ -182,8 +174,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS,
-                   default=[c for c in CONTENDERS if importlib.util.find_spec("torch" if c == "torch" else c)
-                            or c == "npvae"])
+                   default=[c for c in CONTENDERS if c == "npvae" or importlib.util.find_spec(c)])
     p.add_argument("--disturbed", type=float, default=DISTURBED)
     p.add_argument("--scratch", default=os.path.join(REPO, "runs", "end_to_end"),
                    help="folder for the runs' outputs (deleted after each run)")

@@ -459,6 +459,20 @@ def save_model(model, path):
     return io.atomic_savez(path, model_arrays(model))
 
 
+def checked_headers(path, source):
+    """The ``{name: (shape, dtype)}`` headers of the model file (or checkpoint) at ``path``,
+    after checking the parameters they declare against the file's stored architecture.
+
+    The shapes a file declares are checked before any parameter is read, so a hostile or
+    mismatched file allocates nothing big: headers first, then the small metadata alone
+    (under a cap), then the caller reads the parameters.
+    """
+    headers = io.npz_headers(path)
+    metadata = io.load_npz(path, max_bytes=_MAX_METADATA_BYTES, keys=_METADATA)
+    _check_param_layout(_model_from_metadata(metadata, source), headers, source)
+    return headers
+
+
 def load_model(path):
     """Load a model written by :meth:`VAE.save` (or any file that holds one: a training
     checkpoint does).
@@ -480,12 +494,7 @@ def load_model(path):
     if path.is_dir():
         raise ModelFileError(f"{str(path)!r} is a folder, not a model file (a run folder holds model.npz)")
     source = repr(str(path))
-    # The shapes the file declares are checked against its stored architecture before
-    # any parameter is read, so a hostile or mismatched file allocates nothing big:
-    # headers first, then the small metadata alone, then the parameters.
-    headers = io.npz_headers(path)
-    metadata = io.load_npz(path, max_bytes=_MAX_METADATA_BYTES, keys=_METADATA)
-    _check_param_layout(_model_from_metadata(metadata, source), headers, source)
+    headers = checked_headers(path, source)
     # only what a model needs: a checkpoint's optimizer state and history stay unread
     keys = [k for k in headers if k in _METADATA or k.startswith("param/")]
     return model_from_arrays(io.load_npz(path, keys=keys), source)

@@ -23,7 +23,7 @@ import numpy as np
 from . import _validate as check
 from . import datasets, io, optim
 from .evaluate import mean_bound
-from .model import available_memory, model_arrays, model_from_arrays
+from .model import available_memory, checked_headers, model_arrays, model_from_arrays
 from .objectives import check_objective
 
 __all__ = ["fit", "History", "TrainingError", "load_checkpoint"]
@@ -99,6 +99,13 @@ def _save_checkpoint(path, model, opt, rng, history, settings):
     io.atomic_savez(path, arrays)
 
 
+#: The members of a checkpoint besides its ``param/`` and ``optim/`` arrays.
+_CHECKPOINT_KEYS = ("format", "version", "config", "checkpoint", "train")
+#: A cap on the training record's size (a JSON string of its settings and per-epoch
+#: history: about 200 bytes an epoch as UTF-32, so this holds over a million epochs).
+_MAX_RECORD_BYTES = 1 << 28
+
+
 def load_checkpoint(path):
     """Read a training checkpoint, checked part by part.
 
@@ -120,17 +127,38 @@ def load_checkpoint(path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    arrays = io.load_npz(path)
-    try:
-        marker = io.from_str_array(arrays["checkpoint"]) if "checkpoint" in arrays else None
-    except ValueError:
-        marker = None
-    if "train" not in arrays or marker != CHECKPOINT_FORMAT:
-        raise io.ModelFileError(f"{str(path)!r} is not an npvae training checkpoint")
-    model = model_from_arrays(arrays, repr(str(path)))
+    source = repr(str(path))
 
     def bad(what):
-        return io.ModelFileError(f"{str(path)!r}: {what}")
+        return io.ModelFileError(f"{source}: {what}")
+
+    # What the file declares is checked before anything big is read (as load_model does):
+    # the marker, then the parameters against the stored architecture, then the optimizer
+    # state against the parameters and the training record against a cap.
+    headers = io.npz_headers(path)
+    marker = None
+    if "train" in headers and headers.get("checkpoint", (None,))[0] == ():
+        try:
+            marker = io.from_str_array(io.load_npz(path, max_bytes=1 << 10, keys=["checkpoint"])["checkpoint"])
+        except ValueError:
+            marker = None
+    if marker != CHECKPOINT_FORMAT:
+        raise io.ModelFileError(f"{source} is not an npvae training checkpoint")
+    params = {k[len("param/"):]: v for k, v in checked_headers(path, source).items() if k.startswith("param/")}
+    for key, (shape, dtype) in headers.items():
+        if not key.startswith("optim/"):
+            continue
+        slot, sep, name = key[len("optim/"):].partition("/")
+        expected = params.get(name, (None, None)) if sep else ((), dtype)
+        if shape != expected[0]:
+            raise bad(f"optimizer state {key[len('optim/'):]}: declares shape {shape}, expected "
+                      f"{expected[0] if expected[0] is not None else 'no state for an unknown parameter'}")
+    shape, dtype = headers["train"]
+    if shape != () or dtype.itemsize > _MAX_RECORD_BYTES:
+        raise bad(f"train: declares shape {shape} dtype {dtype}, expected one JSON string "
+                  f"of at most {_MAX_RECORD_BYTES} bytes")
+    arrays = io.load_npz(path, keys=[k for k in headers if k in _CHECKPOINT_KEYS or k.startswith(("param/", "optim/"))])
+    model = model_from_arrays(arrays, source)
 
     try:
         meta = io.from_json_array(arrays["train"])

@@ -258,11 +258,14 @@ def rewrite_checkpoint(path, change):
 def test_a_checkpoint_with_another_architectures_parameters_is_refused(finished_run, mnist_dir, capsys):
     other = npvae.VAE(input_dim=784, hidden=(9,), latent_dim=2, dtype=np.float32)
 
-    def swap(arrays):
-        for k in [k for k in arrays if k.startswith("param/")]:
+    def swap(arrays):   # a whole, self-consistent checkpoint of the other model
+        for k in [k for k in arrays if k.startswith(("param/", "optim/"))]:
             del arrays[k]
         arrays["config"] = io.to_json_array(other.config)
         arrays.update({f"param/{k}": v for k, v in other.params.items()})
+        opt = npvae.optim.RMSprop()
+        opt.step(other.params, {k: np.zeros_like(v) for k, v in other.params.items()})
+        arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
 
     rewrite_checkpoint(finished_run / "checkpoint.npz", swap)
     assert cli.main(train_argv(finished_run, mnist_dir, "--resume", epochs=2)) == 2

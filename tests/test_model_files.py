@@ -130,3 +130,62 @@ def test_oversized_metadata_is_refused(tmp_path):
     path = io.atomic_savez(tmp_path / "m.npz", arrays, compress=True)
     with pytest.raises(npvae.ModelFileError, match=r"m\.npz.*more than max_bytes=1048576.*'config'"):
         npvae.load(path)
+
+
+# --------------------------------------------------------------------------
+# Training checkpoints: what they declare is checked before it is read
+# --------------------------------------------------------------------------
+def small_checkpoint(tmp_path):
+    """A real checkpoint of a tiny model after one epoch, and its arrays."""
+    from npvae.train import fit
+    model = npvae.VAE(input_dim=4, hidden=(3,), seed=0)
+    x = np.random.default_rng(0).random((20, 4))
+    path = tmp_path / "ckpt.npz"
+    fit(model, x, epochs=1, batch_size=10, seed=0, checkpoint=path, verbose=False)
+    return path, io.load_npz(path)
+
+
+def test_a_checkpoint_round_trips_through_load_checkpoint(tmp_path):
+    from npvae.train import load_checkpoint
+    path, arrays = small_checkpoint(tmp_path)
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1
+    np.testing.assert_array_equal(state["model"].params["enc.0.W"], arrays["param/enc.0.W"])
+    assert set(state["optimizer_state"]) == {k[len("optim/"):] for k in arrays if k.startswith("optim/")}
+
+
+@pytest.mark.parametrize("key,declared,words", [
+    ("optim/v/enc.0.W", (4, 10**6), "optimizer state v/enc.0.W: declares shape (4, 1000000), expected (4, 3)"),
+    ("optim/v/nonesuch", (10**6,), "optimizer state v/nonesuch"),
+    ("optim/iterations", (10**6,), "optimizer state iterations: declares shape (1000000,), expected ()"),
+])
+def test_a_checkpoint_declaring_a_big_optimizer_state_is_refused_before_reading(tmp_path, key, declared, words):
+    from npvae.train import load_checkpoint
+    path, arrays = small_checkpoint(tmp_path)
+    arrays[key] = np.zeros(declared, dtype=arrays.get(key, np.zeros(0)).dtype)
+    io.atomic_savez(path, arrays, compress=True)
+    del arrays
+    error, peak = peak_while(lambda: load_checkpoint(path))
+    assert isinstance(error, npvae.ModelFileError)
+    assert str(path) in str(error) and words in str(error)
+    assert peak < 4 << 20
+
+
+def test_a_checkpoint_whose_training_record_exceeds_the_cap_is_refused(tmp_path, monkeypatch):
+    # the cap is 256 MiB; lowered here so that the record of one epoch exceeds it
+    from npvae import train
+    path, arrays = small_checkpoint(tmp_path)
+    size = arrays["train"].dtype.itemsize
+    monkeypatch.setattr(train, "_MAX_RECORD_BYTES", size - 4)
+    with pytest.raises(npvae.ModelFileError, match=r"ckpt\.npz.*train: declares shape \(\) dtype <U\d+, "
+                                                   rf"expected one JSON string of at most {size - 4} bytes"):
+        train.load_checkpoint(path)
+    monkeypatch.setattr(train, "_MAX_RECORD_BYTES", size)
+    assert train.load_checkpoint(path)["epoch"] == 1
+
+
+def test_a_model_file_is_not_taken_for_a_checkpoint(tmp_path):
+    from npvae.train import load_checkpoint
+    path = npvae.VAE(input_dim=4, hidden=(3,)).save(tmp_path / "m.npz")
+    with pytest.raises(npvae.ModelFileError, match="is not an npvae training checkpoint"):
+        load_checkpoint(path)

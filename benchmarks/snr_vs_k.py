@@ -154,9 +154,13 @@ def write_report(data, args, command, out):
                         s = c[part]
                         lo, hi = s["norm_snr_ci"]
                         row.append(f"{s['median_snr_corrected']:.3g} / {s['norm_snr_corrected']:.3g} "
-                                   f"[{lo:.2g}, {hi:.2g}]" + (" floor" if c["at_floor"] else ""))
+                                   f"[{lo:.2g}, {hi:.2g}]" + (" floor" if c["at_floor"] else "")
+                                   + (f" (R={c['repeats']})" if part == "encoder"
+                                      and (c["at_floor"] or c["repeats"] > args.max_repeats) else ""))
                 lines.append("| " + " | ".join(row) + " |")
-            lines += ["", "Cells: median / norm SNR [interval of the norm SNR].", ""]
+            lines += ["", "Cells: median / norm SNR [interval of the norm SNR]; R, the draws, is given where the "
+                      "cell is at the floor or was measured again with more draws than the budget above "
+                      "(`--redo-floor`).", ""]
             fit = [K for K in Ks if K >= args.fit_from and str(K) in data["cells"][key]]
             lines += [f"Log-log slope of the norm SNR over K = {', '.join(map(str, fit))}, leaving out the K "
                       "where that network's SNR is below the floor 3 / sqrt(R) (an upper bound there, not a "

@@ -242,6 +242,10 @@ def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch,
     assert 10 <= cell["elbo"]["repeats"] <= 40 and cell["elbo"]["encoder"]["norm_snr_corrected"] > 0
     report = Path(str(out) + ".md").read_text()
     assert "## init, a minibatch of 2" in report and "* elbo: encoder" in report and "[published +0.5]" in report
+    # a cell at the floor says how many draws it had, once (on its encoder column)
+    floor = [c for K in data["cells"]["init/B2"].values() for c in K.values() if isinstance(c, dict) and c["at_floor"]]
+    assert report.count("] floor (R=") == len(floor) and report.count("] floor") == 2 * len(floor)
+    assert all(f" floor (R={c['repeats']})" in report for c in floor)
     capsys.readouterr()
     assert snr.main(argv) == 0                            # resumed: nothing recomputed
     assert "K=4" not in capsys.readouterr().out

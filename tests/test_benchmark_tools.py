@@ -229,6 +229,14 @@ def test_curve_at_takes_the_last_epoch_within_the_budget(study):
     assert study.curve_at(result, 4.0) == -90.0
 
 
+def test_compute_line_counts_a_resumed_cells_every_epoch(study):
+    fresh = {"train_seconds": 1000.0, "eval_seconds": 500.0, "cell_seconds": 1600.0}     # + 100 s of SNR
+    resumed = {"train_seconds": 3000.0, "eval_seconds": 600.0, "cell_seconds": 900.0}    # last process only
+    line = study.compute_line([fresh, resumed])
+    assert line.startswith("Compute: 2 cells took 1.4 hours of one core in all (training 1.1 h, "
+                           "the log-likelihood and test bounds 0.3 h")
+
+
 def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch, mnist_dir):
     snr = _benchmark("snr_vs_k")
     monkeypatch.setenv("NPVAE_DATA", str(mnist_dir))

@@ -81,6 +81,8 @@ METRICS = [  # (key, label, higher is better)
     ("test_iwae_S", "test IWAE bound, k = S", True),
     ("test_iwae_50", "test IWAE bound, k = 50", True),
     ("log_likelihood", "log-likelihood (IS)", True),
+    ("log_likelihood_mc_se", "its Monte Carlo SE", False),
+    ("ess_median", "ESS of the k samples (median over images)", True),
     ("test_kl", "test KL(q || p)", False),
     ("active_units", "active units", True),
     ("seconds_per_epoch", "seconds per epoch", False),
@@ -343,11 +345,15 @@ def aggregate(results):
     out = {}
     for key, rs in sorted(table.items()):
         row = {}
-        for m, _, _ in METRICS + [("log_likelihood_mc_se", "", True)]:
+        for m, _, _ in METRICS:
             v = np.array([r.get(m, np.nan) for r in rs], dtype=float)   # metrics added later: NaN
             row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v))
         out[key] = row
     return out
+
+
+#: Decimals of a table column, where not 2.
+DIGITS = {"seconds_per_epoch": 1, "log_likelihood_mc_se": 4, "ess_median": 0}
 
 
 def _fmt(mean, sd, digits=2):
@@ -389,7 +395,8 @@ def write_report(results, args, command, failures=()):
         f"{args.test_subset} test images. Objectives: elbo (analytic KL), iwae, iwae-dreg (the IWAE bound "
         "trained with the DReG estimator). "
         f"Log-likelihood: importance sampling with k = {args.k} (`npvae.evaluate.log_likelihood`); "
-        f"± is the Monte Carlo standard error (one seed) or the SD over seeds. SNR: median over the coordinates "
+        f"± is the SD over seeds (rows with n > 1); the log-likelihood's Monte Carlo standard error and the "
+        "effective sample size of its k importance samples (median over the test images) are means over seeds. SNR: median over the coordinates "
         f"of |mean| / std of the minibatch gradient ({args.snr_batch} training images, {args.snr_repeats} "
         "draws of eps, the cell's S and objective, standard estimator), at the trained parameters and at the "
         "initialization. Seconds per epoch: median over epochs, one worker per cell, "
@@ -405,9 +412,7 @@ def write_report(results, args, command, failures=()):
         cells = [objective, str(S), str(row["test_elbo"][2])]
         for m, _, _ in METRICS:
             mean, sd, n = row[m]
-            if m == "log_likelihood" and n == 1:
-                sd = row["log_likelihood_mc_se"][0]
-            cells.append(_fmt(mean, sd, 1 if m.startswith("seconds") else 2))
+            cells.append(_fmt(mean, sd, DIGITS.get(m, 2)))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += equal_time_section(results)

@@ -130,6 +130,8 @@ def test_study_runs_cells_in_workers_and_resumes(study, tmp_path, capsys):
     stamps = [p.stat().st_mtime_ns for p in results]
     report = Path(str(out) + ".md").read_text()
     assert "| iwae | 3 | 1 |" in report and "Command: `python benchmarks/sample_sizes.py" in report
+    assert "| its Monte Carlo SE | ESS of the k samples (median over images) |" in report
+    assert "Compute: 4 cells took" in report
     for name in ("bounds", "snr", "time"):
         if importlib.util.find_spec("matplotlib"):
             assert Path(f"{out}_{name}.png").exists()

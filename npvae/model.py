@@ -459,15 +459,17 @@ def save_model(model, path):
     return io.atomic_savez(path, model_arrays(model))
 
 
-def checked_headers(path, source):
+def checked_headers(path, source, headers=None):
     """The ``{name: (shape, dtype)}`` headers of the model file (or checkpoint) at ``path``,
     after checking the parameters they declare against the file's stored architecture.
 
     The shapes a file declares are checked before any parameter is read, so a hostile or
     mismatched file allocates nothing big: headers first, then the small metadata alone
-    (under a cap), then the caller reads the parameters.
+    (under a cap), then the caller reads the parameters. ``headers``: the file's
+    :func:`npvae.io.npz_headers`, if the caller has them already.
     """
-    headers = io.npz_headers(path)
+    if headers is None:
+        headers = io.npz_headers(path)
     metadata = io.load_npz(path, max_bytes=_MAX_METADATA_BYTES, keys=_METADATA)
     _check_param_layout(_model_from_metadata(metadata, source), headers, source)
     return headers

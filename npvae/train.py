@@ -144,15 +144,15 @@ def load_checkpoint(path):
             marker = None
     if marker != CHECKPOINT_FORMAT:
         raise io.ModelFileError(f"{source} is not an npvae training checkpoint")
-    params = {k[len("param/"):]: v for k, v in checked_headers(path, source).items() if k.startswith("param/")}
-    for key, (shape, dtype) in headers.items():
+    checked_headers(path, source, headers)
+    for key, (shape, _) in headers.items():
         if not key.startswith("optim/"):
             continue
-        slot, sep, name = key[len("optim/"):].partition("/")
-        expected = params.get(name, (None, None)) if sep else ((), dtype)
-        if shape != expected[0]:
-            raise bad(f"optimizer state {key[len('optim/'):]}: declares shape {shape}, expected "
-                      f"{expected[0] if expected[0] is not None else 'no state for an unknown parameter'}")
+        state = key[len("optim/"):]
+        slot, sep, name = state.partition("/")      # "<slot>/<param>" arrays; 0-d scalars otherwise
+        expected = headers.get(f"param/{name}", ("no state for an unknown parameter",))[0] if sep else ()
+        if shape != expected:
+            raise bad(f"optimizer state {state}: declares shape {shape}, expected {expected}")
     shape, dtype = headers["train"]
     if shape != () or dtype.itemsize > _MAX_RECORD_BYTES:
         raise bad(f"train: declares shape {shape} dtype {dtype}, expected one JSON string "

@@ -38,7 +38,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from hostload import DISTURBED, Meter  # noqa: E402
+from hostload import DISTURBED, Meter, cpu_name  # noqa: E402
 from speed import thread_env  # noqa: E402  (the same thread settings as the per-epoch benchmark)
 
 from npvae import io  # noqa: E402
@@ -190,13 +190,7 @@ def main(argv=None):
     argv_list = list(argv if argv is not None else sys.argv[1:])
     state.setdefault("argv", argv_list)
     state.setdefault("started", time.strftime("%Y-%m-%d %H:%M"))
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    state.setdefault("machine", f"{cpu}, {os.cpu_count()} logical CPUs")
+    state.setdefault("machine", f"{cpu_name()}, {os.cpu_count()} logical CPUs")
     os.makedirs(args.scratch, exist_ok=True)
 
     contenders = list(args.contenders)

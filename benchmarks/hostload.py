@@ -7,10 +7,11 @@ minus this process's (and its children's) CPU time, as a share of the machine
 """
 
 import os
+import platform
 import resource
 import time
 
-__all__ = ["busy_seconds", "own_seconds", "Meter", "DISTURBED"]
+__all__ = ["busy_seconds", "own_seconds", "cpu_name", "Meter", "DISTURBED"]
 
 #: Others' share of the machine above which a measurement counts as disturbed.
 DISTURBED = 0.10
@@ -25,6 +26,18 @@ def busy_seconds():
         return None
     user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_name():
+    """The processor's model name (``/proc/cpuinfo``), or what :mod:`platform` knows off Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "?"
 
 
 def own_seconds():

@@ -26,7 +26,6 @@ writes ``benchmarks/results/ll_throughput.md`` (``--out`` to choose).
 
 import argparse
 import os
-import platform
 import sys
 import threading
 import time
@@ -38,7 +37,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-from hostload import Meter  # noqa: E402
+from hostload import Meter, cpu_name  # noqa: E402
 
 D, H, L = 784, 256, 2
 GEMM_ROWS = 4096
@@ -174,7 +173,7 @@ def main(argv=None):
         "# Log-likelihood throughput",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}; "
+        f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs; "
         f"NumPy {np.__version__}, BLAS: {libs}; npvae {npvae.__version__}.  ",
         f"Model: the seed's 784-256-2 (relu), trained {args.train_epochs} epochs on 10,000 images; "
         f"{args.n} test images x k = {args.k} = {rows:.3g} decoder rows per measurement; "

@@ -67,13 +67,15 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import npvae  # noqa: E402
 from npvae import io  # noqa: E402
 from npvae.diagnostics import gradient_snr  # noqa: E402
 from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
+from hostload import cpu_name  # noqa: E402
 
 RESULT = "result.json"
 METRICS = [  # (key, label, higher is better)
@@ -362,16 +364,8 @@ def _fmt(mean, sd, digits=2):
 
 
 def machine():
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, load average {load} (1/5/15 min) at the end; "
+    return (f"{cpu_name()}, {os.cpu_count()} logical CPUs, load average {load} (1/5/15 min) at the end; "
             f"Python {platform.python_version()}, NumPy {np.__version__}, "
             f"OMP/OPENBLAS threads {os.environ.get('OPENBLAS_NUM_THREADS', '?')}")
 

@@ -41,12 +41,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import npvae  # noqa: E402
 from npvae import io  # noqa: E402
 from npvae.diagnostics import gradient_snr  # noqa: E402
+from hostload import cpu_name  # noqa: E402
 
 #: (name, objective, kl, estimator) of the gradient estimators compared.
 ESTIMATORS = [("iwae-standard", "iwae", "analytic", "standard"), ("iwae-stl", "iwae", "analytic", "stl"),
@@ -119,11 +121,26 @@ def slope(Ks, values):
     return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
 
 
+def compute_line(data):
+    """The one-thread seconds of the kept measurements, summed over the cells (and per setting)."""
+    seconds = {}
+    for key, by_k in data["cells"].items():
+        for cells in by_k.values():
+            for c in cells.values():
+                if isinstance(c, dict) and "seconds" in c:
+                    seconds[key] = seconds.get(key, 0.0) + c["seconds"]
+    total = sum(seconds.values())
+    parts = ", ".join(f"{k} {v / 3600:.2f}" for k, v in sorted(seconds.items()))
+    return (f"Compute: the kept measurements took {total / 3600:.1f} hours of one core ({parts}); a cell "
+            "measured again counts its last measurement only, and the trained points' training is not counted.")
+
+
 def write_report(data, args, command, out):
     Ks = sorted(args.K)
     lines = ["# Gradient SNR against K at fixed parameters", "",
-             f"Command: `{command}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; NumPy {np.__version__}; "
-             f"npvae {npvae.__version__}, {args.dtype}.", "",
+             f"Command: `{command}`  ", f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs; Python "
+             f"{platform.python_version()}, NumPy {np.__version__}; npvae {npvae.__version__}, {args.dtype}.  ",
+             compute_line(data), "",
              "SNR of the gradient of each network (encoder q, decoder p) over R draws of the noise at fixed "
              "parameters: *median* over the coordinates and *norm* (the SNR of the whole gradient vector, "
              "`||mean|| / sqrt(sum var)`), both bias-corrected for the noise floor `1/sqrt(R)` "

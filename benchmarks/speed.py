@@ -37,7 +37,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from hostload import DISTURBED, Meter  # noqa: E402
+from hostload import DISTURBED, Meter, cpu_name  # noqa: E402
 REPO = os.path.dirname(HERE)
 CONTENDERS = ("numba-float32", "numba-float64", "numpy-float64", "torch-float32", "jax-float32")
 PEER = "torch-float32"
@@ -398,17 +398,6 @@ def _openblas_core():
                 fn.restype = ctypes.c_char_p
                 return fn().decode()
     return None
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def time_table(samples, contenders, values, what=""):

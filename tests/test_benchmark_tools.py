@@ -261,6 +261,22 @@ def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch,
     assert "K=4" not in capsys.readouterr().out
 
 
+def test_snr_vs_k_compute_line_sums_the_kept_measurements_per_setting():
+    snr = _benchmark("snr_vs_k")
+    cell = lambda seconds: {"repeats": 20, "seconds": seconds}      # noqa: E731
+    data = {"cells": {"init/B1": {"1": {"ess": 1.0, "elbo": cell(1800.0), "iwae-dreg": cell(900.0)},
+                                  "3": {"ess": 2.5, "elbo": cell(900.0)}},
+                      "iwae/B100": {"1": {"ess": 1.0, "elbo": cell(3600.0)}}}}
+    line = snr.compute_line(data)
+    assert line.startswith("Compute: the kept measurements took 2.0 hours of one core "
+                           "(init/B1 1.00, iwae/B100 1.00)")
+
+
+def test_cpu_name_is_one_line_of_text():
+    name = _benchmark("hostload").cpu_name()
+    assert isinstance(name, str) and name and "\n" not in name
+
+
 def test_time_table_sets_numba_against_both_peers_with_their_targets(speed):
     values = {("numba-float32", 1): [1.0, 1.2], ("torch-float32", 1): [2.0], ("jax-float32", 1): [1.25],
               ("numba-float32", 25): [7.0], ("torch-float32", 25): [10.0], ("jax-float32", 25): [10.0]}

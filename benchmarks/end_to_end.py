@@ -197,10 +197,11 @@ def main(argv=None):
     for rnd in range(args.rounds):
         order = contenders[rnd % len(contenders):] + contenders[:rnd % len(contenders)]
         for c in order:
-            kept = [r for r in state["runs"] if r["round"] == rnd and r["contender"] == c]
-            if any(not r["disturbed"] or r.get("kept") for r in kept):
+            # a run is kept unless disturbed; a disturbed first run is measured again once, and that kept
+            earlier = [r for r in state["runs"] if r["round"] == rnd and r["contender"] == c]
+            if any(not r["disturbed"] or r.get("kept") for r in earlier):
                 continue
-            second = bool(kept)
+            second = bool(earlier)
             rec = run_once(c, args.epochs, args.threads, args.scratch, args.disturbed)
             rec.update(round=rnd, contender=c, kept=second)
             state["runs"].append(rec)
@@ -215,8 +216,7 @@ def main(argv=None):
                 save_state(state_path, state)
                 print(f"round {rnd} {c:6s} {rec2['wall']:7.1f} s (again)", flush=True)
     text = report(state, args, contenders)
-    with open(args.out, "w") as f:
-        f.write(text)
+    io.atomic_write_text(args.out, text)
     print(text)
     return 0
 

@@ -149,7 +149,7 @@ def load_checkpoint(path):
         if not key.startswith("optim/"):
             continue
         state = key[len("optim/"):]
-        slot, sep, name = state.partition("/")      # "<slot>/<param>" arrays; 0-d scalars otherwise
+        _, sep, name = state.partition("/")         # "<slot>/<param>" arrays; 0-d scalars otherwise
         expected = headers.get(f"param/{name}", ("no state for an unknown parameter",))[0] if sep else ()
         if shape != expected:
             raise bad(f"optimizer state {state}: declares shape {shape}, expected {expected}")

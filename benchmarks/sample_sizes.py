@@ -392,7 +392,8 @@ def write_report(results, args, command, failures=()):
         f"± is the SD over seeds (rows with n > 1); the log-likelihood's Monte Carlo standard error and the "
         "effective sample size of its k importance samples (median over the test images) are means over seeds. SNR: median over the coordinates "
         f"of |mean| / std of the minibatch gradient ({args.snr_batch} training images, {args.snr_repeats} "
-        "draws of eps, the cell's S and objective, standard estimator), at the trained parameters and at the "
+        "draws of eps, the cell's S, objective and estimator: DReG's for the iwae-dreg cells), at the trained "
+        "parameters and at the "
         "initialization. Seconds per epoch: median over epochs, one worker per cell, "
         "on a machine shared with other jobs (compare ratios, not absolute times).",
         "",

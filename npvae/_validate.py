@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from .params import Schema
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -29,6 +31,16 @@ def positive_int(value, name, minimum=1):
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def non_negative_int(value, name):
+    """Return ``int(value)`` if it is an integer >= 0, else raise ValueError."""
+    return positive_int(value, name, minimum=0)
+
+
+def optional_positive_int(value, name):
+    """None, or ``int(value)`` if it is an integer >= 1; else raise ValueError."""
+    return None if value is None else positive_int(value, name)
 
 
 def choice(value, name, options):
@@ -86,9 +98,10 @@ def float_array(a, name, shape, dtype=None, lo=None, hi=None):
 
 
 def vae(model, name="model"):
-    """Return ``model`` if it is an :class:`npvae.VAE`, else raise ValueError."""
-    from .model import VAE
-    if not isinstance(model, VAE):
+    """Return ``model`` if it is an :class:`npvae.VAE` (an object with a parameter schema and
+    an engine), else raise ValueError."""
+    if not (isinstance(getattr(model, "schema", None), Schema) and hasattr(model, "engine")
+            and isinstance(getattr(model, "params", None), dict)):
         raise ValueError(f"{name}: expected an npvae.VAE, got {type(model).__name__} {model!r:.60}")
     return model
 
@@ -105,13 +118,29 @@ def generator(seed, name="seed"):
                          f"numpy.random.Generator, got {seed!r:.60}") from None
 
 
-def workspace(model, batch, mc_samples, names, advice):
+def step_memory(model, batch, mc_samples, names, advice):
     """Raise ValueError naming ``names`` if a step of ``batch`` x ``mc_samples`` rows of ``model``
     (:meth:`engine.step_bytes`) needs more than 90% of the available memory; before allocating."""
-    from .model import available_memory
     need = model.engine.step_bytes(batch, mc_samples)
     have = available_memory()
     if have is not None and need > 0.9 * have:
         raise ValueError(f"{names}: a pass of {batch} x {mc_samples} = {batch * mc_samples:,} rows needs about "
                          f"{need / 2**30:.1f} GiB of working memory, more than the {have / 2**30:.1f} GiB "
                          f"available; {advice}")
+
+
+#: The former name of :func:`step_memory` (a "workspace" is the numba engine's arrays).
+workspace = step_memory
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux: ``MemAvailable`` of /proc/meminfo),
+    or None where it cannot be read (then no size is refused for want of memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

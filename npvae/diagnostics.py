@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _validate as check
 from . import objectives as obj
+from .params import NETWORKS
 
 __all__ = ["gradient_snr", "GradientSNR"]
 
@@ -146,14 +147,14 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
     check.vae(model)
     model.check_params()
     x = model.check_data(x)
-    check.workspace(model, x.shape[0], mc_samples, "mc_samples", "lower mc_samples or the examples in x")
+    check.step_memory(model, x.shape[0], mc_samples, "mc_samples", "lower mc_samples or the examples in x")
     rng = check.generator(seed)
 
     names = list(model.params)
     mean = {name: np.zeros(p.shape) for name, p in model.params.items()}
     m2 = {name: np.zeros(p.shape) for name, p in model.params.items()}
     # the groups of consecutive draws (for the jackknife interval): each group's mean, size and sum of M2
-    bounds = [repeats * i // min(GROUPS, repeats) for i in range(min(GROUPS, repeats) + 1)]
+    edges = [repeats * i // min(GROUPS, repeats) for i in range(min(GROUPS, repeats) + 1)]
     groups = []                                   # (size, {name: mean}, {prefix: sum of M2})
     g_mean = {name: np.zeros(p.shape) for name, p in model.params.items()}
     g_m2 = {name: np.zeros(p.shape) for name, p in model.params.items()}
@@ -164,7 +165,7 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
         if not all(np.isfinite(grads[name]).all() for name in names):
             raise ValueError(f"model: the gradient is not finite at draw {r}: the model's parameters "
                              f"overflow in {model.dtype.name}; no moments are returned")
-        k = r - bounds[len(groups)]               # draws in the current group, this one included
+        k = r - edges[len(groups)]               # draws in the current group, this one included
         with np.errstate(over="ignore", invalid="ignore"):   # an overflow is refused below
             for name in names:
                 g = grads[name]
@@ -174,9 +175,9 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
                 delta = g - g_mean[name]
                 g_mean[name] += delta / k
                 g_m2[name] += delta * (g - g_mean[name])
-        if r == bounds[len(groups) + 1]:
+        if r == edges[len(groups) + 1]:
             groups.append((k, {n: g_mean[n].copy() for n in names},
-                           {p: sum(float(g_m2[n].sum()) for n in names if n.startswith(p)) for p in ("enc.", "dec.")}))
+                           {p: sum(float(g_m2[n].sum()) for n in names if n.startswith(p)) for _, p in NETWORKS}))
             for name in names:
                 g_mean[name][...] = 0.0
                 g_m2[name][...] = 0.0
@@ -191,7 +192,7 @@ def gradient_snr(model, x, mc_samples=1, objective="elbo", estimator="standard",
     corrected = {name: _snr_corrected(mean[name], var[name], repeats) for name in mean}
     summary = {part: dict(_summarize(mean, var, snr, prefix), **_floor_summary(
                    mean, var, snr, corrected, prefix, repeats, groups))
-               for part, prefix in (("encoder", "enc."), ("decoder", "dec."))}
+               for part, prefix in NETWORKS}
     settings = dict(mc_samples=mc_samples, objective=objective, kl=kl, estimator=estimator, batch=x.shape[0])
     return GradientSNR(mean, var, snr, corrected, summary, repeats, settings)
 

@@ -6,7 +6,7 @@ reparameterization ``z = mu + exp(log_var / 2) * eps`` with ``eps`` of shape
 ``(B, S, L)``, and a Bernoulli decoder ``p(x|z)`` given by logits.
 
 :class:`VAE` holds the parameters and the configuration and checks every input at its
-public methods; the computing is its engine's (:mod:`npvae.engine`: the NumPy reference,
+public methods; the computing is its engine's (:mod:`npvae.engines`: the NumPy reference,
 or the numba fast path). The model file (:func:`save_model`, :func:`load_model`) is a
 pickle-free ``.npz`` written through :mod:`npvae.io`.
 """
@@ -19,24 +19,21 @@ import numpy as np
 from . import _validate as check
 from . import io
 from . import objectives as obj
-from .engine import make_engine, resolve_backend
+from .engines.registry import make_engine, resolve_backend
 from .io import ModelFileError
+from .ops import sigmoid
+from .params import Schema
 
 __all__ = ["VAE", "save_model", "load_model", "model_arrays", "model_from_arrays", "MODEL_FORMAT",
            "MODEL_VERSION"]
 
+#: The hidden-layer activations a VAE accepts.
+ACTIVATIONS = ("relu", "tanh")
+
 
 def available_memory():
-    """Bytes of memory available to a new allocation (Linux: ``MemAvailable`` of /proc/meminfo),
-    or None where it cannot be read (then no size is refused for want of memory)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    """Deprecated here: :func:`npvae._validate.available_memory`."""
+    return check.available_memory()
 
 
 class VAE:
@@ -58,7 +55,7 @@ class VAE:
         Parameter and computation dtype. The default is float64, the precision of
         gradient checks; train in float32 for speed (``npvae train`` does by default).
     backend : {"auto", "numba", "numpy"}, default "auto"
-        The engine that computes bounds and gradients (:mod:`npvae.engine`):
+        The engine that computes bounds and gradients (:mod:`npvae.engines`):
         ``"numpy"`` composes the reference ops of :mod:`npvae.ops` (the
         specification); ``"numba"`` runs the fused kernels of :mod:`npvae.fast`
         (same results to float rounding, several times faster, preallocated
@@ -88,10 +85,14 @@ class VAE:
     backend : str
         ``"numba"`` or ``"numpy"``, as resolved from the ``backend`` argument. May be
         reassigned (any of the ``backend`` names): the model then gets a new engine.
-    engine : npvae.engine.ReferenceEngine or npvae.fast.NumbaEngine
-        What computes the model's bounds and gradients (read only).
+    engine : npvae.engines.Engine
+        What computes the model's bounds and gradients (read only): an
+        :class:`npvae.engines.ReferenceEngine` or an :class:`npvae.fast.NumbaEngine`.
+    schema : npvae.params.Schema
+        The parameters' names and shapes, from the architecture (read only).
     threads : int or None
-        As the argument.
+        As the argument: the engine's setting (``model.engine.threads``), kept when
+        :attr:`backend` is reassigned; the NumPy engine keeps it without using it.
 
     Examples
     --------
@@ -115,24 +116,25 @@ class VAE:
         if not self.hidden:
             raise ValueError("hidden: expected at least one hidden layer size, got ()")
         self.latent_dim = check.positive_int(latent_dim, "latent_dim")
-        self.activation = check.choice(activation, "activation", ("relu", "tanh"))
+        self.activation = check.choice(activation, "activation", ACTIVATIONS)
         if seed is not None:
-            seed = check.positive_int(seed, "seed", minimum=0)
+            seed = check.non_negative_int(seed, "seed")
         self.seed = seed
         self.dtype = check.float_dtype(dtype)
-        self.threads = threads
+        self.schema = Schema(self.input_dim, self.hidden, self.latent_dim)
         self._check_size()
+        self._threads = check.optional_positive_int(threads, "threads")
         self.backend = backend
         self.params = self._init_params(np.random.default_rng(seed))
 
-
     @property
     def threads(self):
-        return self._threads
+        """Threads of the engine's calls (the engine's setting; see the class docstring)."""
+        return self._engine.threads
 
     @threads.setter
     def threads(self, value):
-        self._threads = None if value is None else check.positive_int(value, "threads")
+        self._engine.threads = value
 
     @property
     def backend(self):
@@ -140,8 +142,9 @@ class VAE:
 
     @backend.setter
     def backend(self, value):
+        threads = self._engine.threads if hasattr(self, "_engine") else self._threads
         self._backend = resolve_backend(value)
-        self._engine = make_engine(self, self._backend)
+        self._engine = make_engine(self, self._backend, threads)
 
     @property
     def engine(self):
@@ -151,34 +154,24 @@ class VAE:
     # Architecture and parameters
     # ------------------------------------------------------------------
     def layer_shapes(self):
-        """``(name, fan_in, fan_out)`` of every dense layer, encoder then decoder.
+        """``(name, fan_in, fan_out)`` of every dense layer, encoder then decoder
+        (:attr:`schema`'s layers: :class:`npvae.params.Layer`).
 
         Each layer has the parameters ``name + ".W"`` of shape ``(fan_in, fan_out)`` and
         ``name + ".b"`` of shape ``(fan_out,)``.
         """
-        layers = []
-        sizes = (self.input_dim,) + self.hidden
-        for i in range(len(self.hidden)):
-            layers.append((f"enc.{i}", sizes[i], sizes[i + 1]))
-        layers.append(("enc.mu", self.hidden[-1], self.latent_dim))
-        layers.append(("enc.logvar", self.hidden[-1], self.latent_dim))
-        sizes = (self.latent_dim,) + self.hidden[::-1]
-        for i in range(len(self.hidden)):
-            layers.append((f"dec.{i}", sizes[i], sizes[i + 1]))
-        layers.append(("dec.out", self.hidden[0], self.input_dim))
-        return layers
+        return list(self.schema.layers)
 
     def param_shapes(self):
-        """``{name: shape}`` of every parameter the architecture has."""
-        return {f"{name}.{kind}": shape for name, fan_in, fan_out in self.layer_shapes()
-                for kind, shape in (("W", (fan_in, fan_out)), ("b", (fan_out,)))}
+        """``{name: shape}`` of every parameter the architecture has (:meth:`npvae.params.Schema.shapes`)."""
+        return self.schema.shapes()
 
     def _check_size(self):
         """Refuse, before allocating, parameters larger than the memory available (an absurd
         ``input_dim`` or ``hidden`` would otherwise end in a MemoryError without a name)."""
-        count = sum(fan_in * fan_out + fan_out for _, fan_in, fan_out in self.layer_shapes())
+        count = self.schema.count()
         need = count * (self.dtype.itemsize + 8)          # the parameters, and their float64 draw
-        have = available_memory()
+        have = check.available_memory()
         if have is not None and need > 0.9 * have:
             raise ValueError(f"input_dim, hidden, latent_dim: the model would have {count:,} parameters, "
                              f"{need / 2**30:.1f} GiB to initialize, more than the {have / 2**30:.1f} GiB "
@@ -189,7 +182,7 @@ class VAE:
         # Keras' glorot_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
         # Drawn in float64 so that float32 and float64 models of one seed agree.
         params = {}
-        for name, fan_in, fan_out in self.layer_shapes():
+        for name, fan_in, fan_out in self.schema.layers:
             limit = np.sqrt(6.0 / (fan_in + fan_out))
             params[f"{name}.W"] = rng.uniform(-limit, limit, (fan_in, fan_out)).astype(self.dtype)
             params[f"{name}.b"] = np.zeros(fan_out, dtype=self.dtype)
@@ -296,7 +289,6 @@ class VAE:
         -------
         probs : ndarray, shape (..., input_dim)
         """
-        from .ops import sigmoid
         self.check_params()
         z = np.asarray(z)
         if z.dtype.kind != "f" or z.ndim < 1 or z.shape[-1] != self.latent_dim or z.size == 0:

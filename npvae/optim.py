@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, Mapping, Tuple, Union
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -66,7 +66,30 @@ __all__ = [
     "Adam",
     "get_optimizer",
     "optimizer_from_state",
+    "FusedSpec",
 ]
+
+
+class FusedSpec(NamedTuple):
+    """What a fused kernel needs to reproduce an optimizer's update of this step bit for bit.
+
+    An optimizer publishes it (:meth:`Optimizer.fused_spec`); an engine that has a kernel
+    for ``rule`` offers that kernel as :meth:`Optimizer.step`'s ``update=`` and never reads
+    the optimizer's attributes or state layout itself.
+
+    Attributes
+    ----------
+    rule : str
+        The update rule (``"sgd"``, ``"rmsprop"``, ``"adam"``).
+    slots : tuple of str
+        The state slots the kernel takes, in its argument order.
+    scalars : tuple
+        The scalars the kernel takes after the slots, in its order, for the current step.
+    """
+
+    rule: str
+    slots: Tuple[str, ...]
+    scalars: tuple
 
 
 # ----------------------------------------------------------------------------------------
@@ -179,6 +202,14 @@ class Optimizer:
         """
         raise NotImplementedError
 
+    #: The rule of :meth:`fused_spec` (None: the update has no fused form), known before a step.
+    fused_rule: Optional[str] = None
+
+    def fused_spec(self) -> Optional[FusedSpec]:
+        """The :class:`FusedSpec` of the current step (called during :meth:`step`, after
+        ``iterations`` is incremented), or None when the update has no fused form (the default)."""
+        return None
+
     # -- stepping ------------------------------------------------------------------------
 
     def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], update=None) -> None:
@@ -199,8 +230,8 @@ class Optimizer:
             updates one parameter ``p`` and its state ``slots`` (``{slot: array}``) in
             place, flush included, and returns True, or returns False to leave that
             parameter to the ufuncs. It must give the ufuncs' result bit for bit. The
-            engine that computed ``grads`` offers one
-            (:meth:`npvae.engine.ReferenceEngine.optimizer_update`: None for the NumPy
+            engine that computed ``grads`` offers one from :meth:`fused_spec`
+            (:meth:`npvae.engines.Engine.optimizer_update`: None for the NumPy
             engine, one kernel pass per parameter for the numba engine, for all three
             optimizers); :func:`npvae.fit` passes it. The optimizer never imports numba.
 
@@ -484,6 +515,12 @@ class SGD(Optimizer):
     def _slot_names(self):
         return ("velocity",) if self.momentum > 0.0 else ()
 
+    fused_rule = "sgd"
+
+    def fused_spec(self):
+        """``sgd``: the velocity slot (none without momentum); ``lr, momentum, nesterov``."""
+        return FusedSpec(self.fused_rule, self._slot_names(), (self.lr, self.momentum, self.nesterov))
+
     def _update(self, p, g, slots, scratch):
         np.multiply(g, self.lr, out=scratch)            # lr * g
         if self.momentum == 0.0:
@@ -539,6 +576,12 @@ class RMSprop(Optimizer):
     def _slot_names(self):
         return ("v",)
 
+    fused_rule = "rmsprop"
+
+    def fused_spec(self):
+        """``rmsprop``: the slot ``v``; ``lr, rho, epsilon``."""
+        return FusedSpec(self.fused_rule, ("v",), (self.lr, self.rho, self.epsilon))
+
     def _update(self, p, g, slots, scratch):
         v = slots["v"]
         _average_squares(v, g, self.rho, scratch)       # v = rho v + (1 - rho) g^2
@@ -592,6 +635,12 @@ class Adam(Optimizer):
 
     def _slot_names(self):
         return ("m", "v")
+
+    fused_rule = "adam"
+
+    def fused_spec(self):
+        """``adam``: the slots ``m, v``; this step's size ``alpha_t`` (:meth:`step_size`), ``beta1, beta2, epsilon``."""
+        return FusedSpec(self.fused_rule, ("m", "v"), (self.step_size(), self.beta1, self.beta2, self.epsilon))
 
     def step_size(self) -> float:
         """``alpha_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)`` for ``t = iterations``.

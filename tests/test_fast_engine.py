@@ -229,13 +229,13 @@ def test_fit_runs_its_steps_in_groups_by_default(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 1)
     _, fast = pair(np.float32, input_dim=784, latent_dim=2, hidden=(16,))
-    seen, real_step = [], fast_engine.step.step
+    seen, real_step = [], fast_engine.step.train_step
 
     def recording(model, ws, *args, **kwargs):
         seen.append(ws.slot)
         return real_step(model, ws, *args, **kwargs)
 
-    monkeypatch.setattr(fast_engine.step, "step", recording)
+    monkeypatch.setattr(fast_engine.step, "train_step", recording)
     during = []
     monkeypatch.setattr(npvae.optim.RMSprop, "step", lambda self, params, grads, update=None:
                         during.append(fake["threads"]))
@@ -277,7 +277,7 @@ def test_grouped_step_waits_for_all_groups_and_restores_blas_threads(monkeypatch
     fast.threads = 3
     x, eps = data(fast, 6, 2)
     before = blas.get_threads()
-    real_step, finished = fast_engine.step.step, []
+    real_step, finished = fast_engine.step.train_step, []
 
     def failing(model, ws, *args, **kwargs):
         if ws.slot == 1:
@@ -286,7 +286,7 @@ def test_grouped_step_waits_for_all_groups_and_restores_blas_threads(monkeypatch
         finished.append(ws.slot)
         return out
 
-    monkeypatch.setattr(fast_engine.step, "step", failing)
+    monkeypatch.setattr(fast_engine.step, "train_step", failing)
     with pytest.raises(FloatingPointError, match="group 1"):
         fast.loss_and_grads(x, eps)
     assert sorted(finished) == [0, 2]                     # the other groups ran to the end
@@ -660,3 +660,17 @@ def test_profiler_times_every_phase_of_a_step_and_costs_nothing_by_default(monke
     assert {"reparam + KL", "output layer GEMM", "encoder backward GEMMs + act/bias grads",
             "groups: summing their gradients"} <= set(phases)
     assert all(v == 1.0 for v in phases.values())            # each phase marked once, one tick each
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden,latent,B,S", [((16,), 2, 10, 1), ((8, 6), 5, 7, 9), ((8, 6), 5, 40, 60)])
+def test_step_bytes_is_what_a_training_step_allocates(dtype, hidden, latent, B, S):
+    """The memory check before training (``step_bytes``) counts the workspaces a step really makes."""
+    model = VAE(input_dim=30, hidden=hidden, latent_dim=latent, dtype=dtype, backend="numba", threads=2)
+    rng = np.random.default_rng(0)
+    model.engine.loss_and_grads(rng.random((B, 30)).astype(dtype), model.sample_eps(B, S, rng), "iwae")
+    made = [ws for ws in model.engine._workspaces.values() if ws.has_grads]
+    jobs_bytes = sum(a.nbytes for ws in made if ws.passes is not fast_engine.jobs.SERIAL
+                     for a in vars(ws.passes).values() if isinstance(a, np.ndarray))
+    assert len(made) == threads.groups_for(model.engine, B, S)
+    assert model.engine.step_bytes(B, S) == sum(ws.nbytes for ws in made) - jobs_bytes

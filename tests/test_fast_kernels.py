@@ -120,13 +120,13 @@ def test_decoder_output_backward_composes_to_ops(rng, dtype, B, S, D, H, L):
     dense.weighted_bias_grad(g2, w, db)
     dh = g2 @ W.T                                 # (B * S, H), unscaled
     dW = (h.reshape(-1, H) * w[:, None]).T @ g2   # the row scale moved onto h
-    dense.scale_rows(dh, w)
+    dense.scale_rows_into(dh, w, dh)
     assert_close(dh.reshape(B, S, H), want_dh, dtype)
     assert_close(dW, want_dW, dtype)
     assert_close(db, want_db, dtype)
     # scaling the (B * S, D) rows directly gives the reference's dlogits (float64: bit
     # for bit; float32 computes sigmoid(l) - x its own way, within a few ulps)
-    dense.scale_rows(g2, w)
+    dense.scale_rows_into(g2, w, g2)
     want = ops.bernoulli_nll_backward(dnll, c_nll)
     if dtype == np.float64:
         np.testing.assert_array_equal(g, want)
@@ -576,7 +576,7 @@ def test_bernoulli_job_parts_equal_the_one_pass_kernel_bit_for_bit(rng, add_bias
     x = (rng.random((B, D)) < 0.4).astype(np.float32)
     bias = rng.standard_normal(D).astype(np.float32)
     want_l, want_nll = logits.copy(), np.empty(B * S, np.float32)
-    bernoulli._bernoulli_f32_inplace(want_l, x, S, bias, add_bias, want_nll, np.empty(D, np.float32))
+    bernoulli.bernoulli_f32_rows(want_l, x, S, bias, add_bias, want_nll, np.empty(D, np.float32))
     got_l, got_nll, term = logits.copy(), np.empty(B * S, np.float32), np.zeros((parts, D), np.float32)
     run_jobs_here(job_table(jobs.JOB_BERNOULLI, B * S, D, S, int(add_bias), [got_l, x, got_nll, bias, term], 4,
                        parts, unit=S))

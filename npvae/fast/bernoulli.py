@@ -39,7 +39,7 @@ import numpy as np
 
 from ._jit import AVAILABLE, JIT, fma_inline, fma_kernel, kernel, reassoc_kernel, wide_vectors
 
-__all__ = ["bernoulli_nll_and_grad", "bernoulli_nll", "bernoulli_workspace", "BLOCK_ELEMENTS"]
+__all__ = ["bernoulli_nll_and_grad", "bernoulli_nll", "bernoulli_workspace", "bernoulli_workspace_bytes", "bernoulli_f32_rows", "BLOCK_ELEMENTS"]
 
 # --------------------------------------------------------------------------
 # Decoder output: Bernoulli NLL and its gradient in one pass over the logits
@@ -57,8 +57,17 @@ def bernoulli_workspace(D, dtype, block_elements=BLOCK_ELEMENTS):
     float32 route needs one row of scratch only, so it gets ``rows = 1``. Allocate it once
     per model and pass it as ``work`` to avoid an allocation per call.
     """
+    return np.empty(_workspace_shape(D, dtype, block_elements), dtype=dtype)
+
+
+def _workspace_shape(D, dtype, block_elements=BLOCK_ELEMENTS):
     rows = 1 if np.dtype(dtype) == np.float32 and AVAILABLE else max(1, block_elements // D)
-    return np.empty((2, rows, D), dtype=dtype)
+    return (2, rows, D)
+
+
+def bernoulli_workspace_bytes(D, dtype, block_elements=BLOCK_ELEMENTS):
+    """The bytes :func:`bernoulli_workspace` allocates."""
+    return int(np.prod(_workspace_shape(D, dtype, block_elements))) * np.dtype(dtype).itemsize
 
 
 def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
@@ -78,7 +87,7 @@ def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
     vectorized route of the module docstring) each pixel's NLL term and gradient
     are within a few float32 ulps of the exact values. The upstream ``dnll[b, s]``
     is **not** applied, because for the IWAE it depends on every sample's NLL,
-    known only after this pass. Apply it afterwards: either :func:`npvae.fast.dense.scale_rows` on
+    known only after this pass. Apply it afterwards: either :func:`npvae.fast.dense.scale_rows_into` on
     ``dlogits.reshape(-1, D)`` (one more pass over ``(B, S, D)``; then the plain
     ``dense_backward`` follows), or on the ``(B * S, H)`` side, since a row scale
     commutes with the products: ``dh = scale_rows(g @ W.T, w)``,
@@ -116,7 +125,7 @@ def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
         flat, flat_nll = logits.reshape(B * S, D), nll.reshape(B * S)
         b = bias if add_bias else scratch[:0]
         if np.shares_memory(logits, dlogits):      # in place (the training step)
-            _bernoulli_f32_inplace(flat, x, S, b, add_bias, flat_nll, scratch)
+            bernoulli_f32_rows(flat, x, S, b, add_bias, flat_nll, scratch)
         else:
             _bernoulli_f32(flat, x, S, b, add_bias, flat_nll, dlogits.reshape(B * S, D), scratch)
         return
@@ -328,7 +337,7 @@ def _bernoulli_pixel_f32(l, xd):
 
 
 @fma_kernel
-def _bernoulli_f32_inplace(logits, x, S, bias, add_bias, nll, term):
+def bernoulli_f32_rows(logits, x, S, bias, add_bias, nll, term):
     """The float32 route of :func:`bernoulli_nll_and_grad` over flat rows ``b * S + s``,
     ``dlogits`` written over ``logits`` (N, D).
 
@@ -354,7 +363,7 @@ def _bernoulli_f32_inplace(logits, x, S, bias, add_bias, nll, term):
 
 @fma_kernel
 def _bernoulli_f32(logits, x, S, bias, add_bias, nll, dlogits, term):
-    """:func:`_bernoulli_f32_inplace` into a separate ``dlogits`` (N, D); ``logits`` gets
+    """:func:`bernoulli_f32_rows` into a separate ``dlogits`` (N, D); ``logits`` gets
     the bias added in place when ``add_bias``."""
     wide_vectors()
     n, D = logits.shape

@@ -21,8 +21,8 @@ import numpy as np
 from ._jit import inline_kernel, kernel, reassoc_kernel, wide_vectors
 
 __all__ = ["RELU", "TANH", "IDENTITY", "ACT_CODES", "bias_act_forward", "act_backward", "act_backward_rows",
-           "bias_grad", "weighted_bias_grad", "scale_rows", "scale_rows_into", "NARROW_INPUT",
-           "narrow_dense_act_forward", "narrow_dense_act_backward"]
+           "bias_grad", "weighted_bias_grad", "scale_rows_into", "NARROW_INPUT",
+           "narrow_dense_act_forward", "narrow_dense_act_backward", "narrow_forward_rows"]
 
 RELU, TANH, IDENTITY = 0, 1, 2
 #: Activation name -> code for :func:`bias_act_forward` / :func:`act_backward`.
@@ -170,28 +170,15 @@ def weighted_bias_grad(d, w, db):
         db[j] = acc[j]
 
 
-def scale_rows(a, w):
-    """``a[i, :] *= w[i]`` in place.
+@kernel
+def scale_rows_into(a, w, out):
+    """``out[i, :] = a[i, :] * w[i]`` (``out`` may be ``a``: in place).
 
     Applies a per-(example, sample) upstream factor to a ``(B * S, F)`` array: e.g.
     ``dnll`` to ``sigmoid(l) - x`` (giving ``ops.bernoulli_nll_backward`` exactly,
     except for products below the dtype's ``tiny``, which the reference flushes to 0:
     ``ops.flush_subnormal``), or, cheaper, to ``dh = (sigmoid(l) - x) @ W.T`` on the
     ``(B * S, H)`` side, since a row scale commutes with a right product.
-
-    Parameters
-    ----------
-    a : ndarray, shape (N, F)
-        Updated in place.
-    w : ndarray, shape (N,)
-        E.g. ``dnll.reshape(-1)``.
-    """
-    scale_rows_into(a, w, a)
-
-
-@kernel
-def scale_rows_into(a, w, out):
-    """``out[i, :] = a[i, :] * w[i]``: :func:`scale_rows` into another array.
 
     The decoder output layer's ``dW = (w[:, None] * h).T @ g`` needs ``h`` row-scaled
     while ``h`` itself is kept for the activation's backward.
@@ -261,13 +248,13 @@ def narrow_dense_act_forward(z, W, b, act, out):
     out : ndarray, shape (N, F)
         Written.
     """
-    _narrow_forward(z, W, b, act == RELU, out)
+    narrow_forward_rows(z, W, b, act == RELU, out)
     if act == TANH:
         np.tanh(out, out=out)
 
 
 @kernel
-def _narrow_forward(z, W, b, relu, out):
+def narrow_forward_rows(z, W, b, relu, out):
     wide_vectors()
     n, k = z.shape
     f = W.shape[1]

@@ -1,11 +1,13 @@
-"""The numba engine: the interface of :mod:`npvae.engine` on the fast path.
+"""The numba engine: the interface of :class:`npvae.engines.Engine` on the fast path.
 
 :class:`NumbaEngine` owns its workspaces (one per batch shape and thread, the least
 recently used dropped first), splits each call into groups of examples on threads
 (:mod:`npvae.fast.threads`) and runs each group through :mod:`npvae.fast.step`. Its
-results equal :class:`npvae.engine.ReferenceEngine`'s to ~1e-11 relative in float64 (tested)
-(only the order of float operations differs; the tests hold them equal), and it
-inherits the reference's ``encode``/``decode_logits`` (small, not on the hot path).
+results equal :class:`npvae.engines.ReferenceEngine`'s to ~1e-11 relative in float64 (tested)
+(only the order of float operations differs; the tests hold them equal). It composes a
+reference engine (:attr:`NumbaEngine.reference`) for what it does not speed up, and says
+so where it uses it: ``encode``/``decode_logits`` (small, not on the hot path) and any
+objective without kernels in :mod:`npvae.fast.bounds`.
 """
 
 from collections import OrderedDict
@@ -13,10 +15,11 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import objectives as obj
-from ..engine import ReferenceEngine
-from . import dense, jobs, latent, step, threads, updates
+from ..engines.base import Engine
+from ..engines.reference import ReferenceEngine
+from . import bounds, dense, jobs, latent, step, threads, updates
 
-__all__ = ["NumbaEngine", "FORWARD_ROWS", "MAX_WORKSPACES"]
+__all__ = ["NumbaEngine", "FORWARD_ROWS", "MAX_WORKSPACES", "FUSED_UPDATES"]
 
 #: Rows ``B * S`` per chunk of the forward-only calls (evaluation): enough for BLAS to run
 #: at full rate, small enough that the logits stay a few MB.
@@ -29,16 +32,39 @@ MAX_WORKSPACES = 4
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-class NumbaEngine(ReferenceEngine):
+def _sgd(p, g, slots, scalars):
+    # without momentum SGD keeps no state: the kernel's velocity argument is then unused
+    updates.sgd_step(p, g, slots[0] if slots else p, *scalars)
+
+
+def _rmsprop(p, g, slots, scalars):
+    jobs.rmsprop_in_parts(p, g, slots[0], *scalars)
+
+
+def _adam(p, g, slots, scalars):
+    updates.adam_step(p, g, slots[0], slots[1], *scalars)
+
+
+#: The fused update of each rule an optimizer may publish (:class:`npvae.optim.FusedSpec`):
+#: ``update(p, g, slots, scalars)`` with the spec's slot arrays and scalars in its order.
+FUSED_UPDATES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
+
+
+class NumbaEngine(Engine):
     """Fused numba kernels around BLAS products, on threads, in preallocated workspaces.
 
     Parameters
     ----------
     model : npvae.VAE
-        Its ``threads`` sets the threads of a call (:func:`npvae.fast.threads.threads_for`).
+    threads : int or None
+        Threads of a call (:func:`npvae.fast.threads.threads_for`); None: as many as
+        NumPy's OpenBLAS uses.
 
     Attributes
     ----------
+    reference : npvae.engines.ReferenceEngine
+        The reference engine of the same model, which this engine runs for ``encode``,
+        ``decode_logits`` and objectives without fast kernels.
     profiler : object with ``mark(phase)``
         Marked at the end of each phase of a training step by the group on the calling
         thread; :data:`npvae.fast.step.NO_PROFILE` (the default) does nothing. Set a
@@ -47,10 +73,19 @@ class NumbaEngine(ReferenceEngine):
 
     name = "numba"
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, threads=None):
+        super().__init__(model, threads)
+        self.reference = ReferenceEngine(model)
         self.profiler = step.NO_PROFILE
         self._workspaces = OrderedDict()
+
+    def encode(self, x):
+        """The reference's :meth:`~npvae.engines.ReferenceEngine.encode` (one small pass)."""
+        return self.reference.encode(x)
+
+    def decode_logits(self, z):
+        """The reference's :meth:`~npvae.engines.ReferenceEngine.decode_logits`."""
+        return self.reference.decode_logits(z)
 
     # ------------------------------------------------------------------
     def workspace(self, B, S, grads=True, slot=0, parts=1):
@@ -66,30 +101,27 @@ class NumbaEngine(ReferenceEngine):
             self._workspaces.move_to_end(key)
         return ws
 
-    @property
-    def workspace_bytes(self):
-        """Bytes held by the engine's workspaces."""
-        return sum(ws.nbytes for ws in self._workspaces.values())
-
     # ------------------------------------------------------------------
     def loss_and_grads(self, x, eps, objective, kl="analytic", estimator="standard"):
-        """As :meth:`npvae.engine.ReferenceEngine.loss_and_grads`.
+        """As :meth:`npvae.engines.Engine.loss_and_grads`.
 
         The grads are **arrays of this engine's workspace for this (B, S), which the next
         call with the same shapes overwrites**: consume them (an optimizer step) or copy
         them first. For the same reason one engine must not run two calls at once from
         threads of its own (it runs its groups on threads itself).
         """
+        if objective not in bounds.KERNELS:
+            return self.reference.loss_and_grads(x, eps, objective, kl, estimator)
         model = self.model
         x, eps = np.ascontiguousarray(x), np.ascontiguousarray(eps)
         B, S, _ = eps.shape
-        groups = threads.split(B, threads.groups_for(model, B, S))
-        parts = threads.job_parts(model, B, S) if len(groups) == 1 else 1
+        groups = threads.split(B, threads.groups_for(self, B, S))
+        parts = threads.job_parts(self, B, S) if len(groups) == 1 else 1
 
         def run(slot, b0, b1):
             ws = self.workspace(b1 - b0, S, grads=True, slot=slot, parts=parts)
             prof = self.profiler if slot == 0 else step.NO_PROFILE
-            return step.step(model, ws, x[b0:b1], eps[b0:b1], objective, kl, estimator, B, prof)
+            return step.train_step(model, ws, x[b0:b1], eps[b0:b1], objective, kl, estimator, B, prof)
 
         results = threads.run_groups(run, groups)
         self.profiler.mark("groups: waiting for the others")
@@ -104,9 +136,11 @@ class NumbaEngine(ReferenceEngine):
         return result, g
 
     def bound(self, x, eps, objective, kl="analytic"):
-        """As :meth:`npvae.engine.ReferenceEngine.bound`, in chunks of whole examples, at most
+        """As :meth:`npvae.engines.Engine.bound`, in chunks of whole examples, at most
         :data:`FORWARD_ROWS` rows each (or one example, when ``S`` is larger), on threads
         (exact: each example's bound depends on its own samples only)."""
+        if objective not in bounds.KERNELS:
+            return self.reference.bound(x, eps, objective, kl)
         B, S, _ = eps.shape
         dtype = self.model.dtype
         per_example, nll, kl_exact = np.empty(B, dtype), np.empty((B, S), dtype), np.empty(B, dtype)
@@ -120,7 +154,7 @@ class NumbaEngine(ReferenceEngine):
         return obj.Bound(float(-per_example.mean()), per_example, float(nll.mean()), float(kl_exact.mean()))
 
     def log_weights(self, x, eps):
-        """As :meth:`npvae.engine.ReferenceEngine.log_weights`: the forward-only pass in chunks
+        """As :meth:`npvae.engines.Engine.log_weights`: the forward-only pass in chunks
         on threads, then :func:`npvae.fast.latent.log_weights` (float64 sums)."""
         out = np.empty(eps.shape[:2])
 
@@ -141,7 +175,7 @@ class NumbaEngine(ReferenceEngine):
         x, eps = np.ascontiguousarray(x), np.ascontiguousarray(eps)
         B, S, _ = eps.shape
         act = dense.ACT_CODES[model.activation]
-        n_threads = threads.groups_for(model, B, S)
+        n_threads = threads.groups_for(self, B, S)
         chunk = max(1, min(-(-B // n_threads), FORWARD_ROWS // S))
         starts = list(range(0, B, chunk))
 
@@ -158,42 +192,30 @@ class NumbaEngine(ReferenceEngine):
     # ------------------------------------------------------------------
     def step_bytes(self, batch, mc_samples):
         """The bytes of the workspaces a training step of ``batch`` examples needs (its groups'
-        workspaces together), from :class:`npvae.fast.step.Workspace`'s arrays: the logits,
-        three ``(B * S, H)`` arrays per hidden layer, the latent arrays and the gradients."""
-        m = self.model
-        rows = batch * mc_samples
-        per_row = m.input_dim + 3 * sum(m.hidden) + 4 * m.latent_dim + 8
-        per_example = 3 * sum(m.hidden) + 8 * m.latent_dim + 8
-        params = sum(fan_in * fan_out + fan_out for _, fan_in, fan_out in m.layer_shapes())
-        groups = threads.groups_for(m, batch, mc_samples)
-        return m.dtype.itemsize * (rows * per_row + batch * per_example + groups * params)
+        workspaces together), from the workspace's own layout (:func:`npvae.fast.step.workspace_bytes`)."""
+        groups = threads.split(batch, threads.groups_for(self, batch, mc_samples))
+        return sum(step.workspace_bytes(self.model, b1 - b0, mc_samples, self.model.dtype) for b0, b1 in groups)
 
     def steps(self, batch, mc_samples):
         """BLAS on one thread for the whole loop when its calls run on several threads
         (:func:`npvae.fast.threads.steps_context`), else nothing."""
-        return threads.steps_context(self.model, batch, mc_samples)
+        return threads.steps_context(self, batch, mc_samples)
 
     def optimizer_update(self, optimizer):
-        """The fused update of ``optimizer`` (an :class:`npvae.optim.SGD`, ``RMSprop`` or ``Adam``)
-        for :meth:`npvae.optim.Optimizer.step`'s ``update=``: one kernel pass per parameter
-        (:mod:`npvae.fast.updates`), RMSprop's large float32 parameters in parts on BLAS's
-        threads (:func:`npvae.fast.jobs.rmsprop_in_parts`). Bit for bit the NumPy update. None
-        for another optimizer (it keeps its own update)."""
-        name = getattr(optimizer, "name", None)
-        if name not in ("sgd", "rmsprop", "adam"):
+        """The fused update of ``optimizer`` for :meth:`npvae.optim.Optimizer.step`'s ``update=``,
+        from the rule it publishes (:attr:`~npvae.optim.Optimizer.fused_rule`, and each step's
+        :meth:`~npvae.optim.Optimizer.fused_spec`): one kernel pass per
+        parameter (:data:`FUSED_UPDATES`), bit for bit the NumPy update. None for an
+        optimizer whose rule has no kernel here (it keeps its own update)."""
+        if optimizer.fused_rule not in FUSED_UPDATES:
             return None
-        opt = optimizer
 
         def update(p, g, slots):
             if not (p.dtype in _FUSED_DTYPES and g.dtype in (p.dtype, np.float64) and p.flags.c_contiguous
                     and g.flags.c_contiguous and all(s.flags.c_contiguous for s in slots.values())):
                 return False
-            if name == "rmsprop":
-                jobs.rmsprop_in_parts(p, g, slots["v"], opt.lr, opt.rho, opt.epsilon)
-            elif name == "adam":
-                updates.adam_step(p, g, slots["m"], slots["v"], opt.step_size(), opt.beta1, opt.beta2, opt.epsilon)
-            else:
-                updates.sgd_step(p, g, slots.get("velocity", p), opt.lr, opt.momentum, opt.nesterov)
+            spec = optimizer.fused_spec()                 # this step's scalars (Adam's step size moves)
+            FUSED_UPDATES[spec.rule](p, g, tuple(slots[name] for name in spec.slots), spec.scalars)
             return True
 
         return update

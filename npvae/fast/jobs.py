@@ -76,11 +76,11 @@ def _row_job(rec_address):
     op, r0, r1, n, f, k, flag = rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], rec[6]
     if op == JOB_BERNOULLI:
         logits, x, nll = _f32_at(rec[7], (n, f)), _f32_at(rec[8], (n // k, f)), _f32_at(rec[9], (n,))
-        bernoulli._bernoulli_f32_inplace(logits[r0:r1], x[r0 // k:r1 // k], k, _f32_at(rec[10], (f,)), flag == 1,
+        bernoulli.bernoulli_f32_rows(logits[r0:r1], x[r0 // k:r1 // k], k, _f32_at(rec[10], (f,)), flag == 1,
                                nll[r0:r1], _f32_at(rec[11], (f,)))
     elif op == JOB_NARROW_FORWARD:
         z, out = _f32_at(rec[7], (n, k)), _f32_at(rec[10], (n, f))
-        dense._narrow_forward(z[r0:r1], _f32_at(rec[8], (k, f)), _f32_at(rec[9], (f,)), flag == 1, out[r0:r1])
+        dense.narrow_forward_rows(z[r0:r1], _f32_at(rec[8], (k, f)), _f32_at(rec[9], (f,)), flag == 1, out[r0:r1])
     elif op == JOB_SCALE_ROWS:
         a, w, out = _f32_at(rec[7], (n, f)), _f32_at(rec[8], (n,)), _f32_at(rec[9], (n, f))
         dense.scale_rows_into(a[r0:r1], w[r0:r1], out[r0:r1])

@@ -31,9 +31,10 @@ groups and threads is :mod:`npvae.fast.threads`, and the workspaces' life is
 
 import numpy as np
 
-from . import bernoulli, dense, jobs, latent
+from .. import objectives as obj
+from . import bernoulli, bounds, dense, jobs, latent
 
-__all__ = ["Workspace", "forward_into", "bound", "step", "Profiler", "NO_PROFILE"]
+__all__ = ["Workspace", "layout", "workspace_bytes", "forward_into", "bound", "train_step", "step", "Profiler", "NO_PROFILE"]
 
 
 class _NoProfile:
@@ -75,6 +76,33 @@ class Profiler:
         self._last = now
 
 
+def layout(model, B, S, grads=True):
+    """The arrays of a :class:`Workspace` for ``(B, S)``: ``{attribute: shape}``, a list of
+    shapes for a list of arrays (one per hidden layer), a dict for ``grads`` (the schema's).
+    The Bernoulli pass's scratch (:func:`npvae.fast.bernoulli.bernoulli_workspace`) comes beside."""
+    D, L, N = model.input_dim, model.latent_dim, B * S
+    hidden, dec_sizes = model.hidden, model.hidden[::-1]
+    arrays = {"enc_h": [(B, h) for h in hidden], "mu": (B, L), "log_var": (B, L), "z": (B, S, L), "kl": (B,),
+              "dec_h": [(N, h) for h in dec_sizes], "logits": (N, D),
+              "nll": (B, S), "log_w": (B, S), "w_tilde": (B, S), "bound": (B,)}
+    if grads:
+        arrays.update(row_w=(N,), hs=(N, dec_sizes[-1]), dec_d=[(N, h) for h in dec_sizes],
+                      dz=(B, S, L), dz_direct=(B, S, L), dlog_w=(B, S), dkl=(B,),
+                      dmu=(B, L), dlog_var=(B, L), dmu_q=(B, L), dlog_var_q=(B, L),
+                      enc_d=[(B, h) for h in hidden], enc_tmp=(B, hidden[-1]), grads=model.schema.shapes())
+    return arrays
+
+
+def workspace_bytes(model, B, S, dtype, grads=True):
+    """The bytes a :class:`Workspace` of these arguments allocates (its arrays and the Bernoulli
+    scratch; not the few ``parts x D`` job records of one run in parts)."""
+    total = 0
+    for shape in layout(model, B, S, grads).values():
+        shapes = shape if isinstance(shape, list) else list(shape.values()) if isinstance(shape, dict) else [shape]
+        total += sum(int(np.prod(s)) for s in shapes)
+    return np.dtype(dtype).itemsize * total + bernoulli.bernoulli_workspace_bytes(model.input_dim, dtype)
+
+
 class Workspace:
     """Preallocated arrays for one ``(B, S, dtype)`` of one model's architecture.
 
@@ -88,35 +116,19 @@ class Workspace:
     """
 
     def __init__(self, model, B, S, dtype, grads=True, parts=1, slot=0):
-        D, L, N = model.input_dim, model.latent_dim, B * S
-        hidden, dec_sizes = model.hidden, model.hidden[::-1]
-
-        def e(*shape):
-            return np.empty(shape, dtype)
-
+        D = model.input_dim
         self.key = (B, S, np.dtype(dtype).name, grads, parts)
         self.slot = slot                                 # the thread (group) that uses it
         self.passes = jobs.Jobs(parts, D) if parts > 1 else jobs.SERIAL
-        self.enc_h = [e(B, h) for h in hidden]
-        self.mu, self.log_var = e(B, L), e(B, L)
-        self.z, self.kl = e(B, S, L), e(B)
-        self.dec_h = [e(N, h) for h in dec_sizes]
-        self.logits = e(N, D)
-        self.nll, self.log_w, self.w_tilde, self.bound = e(B, S), e(B, S), e(B, S), e(B)
+        for name, shape in layout(model, B, S, grads).items():
+            if isinstance(shape, list):
+                setattr(self, name, [np.empty(s, dtype) for s in shape])
+            elif isinstance(shape, dict):
+                setattr(self, name, {k: np.empty(s, dtype) for k, s in shape.items()})
+            else:
+                setattr(self, name, np.empty(shape, dtype))
         self.work = bernoulli.bernoulli_workspace(D, dtype)
         self.has_grads = grads
-        if grads:
-            self.row_w = e(N)
-            self.hs = e(N, dec_sizes[-1])
-            self.dec_d = [e(N, h) for h in dec_sizes]
-            self.dz, self.dz_direct = e(B, S, L), e(B, S, L)
-            self.dlog_w, self.dkl = e(B, S), e(B)
-            self.dmu, self.dlog_var, self.dmu_q, self.dlog_var_q = e(B, L), e(B, L), e(B, L), e(B, L)
-            self.enc_d = [e(B, h) for h in hidden]
-            self.enc_tmp = e(B, hidden[-1])
-            self.grads = {f"{name}.{kind}": e(*shape)
-                          for name, fan_in, fan_out in model.layer_shapes()
-                          for kind, shape in (("W", (fan_in, fan_out)), ("b", (fan_out,)))}
 
     @property
     def nbytes(self):
@@ -174,7 +186,7 @@ def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
     prof.mark("output Bernoulli pass (bias, NLL, sigmoid - x)")
 
 
-def dense_backward(da, h_in, p, g, name, d_in):
+def dense_backward_into(da, h_in, p, g, name, d_in):
     """``ops.dense_backward`` into the workspace: ``g[name.W] = h_in.T @ da``,
     ``g[name.b] = da.sum(0)`` and, unless ``d_in`` is None, ``d_in = da @ W.T``."""
     np.matmul(h_in.T, da, out=g[f"{name}.W"])
@@ -184,18 +196,16 @@ def dense_backward(da, h_in, p, g, name, d_in):
 
 
 def bound(ws, objective, kl, eps):
-    """Per-example bound (B,) as the reference computes it; fills ``log_w``/``w_tilde`` when used."""
-    if objective == "iwae" or kl == "mc":
+    """Per-example bound (B,) as the reference computes it, by the objective's kernels
+    (:mod:`npvae.fast.bounds`); fills ``log_w`` (and what the objective keeps) when used."""
+    kernels = bounds.KERNELS[objective]
+    if obj.get(objective).uses_log_weights(kl):
         latent.log_weights(ws.nll, ws.z, ws.log_var, eps, ws.log_w)       # (B, S)
-    if objective == "iwae":
-        latent.logsumexp_weights(ws.log_w, ws.bound, ws.w_tilde)
-        return ws.bound.copy()
-    if kl == "mc":
-        return ws.log_w.mean(axis=1)
-    return (-ws.nll).mean(axis=1) - ws.kl
+        return kernels.forward(ws)
+    return kernels.forward_analytic(ws)
 
 
-def step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFILE):
+def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFILE):
     """Forward and backward of the examples ``x`` (a group of a batch of ``batch``) in the
     workspace ``ws`` (made for ``x``'s ``B``, ``S`` and the model's dtype, with gradients),
     its row passes through ``ws.passes``.
@@ -214,26 +224,23 @@ def step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFILE):
     act = dense.ACT_CODES[model.activation]
     g = ws.grads
 
+    rule, kernels, est = obj.get(objective), bounds.KERNELS[objective], obj.ESTIMATOR_RULES[estimator]
     # ---- forward ---------------------------------------------------------------
     forward_into(model, ws, x, eps, act, prof)
-    log_weights = objective == "iwae" or kl == "mc"
+    log_weights = rule.uses_log_weights(kl)
     per_example = bound(ws, objective, kl, eps)                            # (B,)
     sums = float(ws.nll.sum(dtype=np.float64)), float(ws.kl.sum(dtype=np.float64))
 
     # ---- backward: the bound's gradients on the sample axis --------------------
     dbound = model.dtype.type(-1.0 / batch)                          # d loss / d bound
     if log_weights:
-        if objective == "iwae":
-            np.multiply(ws.w_tilde, dbound, out=ws.dlog_w)           # dbound * w~
-        else:
-            ws.dlog_w.fill(dbound / S)
+        kernels.backward(ws, dbound)                                 # dlog_w (B, S)
         np.negative(ws.dlog_w, out=ws.row_w.reshape(B, S))           # dnll = -dlog_px
         # direct gradients of log p(z) - log q(z|x) (z held fixed)
         latent.log_weights_backward(ws.dlog_w, ws.z, eps, ws.log_var, ws.dz_direct, ws.dmu_q, ws.dlog_var_q)
         ws.dkl.fill(0.0)
     else:
-        ws.row_w.fill(-(dbound / S))
-        ws.dkl.fill(-dbound)
+        kernels.backward_analytic(ws, dbound)                        # row_w = dnll, dkl
 
     prof.mark("bound, log weights and their backward")
     # ---- decoder backward ---------------------------------------------------------
@@ -258,7 +265,7 @@ def step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFILE):
             weighted = False
         else:
             dense.act_backward(dout, ws.dec_h[i], act, dout)
-        dense_backward(dout, ws.dec_h[i - 1] if i > 0 else z2, p, g, f"dec.{i}",
+        dense_backward_into(dout, ws.dec_h[i - 1] if i > 0 else z2, p, g, f"dec.{i}",
                         ws.dec_d[i - 1] if i > 0 else ws.dz.reshape(N, L))
 
     prof.mark("decoder hidden layers backward")
@@ -266,23 +273,27 @@ def step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFILE):
     dz = ws.dz
     if log_weights:
         np.add(dz, ws.dz_direct, out=dz)
-    if estimator == "dreg":
-        np.multiply(dz, ws.w_tilde[:, :, None], out=dz)              # w~ -> w~^2 on the path
+    if est.reweights_path:                                           # DReG: w~ -> w~^2 on the path
+        np.multiply(dz, kernels.path_weights(ws)[:, :, None], out=dz)
     latent.reparam_kl_backward(dz, eps, ws.mu, ws.log_var, ws.dkl, ws.dmu, ws.dlog_var)
-    if log_weights and estimator == "standard":                      # STL/DReG drop the score term
+    if log_weights and not est.drops_score:                          # STL/DReG drop the score term
         np.add(ws.dmu, ws.dmu_q, out=ws.dmu)
         np.add(ws.dlog_var, ws.dlog_var_q, out=ws.dlog_var)
 
     prof.mark("reparam + KL backward")
     # ---- encoder backward ---------------------------------------------------------
     h_last, dh = ws.enc_h[-1], ws.enc_d[-1]
-    dense_backward(ws.dmu, h_last, p, g, "enc.mu", dh)
-    dense_backward(ws.dlog_var, h_last, p, g, "enc.logvar", ws.enc_tmp)
+    dense_backward_into(ws.dmu, h_last, p, g, "enc.mu", dh)
+    dense_backward_into(ws.dlog_var, h_last, p, g, "enc.logvar", ws.enc_tmp)
     np.add(dh, ws.enc_tmp, out=dh)
     for i in reversed(range(nh)):
         da = ws.enc_d[i]                                              # (B, H_i)
         dense.act_backward(da, ws.enc_h[i], act, da)
-        dense_backward(da, ws.enc_h[i - 1] if i > 0 else x, p, g, f"enc.{i}",
+        dense_backward_into(da, ws.enc_h[i - 1] if i > 0 else x, p, g, f"enc.{i}",
                         ws.enc_d[i - 1] if i > 0 else None)           # no dx for the data
     prof.mark("encoder backward GEMMs + act/bias grads")
     return per_example, sums[0], sums[1], g
+
+
+#: The former name of :func:`train_step`.
+step = train_step

@@ -44,25 +44,26 @@ MIN_GROUP_ROWS = 1024
 MIN_JOB_ROWS = 100
 
 
-def threads_for(model):
-    """Threads a step of ``model`` may use: ``model.threads``, or when that is None, the
+def threads_for(engine):
+    """Threads a step of ``engine`` may use (an engine, or a model: anything with ``threads``
+    and ``dtype``): its ``threads``, or when that is None, the
     BLAS library's thread count (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, or the
     cores) where npvae can set it (:mod:`npvae.fast.blas`), else 1 (one group, BLAS
     threading its own products)."""
-    threads = getattr(model, "threads", None)
+    threads = engine.threads
     if threads is not None:
         return threads
     count = blas.get_threads()
     return 1 if count is None else max(1, min(count, os.cpu_count() or 1))
 
 
-def groups_for(model, B, S):
+def groups_for(engine, B, S):
     """Groups (threads) a step of ``B`` examples with ``S`` samples runs in: at most
     :func:`threads_for` and ``B``, with at least :data:`MIN_GROUP_ROWS` rows each."""
-    return max(1, min(threads_for(model), B, (B * S) // MIN_GROUP_ROWS))
+    return max(1, min(threads_for(engine), B, (B * S) // MIN_GROUP_ROWS))
 
 
-def job_parts(model, B, S):
+def job_parts(engine, B, S):
     """Parts a one-group step's row passes are split into, run at once on BLAS's own
     threads (:class:`npvae.fast.jobs.Jobs`): as many as BLAS runs on now, at most :func:`threads_for`
     and ``B`` and with at least :data:`MIN_JOB_ROWS` rows ``B * S`` each, in float32
@@ -74,13 +75,13 @@ def job_parts(model, B, S):
     pass at S = 5 fell from 1.24 to 0.76 ms, and the step from 9.2 to 8.7 ms (S = 10:
     -8%, S = 20: -11%, S = 1: no gain, so not split).
     """
-    if model.dtype != np.float32 or not blas.jobs_available():
+    if engine.dtype != np.float32 or not blas.jobs_available():
         return 1
-    parts = min(threads_for(model), blas.current_threads() or 1, B, (B * S) // MIN_JOB_ROWS)
+    parts = min(threads_for(engine), blas.current_threads() or 1, B, (B * S) // MIN_JOB_ROWS)
     return parts if parts > 1 and jobs.row_job_address() is not None else 1
 
 
-def steps_context(model, B, S):
+def steps_context(engine, B, S):
     """A context for a loop of steps of ``B`` examples and ``S`` samples (training,
     evaluation): BLAS on one thread throughout when such steps run on several threads
     (:func:`groups_for`), else nothing (BLAS threads its own products).
@@ -91,7 +92,7 @@ def steps_context(model, B, S):
     the next step's groups need (on the development machine two groups then ran no
     faster than one).
     """
-    if groups_for(model, B, S) > 1:
+    if groups_for(engine, B, S) > 1:
         return blas.single_threaded()
     return nullcontext()
 

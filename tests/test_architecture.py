@@ -3,7 +3,6 @@ no private name of one module used by another, no function body over 80 lines, o
 interface that both engines implement in full, and a new objective that touches one place."""
 
 import ast
-import inspect
 from pathlib import Path
 
 import numpy as np

@@ -30,16 +30,18 @@ over the stencil's points ``p - 2h ... p + 2h``. At a kink the analytic value
 must equal one of the two one-sided slopes, the subgradient convention of
 :func:`npvae.ops.relu_backward` (the unit counts as inactive at 0): when the kink
 sits at ``p`` both slopes are exact, and when it sits within ``2h`` beside ``p``
-the slope on ``p``'s side is ``f'(p)`` itself. A kink is therefore never a
+the slope on ``p``'s side is ``f'(p)`` itself. When a kink at ``p`` and another
+beside it spoil both sides, the slopes are taken again at ``h/10`` and ``h/100``
+(:data:`REFINE`), which the kink beside ``p`` leaves. A kink is therefore never a
 mismatch, and a wrong gradient there still is one: its error is the distance to
 the nearer one-sided slope. The kinks are listed (:class:`Kink`: position, both
 slopes, the central difference, the analytic value and the side it matches).
 
-One limit remains: a coordinate whose derivative is ~1e-6 of the loss's size
-is below what float64 differences resolve at 1e-6 relative error. (Two kinks
-on both sides of ``p`` within ``2h``, or two pre-activations at 0 that move
-in opposite directions, leave no clean one-sided slope; another seed or a
-smaller ``h`` tells them from a bug.)
+Limits: a coordinate whose derivative is ~1e-6 of the loss's size is below what
+float64 differences resolve at 1e-6 relative error. Two pre-activations exactly
+at 0 that move in opposite directions with one coordinate make the convention's
+gradient neither one-sided slope (the check reports it unmatched); another seed
+tells that from a bug.
 
 Examples
 --------
@@ -73,8 +75,8 @@ from . import ops
 from .model import VAE
 
 __all__ = ["relative_error", "numerical_gradient", "check_gradient", "gradient_report", "check_op",
-           "check_model", "relu_probe", "Kink", "GradientReport", "OpErrors", "ModelErrors", "check_all", "format_table",
-           "op_pairs", "MODEL_CHECKS", "ESTIMATOR_CHECKS", "TOLERANCE"]
+           "check_model", "relu_probe", "Kink", "GradientReport", "OpErrors", "ModelErrors", "check_all",
+           "format_table", "op_pairs", "MODEL_CHECKS", "ESTIMATOR_CHECKS", "TOLERANCE", "REFINE"]
 
 TINY = 1e-12
 #: Default tolerance on the largest relative error (see the module docstring); also the

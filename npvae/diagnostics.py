@@ -88,6 +88,21 @@ class GradientSNR(NamedTuple):
         """``1 / sqrt(repeats)``: the SNR that noise alone shows (see the module docstring)."""
         return 1.0 / math.sqrt(self.repeats)
 
+    def __repr__(self):
+        """The settings and each network's summary on three lines, not the per-coordinate arrays
+        (``mean``, ``var``, ``snr`` hold one value per parameter; print them on purpose)."""
+        def line(part):
+            s = self.summary[part]
+            low, high = s["norm_snr_ci"]
+            return (f"{part}: {s['n_params']:,} coordinates, median SNR {s['median_snr']:.3g} "
+                    f"(corrected {s['median_snr_corrected']:.3g}), norm SNR {s['norm_snr']:.3g} "
+                    f"(corrected {s['norm_snr_corrected']:.3g}, 95% CI [{low:.3g}, {high:.3g}]), "
+                    f"{s['share_below_floor']:.0%} below 3 x floor")
+
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return (f"{type(self).__name__}(repeats={self.repeats}, floor={self.floor:.3g}, {settings};\n"
+                f"  {line('encoder')};\n  {line('decoder')})")
+
 
 #: Groups of consecutive draws kept for the jackknife interval of the norm SNR.
 GROUPS = 20

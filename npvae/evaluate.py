@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _validate as check
 from . import objectives as obj
+from . import stats
 
 __all__ = ["evaluate_bound", "mean_bound", "log_likelihood", "LogLikelihood"]
 
@@ -69,7 +70,11 @@ def mean_bound(model, x, mc_samples, objective, batch_size, rng, kl="analytic"):
 # Importance-sampled marginal log-likelihood
 # --------------------------------------------------------------------------
 class LogLikelihood(NamedTuple):
-    """An importance-sampled estimate of ``log p(x)`` on a dataset.
+    """An importance-sampled estimate of ``log p(x)`` on a dataset, with its diagnostics.
+
+    Printing one shows its scalars and summaries of the per-example arrays (their
+    median, extremes, and how many images have an unreliable ``pareto_k``), not the
+    arrays themselves; the fields hold them in full.
 
     Attributes
     ----------
@@ -90,13 +95,21 @@ class LogLikelihood(NamedTuple):
         Delta-method standard error of each ``log p_hat(x_n)``,
         ``std_k(w_nk) / (sqrt(k) mean_k(w_nk))``, from the normalized weights.
         It is itself an estimate and is unreliable when the weights are heavy-tailed
-        (small ``ess``).
+        (small ``ess``, large ``pareto_k``): then it measures no bias.
     ess : ndarray, shape (N,)
-        Effective sample size ``(sum_k w_nk)^2 / sum_k w_nk^2``, between 1 and ``k``.
+        Effective sample size ``(sum_k w_nk)^2 / sum_k w_nk^2`` (Kong 1992), between 1
+        and ``k`` (:func:`npvae.stats.ess`).
     k : int
         Importance samples per example.
     n : int
         Examples.
+    pareto_k : ndarray, shape (N,), or None
+        Pareto smoothed importance sampling's shape diagnostic ``k-hat`` of each
+        example's ``k`` weights (Vehtari et al. 2024; :func:`npvae.stats.pareto_k`):
+        above 0.7 (:data:`npvae.stats.PARETO_K_UNRELIABLE`) the weights' tail is so heavy
+        that ``log p_hat`` is unreliable, whatever ``per_example_se`` says; below 0.5
+        their variance is finite. NaN where it is not estimated (``k < 21``, or a
+        degenerate tail such as equal weights). None for a result made without it.
     """
 
     mean: float
@@ -107,12 +120,42 @@ class LogLikelihood(NamedTuple):
     ess: np.ndarray
     k: int
     n: int
+    pareto_k: np.ndarray = None
 
     def to_dict(self):
-        """The scalar fields as a JSON-ready dict (``log_likelihood``, ``..._se``, ...)."""
-        return {"log_likelihood": self.mean, "log_likelihood_se": self.se, "log_likelihood_mc_se": self.mc_se,
-                "k": self.k, "n": self.n, "ess_median": float(np.median(self.ess)),
-                "ess_min": float(self.ess.min())}
+        """The scalar fields as a JSON-ready dict (``log_likelihood``, ``..._se``, ...).
+
+        Besides the estimate, its standard errors, ``k``, ``n`` and the ESS's median and
+        minimum: when ``pareto_k`` is known, ``pareto_k_median`` and ``pareto_k_max`` over
+        the examples where it is estimated (None where it is nowhere) and
+        ``pareto_k_over_0.7``, how many examples have an unreliable estimate.
+        """
+        d = {"log_likelihood": self.mean, "log_likelihood_se": self.se, "log_likelihood_mc_se": self.mc_se,
+             "k": self.k, "n": self.n, "ess_median": float(np.median(self.ess)),
+             "ess_min": float(self.ess.min())}
+        if self.pareto_k is not None:
+            known = self.pareto_k[np.isfinite(self.pareto_k)]
+            d.update({"pareto_k_median": float(np.median(known)) if known.size else None,
+                      "pareto_k_max": float(known.max()) if known.size else None,
+                      "pareto_k_over_0.7": int(np.sum(known > stats.PARETO_K_UNRELIABLE))})
+        return d
+
+    def __repr__(self):
+        def spread(a):
+            a = np.asarray(a, dtype=float)
+            a = a[np.isfinite(a)]
+            if not a.size:
+                return "n/a"
+            return f"median {np.median(a):.4g} [min {a.min():.4g}, max {a.max():.4g}]"
+
+        parts = [f"mean={self.mean:.4f}", f"se={self.se:.4f}", f"mc_se={self.mc_se:.4f}", f"n={self.n}",
+                 f"k={self.k}", f"per_example: {spread(self.per_example)}", f"ess: {spread(self.ess)}"]
+        if self.pareto_k is not None:
+            known = np.isfinite(self.pareto_k)
+            over = int(np.sum(self.pareto_k[known] > stats.PARETO_K_UNRELIABLE))
+            parts.append(f"pareto_k: {spread(self.pareto_k)}, {over} of {int(known.sum())} over "
+                         f"{stats.PARETO_K_UNRELIABLE}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
 
 #: Default number of decoder rows (example-sample pairs) per forward pass of
@@ -134,9 +177,20 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     The samples are processed in chunks of at most ``max_rows`` example-sample pairs,
     and the chunks' sums are combined with a running maximum per example (a
     streaming logsumexp), so the result does not overflow or underflow and the memory
-    does not grow with ``k`` or with ``N``.
+    does not grow with ``N``, nor with ``k`` beyond the ``M + 1`` largest log weights kept
+    per example of a batch for ``k-hat`` (see below).
 
-    Memory: besides ``x`` and a few float64 arrays of shape ``(N,)``, the working set
+    Two diagnostics say whether ``k`` samples are enough for each image, which the
+    standard errors cannot (they come from the same weights): the effective sample
+    size of the weights, from the running sums of ``w`` and ``w^2``, and the Pareto
+    shape ``k-hat`` of their tail (Vehtari et al. 2024, :func:`npvae.stats.pareto_k`),
+    fitted to the ``M + 1 = ceil(min(k/5, 3 sqrt(k))) + 1`` largest log weights of each
+    image, which are kept across the chunks (213 + 1 at ``k = 5000``). ``k-hat > 0.7``
+    marks an image whose estimate is unreliable.
+
+    Memory: besides ``x``, a few float64 arrays of shape ``(N,)``, the largest ``M + 1``
+    log weights of the examples of one batch (``batch * (M + 1)`` floats: 219 kB at
+    ``k = 5000``) and the ``k-hat`` fit's temporaries (a few MB), the working set
     is that of one decoder pass over ``max_rows`` example-sample pairs, whatever ``k``
     and ``N`` are: at most about ``4 * max_rows * (D + sum(hidden)) * itemsize`` bytes
     (the Bernoulli log-likelihood's temporaries of shape ``(rows, D)`` dominate). For
@@ -177,8 +231,8 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     -------
     LogLikelihood
         ``mean``, its standard errors ``se`` (over examples) and ``mc_se`` (Monte
-        Carlo), the per-example estimates, their standard errors and effective
-        sample sizes.
+        Carlo), the per-example estimates, their standard errors, effective
+        sample sizes ``ess`` and Pareto ``k-hat`` (``pareto_k``; NaN for ``k < 21``).
 
     Raises
     ------
@@ -207,13 +261,15 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     per_example = np.empty(n)
     per_example_se = np.empty(n)
     ess = np.empty(n)
+    pareto = np.empty(n)
     with model.engine.steps(batch, max(1, max_rows // batch)):
         for start in range(0, n, batch):
             xb = x[start:start + batch]
-            lse, se, ess_b = _log_likelihood_batch(model, xb, k, max(1, max_rows // xb.shape[0]), rng)
+            lse, se, ess_b, pareto_b = _log_likelihood_batch(model, xb, k, max(1, max_rows // xb.shape[0]), rng)
             per_example[start:start + batch] = lse
             per_example_se[start:start + batch] = se
             ess[start:start + batch] = ess_b
+            pareto[start:start + batch] = pareto_b
             report.update(start + xb.shape[0])
     report.done()
     overflow = ~np.isfinite(per_example)
@@ -224,19 +280,26 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
     mean = float(per_example.mean())
     se = float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     mc_se = float(math.sqrt(float(np.sum(per_example_se ** 2))) / n)
-    return LogLikelihood(mean, se, mc_se, per_example, per_example_se, ess, k, n)
+    return LogLikelihood(mean, se, mc_se, per_example, per_example_se, ess, k, n, pareto)
 
 
 def _log_likelihood_batch(model, xb, k, chunk, rng):
     """Streaming logsumexp of ``k`` log weights per example of ``xb``, in chunks of samples.
 
-    Returns ``log p_hat (b,)``, its delta-method standard error ``(b,)`` and the
-    effective sample size ``(b,)``, all float64.
+    Returns ``log p_hat (b,)``, its delta-method standard error ``(b,)``, the
+    effective sample size ``(b,)`` and Pareto ``k-hat`` ``(b,)``, all float64. The ESS
+    comes from the running sums of ``w`` and ``w^2`` (each kept as a log-sum-exp: a
+    running maximum and the sums scaled by it); ``k-hat`` from the ``M + 1`` largest log
+    weights of each example (:func:`npvae.stats.pareto_tail_length`), kept across chunks,
+    so the memory is ``b * (M + 1)`` floats, not ``b * k``.
     """
     b = xb.shape[0]
     m = np.full(b, -np.inf)            # running max of log w
     s1 = np.zeros(b)                   # sum_k exp(log w - m)
     s2 = np.zeros(b)                   # sum_k exp(2 (log w - m))
+    tail = stats.pareto_tail_length(k)
+    keep = min(tail + 1, k) if tail >= 5 else 0           # k-hat needs M >= 5 (see stats.pareto_k)
+    top = np.empty((b, 0))                                 # the largest log weights so far, (b, <= keep)
     for s0 in range(0, k, chunk):
         s = min(chunk, k - s0)
         eps = model.sample_eps(b, s, rng)                                # (b, s, L)
@@ -249,6 +312,10 @@ def _log_likelihood_batch(model, xb, k, chunk, rng):
         s1 = s1 * np.exp(shift) + a.sum(axis=1)
         s2 = s2 * np.exp(2.0 * shift) + (a * a).sum(axis=1)
         m = m_new
+        if keep:
+            top = np.concatenate([top, log_w], axis=1)
+            if top.shape[1] > keep:
+                top = np.partition(top, top.shape[1] - keep, axis=1)[:, -keep:]
     lse = m + np.log(s1) - math.log(k)
     # With p_s = w_s / sum w: var(w) / mean(w)^2 = k sum p^2 - 1 (population), so the
     # delta-method SE of log mean(w) is sqrt((k sum p^2 - 1) / (k - 1)) with the unbiased variance.
@@ -257,7 +324,10 @@ def _log_likelihood_batch(model, xb, k, chunk, rng):
         se = np.sqrt(np.maximum(k * p2 - 1.0, 0.0) / (k - 1))
     else:
         se = np.full(b, np.nan)
-    return lse, se, 1.0 / p2
+    overflow = (np.isnan(top) | (top == np.inf)).any(axis=1)             # refused by the caller
+    pareto = stats.pareto_k(np.where(overflow[:, None], -np.inf, top), n_samples=k)
+    pareto[overflow] = np.nan
+    return lse, se, 1.0 / p2, pareto
 
 
 class _Reporter:

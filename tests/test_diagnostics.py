@@ -202,3 +202,16 @@ def test_stl_and_dreg_have_zero_encoder_variance_at_the_exact_posterior(backend,
         if name.startswith("enc."):
             assert np.all(r.var[name] == 0) and np.all(r.mean[name] == 0), name
     assert r.summary["encoder"]["n_undefined"] == r.summary["encoder"]["n_params"]
+
+
+def test_repr_summarizes_instead_of_printing_every_coordinate():
+    # An MNIST-sized model: 400,000 coordinates in each of mean, var, snr and snr_corrected.
+    from npvae.model import VAE
+    model = VAE(input_dim=784, hidden=(256,), latent_dim=2, seed=0, backend="numpy")
+    r = gradient_snr(model, np.random.default_rng(0).random((5, 784)), mc_samples=2, objective="iwae", repeats=3)
+    text = repr(r)
+    assert len(text) < 600 and len(text.splitlines()) == 3, text
+    assert text.startswith("GradientSNR(repeats=3, floor=0.577, mc_samples=2, objective='iwae'")
+    n_enc = r.summary["encoder"]["n_params"]
+    assert f"encoder: {n_enc:,} coordinates, median SNR {r.summary['encoder']['median_snr']:.3g}" in text
+    assert "decoder: " in text and str(r) == text

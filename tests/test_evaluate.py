@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from npvae import cli
+from npvae import cli, stats
 from npvae import evaluate as ev
 from npvae.evaluate import evaluate_bound, log_likelihood
 from npvae.model import VAE
@@ -100,6 +100,57 @@ def test_dataset_standard_errors_are_defined_as_documented():
     d = r.to_dict()
     assert d["log_likelihood"] == r.mean and d["k"] == 20 and d["n"] == 30
     json.dumps(d)
+
+
+@pytest.mark.parametrize("batch,max_rows", [(5, 1000), (2, 7), (3, 100)])
+def test_ess_and_pareto_k_are_those_of_all_k_weights_whatever_the_chunks(monkeypatch, batch, max_rows):
+    # The streaming evaluation keeps running sums and the M + 1 largest log weights per image;
+    # the diagnostics must equal those of the full (N, k) matrix of weights.
+    model, x = small_model(decoder_scale=3.0), data(5)
+    k = 300                                                  # M = 52
+    eps = np.random.default_rng(4).standard_normal((5, k, 2))
+    log_w = model.engine.log_weights(x, eps)
+    monkeypatch.setattr(model, "sample_eps", ReplayNoise(eps))
+    r = log_likelihood(model, x, k=k, batch=batch, max_rows=max_rows, progress=False)
+    # (chunks of other sizes round the decoder's products differently, hence not bit for bit)
+    np.testing.assert_allclose(r.pareto_k, stats.pareto_k(log_w), rtol=1e-9)
+    assert np.isfinite(r.pareto_k).all()
+    np.testing.assert_allclose(r.ess, stats.ess(log_w), rtol=1e-12)
+
+
+def test_pareto_k_flags_heavy_tailed_weights_of_a_mismatched_encoder():
+    # A decoder 20x sharper than the encoder was made for: a few z carry all the weight (ESS of a few,
+    # k-hat far above 0.7 for every image), where the model as made has a few hundred.
+    x = data(20)
+    good = log_likelihood(small_model(), x, k=2000, seed=0, progress=False)
+    bad = log_likelihood(small_model(decoder_scale=20.0), x, k=2000, seed=0, progress=False)
+    assert (bad.pareto_k > stats.PARETO_K_UNRELIABLE).all() and good.pareto_k.max() < bad.pareto_k.min()
+    assert np.median(good.ess) > 100 and np.median(bad.ess) < 20
+    d = bad.to_dict()
+    assert d["pareto_k_over_0.7"] == int(np.sum(bad.pareto_k > 0.7)) > 10
+    assert d["pareto_k_max"] == bad.pareto_k.max() and d["pareto_k_median"] == np.median(bad.pareto_k)
+
+
+def test_pareto_k_is_nan_below_21_samples_and_to_dict_stays_json():
+    r = log_likelihood(small_model(), data(4), k=20, seed=0, progress=False)
+    assert r.pareto_k.shape == (4,) and np.isnan(r.pareto_k).all()
+    d = r.to_dict()
+    assert d["pareto_k_median"] is None and d["pareto_k_max"] is None and d["pareto_k_over_0.7"] == 0
+    json.dumps(d, allow_nan=False)
+
+
+def test_log_likelihood_prints_summaries_not_arrays():
+    n = 10_000
+    rng = np.random.default_rng(0)
+    r = ev.LogLikelihood(-100.0, 0.3, 0.01, rng.normal(-100, 30, n), rng.random(n), 1 + 99 * rng.random(n),
+                         100, n, rng.random(n))
+    text = repr(r)
+    assert len(text) < 400 and "\n" not in text, text
+    assert text.startswith("LogLikelihood(mean=-100.0000, se=0.3000, mc_se=0.0100, n=10000, k=100")
+    assert f"{int(np.sum(r.pareto_k > 0.7))} of {n} over 0.7" in text
+    assert str(r) == text
+    old = ev.LogLikelihood(-1.0, 0.1, 0.1, np.zeros(3), np.zeros(3), np.ones(3), 5, 3)    # made without k-hat
+    assert old.pareto_k is None and "pareto_k" not in repr(old) and "pareto_k_max" not in old.to_dict()
 
 
 def test_one_sample_is_the_log_weight_with_undefined_se():

@@ -165,3 +165,109 @@ def test_norm_ppf_agrees_with_scipy_on_dense_grid():
     np.testing.assert_array_equal(np.isinf(ours), np.isinf(ref))
     finite = np.isfinite(ref)
     np.testing.assert_allclose(ours[finite], ref[finite], rtol=1e-14, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------
+# Importance-weight diagnostics: ESS and Pareto k-hat
+# ---------------------------------------------------------------------------
+def gpd_log_draws(shape, n_rows, n_samples, seed):
+    """Logs of generalized Pareto draws (scale 1) by inversion: ``((1 - u)^-k - 1) / k``."""
+    u = np.random.default_rng(seed).random((n_rows, n_samples))
+    return np.log(np.expm1(-shape * np.log1p(-u)) / shape)
+
+
+def test_ess_of_equal_weights_is_the_sample_size():
+    np.testing.assert_allclose(stats.ess(np.full((3, 50), -7.5)), 50.0, rtol=1e-14)
+    assert stats.ess(np.full(1000, 800.0)) == pytest.approx(1000.0, rel=1e-14)   # exp(800) overflows; the ESS does not
+
+
+def test_ess_of_one_dominant_weight_is_one():
+    lw = np.full((2, 100), -1000.0)
+    lw[0, 3] = lw[1, 99] = 0.0
+    np.testing.assert_array_equal(stats.ess(lw), [1.0, 1.0])
+    assert stats.ess([0.0, -np.inf, -np.inf]) == 1.0                                # zero weights count for nothing
+
+
+def test_ess_is_the_definition_on_any_axis_and_any_scale():
+    lw = np.random.default_rng(0).normal(size=(4, 30, 3))
+    w = np.exp(lw)
+    expected = w.sum(axis=1) ** 2 / (w ** 2).sum(axis=1)
+    np.testing.assert_allclose(stats.ess(lw, axis=1), expected, rtol=1e-12)
+    np.testing.assert_allclose(stats.ess(lw + 1e3, axis=1), expected, rtol=1e-12)
+    assert np.isnan(stats.ess([-np.inf, -np.inf]))
+
+
+def test_pareto_tail_length_is_the_papers_rule():
+    # ceil(min(S / 5, 3 sqrt(S))): S / 5 up to S = 225, 3 sqrt(S) beyond
+    assert [stats.pareto_tail_length(s) for s in (1, 20, 21, 100, 225, 226, 5000, 100_000)] == \
+        [1, 4, 5, 20, 45, 46, 213, 949]
+    with pytest.raises(ValueError, match="n_samples: expected an integer >= 1, got 0"):
+        stats.pareto_tail_length(0)
+
+
+@pytest.mark.parametrize("shape", [0.3, 0.9])
+def test_pareto_k_recovers_a_generalized_pareto_shape(shape):
+    # 100 rows of 20,000 draws: M = 425 exceedances each, so one k-hat has a sampling SD of about
+    # (1 + k) / sqrt(M) (the maximum likelihood rate, which Zhang & Stephens' estimator attains).
+    n_rows, S = 100, 20_000
+    k_hat = stats.pareto_k(gpd_log_draws(shape, n_rows, S, seed=int(shape * 10)))
+    M = stats.pareto_tail_length(S)
+    sd = (1 + shape) / np.sqrt(M)
+    assert abs(k_hat.mean() - shape) < 4 * sd / np.sqrt(n_rows) + 10 * abs(0.5 - shape) / (M + 10), k_hat.mean()
+    assert 0.75 * sd < k_hat.std(ddof=1) < 1.3 * sd, (k_hat.std(ddof=1), sd)
+
+
+def test_pareto_k_is_scale_free_and_needs_only_the_largest_weights():
+    lw = gpd_log_draws(0.6, 5, 3000, seed=1)
+    full = stats.pareto_k(lw)
+    np.testing.assert_allclose(stats.pareto_k(lw - 321.0), full, rtol=1e-12)
+    M = stats.pareto_tail_length(3000)
+    top = np.sort(lw, axis=1)[:, ::-1][:, :M + 1]                        # descending: order does not matter
+    np.testing.assert_array_equal(stats.pareto_k(top, n_samples=3000), full)
+    np.testing.assert_array_equal(stats.pareto_k(lw.T, axis=0), full)
+    assert stats.pareto_k(lw[2]) == full[2] and np.ndim(stats.pareto_k(lw[2])) == 0
+
+
+def test_pareto_k_of_weights_spread_over_thousands_of_nats_is_finite_and_large():
+    # log-normal weights with sigma = 300: exp() of the tail underflows relative to the largest;
+    # the fit, in logs, still sees the whole tail.
+    lw = 300.0 * np.random.default_rng(2).standard_normal((3, 5000))
+    k_hat = stats.pareto_k(lw)
+    assert np.isfinite(k_hat).all() and (k_hat > 2).all(), k_hat
+
+
+def test_pareto_k_is_not_estimated_from_too_few_or_tied_weights():
+    assert np.isnan(stats.pareto_k(np.zeros(20)))                              # M = 4 < 5
+    assert np.isnan(stats.pareto_k(np.zeros((2, 500)))).all()                  # equal weights: no tail
+    lw = np.random.default_rng(0).normal(size=500)
+    M = stats.pareto_tail_length(500)                                          # 68
+    order = np.argsort(lw)[::-1]
+    lw[order[M - 30:M + 1]] = lw[order[M - 30]]        # the 30 smallest of the M largest tie the (M + 1)-th
+    assert np.isnan(stats.pareto_k(lw))
+    lw[order[M - 30:M - 10]] += np.linspace(0.5, 0.1, 20)                       # 10 ties of 68 left: fitted
+    assert np.isfinite(stats.pareto_k(lw))
+
+
+@pytest.mark.parametrize("bad,kwargs,match", [
+    ([0.0, np.nan] * 20, {}, r"log_w: expected log weights that are finite or -inf .* 20 NaN or \+inf"),
+    ([0.0, np.inf] + [0.0] * 38, {}, r"log_w: .* 1 NaN or \+inf"),
+    (3.0, {}, "log_w: expected an array with a sample axis, got a scalar"),
+    (np.zeros(40), {"n_samples": 30}, "n_samples: expected an integer at least the 40 log weights given, got 30"),
+    (np.zeros(40), {"n_samples": 5000}, r"log_w: expected at least the 214 largest of the 5000 log weights"),
+    (np.zeros((2, 40)), {"axis": 2}, "log_w: axis 2 is out of range for an array of shape"),
+])
+def test_pareto_k_rejects_bad_input_naming_it(bad, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        stats.pareto_k(bad, **kwargs)
+
+
+def test_pareto_k_agrees_with_arviz():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        az = pytest.importorskip("arviz")
+    rng = np.random.default_rng(7)
+    for lw in (gpd_log_draws(0.3, 4, 5000, seed=3), gpd_log_draws(0.9, 4, 1000, seed=4),
+               2.0 * rng.standard_normal((4, 300)), 0.5 * rng.standard_normal((4, 100_000))):
+        _, k_arviz = az.psislw(lw.copy(), reff=1.0)
+        np.testing.assert_allclose(stats.pareto_k(lw), k_arviz, rtol=1e-10, atol=1e-12)

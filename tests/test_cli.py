@@ -39,7 +39,7 @@ def test_train_writes_the_run_folder(run_dir):
 
 def test_resume_continues_and_refuses_changed_settings(run_dir, mnist_dir, capsys):
     assert run_cli("train", "--out", run_dir, "--resume", "--mc-samples", 3, "--data", mnist_dir) == 2
-    assert "mc_samples (run has 2, given 3)" in capsys.readouterr().err
+    assert "mc_samples: it has 2, this run has 3" in capsys.readouterr().err
     assert run_cli("train", "--out", run_dir, "--resume", "--epochs", 2, "--data", mnist_dir, "--quiet",
                    "--no-figures") == 0
     history = json.loads((run_dir / "history.json").read_text())

@@ -22,8 +22,10 @@ from . import __version__
 from . import settings as run_settings
 from .datasets import MNIST_FILES, DataError, cache_dir, load_mnist
 from .evaluate import evaluate_bound, log_likelihood
+from .gradcheck import check_all, format_table
 from .model import VAE, load_model
 from .optim import get_optimizer
+from .plots import save_all
 from .runfolder import RunLock, describe_previous, read_config, read_history, remove_stale_temp_files, write_config
 from .train import History, TrainingError, fit, load_checkpoint
 
@@ -314,7 +316,6 @@ def _os_error(exc):
 
 
 def _figures(model, history, x_test, y_test, folder, seed):
-    from .plots import save_all
     try:
         paths, messages = save_all(model, list(history), x_test, y_test, folder, seed=seed)
     except ImportError as exc:
@@ -403,7 +404,6 @@ def _print_evaluation(report, bound_name, ll):
 
 
 def _gradcheck(args):
-    from .gradcheck import check_all, format_table
     model, coords = None, args.coords
     if args.model is not None:
         loaded = _load_any(args.model)

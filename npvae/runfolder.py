@@ -30,6 +30,7 @@ from types import MappingProxyType
 
 from . import settings as run_settings
 from .io import atomic_write_text
+from .serialization import package_version
 
 __all__ = ["RunFolderError", "RunLock", "read_config", "write_config", "read_history", "remove_stale_temp_files",
            "CONFIG_SCHEMA"]
@@ -198,7 +199,7 @@ def write_config(path, settings):
     """Write ``settings`` (the options of ``npvae train``, checked) as ``config.json``,
     atomically, with the version of npvae that wrote it (``npvae_version``)."""
     config = {name: settings[name] for name in run_settings.TRAIN_SETTINGS}
-    config["npvae_version"] = run_settings.package_version()
+    config["npvae_version"] = package_version()
     return atomic_write_text(path, json.dumps(config, indent=1) + "\n")
 
 

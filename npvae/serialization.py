@@ -17,16 +17,17 @@ the arrays. This module returns a model's ``config`` and parameters; building th
 :class:`npvae.VAE` from them is :mod:`npvae.model`'s (so this module does not import it).
 """
 
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from . import io
-from . import settings as run_settings
 from .io import ModelFileError
 
-__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "CHECKPOINT_FORMAT", "model_arrays", "save_model", "read_model",
-           "model_parts", "checked_headers", "save_checkpoint", "read_checkpoint"]
+__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "CHECKPOINT_FORMAT", "package_version", "model_arrays", "save_model",
+           "read_model", "model_parts", "checked_headers", "save_checkpoint", "read_checkpoint"]
 
 #: The ``format`` of a model file. Other files may hold a model and more (a checkpoint does).
 MODEL_FORMAT = "npvae-model"
@@ -45,6 +46,20 @@ _CHECKPOINT_KEYS = _METADATA + ("checkpoint", "train")
 _MAX_RECORD_BYTES = 1 << 28
 
 
+def package_version():
+    """``npvae.__version__``, recorded in the files npvae writes (model files, checkpoints,
+    a run folder's ``config.json``). Read from the loaded package (which imports this
+    module, so this module cannot import it), else from the installed package's metadata;
+    None if neither says."""
+    version = getattr(sys.modules.get(__name__.rpartition(".")[0]), "__version__", None)
+    if version is None:
+        try:
+            version = metadata.version("npvae")
+        except metadata.PackageNotFoundError:
+            pass
+    return version
+
+
 # ----------------------------------------------------------------------------------------
 # The model file
 # ----------------------------------------------------------------------------------------
@@ -54,7 +69,7 @@ def model_arrays(model):
     arrays = {"format": io.to_str_array(MODEL_FORMAT),
               "version": np.array(MODEL_VERSION),
               "config": io.to_json_array(model.config)}
-    version = run_settings.package_version()
+    version = package_version()
     if version is not None:
         arrays["npvae_version"] = io.to_str_array(version)
     arrays.update({f"param/{k}": v for k, v in model.params.items()})
@@ -71,9 +86,15 @@ def _param_shapes(config):
     """``{name: shape}`` of the parameters of the VAE that ``config`` describes.
 
     The layer layout of :meth:`npvae.VAE.layer_shapes`, from the config alone (the
-    model's class is not needed to check a file); a test holds the two equal.
+    model's class is not needed to check a file); a test holds the two equal. ValueError
+    unless the sizes are positive integers.
     """
-    d, hidden, latent = config["input_dim"], tuple(config["hidden"]), config["latent_dim"]
+    d, hidden, latent = config["input_dim"], config["hidden"], config["latent_dim"]
+    if not isinstance(hidden, list) or not hidden or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in [d, latent, *hidden]):
+        raise ValueError(f"input_dim, hidden, latent_dim: expected positive integers (hidden a non-empty list of "
+                         f"them), got {d!r}, {hidden!r}, {latent!r}")
+    hidden = tuple(hidden)
     sizes = (d,) + hidden
     layers = [(f"enc.{i}", sizes[i], sizes[i + 1]) for i in range(len(hidden))]
     layers += [("enc.mu", hidden[-1], latent), ("enc.logvar", hidden[-1], latent)]
@@ -85,8 +106,8 @@ def _param_shapes(config):
 
 
 def _read_metadata(arrays, source):
-    """The stored ``config``, after checking the format, the version and the architecture
-    settings (with the validators of :mod:`npvae.settings`)."""
+    """The stored ``config``, after checking the format, the version and what the
+    parameters' layout depends on (the sizes and the dtype; the rest is the VAE's to check)."""
     def bad(why):
         return ModelFileError(f"{source}: {why}")
 
@@ -104,11 +125,12 @@ def _read_metadata(arrays, source):
     if not isinstance(config, dict):
         raise bad(f"config: expected a JSON object of the model's settings, got {type(config).__name__}")
     try:
-        for name in run_settings.ARCHITECTURE_SETTINGS:
-            if name in config:
-                config[name] = run_settings.validate(name, config[name])
         _param_shapes(config)
-    except (KeyError, ValueError) as exc:
+        if config["dtype"] not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', got {config['dtype']!r}")
+    except KeyError as exc:
+        raise bad(f"the stored architecture is not valid: config has no {exc}") from exc
+    except ValueError as exc:
         raise bad(f"the stored architecture is not valid: {exc}") from exc
     return config
 
@@ -274,8 +296,8 @@ def read_checkpoint(path):
     -------
     dict
         ``config`` and ``params`` (the model's, as :func:`read_model`), ``optimizer_state``
-        (a state dict), ``epoch`` (epochs completed), ``rng_state``, ``settings`` (in the
-        layout of :func:`npvae.settings.checkpoint_settings`, whatever npvae wrote the file)
+        (a state dict), ``epoch`` (epochs completed), ``rng_state``, ``settings`` (as
+        stored: :func:`npvae.settings.upgrade_checkpoint_settings` reads older layouts)
         and ``history`` (a list of per-epoch dicts).
 
     Raises
@@ -301,5 +323,5 @@ def read_checkpoint(path):
     config, params = model_parts(arrays, source)
     meta = _training_record(arrays, source)
     return dict(config=config, params=params, epoch=meta["epoch"], rng_state=meta["rng_state"],
-                settings=run_settings.upgrade_checkpoint_settings(meta["settings"]), history=meta["history"],
+                settings=meta["settings"], history=meta["history"],
                 optimizer_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})

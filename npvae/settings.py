@@ -15,8 +15,6 @@ match it. From :data:`SETTINGS` come:
 
 import math
 import numbers
-import sys
-from importlib import metadata
 from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
@@ -30,7 +28,7 @@ from .optim import SGD, Adam, RMSprop
 
 __all__ = ["Setting", "SettingsClash", "SETTINGS", "NOISE", "OPTIMIZERS", "ARCHITECTURE_SETTINGS", "TRAIN_SETTINGS", "EVALUATE_SETTINGS",
            "ARCHITECTURE", "TRAINING", "EVALUATION", "default", "validate", "run_defaults", "check_config",
-           "architecture", "checkpoint_settings", "upgrade_checkpoint_settings", "check_resume", "check_epochs", "package_version",
+           "architecture", "checkpoint_settings", "upgrade_checkpoint_settings", "check_resume", "check_epochs",
            "parse_int", "parse_positive_int", "parse_non_negative_int", "parse_positive_float"]
 
 ARCHITECTURE, TRAINING, EVALUATION = "architecture", "training", "evaluation"
@@ -339,16 +337,3 @@ def check_epochs(done, epochs, what):
     if done > epochs:
         raise ValueError(f"epochs: {what} has {done} epochs done, more than the {epochs} asked for; "
                          f"continue it with epochs >= {done} (its finished epochs are kept as they are)")
-
-
-def package_version():
-    """``npvae.__version__``, recorded in the files a run writes. Read from the loaded
-    package (which imports this module, so this module cannot import it), else from the
-    installed package's metadata; None if neither says."""
-    version = getattr(sys.modules.get(__name__.rpartition(".")[0]), "__version__", None)
-    if version is None:
-        try:
-            version = metadata.version("npvae")
-        except metadata.PackageNotFoundError:
-            pass
-    return version

@@ -102,7 +102,8 @@ def load_checkpoint(path):
     """
     state = serialization.read_checkpoint(path)
     config, params = state.pop("config"), state.pop("params")
-    return dict(state, model=build_model(config, params, repr(str(Path(path)))), history=History(state["history"]))
+    return dict(state, model=build_model(config, params, repr(str(Path(path)))), history=History(state["history"]),
+                settings=run_settings.upgrade_checkpoint_settings(state["settings"]))
 
 
 def _resume(path, settings, epochs, model, opt, rng):
@@ -114,7 +115,7 @@ def _resume(path, settings, epochs, model, opt, rng):
         return io.ModelFileError(f"{str(path)!r}: {what}")
 
     state = serialization.read_checkpoint(path)
-    run_settings.check_resume(state["settings"], settings, f"the checkpoint {str(path)!r}")
+    run_settings.check_resume(run_settings.upgrade_checkpoint_settings(state["settings"]), settings, f"the checkpoint {str(path)!r}")
     run_settings.check_epochs(state["epoch"], epochs, f"the checkpoint {str(path)!r}")
     mine, theirs = run_settings.architecture(model.config), run_settings.architecture(state["config"])
     if mine != theirs:

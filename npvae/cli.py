@@ -176,8 +176,8 @@ def _fit(model, x_train, x_test, s, optimizer, out, args):
     """config.json, the training, history.json and model.npz of a run."""
     write_config(out / "config.json", s)
     history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
-                          objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
-                          binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"],
+                  objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
+                  binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"],
                   checkpoint=out / "checkpoint.npz", resume=args.resume, verbose=0 if args.quiet else 1)
     history.save(out / "history.json")
     model.save(out / "model.npz")

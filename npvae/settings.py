@@ -26,8 +26,9 @@ from .objectives import ESTIMATORS, KL, OBJECTIVES
 from .ops import ACTIVATIONS
 from .optim import SGD, Adam, RMSprop
 
-__all__ = ["Setting", "SettingsClash", "SETTINGS", "NOISE", "OPTIMIZERS", "ARCHITECTURE_SETTINGS", "TRAIN_SETTINGS", "EVALUATE_SETTINGS",
-           "ARCHITECTURE", "TRAINING", "EVALUATION", "default", "validate", "run_defaults", "check_config",
+__all__ = ["Setting", "SettingsClash", "SETTINGS", "NOISE", "OPTIMIZERS", "ARCHITECTURE_SETTINGS", "TRAIN_SETTINGS",
+           "EVALUATE_SETTINGS", "EVALUATE_DEFAULTS", "METADATA", "ARCHITECTURE", "TRAINING", "EVALUATION",
+           "default", "validate", "run_defaults", "check_config",
            "architecture", "checkpoint_settings", "upgrade_checkpoint_settings", "check_resume", "check_epochs",
            "parse_int", "parse_positive_int", "parse_non_negative_int", "parse_positive_float"]
 

@@ -114,9 +114,9 @@ def _resume(path, settings, epochs, model, opt, rng):
     def bad(what):
         return io.ModelFileError(f"{str(path)!r}: {what}")
 
-    state = serialization.read_checkpoint(path)
-    run_settings.check_resume(run_settings.upgrade_checkpoint_settings(state["settings"]), settings, f"the checkpoint {str(path)!r}")
-    run_settings.check_epochs(state["epoch"], epochs, f"the checkpoint {str(path)!r}")
+    state, what = serialization.read_checkpoint(path), f"the checkpoint {str(path)!r}"
+    run_settings.check_resume(run_settings.upgrade_checkpoint_settings(state["settings"]), settings, what)
+    run_settings.check_epochs(state["epoch"], epochs, what)
     mine, theirs = run_settings.architecture(model.config), run_settings.architecture(state["config"])
     if mine != theirs:
         raise bad(f"its parameters are of another model ({theirs}) than this run's ({mine})")

@@ -191,9 +191,10 @@ def sums_printed(text):
     """Every 'A = recon B + kl C' and 'recon B + kl C = A' of a text, as (A, B + C)."""
     import re
     number = r"(-?\d+\.\d+)"
-    found = [(float(a), float(b) + float(c)) for a, b, c in re.findall(rf"{number} = recon {number} \+ kl {number}", text)]
-    found += [(float(a), float(b) + float(c)) for b, c, a in re.findall(rf"recon {number} \+ kl {number} = {number}", text)]
-    return found
+    before = re.findall(rf"{number} = recon {number} \+ kl {number}", text)
+    after = re.findall(rf"recon {number} \+ kl {number} = {number}", text)
+    return [(float(a), float(b) + float(c)) for a, b, c in before] + [(float(a), float(b) + float(c))
+                                                                       for b, c, a in after]
 
 
 @pytest.mark.parametrize("objective", ["elbo", "iwae"])

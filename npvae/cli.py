@@ -2,126 +2,132 @@
 
 A run folder (``--out``) holds ``config.json`` (the settings), ``checkpoint.npz``
 (written after every epoch), ``history.json``, ``model.npz`` and ``figures/``.
+The options that are run settings (their names, defaults, choices, help) come from
+:mod:`npvae.settings`.
 """
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
-from . import io
-from .datasets import DataError, load_mnist
+from . import __version__
+from . import settings as run_settings
+from .datasets import MNIST_FILES, DataError, cache_dir, load_mnist
 from .evaluate import evaluate_bound, log_likelihood
+from .gradcheck import check_all, format_table
 from .model import VAE, load_model
-from .runfolder import RunLock, describe_previous, read_config, read_history, remove_stale_temp_files
-from .train import BINARIZE, NOISE, History, TrainingError, fit, load_checkpoint
+from .optim import get_optimizer
+from .plots import save_all
+from .runfolder import RunLock, describe_previous, read_config, read_history, remove_stale_temp_files, write_config
+from .train import History, TrainingError, fit, load_checkpoint
 
-# Settings of `npvae train` that a resumed run takes from config.json, with their defaults.
-TRAIN_DEFAULTS = dict(epochs=50, batch_size=100, mc_samples=1, latent_dim=2, hidden=[256], activation="relu",
-                      optimizer="rmsprop", lr=None, objective="elbo", noise="fresh", binarize="none", seed=0,
-                      dtype="float32", kl="analytic", estimator="standard")
+#: Settings of `npvae train` with their defaults (from :mod:`npvae.settings`).
+TRAIN_DEFAULTS = MappingProxyType(run_settings.run_defaults())
 
 
 class CLIError(Exception):
     """A problem to report in one line, with a non-zero exit status."""
 
 
-def _int_at_least(minimum, what):
-    """An argparse type: an integer >= minimum, with a message naming ``what`` was expected."""
-    def parse(text):
+def _text_type(parse, name):
+    """An argparse type from a parser of :mod:`npvae.settings` (its ValueError: the message)."""
+    def convert(text):
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
-    return parse
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = name
+    return convert
 
 
-_positive = _int_at_least(1, "a positive integer")
-_non_negative = _int_at_least(0, "a non-negative integer")
+_positive = _text_type(run_settings.parse_positive_int, "positive integer")
+_non_negative = _text_type(run_settings.parse_non_negative_int, "non-negative integer")
+_positive_float = _text_type(run_settings.parse_positive_float, "positive number")
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+def _add_setting(parser, name, default=None, help=None):
+    """The option ``--name`` of the run setting ``name``: its type or choices and its help
+    from :mod:`npvae.settings`. ``default`` None: the option is None when not given (so
+    that ``npvae train --resume`` can tell what was given)."""
+    s = run_settings.SETTINGS[name]
+    flag, text = "--" + name.replace("_", "-"), s.help_text(default, help)
+    if s.choices is not None:
+        parser.add_argument(flag, choices=s.choices, default=default, help=text)
+    elif s.parse is None:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+    else:
+        parser.add_argument(flag, type=_text_type(s.parse, name), nargs=s.nargs, default=default, help=text)
+
+
+def _subparser(sub, name, **kwargs):
+    p = sub.add_parser(name, **kwargs)
+    p.set_defaults(command_parser=p)      # so that an unknown flag is reported by this parser
+    return p
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="npvae", description="A NumPy VAE with an explicit Monte Carlo sample axis.")
+    parser.add_argument("--version", action="version", version=f"npvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _train_options(_subparser(sub, "train", help="train on MNIST; writes a run folder",
+                              description="Train the MLP VAE on MNIST. Unset options take their defaults "
+                                          "(or, with --resume, the run folder's settings)."))
+    p = _subparser(sub, "plot", help="redraw a run folder's figures")
+    p.add_argument("run_dir", help="a run folder written by `npvae train`")
+    p.add_argument("--data", help="folder holding MNIST")
+    _add_setting(p, "seed", default=0, help="seed of the reconstruction samples")
+    _evaluate_options(_subparser(sub, "evaluate", help="test-set bound and log-likelihood of a model",
+                                 description="The test-set bound of a model (--objective, --mc-samples) and, "
+                                             "with --k, the importance-sampled log-likelihood log mean_k "
+                                             "p(x, z_k) / q(z_k|x) (Burda et al. 2016 use k = 5000)."))
+    _gradcheck_options(_subparser(
+        sub, "gradcheck", help="check every gradient against finite differences (float64)",
+        description="Check every op of npvae.ops and npvae.objectives, the whole model for each objective, "
+                    "and the STL and DReG estimators against central finite differences in float64; print "
+                    "a table, exit 1 if any check fails. docs/gradients.md derives what is checked."))
+    return parser
 
-    t = sub.add_parser("train", help="train on MNIST; writes a run folder",
-                       description="Train the MLP VAE on MNIST. Unset options take their defaults "
-                                   "(or, with --resume, the run folder's settings).")
-    t.add_argument("--epochs", type=_positive, help="total epochs (default 50)")
-    t.add_argument("--batch-size", type=_positive, help="examples per step (default 100)")
-    t.add_argument("--mc-samples", type=_positive, help="Monte Carlo samples S per example (default 1)")
-    t.add_argument("--latent-dim", type=_positive, help="latent size (default 2)")
-    t.add_argument("--hidden", type=_positive, nargs="+", help="hidden layer sizes (default 256)")
-    t.add_argument("--activation", choices=("relu", "tanh"), help="hidden activation (default relu)")
-    t.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"), help="default rmsprop (Keras settings)")
-    t.add_argument("--lr", type=_positive_float, help="learning rate (default: the optimizer's)")
-    t.add_argument("--objective", choices=("elbo", "iwae"), help="default elbo")
-    t.add_argument("--kl", choices=("analytic", "mc"), help="KL term of the ELBO (default analytic)")
-    t.add_argument("--estimator", choices=("standard", "stl", "dreg"),
-                   help="encoder gradient estimator (default standard; stl needs --kl mc or iwae, dreg needs iwae)")
-    t.add_argument("--noise", choices=NOISE, help="fresh eps every step, or fixed per example (default fresh)")
-    t.add_argument("--binarize", choices=BINARIZE, help="targets: none (grayscale), threshold, dynamic")
-    t.add_argument("--seed", type=_non_negative, help="seed of init, shuffling and noise (default 0)")
-    t.add_argument("--dtype", choices=("float64", "float32"),
-                   help="default float32, as the seed's Keras model (float64 for exact work, e.g. gradient checks)")
+
+def _train_options(t):
+    for name in run_settings.TRAIN_SETTINGS:
+        _add_setting(t, name)
     t.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
     t.add_argument("--out", help="run folder (default runs/<objective>-S<S>-seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--no-figures", action="store_true", help="skip drawing the figures at the end")
     t.add_argument("--quiet", action="store_true", help="no progress display")
     t.add_argument("--threads", type=_positive,
                    help="threads of a training step (default: as many as NumPy's BLAS uses)")
 
-    p = sub.add_parser("plot", help="redraw a run folder's figures")
-    p.add_argument("run_dir", help="a run folder written by `npvae train`")
-    p.add_argument("--data", help="folder holding MNIST")
-    p.add_argument("--seed", type=_non_negative, default=0, help="seed of the reconstruction samples")
 
-    e = sub.add_parser("evaluate", help="test-set bound and log-likelihood of a model",
-                       description="The test-set bound of a model (--objective, --mc-samples) and, with --k, "
-                                   "the importance-sampled log-likelihood log mean_k p(x, z_k) / q(z_k|x) "
-                                   "(Burda et al. 2016 use k = 5000).")
+def _evaluate_options(e):
     e.add_argument("model", help="a model .npz, a checkpoint, or a run folder")
-    e.add_argument("--mc-samples", type=_positive, default=1, help="Monte Carlo samples S (default 1)")
-    e.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
-    e.add_argument("--k", type=_positive, help="also estimate the log-likelihood with K importance samples")
-    e.add_argument("--limit", type=_positive, help="use only the first N test images")
-    e.add_argument("--seed", type=_non_negative, default=0)
-    e.add_argument("--batch-size", type=_positive, default=500)
+    helps = {"seed": "seed of the noise (and of the log-likelihood's, drawn apart)",
+             "objective": "the bound", "batch_size": "examples per pass"}
+    for name in run_settings.EVALUATE_SETTINGS:
+        value = run_settings.EVALUATE_DEFAULTS.get(name, run_settings.default(name))
+        _add_setting(e, name, default=value, help=helps.get(name))
     e.add_argument("--data", help="folder holding MNIST")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
-    g = sub.add_parser("gradcheck", help="check every gradient against finite differences (float64)",
-                       description="Check every op of npvae.ops and npvae.objectives, the whole model for each "
-                                   "objective, and the STL and DReG estimators against central finite differences "
-                                   "in float64; print a table, exit 1 if any check fails. docs/gradients.md "
-                                   "derives what is checked.")
+
+def _gradcheck_options(g):
     g.add_argument("--model", help="check the model of this .npz, checkpoint or run folder (as float64; "
                                    "default: a small tanh model)")
-    g.add_argument("--seed", type=_non_negative, default=0, help="seed of the small model, data, noise and dout")
+    _add_setting(g, "seed", default=0, help="seed of the small model, data, noise and dout")
     g.add_argument("--coords", type=_positive,
                    help="random coordinates checked per parameter (default: all; 20 with --model)")
     g.add_argument("--tolerance", type=_positive_float, default=1e-6, help="largest relative error that passes")
     g.add_argument("--json", action="store_true", help="print the rows as one JSON object")
-    return parser
 
 
 # ---------------------------------------------------------------------------
@@ -133,8 +139,56 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`_Terminated` in the main thread while the block runs."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _train(args):
-    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    out, s = _train_settings(args)
+    (x_train, _), (x_test, y_test) = _mnist(args.data, args.quiet)
+    model = VAE(input_dim=x_train.shape[1], hidden=s["hidden"], latent_dim=s["latent_dim"],
+                activation=s["activation"], seed=s["seed"], dtype=s["dtype"], threads=args.threads)
+    optimizer = get_optimizer(s["optimizer"], **({} if s["lr"] is None else {"lr": s["lr"]}))
+    checkpoint = out / "checkpoint.npz"
+    with RunLock(out) as lock:
+        _prepare_run_folder(out, lock, args, s["epochs"])
+        try:
+            with _sigterm_raises():
+                history = _fit(model, x_train, x_test, s, optimizer, out, args)
+        except (KeyboardInterrupt, _Terminated) as exc:
+            return _stopped(exc, out, checkpoint)
+        except OSError as exc:
+            raise _write_error(exc, out, checkpoint) from exc
+    print(f"Model: {out / 'model.npz'}  history: {out / 'history.json'}")
+    if s["figures"]:
+        _figures(model, history, x_test, y_test, out / "figures", seed=0)
+    return 0
+
+
+def _fit(model, x_train, x_test, s, optimizer, out, args):
+    """config.json, the training, history.json and model.npz of a run."""
+    write_config(out / "config.json", s)
+    history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
+                  objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
+                  binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"],
+                  checkpoint=out / "checkpoint.npz", resume=args.resume, verbose=0 if args.quiet else 1)
+    history.save(out / "history.json")
+    model.save(out / "model.npz")
+    return history
+
+
+def _train_settings(args):
+    """The run folder and the settings of ``npvae train``: the options given over the
+    defaults, or, with ``--resume``, over the run's ``config.json`` (a run setting given
+    that differs from the run's is refused)."""
+    given = {k: getattr(args, k) for k in run_settings.TRAIN_SETTINGS if getattr(args, k) is not None}
     out = Path(args.out) if args.out else None
     if args.resume:
         if out is None:
@@ -143,65 +197,94 @@ def _train(args):
         if not config_path.exists():
             raise CLIError(f"--resume: no run to continue in {str(out)!r} (config.json not found)")
         stored = read_config(config_path)
-        clash = {k: (stored[k], v) for k, v in given.items() if k != "epochs" and stored.get(k) != v}
-        if clash:
-            raise CLIError("--resume: these options differ from the run's settings: "
-                           + ", ".join(f"{k} (run has {a!r}, given {b!r})" for k, (a, b) in clash.items()))
-        settings = {**TRAIN_DEFAULTS, **stored, **given}
+        run_settings.check_resume(stored, given, f"the run in {str(out)!r}")
+        settings = {**stored, **given}
     else:
-        settings = {**TRAIN_DEFAULTS, **given}
+        settings = {**run_settings.run_defaults(), **given}
         if out is None:
             out = Path("runs") / f"{settings['objective']}-S{settings['mc_samples']}-seed{settings['seed']}"
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out: {str(out)!r} is a file, not a run folder")
-    s = settings
-    (x_train, _), (x_test, y_test) = load_mnist(args.data, progress=not args.quiet)
-    model = VAE(input_dim=x_train.shape[1], hidden=s["hidden"], latent_dim=s["latent_dim"],
-                activation=s["activation"], seed=s["seed"], dtype=s["dtype"], threads=args.threads)
-    from .optim import get_optimizer
-    optimizer = get_optimizer(s["optimizer"], **({} if s["lr"] is None else {"lr": s["lr"]}))
+    return out, settings
+
+
+def _prepare_run_folder(out, lock, args, epochs):
+    """Under the run folder's lock: refuse a run over another, a resume without a
+    checkpoint, or one that would shorten the run; say so when there is nothing to train;
+    remove the temporary files of killed writes."""
     checkpoint = out / "checkpoint.npz"
-    resume_hint = f"npvae train --out {out} --resume"
-    with RunLock(out) as lock:
-        if not args.resume and checkpoint.exists():
-            raise CLIError(f"{str(out)!r} already holds a run; continue it with --resume or choose another --out")
-        note = describe_previous(lock)
-        if note and not args.quiet:
-            print(f"{out}: {note}", file=sys.stderr)
-        remove_stale_temp_files(out)
-        previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
+    if not args.resume and checkpoint.exists():
+        raise CLIError(f"{str(out)!r} already holds a run; continue it with --resume or choose another --out")
+    if args.resume:
+        if not checkpoint.exists():
+            raise CLIError(f"--resume: {str(out)!r} holds no checkpoint.npz: the run stopped before its first "
+                           "epoch ended, so there is nothing to continue; start it again without --resume")
+        done = load_checkpoint(checkpoint)["epoch"]
+        run_settings.check_epochs(done, epochs, f"the run in {str(out)!r}")
+        if done == epochs and not args.quiet:
+            print(f"{out}: the run is complete ({done} of {epochs} epochs); nothing to train", file=sys.stderr)
+    note = describe_previous(lock)
+    if note and not args.quiet:
+        print(f"{out}: {note}", file=sys.stderr)
+    remove_stale_temp_files(out)
+
+
+def _stopped(exc, out, checkpoint):
+    """Report a run stopped by Ctrl-C or SIGTERM (what is saved, how to go on); the exit status."""
+    done = _saved_history(checkpoint)
+    if len(done):
         try:
-            io.atomic_write_text(out / "config.json", json.dumps(s, indent=1) + "\n")
-            history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
-                          objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
-                          binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"],
-                          checkpoint=checkpoint, resume=args.resume, verbose=0 if args.quiet else 1)
-            history.save(out / "history.json")
-            model.save(out / "model.npz")
-        except (KeyboardInterrupt, _Terminated) as exc:
-            done = _saved_history(checkpoint)
-            if len(done):
-                try:
-                    done.save(out / "history.json")
-                except OSError:
-                    pass
-            why = "Terminated (SIGTERM)" if isinstance(exc, _Terminated) else "Interrupted"
-            print(f"\n{why}. {len(done)} epoch(s) are saved in {checkpoint}; continue with:\n  {resume_hint}",
-                  file=sys.stderr)
-            return 143 if isinstance(exc, _Terminated) else 130
-        except OSError as exc:
-            done = _saved_history(checkpoint)
-            saved = (f"{len(done)} epoch(s) are saved in {checkpoint}, intact" if len(done)
-                     else "no epoch was saved yet")
-            raise _WriteError(f"{_os_error(exc)}; {saved}. When the disk is fixed, continue with: "
-                              f"{resume_hint}") from exc
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-    print(f"Model: {out / 'model.npz'}  history: {out / 'history.json'}")
-    if not args.no_figures:
-        _figures(model, history, x_test, y_test, out / "figures", seed=0)
-    return 0
+            done.save(out / "history.json")
+        except OSError:
+            pass
+    why = "Terminated (SIGTERM)" if isinstance(exc, _Terminated) else "Interrupted"
+    if len(done):
+        print(f"\n{why}. {len(done)} epoch(s) are saved in {checkpoint}; continue with:\n"
+              f"  npvae train --out {out} --resume", file=sys.stderr)
+    else:
+        print(f"\n{why} before the first epoch ended: no epoch is saved, so there is nothing to resume. "
+              f"Start the run again with the same options (without --resume).", file=sys.stderr)
+    return 143 if isinstance(exc, _Terminated) else 130
+
+
+def _write_error(exc, out, checkpoint):
+    done = _saved_history(checkpoint)
+    if len(done):
+        return _WriteError(f"{_os_error(exc)}; {len(done)} epoch(s) are saved in {checkpoint}, intact. When the "
+                           f"disk is fixed, continue with: npvae train --out {out} --resume")
+    return _WriteError(f"{_os_error(exc)}; no epoch was saved yet. When the disk is fixed, start the run again")
+
+
+def _mnist(data, quiet):
+    """MNIST as :func:`npvae.load_mnist` finds it, saying where (unless ``quiet``); a ``--data``
+    folder that holds no MNIST is refused (load_mnist would pass over it)."""
+    place = _mnist_place(data)
+    loaded = load_mnist(data, progress=not quiet)
+    if not quiet:
+        print(f"Data: MNIST from {place}", file=sys.stderr)
+    return loaded
+
+
+def _holds_mnist(path):
+    if path.is_file():
+        return path.suffix == ".npz"
+    return path.is_dir() and ((path / "mnist.npz").is_file() or all(
+        (path / name).is_file() or (path / (name + ".gz")).is_file() for name in MNIST_FILES))
+
+
+def _mnist_place(data):
+    """Where :func:`npvae.load_mnist` reads MNIST from, in its order: ``data``,
+    ``$NPVAE_DATA``, the user cache (where it downloads to)."""
+    if data is not None:
+        path = Path(data).expanduser()
+        if path.is_dir() and not _holds_mnist(path):
+            raise CLIError(f"--data: {path} holds no MNIST (expected the files {', '.join(MNIST_FILES)}, each raw "
+                           "or .gz, or mnist.npz); leave --data out to use $NPVAE_DATA or the user cache")
+        return f"{path} (--data)"
+    env = os.environ.get("NPVAE_DATA")
+    if env and _holds_mnist(Path(env).expanduser()):
+        return f"{Path(env).expanduser()} ($NPVAE_DATA)"
+    return f"{cache_dir()} (the user cache)"
 
 
 class _WriteError(Exception):
@@ -210,7 +293,6 @@ class _WriteError(Exception):
 
 
 def _main_thread():
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 
@@ -234,7 +316,6 @@ def _os_error(exc):
 
 
 def _figures(model, history, x_test, y_test, folder, seed):
-    from .plots import save_all
     try:
         paths, messages = save_all(model, list(history), x_test, y_test, folder, seed=seed)
     except ImportError as exc:
@@ -265,7 +346,7 @@ def _plot(args):
     history = []
     if (run / "history.json").exists():
         history = read_history(run / "history.json")
-    _, (x_test, y_test) = load_mnist(args.data)
+    _, (x_test, y_test) = _mnist(args.data, quiet=False)
     _check_dims(model, x_test)
     _figures(model, history, x_test, y_test, run / "figures", seed=args.seed)
     return 0
@@ -278,16 +359,19 @@ def _check_dims(model, x):
 
 def _evaluate(args):
     model = _load_any(args.model)
-    _, (x_test, _) = load_mnist(args.data, progress=not (args.json or args.quiet))
+    _, (x_test, _) = _mnist(args.data, quiet=args.json or args.quiet)
     _check_dims(model, x_test)
     if args.limit is not None:
         x_test = x_test[:args.limit]
     result = evaluate_bound(model, x_test, mc_samples=args.mc_samples, objective=args.objective,
                             batch_size=args.batch_size, rng=args.seed)
     bound_name = "elbo" if args.objective == "elbo" else "iwae_bound"
+    # recon and kl are the ELBO's terms (on the same samples) whatever the objective
     report = {"model": str(args.model), "objective": args.objective, "mc_samples": args.mc_samples,
               "n": result["n"], bound_name: -result["loss"], "loss": result["loss"],
               "recon": result["recon"], "kl": result["kl"], "seed": args.seed}
+    if args.objective != "elbo":
+        report["elbo"] = -(result["recon"] + result["kl"])
     ll = None
     if args.k is not None:
         # its own noise stream, so that adding --k does not change the bound above
@@ -302,16 +386,24 @@ def _evaluate(args):
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"test {bound_name} ({args.mc_samples} sample(s), {result['n']} images): {-result['loss']:.4f} nats"
-              f"  (loss {result['loss']:.4f} = recon {result['recon']:.4f} + kl {result['kl']:.4f})")
-        if ll is not None:
-            print(f"test log-likelihood (k={ll.k}, {ll.n} images): {ll.mean:.4f} nats"
-                  f"  (Monte Carlo SE {ll.mc_se:.4f}, SE over images {ll.se:.4f}, median ESS {report['ess_median']:.0f})")
+        _print_evaluation(report, bound_name, ll)
     return 0
 
 
+def _print_evaluation(report, bound_name, ll):
+    r = report
+    print(f"test {bound_name} ({r['mc_samples']} sample(s), {r['n']} images): {r[bound_name]:.4f} nats", end="")
+    if bound_name == "elbo":
+        print(f"  (loss {r['loss']:.4f} = recon {r['recon']:.4f} + kl {r['kl']:.4f})")
+    else:    # the IWAE bound is a log-mean of weights: no sum of a reconstruction and a KL term
+        print(f"\n  the ELBO of the same samples, for comparison: {r['elbo']:.4f} nats"
+              f"  (recon {r['recon']:.4f} + kl {r['kl']:.4f} = {-r['elbo']:.4f})")
+    if ll is not None:
+        print(f"test log-likelihood (k={ll.k}, {ll.n} images): {ll.mean:.4f} nats"
+              f"  (Monte Carlo SE {ll.mc_se:.4f}, SE over images {ll.se:.4f}, median ESS {r['ess_median']:.0f})")
+
+
 def _gradcheck(args):
-    from .gradcheck import check_all, format_table
     model, coords = None, args.coords
     if args.model is not None:
         loaded = _load_any(args.model)
@@ -335,7 +427,9 @@ def _gradcheck(args):
 def main(argv=None):
     """Entry point; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:            # reported by the subcommand's parser, with its usage
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     command = {"train": _train, "plot": _plot, "evaluate": _evaluate, "gradcheck": _gradcheck}[args.command]
     try:
         return command(args)

@@ -48,6 +48,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
+    "BINARIZE_METHODS",
     "DataError",
     "MIRRORS",
     "MNIST_FILES",
@@ -736,7 +737,8 @@ def _check_mirrors(mirrors) -> Tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 # Binarization
 
-_METHODS = ("none", "threshold", "dynamic")
+#: The methods of :func:`binarize`: the choices of ``fit(binarize=...)`` and ``npvae train --binarize``.
+BINARIZE_METHODS = ("none", "threshold", "dynamic")
 
 
 def binarize(x, method: str, rng: Optional[np.random.Generator] = None, threshold: float = 0.5):
@@ -771,8 +773,8 @@ def binarize(x, method: str, rng: Optional[np.random.Generator] = None, threshol
     TypeError
         If `rng` is given but is not a ``numpy.random.Generator``.
     """
-    if not isinstance(method, str) or method not in _METHODS:
-        raise ValueError(f"method: expected one of {', '.join(map(repr, _METHODS))}, got {method!r}")
+    if not isinstance(method, str) or method not in BINARIZE_METHODS:
+        raise ValueError(f"method: expected one of {', '.join(map(repr, BINARIZE_METHODS))}, got {method!r}")
     if method == "none":
         return x
     x = np.asarray(x)

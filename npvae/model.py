@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import _validate as check
-from . import io
 from . import objectives as obj
+from . import serialization
 from .engines.registry import make_engine, resolve_backend
 from .io import ModelFileError
 from .ops import sigmoid
@@ -29,11 +29,6 @@ __all__ = ["VAE", "save_model", "load_model", "model_arrays", "model_from_arrays
 
 #: The hidden-layer activations a VAE accepts.
 ACTIVATIONS = ("relu", "tanh")
-
-
-def available_memory():
-    """Deprecated here: :func:`npvae._validate.available_memory`."""
-    return check.available_memory()
 
 
 class VAE:
@@ -359,75 +354,29 @@ class VAE:
 
         Load it back with :func:`npvae.load`.
         """
-        return save_model(self, path)
+        return serialization.save_model(self, path)
 
 
 # ----------------------------------------------------------------------------------------
-# The model file
+# The model file: written and read by npvae.serialization; the VAE is built here.
 # ----------------------------------------------------------------------------------------
-#: The ``format`` of a model file: a pickle-free ``.npz`` with ``format``, ``version``,
-#: ``config`` (the constructor arguments as JSON) and ``param/<name>`` arrays. Other
-#: files may hold a model and more (a training checkpoint adds its own keys).
-MODEL_FORMAT = "npvae-model"
-MODEL_VERSION = 1
+MODEL_FORMAT = serialization.MODEL_FORMAT
+MODEL_VERSION = serialization.MODEL_VERSION
+model_arrays = serialization.model_arrays
+save_model = serialization.save_model
+checked_headers = serialization.checked_headers
 
 
-def model_arrays(model):
-    """The arrays that describe a model: its config as JSON and ``param/<name>`` arrays."""
-    arrays = {"format": io.to_str_array(MODEL_FORMAT),
-              "version": np.array(MODEL_VERSION),
-              "config": io.to_json_array(model.config)}
-    arrays.update({f"param/{k}": v for k, v in model.params.items()})
-    return arrays
-
-
-#: Members of a model file other than ``param/<name>``, all small.
-_METADATA = ("format", "version", "config")
-#: A cap on the metadata members' size: a config is a few hundred bytes of JSON.
-_MAX_METADATA_BYTES = 1 << 20
-
-
-def _model_from_metadata(arrays, source):
-    """A :class:`VAE` of the architecture that ``arrays``' metadata describes (its own
-    fresh parameters), after checking the format and version."""
-    def bad(why):
-        return ModelFileError(f"{source}: {why}")
-
+def build_model(config, params, source):
+    """A :class:`VAE` of ``config`` holding ``params`` (as :mod:`npvae.serialization` reads
+    and checks them from ``source``); ModelFileError naming ``source`` if the stored
+    architecture is not one a VAE takes."""
     try:
-        fmt = io.from_str_array(arrays["format"])
-        version = int(arrays["version"])
-        config = io.from_json_array(arrays["config"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise bad(f"not an npvae model file (missing or unreadable metadata: {exc})") from exc
-    if fmt != MODEL_FORMAT:
-        raise bad(f"expected format {MODEL_FORMAT!r}, got {fmt!r}")
-    if version > MODEL_VERSION or version < 1:
-        raise bad(f"file format version {version} is not supported by this npvae "
-                  f"(it reads versions 1 to {MODEL_VERSION}); upgrade npvae to read it")
-    if not isinstance(config, dict):
-        raise bad(f"config: expected a JSON object of the model's settings, got {type(config).__name__}")
-    try:
-        return VAE(**config)
+        model = VAE(**config)
     except (TypeError, ValueError) as exc:
-        raise bad(f"the stored architecture is not valid: {exc}") from exc
-
-
-def _check_param_layout(model, layout, source):
-    """Raise ModelFileError naming ``source`` and the parameter unless ``layout``
-    (``{"param/<name>": (shape, dtype)}``, other keys ignored) has exactly ``model``'s
-    parameters with their shapes and dtype."""
-    def bad(why):
-        return ModelFileError(f"{source}: {why}")
-
-    stored = {k[len("param/"):] for k in layout if k.startswith("param/")}
-    if stored != set(model.params):
-        raise bad(f"the parameters do not match the stored architecture {model.config}: "
-                  f"missing {sorted(set(model.params) - stored)}, unexpected {sorted(stored - set(model.params))}")
-    for name, p in model.params.items():
-        shape, dtype = layout[f"param/{name}"]
-        if shape != p.shape or dtype != p.dtype:
-            raise bad(f"param {name!r}: expected shape {p.shape} dtype {p.dtype} for the stored "
-                      f"architecture, got shape {shape} dtype {dtype}")
+        raise ModelFileError(f"{source}: the stored architecture is not valid: {exc}") from exc
+    model.params.update(params)
+    return model
 
 
 def model_from_arrays(arrays, source):
@@ -436,35 +385,7 @@ def model_from_arrays(arrays, source):
     Raises :class:`npvae.io.ModelFileError` naming ``source`` when the format, the version or
     the parameters do not match what the stored architecture needs.
     """
-    model = _model_from_metadata(arrays, source)
-    _check_param_layout(model, {k: (a.shape, a.dtype) for k, a in arrays.items()}, source)
-    for name in model.params:
-        a = arrays[f"param/{name}"]
-        if not np.isfinite(a).all():
-            raise ModelFileError(f"{source}: param {name!r} holds NaN or inf")
-        model.params[name] = np.array(a)
-    return model
-
-
-def save_model(model, path):
-    """Write ``model`` (architecture and parameters) to a versioned ``.npz``, atomically."""
-    return io.atomic_savez(path, model_arrays(model))
-
-
-def checked_headers(path, source, headers=None):
-    """The ``{name: (shape, dtype)}`` headers of the model file (or checkpoint) at ``path``,
-    after checking the parameters they declare against the file's stored architecture.
-
-    The shapes a file declares are checked before any parameter is read, so a hostile or
-    mismatched file allocates nothing big: headers first, then the small metadata alone
-    (under a cap), then the caller reads the parameters. ``headers``: the file's
-    :func:`npvae.io.npz_headers`, if the caller has them already.
-    """
-    if headers is None:
-        headers = io.npz_headers(path)
-    metadata = io.load_npz(path, max_bytes=_MAX_METADATA_BYTES, keys=_METADATA)
-    _check_param_layout(_model_from_metadata(metadata, source), headers, source)
-    return headers
+    return build_model(*serialization.model_parts(arrays, source), source)
 
 
 def load_model(path):
@@ -482,13 +403,4 @@ def load_model(path):
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a str or os.PathLike naming a model file, got {type(path).__name__}")
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {str(path)!r}")
-    if path.is_dir():
-        raise ModelFileError(f"{str(path)!r} is a folder, not a model file (a run folder holds model.npz)")
-    source = repr(str(path))
-    headers = checked_headers(path, source)
-    # only what a model needs: a checkpoint's optimizer state and history stay unread
-    keys = [k for k in headers if k in _METADATA or k.startswith("param/")]
-    return model_from_arrays(io.load_npz(path, keys=keys), source)
+    return build_model(*serialization.read_model(path), repr(str(Path(path))))

@@ -11,6 +11,8 @@ A run folder (``npvae train --out RUN``) holds ``config.json`` (the settings),
   dies (even by SIGKILL); the next process takes it over and says whose it was.
   Readers (``npvae evaluate``, ``npvae plot``) do not lock: every file is written
   atomically (:mod:`npvae.io`), so they never see half a file.
+* :func:`write_config` -- ``config.json``: the settings of :mod:`npvae.settings` and the
+  version of npvae that wrote them.
 * :func:`read_config`, :func:`read_history` -- strict readers: a file cut short, of the
   wrong shape or with a value of the wrong type is one :class:`RunFolderError` naming the
   file and the key, never a traceback from deep inside.
@@ -20,13 +22,17 @@ A run folder (``npvae train --out RUN``) holds ``config.json`` (the settings),
 """
 
 import json
-import math
 import os
 import socket
 import time
 from pathlib import Path
+from types import MappingProxyType
 
-__all__ = ["RunFolderError", "RunLock", "read_config", "read_history", "remove_stale_temp_files",
+from . import settings as run_settings
+from .io import atomic_write_text
+from .serialization import package_version
+
+__all__ = ["RunFolderError", "RunLock", "read_config", "write_config", "read_history", "remove_stale_temp_files",
            "CONFIG_SCHEMA"]
 
 
@@ -150,38 +156,9 @@ def remove_stale_temp_files(folder):
 # ----------------------------------------------------------------------------------------
 # Strict readers
 # ----------------------------------------------------------------------------------------
-def _positive_int(minimum):
-    def check(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= minimum, f"an integer >= {minimum}"
-    return check
-
-
-def _choice(*options):
-    def check(v):
-        return v in options, "one of " + ", ".join(map(repr, options))
-    return check
-
-
-def _hidden(v):
-    ok = (isinstance(v, list) and len(v) > 0
-          and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v))
-    return ok, "a non-empty list of positive integers"
-
-
-def _lr(v):
-    ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0)
-    return ok, "null or a positive number"
-
-
-#: key -> check of ``config.json`` (what ``npvae train`` writes); every key is required.
-CONFIG_SCHEMA = {
-    "epochs": _positive_int(1), "batch_size": _positive_int(1), "mc_samples": _positive_int(1),
-    "latent_dim": _positive_int(1), "hidden": _hidden, "activation": _choice("relu", "tanh"),
-    "optimizer": _choice("rmsprop", "adam", "sgd"), "lr": _lr, "objective": _choice("elbo", "iwae"),
-    "noise": _choice("fresh", "fixed"), "binarize": _choice("none", "threshold", "dynamic"),
-    "seed": _positive_int(0), "dtype": _choice("float32", "float64"), "kl": _choice("analytic", "mc"),
-    "estimator": _choice("standard", "stl", "dreg"),
-}
+#: key -> :class:`npvae.settings.Setting` of ``config.json`` (what ``npvae train`` writes);
+#: a key whose setting is ``required`` must be there.
+CONFIG_SCHEMA = MappingProxyType({name: run_settings.SETTINGS[name] for name in run_settings.TRAIN_SETTINGS})
 
 
 def _read_json(path):
@@ -199,7 +176,9 @@ def _read_json(path):
 
 
 def read_config(path):
-    """The settings in a run folder's ``config.json``, checked key by key.
+    """The settings in a run folder's ``config.json``, checked key by key
+    (:func:`npvae.settings.check_config`); a setting that older files lack (``figures``)
+    takes its default, and the metadata (``npvae_version``) is left out.
 
     Raises
     ------
@@ -210,16 +189,18 @@ def read_config(path):
     config = _read_json(path)
     if not isinstance(config, dict):
         raise RunFolderError(f"{path}: expected a JSON object of settings, got a {type(config).__name__}")
-    unknown = sorted(set(config) - set(CONFIG_SCHEMA))
-    if unknown:
-        raise RunFolderError(f"{path}: unknown key(s) {unknown}; expected the keys {sorted(CONFIG_SCHEMA)}")
-    for key, check in CONFIG_SCHEMA.items():
-        if key not in config:
-            raise RunFolderError(f"{path}: key {key!r} is missing")
-        ok, what = check(config[key])
-        if not ok:
-            raise RunFolderError(f"{path}: {key}: expected {what}, got {config[key]!r}")
-    return config
+    try:
+        return run_settings.check_config(config)
+    except ValueError as exc:
+        raise RunFolderError(f"{path}: {exc}") from None
+
+
+def write_config(path, settings):
+    """Write ``settings`` (the options of ``npvae train``, checked) as ``config.json``,
+    atomically, with the version of npvae that wrote it (``npvae_version``)."""
+    config = {name: settings[name] for name in run_settings.TRAIN_SETTINGS}
+    config["npvae_version"] = package_version()
+    return atomic_write_text(path, json.dumps(config, indent=1) + "\n")
 
 
 def read_history(path):

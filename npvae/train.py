@@ -17,20 +17,23 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
 from . import _validate as check
-from . import datasets, io, optim
+from . import datasets, io, optim, serialization
+from . import settings as run_settings
 from .evaluate import mean_bound
-from .model import available_memory, checked_headers, model_arrays, model_from_arrays
+from .model import build_model
 from .objectives import check_objective
+from .serialization import CHECKPOINT_FORMAT  # noqa: F401  (its name before npvae.serialization)
+from .settings import NOISE  # noqa: F401  (its name before npvae.settings)
 
 __all__ = ["fit", "History", "TrainingError", "load_checkpoint"]
 
-CHECKPOINT_FORMAT = "npvae-checkpoint"
-NOISE = ("fresh", "fixed")
-BINARIZE = ("none", "threshold", "dynamic")
+#: The methods of ``binarize`` (its name before :data:`npvae.datasets.BINARIZE_METHODS`).
+BINARIZE = datasets.BINARIZE_METHODS
 
 
 class TrainingError(RuntimeError):
@@ -79,35 +82,8 @@ class History:
         return io.atomic_write_text(path, self.to_json() + "\n")
 
 
-def _settings(model, n_train, n_val, batch_size, mc_samples, objective, kl, estimator, noise, binarize, seed, opt):
-    """What a resumed run must share with the run that wrote the checkpoint."""
-    architecture = {k: v for k, v in model.config.items() if k != "seed"}  # init is overwritten on resume
-    return dict(model=architecture, n_train=n_train, n_val=n_val, batch_size=batch_size,
-                mc_samples=mc_samples, objective=objective, kl=kl, estimator=estimator, noise=noise, binarize=binarize,
-                seed=seed, optimizer=opt.get_config() | {"name": type(opt).__name__.lower()})
-
-
-def _save_checkpoint(path, model, opt, rng, history, settings):
-    """A checkpoint is a model file (:func:`npvae.model.model_arrays`, so :func:`npvae.load`
-    reads it) plus ``checkpoint`` (:data:`CHECKPOINT_FORMAT`), ``optim/<key>`` (the optimizer's
-    state dict) and ``train`` (JSON: epochs done, RNG state, settings, history)."""
-    arrays = model_arrays(model)
-    arrays["checkpoint"] = io.to_str_array(CHECKPOINT_FORMAT)
-    arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
-    arrays["train"] = io.to_json_array({"epoch": len(history), "rng_state": rng.bit_generator.state,
-                                        "settings": settings, "history": history.records})
-    io.atomic_savez(path, arrays)
-
-
-#: The members of a checkpoint besides its ``param/`` and ``optim/`` arrays.
-_CHECKPOINT_KEYS = ("format", "version", "config", "checkpoint", "train")
-#: A cap on the training record's size (a JSON string of its settings and per-epoch
-#: history: about 200 bytes an epoch as UTF-32, so this holds over a million epochs).
-_MAX_RECORD_BYTES = 1 << 28
-
-
 def load_checkpoint(path):
-    """Read a training checkpoint, checked part by part.
+    """Read a training checkpoint, checked part by part (:func:`npvae.serialization.read_checkpoint`).
 
     Returns
     -------
@@ -124,89 +100,36 @@ def load_checkpoint(path):
         A ``ValueError`` naming the file and the part: damaged, not a checkpoint, or a part
         (the training record, its epoch, RNG state, settings or history) of the wrong shape.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    source = repr(str(path))
-
-    def bad(what):
-        return io.ModelFileError(f"{source}: {what}")
-
-    # What the file declares is checked before anything big is read (as load_model does):
-    # the marker, then the parameters against the stored architecture, then the optimizer
-    # state against the parameters and the training record against a cap.
-    headers = io.npz_headers(path)
-    marker = None
-    if "train" in headers and headers.get("checkpoint", (None,))[0] == ():
-        try:
-            marker = io.from_str_array(io.load_npz(path, max_bytes=1 << 10, keys=["checkpoint"])["checkpoint"])
-        except ValueError:
-            marker = None
-    if marker != CHECKPOINT_FORMAT:
-        raise io.ModelFileError(f"{source} is not an npvae training checkpoint")
-    checked_headers(path, source, headers)
-    for key, (shape, _) in headers.items():
-        if not key.startswith("optim/"):
-            continue
-        state = key[len("optim/"):]
-        _, sep, name = state.partition("/")         # "<slot>/<param>" arrays; 0-d scalars otherwise
-        expected = headers.get(f"param/{name}", ("no state for an unknown parameter",))[0] if sep else ()
-        if shape != expected:
-            raise bad(f"optimizer state {state}: declares shape {shape}, expected {expected}")
-    shape, dtype = headers["train"]
-    if shape != () or dtype.itemsize > _MAX_RECORD_BYTES:
-        raise bad(f"train: declares shape {shape} dtype {dtype}, expected one JSON string "
-                  f"of at most {_MAX_RECORD_BYTES} bytes")
-    arrays = io.load_npz(path, keys=[k for k in headers if k in _CHECKPOINT_KEYS or k.startswith(("param/", "optim/"))])
-    model = model_from_arrays(arrays, source)
-
-    try:
-        meta = io.from_json_array(arrays["train"])
-    except ValueError as exc:
-        raise bad(f"the training record is unreadable ({exc})") from None
-    if not isinstance(meta, dict):
-        raise bad(f"train: expected a JSON object, got {type(meta).__name__}")
-    for key, kind in (("epoch", int), ("rng_state", dict), ("settings", dict), ("history", list)):
-        value = meta.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise bad(f"train.{key}: expected {'an integer' if kind is int else 'a JSON ' + kind.__name__}, "
-                      f"got {value!r:.80}")
-    if meta["epoch"] != len(meta["history"]) or not all(
-            isinstance(r, dict) and isinstance(r.get("loss"), (int, float)) for r in meta["history"]):
-        raise bad(f"train.history: expected {meta['epoch']} per-epoch records with a numeric 'loss'")
-    return dict(model=model, epoch=meta["epoch"], rng_state=meta["rng_state"], settings=meta["settings"],
-                history=History(meta["history"]),
-                optimizer_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+    state = serialization.read_checkpoint(path)
+    config, params = state.pop("config"), state.pop("params")
+    return dict(state, model=build_model(config, params, repr(str(Path(path)))), history=History(state["history"]),
+                settings=run_settings.upgrade_checkpoint_settings(state["settings"]))
 
 
-def _restore(path, state, model, opt, rng):
-    """Put a checkpoint's parameters, optimizer state and RNG state into this run's objects,
-    after checking that each fits; a part that does not is a ModelFileError naming the file."""
+def _resume(path, settings, epochs, model, opt, rng):
+    """The history of the checkpoint at ``path``, after putting its parameters, optimizer
+    state and RNG state into this run's objects; a part that does not fit is a
+    ModelFileError naming the file; settings other than this run's (a SettingsClash) or
+    more epochs than ``epochs`` a ValueError, raised before anything is changed."""
     def bad(what):
         return io.ModelFileError(f"{str(path)!r}: {what}")
 
-    saved = state["model"]
-    mine = {k: v for k, v in model.config.items() if k != "seed"}
-    theirs = {k: v for k, v in saved.config.items() if k != "seed"}
+    state, what = serialization.read_checkpoint(path), f"the checkpoint {str(path)!r}"
+    run_settings.check_resume(run_settings.upgrade_checkpoint_settings(state["settings"]), settings, what)
+    run_settings.check_epochs(state["epoch"], epochs, what)
+    mine, theirs = run_settings.architecture(model.config), run_settings.architecture(state["config"])
     if mine != theirs:
         raise bad(f"its parameters are of another model ({theirs}) than this run's ({mine})")
     try:
         opt.load_state_dict(state["optimizer_state"])
     except ValueError as exc:
         raise bad(f"optimizer state: {exc}") from None
-    for key, a in opt.state_dict().items():
-        slot, sep, name = key.partition("/")
-        if not sep:                                   # name, iterations, hyperparameters
-            continue
-        p = saved.params.get(name)
-        if p is None or a.shape != p.shape or a.dtype != p.dtype:
-            raise bad(f"optimizer state {key}: expected shape {getattr(p, 'shape', None)} dtype "
-                      f"{getattr(p, 'dtype', None)} (the parameter's), got shape {a.shape} dtype {a.dtype}")
     try:
         rng.bit_generator.state = state["rng_state"]
     except (TypeError, ValueError, KeyError) as exc:
         raise bad(f"train.rng_state: not the state of a {type(rng.bit_generator).__name__} ({exc})") from None
-    model.params.update(saved.params)
+    model.params.update(state["params"])
+    return History(state["history"])
 
 
 class _Progress:
@@ -244,10 +167,18 @@ class _Progress:
             print(("\r\033[K" if self.live else "") + text, file=self.file, flush=True)
 
 
-def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo", optimizer="rmsprop",
-        validation_data=None, noise="fresh", binarize="none", seed=0, kl="analytic", estimator="standard",
-        checkpoint=None, resume=False, verbose=1, file=None, callback=None):
+_default = run_settings.default
+
+
+def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_size"),
+        mc_samples=_default("mc_samples"), objective=_default("objective"), optimizer=_default("optimizer"),
+        validation_data=None, noise=_default("noise"), binarize=_default("binarize"), seed=_default("seed"),
+        kl=_default("kl"), estimator=_default("estimator"), checkpoint=None, resume=False, verbose=1, file=None,
+        callback=None):
     """Train ``model`` in place by minibatch gradient descent on ``-bound``.
+
+    The defaults and the checks of the settings are those of :mod:`npvae.settings` (the
+    defaults of ``npvae train``, but for the model's dtype, which is the model's).
 
     Parameters
     ----------
@@ -255,7 +186,8 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     x_train : ndarray, shape (N, input_dim)
         Training data in [0, 1] (converted once to the model's dtype).
     epochs : int, default 50
-        Total epochs (a resumed run continues up to this number).
+        Total epochs (a resumed run continues up to this number; it may not be fewer
+        than the checkpoint's).
     batch_size : int, default 100
         Examples per step; the last batch of an epoch may be smaller.
     mc_samples : int, default 1
@@ -273,16 +205,18 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
         Targets as given (grayscale), thresholded at 0.5, or a fresh Bernoulli
         draw per batch (see :func:`npvae.datasets.binarize`).
     seed : int, default 0
-        Seeds shuffling, noise, binarization and validation noise.
+        Seeds shuffling, noise, binarization and validation noise (numbered streams of
+        it, see the module's docstring: an integer, not a Generator).
     kl : {"analytic", "mc"}, default "analytic"
     estimator : {"standard", "stl", "dreg"}, default "standard"
         As in :meth:`npvae.VAE.loss_and_grads`.
     checkpoint : path, optional
         Written atomically at the end of every epoch: parameters, optimizer
-        state, RNG state and history (``.npz``, no pickle).
+        state, RNG state, settings and history (:func:`npvae.serialization.save_checkpoint`).
     resume : bool, default False
         Continue from ``checkpoint`` if it exists; the result is then the same,
-        bit for bit, as an uninterrupted run.
+        bit for bit, as an uninterrupted run. Its settings must be this run's
+        (:func:`npvae.settings.check_resume`), but for ``epochs``.
     verbose : {0, 1, 2}, default 1
         0 quiet, 1 a progress bar (on a terminal) and a line per epoch, 2 a line per epoch.
     file : file-like, optional
@@ -302,118 +236,144 @@ def fit(model, x_train, epochs=50, batch_size=100, mc_samples=1, objective="elbo
     ------
     TrainingError
         If the loss becomes NaN or inf; the last checkpoint stays as it was.
+    ValueError
+        For a bad argument (naming it), or a checkpoint to resume of other settings or of
+        more epochs than ``epochs``.
     """
     check.vae(model)
     x_train = model.check_data(x_train, "x_train")
-    epochs = check.positive_int(epochs, "epochs")
-    batch_size = check.positive_int(batch_size, "batch_size")
-    mc_samples = check.positive_int(mc_samples, "mc_samples")
-    objective, kl, estimator = check_objective(objective, kl, estimator)
-    noise = check.choice(noise, "noise", NOISE)
-    binarize = check.choice(binarize, "binarize", BINARIZE)
-    seed = check.positive_int(seed, "seed", minimum=0)
+    values = _checked_settings(epochs=epochs, batch_size=batch_size, mc_samples=mc_samples, objective=objective,
+                               kl=kl, estimator=estimator, noise=noise, binarize=binarize, seed=seed)
+    _check_run_arguments(callback, verbose, checkpoint, resume)
+    x_val = _validation_data(model, validation_data)
+    opt = _optimizer(optimizer)
+    model.check_params()
+    n = x_train.shape[0]
+    check.workspace(model, min(values["batch_size"], n), values["mc_samples"], "mc_samples, batch_size",
+                    "lower mc_samples (--mc-samples) or batch_size (--batch-size)")
+    settings = run_settings.checkpoint_settings(model.config, values, opt, n, None if x_val is None else len(x_val))
+    rng = np.random.default_rng(values["seed"])
+    history = History()
+    if resume and Path(checkpoint).exists():
+        history = _resume(checkpoint, settings, values["epochs"], model, opt, rng)
+    run = _Run(model, opt, model.engine.optimizer_update(opt), x_train, x_val, values, rng,
+               _fixed_eps(model, n, values), _Progress(values["epochs"], -(-n // values["batch_size"]),
+                                                      int(verbose), file), checkpoint, settings, callback)
+    if len(history):
+        run.progress.message(f"Resuming from {checkpoint} after epoch {len(history)}")
+    # the numba engine holds the BLAS setting of these steps for the whole loop
+    with model.engine.steps(min(values["batch_size"], n), values["mc_samples"]):
+        for epoch in range(len(history) + 1, values["epochs"] + 1):
+            record = _train_epoch(run, epoch, history)
+            _end_epoch(run, record, history)
+    return history
+
+
+def _checked_settings(**values):
+    """fit's settings, each checked by :mod:`npvae.settings` (the objective's combination
+    by :func:`npvae.objectives.check_objective`)."""
+    values = {name: run_settings.validate(name, value) for name, value in values.items()}
+    values["objective"], values["kl"], values["estimator"] = check_objective(
+        values["objective"], values["kl"], values["estimator"])
+    return values
+
+
+def _check_run_arguments(callback, verbose, checkpoint, resume):
     if callback is not None and not callable(callback):
         raise ValueError(f"callback: expected a callable (model, record) -> dict or None, got {callback!r}")
     if not isinstance(verbose, (int, np.integer)) or verbose not in (0, 1, 2):
         raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint: expected a path (str or os.PathLike) or None, got {type(checkpoint).__name__}")
+    if resume and checkpoint is None:
+        raise ValueError("resume: resuming needs a checkpoint path, got checkpoint=None")
+
+
+def _validation_data(model, validation_data):
     if isinstance(validation_data, tuple):
         if len(validation_data) not in (1, 2):
             raise ValueError(f"validation_data: expected an array or a tuple (x, labels), got a tuple of "
                              f"{len(validation_data)} items")
         validation_data = validation_data[0]
-    x_val = None if validation_data is None else model.check_data(validation_data, "validation_data")
-    if resume and checkpoint is None:
-        raise ValueError("resume: resuming needs a checkpoint path, got checkpoint=None")
+    return None if validation_data is None else model.check_data(validation_data, "validation_data")
+
+
+def _optimizer(optimizer):
     try:
-        opt = optim.get_optimizer(optimizer)
+        return optim.get_optimizer(optimizer)
     except (TypeError, ValueError) as exc:
-        raise type(exc)(f"optimizer: expected 'sgd', 'rmsprop', 'adam' or an npvae.optim.Optimizer, "
-                        f"got {optimizer!r}") from None
-    model.check_params()
-
-    n = x_train.shape[0]
-    _check_memory(model, min(batch_size, n), mc_samples)
-    settings = _settings(model, n, None if x_val is None else x_val.shape[0], batch_size, mc_samples,
-                         objective, kl, estimator, noise, binarize, seed, opt)
-    rng = np.random.default_rng(seed)
-    history = History()
-    if resume and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint)
-        _check_resume(state["settings"], settings, checkpoint)
-        _restore(checkpoint, state, model, opt, rng)
-        history = state["history"]
-    fixed_eps = None
-    if noise == "fixed":
-        fixed_eps = model.sample_eps(n, mc_samples, np.random.default_rng([seed, 1]))
-
-    steps = -(-n // batch_size)
-    progress = _Progress(epochs, steps, int(verbose), file)
-    if len(history):
-        progress.message(f"Resuming from {checkpoint} after epoch {len(history)}")
-    engine = model.engine
-    update = engine.optimizer_update(opt)         # the engine's fused update, or None: NumPy's
-    # the numba engine holds the BLAS setting of these steps for the whole loop
-    with engine.steps(min(batch_size, n), mc_samples):
-        for epoch in range(len(history) + 1, epochs + 1):
-            t0 = time.perf_counter()
-            totals = np.zeros(3)
-            order = rng.permutation(n)
-            for step in range(steps):
-                idx = order[step * batch_size:(step + 1) * batch_size]
-                xb = x_train[idx]
-                if binarize != "none":
-                    xb = datasets.binarize(xb, binarize, rng=rng)
-                if fixed_eps is None:
-                    eps = model.sample_eps(len(idx), mc_samples, rng)
-                else:
-                    eps = fixed_eps[idx]
-                bound, grads = engine.loss_and_grads(xb, eps, objective, kl, estimator)
-                if not np.isfinite(bound.loss):
-                    where = f"the last good checkpoint (epoch {len(history)}) is {str(checkpoint)!r}" if (
-                        checkpoint is not None and len(history)) else "no checkpoint was written"
-                    raise TrainingError(f"the loss became {bound.loss} at epoch {epoch}, step {step + 1}/{steps}; "
-                                        f"training stopped and {where}. A smaller learning rate may help.")
-                opt.step(model.params, grads, update=update)
-                totals += len(idx) * np.array([bound.loss, bound.recon, bound.kl])
-                progress.step(epoch, step + 1, totals[0] / min(n, (step + 1) * batch_size))  # running mean, as Keras
-            seconds = time.perf_counter() - t0
-            loss, recon, kl_mean = totals / n
-            record = dict(epoch=epoch, loss=float(loss), recon=float(recon), kl=float(kl_mean), seconds=seconds)
-            if x_val is not None:
-                vrng = np.random.default_rng([seed, 2, epoch])
-                xv = x_val if binarize == "none" else datasets.binarize(x_val, binarize, rng=vrng)
-                # about 10,000 (example, sample) rows a chunk bounds memory for any S
-                val = mean_bound(model, xv, mc_samples, objective, max(1, 10000 // mc_samples), vrng, kl)
-                record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
-            if callback is not None:
-                extra = callback(model, dict(record))
-                if extra is not None and not isinstance(extra, dict):
-                    raise TypeError(f"callback: expected it to return a dict or None, got {type(extra).__name__}")
-                if extra:
-                    record.update(extra)
-            history.append(record)
-            if checkpoint is not None:
-                _save_checkpoint(checkpoint, model, opt, rng, history, settings)
-            progress.end_epoch(record)
-    return history
+        raise type(exc)(f"optimizer: expected {', '.join(map(repr, run_settings.OPTIMIZERS))} or an "
+                        f"npvae.optim.Optimizer, got {optimizer!r}") from None
 
 
-def _check_memory(model, batch, mc_samples):
-    """Refuse, before the first allocation, a step whose working memory exceeds what is available."""
-    need = model.engine.step_bytes(batch, mc_samples)
-    have = available_memory()
-    if have is not None and need > 0.9 * have:
-        raise ValueError(f"mc_samples, batch_size: a training step of {batch} x {mc_samples} = {batch * mc_samples:,} "
-                         f"rows needs about {need / 2**30:.1f} GiB of working memory, more than the "
-                         f"{have / 2**30:.1f} GiB available; lower mc_samples (--mc-samples) or batch_size "
-                         "(--batch-size)")
+def _fixed_eps(model, n, values):
+    """The one ``eps`` per training example of ``noise="fixed"`` (its own stream), else None."""
+    if values["noise"] != "fixed":
+        return None
+    return model.sample_eps(n, values["mc_samples"], np.random.default_rng([values["seed"], 1]))
 
 
-def _check_resume(stored, current, path):
-    diffs = [f"{k}: checkpoint has {stored.get(k)!r}, this run has {current[k]!r}"
-             for k in current if stored.get(k) != current[k]]
-    if diffs:
-        raise ValueError(f"resume: the checkpoint {str(path)!r} was written by a run with other settings; "
-                         + "; ".join(diffs))
+class _Run(NamedTuple):
+    """What the epochs of one :func:`fit` share."""
+    model: Any
+    opt: Any
+    update: Any              # the engine's fused optimizer update, or None: NumPy's
+    x_train: np.ndarray
+    x_val: Optional[np.ndarray]
+    values: dict             # the checked settings
+    rng: np.random.Generator
+    fixed_eps: Optional[np.ndarray]
+    progress: _Progress
+    checkpoint: Any
+    settings: dict           # what the checkpoint records
+    callback: Any
+
+
+def _train_epoch(run, epoch, history):
+    """One pass over the shuffled training data; the epoch's record (training means)."""
+    v, x, rng, engine = run.values, run.x_train, run.rng, run.model.engine
+    n, batch_size, steps = x.shape[0], v["batch_size"], run.progress.steps
+    t0 = time.perf_counter()
+    totals = np.zeros(3)
+    order = rng.permutation(n)
+    for step in range(steps):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        xb = x[idx]
+        if v["binarize"] != "none":
+            xb = datasets.binarize(xb, v["binarize"], rng=rng)
+        eps = run.model.sample_eps(len(idx), v["mc_samples"], rng) if run.fixed_eps is None else run.fixed_eps[idx]
+        bound, grads = engine.loss_and_grads(xb, eps, v["objective"], v["kl"], v["estimator"])
+        if not np.isfinite(bound.loss):
+            where = f"the last good checkpoint (epoch {len(history)}) is {str(run.checkpoint)!r}" if (
+                run.checkpoint is not None and len(history)) else "no checkpoint was written"
+            raise TrainingError(f"the loss became {bound.loss} at epoch {epoch}, step {step + 1}/{steps}; "
+                                f"training stopped and {where}. A smaller learning rate may help.")
+        run.opt.step(run.model.params, grads, update=run.update)
+        totals += len(idx) * np.array([bound.loss, bound.recon, bound.kl])
+        run.progress.step(epoch, step + 1, totals[0] / min(n, (step + 1) * batch_size))  # running mean, as Keras
+    seconds = time.perf_counter() - t0
+    loss, recon, kl_mean = totals / n
+    return dict(epoch=epoch, loss=float(loss), recon=float(recon), kl=float(kl_mean), seconds=seconds)
+
+
+def _end_epoch(run, record, history):
+    """Validation, the callback, the history and the checkpoint of a finished epoch."""
+    v = run.values
+    if run.x_val is not None:
+        vrng = np.random.default_rng([v["seed"], 2, record["epoch"]])
+        xv = run.x_val if v["binarize"] == "none" else datasets.binarize(run.x_val, v["binarize"], rng=vrng)
+        # about 10,000 (example, sample) rows a chunk bounds memory for any S
+        val = mean_bound(run.model, xv, v["mc_samples"], v["objective"], max(1, 10000 // v["mc_samples"]), vrng,
+                         v["kl"])
+        record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
+    if run.callback is not None:
+        extra = run.callback(run.model, dict(record))
+        if extra is not None and not isinstance(extra, dict):
+            raise TypeError(f"callback: expected it to return a dict or None, got {type(extra).__name__}")
+        if extra:
+            record.update(extra)
+    history.append(record)
+    if run.checkpoint is not None:
+        serialization.save_checkpoint(run.checkpoint, run.model, run.opt.state_dict(), run.rng.bit_generator.state,
+                                      history.records, run.settings)
+    run.progress.end_epoch(record)

@@ -39,7 +39,7 @@ def test_train_writes_the_run_folder(run_dir):
 
 def test_resume_continues_and_refuses_changed_settings(run_dir, mnist_dir, capsys):
     assert run_cli("train", "--out", run_dir, "--resume", "--mc-samples", 3, "--data", mnist_dir) == 2
-    assert "mc_samples (run has 2, given 3)" in capsys.readouterr().err
+    assert "mc_samples: it has 2, this run has 3" in capsys.readouterr().err
     assert run_cli("train", "--out", run_dir, "--resume", "--epochs", 2, "--data", mnist_dir, "--quiet",
                    "--no-figures") == 0
     history = json.loads((run_dir / "history.json").read_text())
@@ -165,3 +165,124 @@ def test_train_defaults_to_float32_and_float64_on_request(mnist_dir, tmp_path):
         assert json.loads((out / "config.json").read_text())["dtype"] == want
         from npvae import load
         assert load(out / "model.npz").dtype == np.dtype(want)
+
+
+# ---------------------------------------------------------------------------
+# What a newcomer meets: the version, flags, data, interruptions, resuming
+# ---------------------------------------------------------------------------
+def test_version_flag_prints_the_package_version(capsys):
+    import npvae
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"npvae {npvae.__version__}"
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate m.npz", "plot RUN", "gradcheck"])
+def test_an_unknown_flag_is_reported_by_the_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(command.split() + ["--bogus"])
+    err = capsys.readouterr().err
+    name = command.split()[0]
+    assert exc.value.code == 2
+    assert f"usage: npvae {name}" in err and f"npvae {name}: error: unrecognized arguments: --bogus" in err
+
+
+def sums_printed(text):
+    """Every 'A = recon B + kl C' and 'recon B + kl C = A' of a text, as (A, B + C)."""
+    import re
+    number = r"(-?\d+\.\d+)"
+    before = re.findall(rf"{number} = recon {number} \+ kl {number}", text)
+    after = re.findall(rf"recon {number} \+ kl {number} = {number}", text)
+    return [(float(a), float(b) + float(c)) for a, b, c in before] + [(float(a), float(b) + float(c))
+                                                                       for b, c, a in after]
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+def test_evaluate_prints_only_sums_that_hold(objective, run_dir, mnist_dir, capsys):
+    assert run_cli("evaluate", run_dir, "--mc-samples", 10, "--objective", objective, "--limit", 500,
+                   "--data", mnist_dir, "--quiet") == 0
+    out = capsys.readouterr().out
+    sums = sums_printed(out)
+    assert sums, out
+    for total, parts in sums:
+        assert total == pytest.approx(parts, abs=2e-4), out
+    assert run_cli("evaluate", run_dir, "--mc-samples", 10, "--objective", objective, "--limit", 500,
+                   "--data", mnist_dir, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["elbo"] == pytest.approx(-(report["recon"] + report["kl"]), rel=1e-6)
+    if objective == "iwae":
+        assert f"{report['iwae_bound']:.4f} nats" in out and f"{report['elbo']:.4f} nats" in out
+
+
+def test_data_naming_a_folder_without_mnist_is_an_error_naming_it(mnist_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NPVAE_DATA", str(mnist_dir))          # a copy load_mnist would fall back to
+    empty = tmp_path / "not-mnist"
+    empty.mkdir()
+    out = tmp_path / "run"
+    assert run_cli("train", "--epochs", 1, "--hidden", 8, "--data", empty, "--out", out, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert f"--data: {empty} holds no MNIST" in err and "Traceback" not in err
+    assert not (out / "config.json").exists()
+    assert run_cli("evaluate", run_dir_model(tmp_path), "--data", empty) == 2
+    assert f"--data: {empty} holds no MNIST" in capsys.readouterr().err
+
+
+def run_dir_model(tmp_path):
+    return VAE(hidden=(4,)).save(tmp_path / "m.npz")
+
+
+def test_a_run_says_which_data_it_used(mnist_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NPVAE_DATA", str(mnist_dir))
+    model = run_dir_model(tmp_path)
+    assert run_cli("evaluate", model, "--limit", 10, "--data", mnist_dir) == 0
+    assert f"Data: MNIST from {mnist_dir} (--data)" in capsys.readouterr().err
+    assert run_cli("evaluate", model, "--limit", 10) == 0
+    assert f"Data: MNIST from {mnist_dir} ($NPVAE_DATA)" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_the_first_epoch_claims_no_checkpoint_and_resume_then_says_so(mnist_dir, tmp_path, monkeypatch,
+                                                                               capsys):
+    def interrupted_fit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "r"
+    monkeypatch.setattr(cli, "fit", interrupted_fit)
+    assert run_cli("train", "--out", out, "--data", mnist_dir, "--hidden", 8, "--quiet") == 130
+    err = capsys.readouterr().err
+    assert not (out / "checkpoint.npz").exists()
+    assert "saved in" not in err and "before the first epoch ended" in err and "without --resume" in err
+    monkeypatch.undo()
+    assert run_cli("train", "--out", out, "--resume", "--data", mnist_dir, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {str(out)!r} holds no checkpoint.npz" in err and "without --resume" in err
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "two"
+    assert run_cli("train", "--epochs", 2, "--hidden", 8, "--data", mnist_dir, "--out", out, "--quiet",
+                   "--no-figures") == 0
+    return out
+
+
+def test_resume_with_fewer_epochs_is_refused_and_leaves_config_alone(two_epoch_run, mnist_dir, capsys):
+    config = (two_epoch_run / "config.json").read_bytes()
+    assert run_cli("train", "--out", two_epoch_run, "--resume", "--epochs", 1, "--data", mnist_dir) == 2
+    err = capsys.readouterr().err
+    assert "has 2 epochs done, more than the 1 asked for" in err
+    assert (two_epoch_run / "config.json").read_bytes() == config
+
+
+def test_resume_of_a_complete_run_says_so(two_epoch_run, mnist_dir, capsys):
+    history = json.loads((two_epoch_run / "history.json").read_text())
+    assert run_cli("train", "--out", two_epoch_run, "--resume", "--data", mnist_dir) == 0
+    assert "the run is complete (2 of 2 epochs); nothing to train" in capsys.readouterr().err
+    assert json.loads((two_epoch_run / "history.json").read_text()) == history
+    assert json.loads((two_epoch_run / "config.json").read_text())["epochs"] == 2
+
+
+def test_no_figures_is_remembered_on_resume(two_epoch_run, mnist_dir):
+    assert json.loads((two_epoch_run / "config.json").read_text())["figures"] is False
+    assert run_cli("train", "--out", two_epoch_run, "--resume", "--epochs", 3, "--data", mnist_dir, "--quiet") == 0
+    assert not (two_epoch_run / "figures").exists()
+    assert len(json.loads((two_epoch_run / "history.json").read_text())) == 3

@@ -322,3 +322,28 @@ def test_evaluate_refuses_to_report_a_result_that_is_not_finite(mnist_dir, tmp_p
 def test_a_model_too_large_for_memory_is_refused_before_allocating():
     with pytest.raises(ValueError, match=r"input_dim, hidden, latent_dim: the model would have .* GiB"):
         npvae.VAE(input_dim=10**9, hidden=(256,), backend="numpy")
+
+
+# --------------------------------------------------------------------------
+# A run folder written before npvae.settings
+# --------------------------------------------------------------------------
+def test_a_run_folder_of_the_old_layout_resumes_bit_for_bit(finished_run, mnist_dir, reference):
+    """config.json without figures and npvae_version, a checkpoint whose settings nest the
+    architecture under "model" and hold the optimizer as a dict, no npvae_version member:
+    the files of npvae before its settings had one definition."""
+    config = json.loads((finished_run / "config.json").read_text())
+    for key in ("figures", "npvae_version"):
+        del config[key]
+    (finished_run / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    def old_layout(arrays):
+        meta = io.from_json_array(arrays["train"])
+        s = meta["settings"]
+        s["model"] = {k: s.pop(k) for k in ("input_dim", "hidden", "latent_dim", "activation", "dtype")}
+        s["optimizer"] = dict(s.pop("optimizer_config"), name=s["optimizer"])
+        arrays["train"] = io.to_json_array(meta)
+        del arrays["npvae_version"]
+
+    rewrite_checkpoint(finished_run / "checkpoint.npz", old_layout)
+    assert cli.main(train_argv(finished_run, mnist_dir, "--resume")) == 0
+    assert_same_params(final_params(finished_run), reference)

@@ -173,14 +173,14 @@ def test_a_checkpoint_declaring_a_big_optimizer_state_is_refused_before_reading(
 
 def test_a_checkpoint_whose_training_record_exceeds_the_cap_is_refused(tmp_path, monkeypatch):
     # the cap is 256 MiB; lowered here so that the record of one epoch exceeds it
-    from npvae import train
+    from npvae import serialization, train
     path, arrays = small_checkpoint(tmp_path)
     size = arrays["train"].dtype.itemsize
-    monkeypatch.setattr(train, "_MAX_RECORD_BYTES", size - 4)
+    monkeypatch.setattr(serialization, "_MAX_RECORD_BYTES", size - 4)
     with pytest.raises(npvae.ModelFileError, match=r"ckpt\.npz.*train: declares shape \(\) dtype <U\d+, "
                                                    rf"expected one JSON string of at most {size - 4} bytes"):
         train.load_checkpoint(path)
-    monkeypatch.setattr(train, "_MAX_RECORD_BYTES", size)
+    monkeypatch.setattr(serialization, "_MAX_RECORD_BYTES", size)
     assert train.load_checkpoint(path)["epoch"] == 1
 
 

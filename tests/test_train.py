@@ -165,7 +165,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     x, _ = make_data()
     ck = tmp_path / "ck.npz"
     npvae.fit(small_model(), x, epochs=1, batch_size=64, verbose=0, checkpoint=ck)
-    with pytest.raises(ValueError, match=r"mc_samples: checkpoint has 1, this run has 4"):
+    with pytest.raises(ValueError, match=r"mc_samples: it has 1, this run has 4"):
         npvae.fit(small_model(), x, epochs=2, batch_size=64, mc_samples=4, verbose=0, checkpoint=ck, resume=True)
 
 

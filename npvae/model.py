@@ -21,15 +21,11 @@ from . import objectives as obj
 from . import serialization
 from .engines.registry import make_engine, resolve_backend
 from .io import ModelFileError
-from .ops import sigmoid
+from .ops import ACTIVATIONS, sigmoid
 from .params import Schema
 
 __all__ = ["VAE", "save_model", "load_model", "model_arrays", "model_from_arrays", "MODEL_FORMAT",
            "MODEL_VERSION"]
-
-#: The hidden-layer activations a VAE accepts.
-ACTIVATIONS = ("relu", "tanh")
-
 
 class VAE:
     """A variational autoencoder with hand-written forward and backward passes.
@@ -111,7 +107,7 @@ class VAE:
         if not self.hidden:
             raise ValueError("hidden: expected at least one hidden layer size, got ()")
         self.latent_dim = check.positive_int(latent_dim, "latent_dim")
-        self.activation = check.choice(activation, "activation", ACTIVATIONS)
+        self.activation = check.choice(activation, "activation", tuple(ACTIVATIONS))
         if seed is not None:
             seed = check.non_negative_int(seed, "seed")
         self.seed = seed

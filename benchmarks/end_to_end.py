@@ -26,7 +26,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,13 +34,12 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from hostload import DISTURBED, Meter, cpu_name  # noqa: E402
-from speed import thread_env  # noqa: E402  (the same thread settings as the per-epoch benchmark)
+import _common  # noqa: F401  (first: this checkout's npvae on sys.path)
+from _common import PEERS, REPO, RESULTS, library_versions, machine, numpy_blas
+from hostload import DISTURBED, Meter
+from speed import thread_env  # the same thread settings as the per-epoch benchmark
 
-from npvae import io  # noqa: E402
+from npvae import io
 
 CONTENDERS = ("npvae", "torch", "jax")
 PEER = "torch"
@@ -56,7 +54,7 @@ def command(contender, epochs, threads, out_dir):
         npvae_cli = shutil.which("npvae") or os.path.join(os.path.dirname(sys.executable), "npvae")
         return ([npvae_cli, "train", "--epochs", str(epochs), "--out", out_dir, "--threads", str(threads),
                  "--quiet"], os.path.join(out_dir, "history.json"))
-    script = os.path.join(HERE, "peers", f"{contender}_vae.py")
+    script = str(PEERS / f"{contender}_vae.py")
     out = os.path.join(out_dir, "history.json")
     return [sys.executable, script, "--epochs", str(epochs), "--threads", str(threads), "--out", out], out
 
@@ -102,19 +100,7 @@ def med_range(values):
 
 def versions():
     """The libraries each contender runs on (package versions and NumPy's BLAS)."""
-    from importlib import metadata
-    parts = []
-    for dist in ("numpy", "numba", "torch", "jax", "jaxlib"):
-        try:
-            parts.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        parts.append(f"NumPy's BLAS: {blas.get('name')} {blas.get('version')}")
-    except Exception:  # noqa: BLE001 (older NumPy)
-        pass
-    return ", ".join(parts)
+    return f"{library_versions()}, NumPy's BLAS: {numpy_blas()}"
 
 
 def report(state, args, contenders):
@@ -124,7 +110,7 @@ def report(state, args, contenders):
         "# The main job end to end: `npvae train --epochs 50` against the peers' 50-epoch runs",
         "",
         f"Command: `python benchmarks/end_to_end.py {' '.join(state['argv'])}`  ",
-        f"Started {state['started']}; machine: {state['machine']}; Python {platform.python_version()}.  ",
+        f"Started {state['started']}; machine: {state['machine']}.  ",
         f"Libraries: {versions()}.  ",
         f"Threads: {args.threads} for every contender. Rounds: {args.rounds}, contenders alternating in a "
         "rotated order. Each run is a fresh process timed from start to exit: imports, reading MNIST, "
@@ -145,8 +131,9 @@ def report(state, args, contenders):
             continue
         med = np.median([r["wall"] for r in rs])
         ratio = f"{med / peer_med:.2f}" if peer_med else "-"
-        lines.append(f"| {LABELS[c]} | {med_range([r['wall'] for r in rs])} | {np.median([r['cpu'] for r in rs]):.1f} "
-                     f"| {np.median([r['train_seconds'] for r in rs]):.1f} | {np.median([r['val_loss'] for r in rs]):.2f} "
+        lines.append(f"| {LABELS[c]} | {med_range([r['wall'] for r in rs])} "
+                     f"| {np.median([r['cpu'] for r in rs]):.1f} | {np.median([r['train_seconds'] for r in rs]):.1f} "
+                     f"| {np.median([r['val_loss'] for r in rs]):.2f} "
                      f"| {ratio} | {len(rs)} |")
     lines.append("")
     if peer_med and by.get("npvae"):
@@ -169,17 +156,19 @@ def report(state, args, contenders):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--contenders", nargs="+", choices=CONTENDERS,
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the alternation")
+    p.add_argument("--epochs", type=int, default=50, help="epochs of every run")
+    p.add_argument("--threads", type=int, default=2, help="threads of every contender")
+    p.add_argument("--contenders", nargs="+", choices=CONTENDERS, help="what to time (default: all installed)",
                    default=[c for c in CONTENDERS if c == "npvae" or importlib.util.find_spec(c)])
-    p.add_argument("--disturbed", type=float, default=DISTURBED)
-    p.add_argument("--scratch", default=os.path.join(REPO, "runs", "end_to_end"),
+    p.add_argument("--disturbed", type=float, default=DISTURBED,
+                   help="others' share of the machine that marks a run disturbed (measured again once)")
+    p.add_argument("--scratch", default=str(REPO / "runs" / "end_to_end"),
                    help="folder for the runs' outputs (deleted after each run)")
-    p.add_argument("--state", default=None, help="JSON of finished runs (default: <out>.json)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "end_to_end.md"))
+    p.add_argument("--state", default=None, help="JSON of finished runs (None: <out>.json)")
+    p.add_argument("--out", default=str(RESULTS / "end_to_end.md"), help="the report")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.epochs < 1 or args.threads < 1:
         p.error("--rounds, --epochs and --threads must be positive")
@@ -190,7 +179,7 @@ def main(argv=None):
     argv_list = list(argv if argv is not None else sys.argv[1:])
     state.setdefault("argv", argv_list)
     state.setdefault("started", time.strftime("%Y-%m-%d %H:%M"))
-    state.setdefault("machine", f"{cpu_name()}, {os.cpu_count()} logical CPUs")
+    state.setdefault("machine", machine())
     os.makedirs(args.scratch, exist_ok=True)
 
     contenders = list(args.contenders)

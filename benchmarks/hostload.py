@@ -3,15 +3,15 @@
 The host is shared and its speed moves within minutes, so every timed run records the CPU
 time that *other* processes used while it ran: the machine's busy time from ``/proc/stat``
 minus this process's (and its children's) CPU time, as a share of the machine
-(``wall x CPUs``). A run above a threshold is marked disturbed and measured again.
+(``wall x CPUs``). A run above a threshold is marked disturbed and measured again. What the
+machine is (processor, CPUs, load average) is ``_common.machine``'s.
 """
 
 import os
-import platform
 import resource
 import time
 
-__all__ = ["busy_seconds", "own_seconds", "cpu_name", "Meter", "DISTURBED"]
+__all__ = ["busy_seconds", "own_seconds", "Meter", "DISTURBED"]
 
 #: Others' share of the machine above which a measurement counts as disturbed.
 DISTURBED = 0.10
@@ -26,18 +26,6 @@ def busy_seconds():
         return None
     user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_name():
-    """The processor's model name (``/proc/cpuinfo``), or what :mod:`platform` knows off Linux."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "?"
 
 
 def own_seconds():

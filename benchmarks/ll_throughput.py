@@ -27,54 +27,42 @@ writes ``benchmarks/results/ll_throughput.md`` (``--out`` to choose).
 import argparse
 import os
 import sys
-import threading
-import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)
+import _common  # noqa: F401  (first: this checkout's npvae on sys.path)
+from _common import RESULTS, REPO, gemm_rate, gemm_rate_parallel, load_mnist, machine, plural
+from hostload import Meter
 
-from hostload import Meter, cpu_name  # noqa: E402
-
-D, H, L = 784, 256, 2
 GEMM_ROWS = 4096
 
 
-def gemm_rate(dtype, threads, reps=10):
-    """GFLOP/s of ``(4096, 256) @ (256, 784)``: best of one call on ``threads`` BLAS threads and
+def output_layer(model):
+    """``(fan_in, fan_out)`` of the decoder's output layer: each decoder row's product."""
+    return next((fan_in, fan_out) for name, fan_in, fan_out in model.layer_shapes() if name == "dec.out")
+
+
+def products_rate(model, threads, reps=10):
+    """GFLOP/s of ``(4096, 256) @ (256, 784)`` (the output layer's product on 4096 rows) in the
+    model's dtype: ``(best, threaded, parallel)`` of one call on ``threads`` BLAS threads and
     ``threads`` single-threaded calls at once."""
     from npvae.fast import blas
-    rng = np.random.default_rng(0)
-    a = [rng.random((GEMM_ROWS, H)).astype(dtype) for _ in range(threads)]
-    b = rng.random((H, D)).astype(dtype)
-    o = [np.empty((GEMM_ROWS, D), dtype) for _ in range(threads)]
-    flops = 2.0 * GEMM_ROWS * H * D
-
-    def run(i, n):
-        for _ in range(n):
-            np.matmul(a[i], b, out=o[i])
-
+    shape = (GEMM_ROWS, *output_layer(model))
     before = blas.current_threads()
     blas.set_threads(threads)
-    run(0, 2)
-    t = time.perf_counter()
-    run(0, reps)
-    threaded = reps * flops / (time.perf_counter() - t)
-    with blas.single_threaded():
-        workers = [threading.Thread(target=run, args=(i, 2)) for i in range(threads)]
-        [w.start() for w in workers]
-        [w.join() for w in workers]
-        workers = [threading.Thread(target=run, args=(i, reps)) for i in range(threads)]
-        t = time.perf_counter()
-        [w.start() for w in workers]
-        [w.join() for w in workers]
-        parallel = threads * reps * flops / (time.perf_counter() - t)
-    if before is not None:
-        blas.set_threads(before)
-    return max(threaded, parallel) / 1e9, threaded / 1e9, parallel / 1e9
+    try:
+        threaded = gemm_rate(*shape, dtype=model.dtype, reps=reps)
+    finally:
+        if before is not None:
+            blas.set_threads(before)
+    parallel = gemm_rate_parallel(*shape, dtype=model.dtype, threads=threads, reps=reps)
+    return max(threaded, parallel), threaded, parallel
+
+
+def row_flops(model):
+    """FLOPs of one decoder row's output product."""
+    fan_in, fan_out = output_layer(model)
+    return 2.0 * fan_in * fan_out
 
 
 def trained_model(x_train, dtype, backend, epochs, seed=0):
@@ -103,79 +91,71 @@ def fmt_range(values, spec):
     return f"{format(min(values), spec)}-{format(max(values), spec)}"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--n", type=int, default=500, help="test images per measurement")
-    p.add_argument("--k", type=int, default=5000)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
-    p.add_argument("--numpy", action="store_true", help="also the NumPy reference engine (slow)")
-    p.add_argument("--train-epochs", type=int, default=2, help="epochs of the model measured (on 10,000 images)")
-    p.add_argument("--disturbed", type=float, default=0.10, help="others' share of the machine that marks a run")
-    p.add_argument("--full", action="store_true", help="also the whole test set, float32, all threads")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "ll_throughput.md"))
-    args = p.parse_args(argv)
-
+def build_models(args, x_train, x):
+    """One model per (engine, dtype) of the contenders, trained, compiled and warmed up."""
     import npvae
-    from npvae.fast import blas
-    (x_train, _), (x_test, _) = npvae.load_mnist(progress=False)
-    x = x_test[:args.n]
-    engines = ["numba"] + (["numpy"] if args.numpy else [])
-    contenders = [(e, d, t) for e in engines for d in args.dtypes for t in args.threads]
     models = {}
-    for e, d, _ in contenders:
+    for e, d, _ in args.contenders:
         if (e, d) not in models:
             models[e, d] = trained_model(x_train[:10000], d, e, args.train_epochs)
             npvae.log_likelihood(models[e, d], x[:4], k=64, progress=False)      # compile, workspaces
-    rows = args.n * args.k
-    flops = rows * 2.0 * H * D
-    results = {c: [] for c in contenders}
-    log = []
-    for r in range(args.rounds):
-        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
-        for c in order:
-            e, d, t = c
-            for attempt in range(2):
-                m, ll = measure(models[e, d], x, args.k, t)
-                rate, threaded, parallel = gemm_rate(np.dtype(d), t)
-                rec = dict(wall=m.wall, cpu=m.cpu, others=m.others, rate=rate, threaded=threaded,
-                           parallel=parallel, ll=ll.mean, load=os.getloadavg()[0])
-                disturbed = m.others is not None and m.others > args.disturbed
-                line = (f"round {r + 1} {e}-{d} T={t}: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU, "
-                        f"{rows / m.wall:.3g} rows/s, products {rate:.0f} GFLOP/s, fraction "
-                        f"{flops / m.wall / 1e9 / rate:.2f}, others {100 * (m.others or 0):.0f}%"
-                        + (" DISTURBED" if disturbed else ""))
-                print(line, flush=True)
-                log.append(line)
-                if not disturbed or attempt == 1:
-                    rec["disturbed"] = disturbed
-                    results[c].append(rec)
-                    break
+    return models
 
-    full = None
-    if args.full:
-        t = max(args.threads)
-        model = models["numba", "float32"] if ("numba", "float32") in models else trained_model(
-            x_train[:10000], "float32", "numba", args.train_epochs)
-        m, ll = measure(model, x_test, args.k, t)
-        rate = gemm_rate(np.float32, t)[0]
-        full = dict(wall=m.wall, cpu=m.cpu, others=m.others, ll=ll.mean, mc_se=ll.mc_se, threads=t,
-                    fraction=len(x_test) * args.k * 2.0 * H * D / m.wall / 1e9 / rate, rate=rate)
-        line = (f"full test set, float32, T={t}: {m.wall:.1f} s wall, {m.cpu:.1f} s CPU, log-likelihood "
-                f"{ll.mean:.3f} (MC SE {ll.mc_se:.3f}), fraction {full['fraction']:.2f}")
+
+def measure_once(args, model, x, contender, r, log):
+    """One measurement of a contender, measured again (once) if others disturbed it."""
+    e, d, t = contender
+    rows = args.n * args.k
+    for attempt in range(2):
+        m, ll = measure(model, x, args.k, t)
+        rate, threaded, parallel = products_rate(model, t)
+        disturbed = m.others is not None and m.others > args.disturbed
+        line = (f"round {r + 1} {e}-{d} T={t}: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU, "
+                f"{rows / m.wall:.3g} rows/s, products {rate:.0f} GFLOP/s, fraction "
+                f"{rows * row_flops(model) / m.wall / 1e9 / rate:.2f}, others {100 * (m.others or 0):.0f}%"
+                + (" DISTURBED" if disturbed else ""))
         print(line, flush=True)
         log.append(line)
+        if not disturbed or attempt == 1:
+            return dict(wall=m.wall, cpu=m.cpu, others=m.others, rate=rate, threaded=threaded, parallel=parallel,
+                        ll=ll.mean, load=os.getloadavg()[0], disturbed=disturbed)
 
-    cmd = "python benchmarks/ll_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    libs = ", ".join(os.path.basename(p) for p in blas.library_paths()) or "not an OpenBLAS npvae controls"
+
+def run_rounds(args, models, x):
+    """``args.rounds`` rounds of every contender, alternating in a rotated order; the records by
+    contender and the log of every measurement."""
+    results = {c: [] for c in args.contenders}
+    log = []
+    for r in range(args.rounds):
+        order = args.contenders[r % len(args.contenders):] + args.contenders[:r % len(args.contenders)]
+        for c in order:
+            results[c].append(measure_once(args, models[c[:2]], x, c, r, log))
+    return results, log
+
+
+def measure_full(args, models, x_train, x_test, log):
+    """The whole test set at ``k``, float32 on the largest thread count."""
+    t = max(args.threads)
+    model = models.get(("numba", "float32")) or trained_model(x_train[:10000], "float32", "numba", args.train_epochs)
+    m, ll = measure(model, x_test, args.k, t)
+    rate = products_rate(model, t)[0]
+    full = dict(wall=m.wall, cpu=m.cpu, others=m.others, ll=ll.mean, mc_se=ll.mc_se, threads=t, rate=rate,
+                fraction=len(x_test) * args.k * row_flops(model) / m.wall / 1e9 / rate, n=len(x_test))
+    line = (f"full test set, float32, T={t}: {m.wall:.1f} s wall, {m.cpu:.1f} s CPU, log-likelihood "
+            f"{ll.mean:.3f} (MC SE {ll.mc_se:.3f}), fraction {full['fraction']:.2f}")
+    print(line, flush=True)
+    log.append(line)
+    return full
+
+
+def report(args, command, results, full, log, flops_per_row):
+    rows = args.n * args.k
     out = [
         "# Log-likelihood throughput",
         "",
-        f"Command: `{cmd}`  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs; "
-        f"NumPy {np.__version__}, BLAS: {libs}; npvae {npvae.__version__}.  ",
-        f"Model: the seed's 784-256-2 (relu), trained {args.train_epochs} epochs on 10,000 images; "
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}.  ",
+        f"Model: the seed's 784-256-2 (relu), trained {plural(args.train_epochs, 'epoch')} on 10,000 images; "
         f"{args.n} test images x k = {args.k} = {rows:.3g} decoder rows per measurement; "
         f"{args.rounds} rounds, contenders alternating.",
         "",
@@ -190,23 +170,52 @@ def main(argv=None):
     ]
     for (e, d, t), recs in results.items():
         rps = [rows / r["wall"] for r in recs]
-        frac = [flops / r["wall"] / 1e9 / r["rate"] for r in recs]
+        frac = [rows * flops_per_row / r["wall"] / 1e9 / r["rate"] for r in recs]
         out.append(f"| {e} | {d} | {t} | {np.median(rps):.3g} | {fmt_range(rps, '.3g')} | "
                    f"{np.median([r['wall'] for r in recs]):.2f} | {np.median([r['cpu'] for r in recs]):.2f} | "
                    f"{np.median([r['rate'] for r in recs]):.0f} | {np.median(frac):.2f} | {fmt_range(frac, '.2f')} | "
                    f"{100 * max(r['others'] or 0 for r in recs):.0f}"
                    + (" (disturbed)" if any(r["disturbed"] for r in recs) else "") + " |")
     if full is not None:
-        out += ["", f"**Whole test set** (10,000 images, k = {args.k}, float32, {full['threads']} threads): "
+        out += ["", f"**Whole test set** ({full['n']:,} images, k = {args.k}, float32, {full['threads']} threads): "
                 f"{full['wall']:.1f} s wall ({full['wall'] / 60:.1f} min), {full['cpu']:.1f} s CPU, "
-                f"{len(x_test) * args.k / full['wall']:.3g} rows/s, {full['fraction']:.2f} of the products' rate "
+                f"{full['n'] * args.k / full['wall']:.3g} rows/s, {full['fraction']:.2f} of the products' rate "
                 f"({full['rate']:.0f} GFLOP/s); log-likelihood {full['ll']:.3f} nats (Monte Carlo SE "
                 f"{full['mc_se']:.3f}) for this briefly trained model; others took "
                 f"{100 * (full['others'] or 0):.0f}% of the machine."]
-    out += ["", "Every measurement, in the order run:", "", "```"] + log + ["```", ""]
+    return out + ["", "Every measurement, in the order run:", "", "```"] + log + ["```", ""]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the alternation")
+    p.add_argument("--n", type=int, default=500, help="test images per measurement")
+    p.add_argument("--k", type=int, default=5000, help="importance samples per image")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts measured")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], help="dtypes measured")
+    p.add_argument("--numpy", action="store_true", help="also the NumPy reference engine (slow)")
+    p.add_argument("--train-epochs", type=int, default=2, help="epochs of the model measured (on 10,000 images)")
+    p.add_argument("--disturbed", type=float, default=0.10, help="others' share of the machine that marks a run")
+    p.add_argument("--full", action="store_true", help="also the whole test set, float32, all threads")
+    p.add_argument("--out", default=str(RESULTS / "ll_throughput.md"), help="the report")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    engines = ["numba"] + (["numpy"] if args.numpy else [])
+    args.contenders = [(e, d, t) for e in engines for d in args.dtypes for t in args.threads]
+    x_train, x_test = load_mnist()
+    x = x_test[:args.n]
+    models = build_models(args, x_train, x)
+    results, log = run_rounds(args, models, x)
+    full = measure_full(args, models, x_train, x_test, log) if args.full else None
+    command = "python benchmarks/ll_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = report(args, command, results, full, log, row_flops(next(iter(models.values()))))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        f.write("\n".join(out))
+        f.write("\n".join(lines))
     print(f"wrote {os.path.relpath(args.out, REPO)}")
 
 

@@ -10,12 +10,10 @@ each peer in the report (PyTorch; JAX where it ran), with each peer's targets.
 """
 
 import argparse
-import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import JAX_PEER, PEER, TARGETS  # noqa: E402  (the targets, by peer and S)
+from speed import JAX_PEER, PEER, TARGETS  # the targets, by peer and S
 
 TABLE = "## Seconds per epoch"
 #: Ratio columns of the table, by the peer they divide by.
@@ -99,9 +97,10 @@ def plot(reports, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("reports", nargs="+", help="Markdown reports of benchmarks/speed.py")
-    p.add_argument("--out", default="speed.png")
+    p.add_argument("--out", default="speed.png", help="the figure")
     args = p.parse_args(argv)
     try:
         reports = [read_report(path) for path in args.reports]

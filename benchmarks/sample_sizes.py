@@ -20,19 +20,39 @@ the test images:
 Objectives: ``elbo``, ``iwae`` and ``iwae-dreg`` (the IWAE bound trained with the DReG
 estimator of Tucker et al. 2018). ``--binarize dynamic`` trains on a fresh Bernoulli draw of
 every batch (Burda et al.) and evaluates on one fixed binarization of the test images;
-``--dtype float32`` trains and evaluates in float32 (the numba engine's fast path).
+``--dtype`` is float32 (the numba engine's fast path, as ``npvae train``) unless float64 is asked.
 
 Cells are independent: they run in local worker processes (``--workers N``) or on an
 existing Dask distributed cluster (``--scheduler tcp://HOST:PORT``; ``pip install
 "dask[distributed]"``). Each finished cell writes ``<out>/cells/<cell>/result.json``
 (atomically) and is not recomputed on the next run; an interrupted cell resumes from its
 last epoch's checkpoint. At the end ``<out>.md`` (table, command, machine) and
-``<out>_*.png`` (metrics against S, log-scale axis) are written.
+``<out>_*.png`` (metrics against S, log-scale axis) are written. ``--out`` defaults to
+``runs/sample_sizes``; a folder holding finished cells of other settings (epochs, sizes, dtype,
+...) is refused, so that one study's report never mixes in or overwrites another's. Where the
+data was read from (``--data``) is recorded in each cell but is not a setting: the same MNIST
+gives the same numbers from any folder.
 
-Example (the committed run)::
+Example (the committed first run, made when float64 was the default)::
 
     python benchmarks/sample_sizes.py --samples 1 5 25 50 --objectives elbo iwae --seeds 0 1 2 3 \\
-        --epochs 3 --subset 10000 --test-subset 500 --k 1000 --workers 1
+        --epochs 3 --subset 10000 --test-subset 500 --k 1000 --workers 1 --dtype float64 \\
+        --out benchmarks/results/sample_sizes
+
+On several machines, with Dask. A Dask scheduler runs whatever code a client that reaches it
+sends, and its dashboard listens on every interface unless bound (``--dashboard-address``), so
+start both on a private interface that only the machines of the study reach (here 10.0.0.5)::
+
+    dask scheduler --host 10.0.0.5 --port 8786 --dashboard-address 10.0.0.5:8787
+    NPVAE_DATA=/data/mnist dask worker tcp://10.0.0.5:8786 --nthreads 1 --host 10.0.0.6  # each machine
+    python benchmarks/sample_sizes.py ... --scheduler tcp://10.0.0.5:8786 --out /shared/sample_sizes
+
+``--out`` must be a folder every worker reaches at the same path (a relative one is made absolute
+here, on the client, before the cells are sent). Anywhere beyond a trusted network, use Dask's
+TLS (``tls://`` addresses; certificates signed by a CA of your own): ``dask scheduler --protocol
+tls --tls-ca-file ca.pem --tls-cert scheduler.pem --tls-key scheduler.key``, the same options to
+``dask worker tls://10.0.0.5:8786``, and here ``--scheduler tls://10.0.0.5:8786 --tls-ca-file
+ca.pem --tls-cert client.pem --tls-key client.key`` (a ``distributed.security.Security``).
 """
 
 import os
@@ -59,25 +79,26 @@ import argparse  # noqa: E402
 import concurrent.futures as cf  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
+import multiprocessing  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
+import signal  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "benchmarks"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import _common  # noqa: E402,F401  (this checkout's npvae on sys.path)
+from _common import machine, plural  # noqa: E402
 
 import npvae  # noqa: E402
 from npvae import io  # noqa: E402
 from npvae.diagnostics import gradient_snr  # noqa: E402
 from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
-from hostload import cpu_name  # noqa: E402
 
 RESULT = "result.json"
+ERROR = "error.txt"
 METRICS = [  # (key, label, higher is better)
     ("test_elbo", "test ELBO", True),
     ("test_iwae_S", "test IWAE bound, k = S", True),
@@ -100,9 +121,17 @@ METRICS = [  # (key, label, higher is better)
 # ---------------------------------------------------------------------------
 #: ``--objectives`` names: (objective, estimator) of :func:`npvae.fit`.
 OBJECTIVES = {"elbo": ("elbo", "standard"), "iwae": ("iwae", "standard"), "iwae-dreg": ("iwae", "dreg")}
+#: How the report names each objective.
+OBJECTIVE_TEXT = {"elbo": "elbo (analytic KL)", "iwae": "iwae",
+                  "iwae-dreg": "iwae-dreg (the IWAE bound trained with the DReG estimator)"}
 #: Settings added after the first committed grid, with the values that grid used: a stored
 #: cell without them was computed with these.
 LATER_SETTINGS = {"dtype": "float64", "binarize": "none", "activation": "relu", "curve": 0}
+#: A cell's entries that are not settings: where it is and where its data and checkpoints are
+#: kept change no number, so two studies differing only there are the same study.
+NOT_SETTINGS = ("dir", "data", "keep_checkpoint")
+#: The grid's axes: a study holds cells of many values of these.
+GRID = ("mc_samples", "objective", "seed")
 #: The fixed binarization of the test images (``--binarize dynamic``), the same for every cell.
 TEST_BINARIZATION_SEED = 20160101
 
@@ -127,7 +156,7 @@ def _load_data(cell):
         pick = rng.integers(0, 4, cell["subset"] + cell["test_subset"])
         x = (proto[pick] ^ (rng.random((len(pick), d)) < 0.05)).astype(np.float64)
         return x[:cell["subset"]], x[cell["subset"]:]
-    (x_train, _), (x_test, _) = npvae.load_mnist(cell.get("data"), progress=False)
+    x_train, x_test = _common.load_mnist(cell.get("data"))
     x_train, x_test = x_train[:cell["subset"]], x_test[:cell["test_subset"]]
     if cell.get("binarize", "none") == "dynamic":
         x_test = npvae.binarize(x_test, "dynamic", rng=np.random.default_rng(TEST_BINARIZATION_SEED))
@@ -140,7 +169,73 @@ def run_cell(cell):
     ``cell`` holds the settings (see :func:`make_cells`), including ``dir``, the cell's
     folder. A ``result.json`` there means the cell is done: it is read back, not
     recomputed. Otherwise training resumes from ``checkpoint.npz`` if one exists.
+    A cell that fails returns ``{"failed": True, ...}`` with the worker's name and the
+    error's message (its traceback goes to ``error.txt`` in the cell's folder), so that the
+    client can say where it failed; the other cells go on.
     """
+    try:
+        return _run_cell(cell)
+    except Exception as exc:  # noqa: BLE001 (any error of one cell is reported, not raised)
+        return _failure(cell, exc)
+
+
+def worker_name():
+    """Who runs this cell: the Dask worker (its name and address) or this host and process."""
+    if "distributed" in sys.modules:
+        from distributed import get_worker
+        try:
+            w = get_worker()
+        except ValueError:          # not inside a Dask task
+            pass
+        else:
+            return f"Dask worker {w.name} ({w.address})" if str(w.name) != w.address else f"Dask worker {w.address}"
+    return f"{platform.node()}, process {os.getpid()}"
+
+
+def _failure(cell, exc):
+    where = Path(cell["dir"]) / ERROR
+    try:
+        io.atomic_write_text(where, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError:
+        where = None
+    return {"failed": True, "cell": cell_name(cell), "worker": worker_name(),
+            "error": f"{type(exc).__name__}: {exc}", "traceback": None if where is None else str(where)}
+
+
+def _snr(model, x, cell, seed):
+    objective, estimator = OBJECTIVES[cell["objective"]]
+    return gradient_snr(model, x, cell["mc_samples"], objective, estimator=estimator, repeats=cell["snr_repeats"],
+                        seed=seed)
+
+
+def _curve(cell, x_test):
+    """The per-epoch callback of ``--curve``: the test IWAE bound (k = 50) on the first N images."""
+    if not cell.get("curve", 0):
+        return None
+    x_curve, seed = x_test[:cell["curve"]], cell["seed"]
+
+    def curve_iwae(model, record):
+        b = evaluate_bound(model, x_curve, mc_samples=50, objective="iwae", rng=[seed, 17, record["epoch"]],
+                           batch_size=100)
+        return {"curve_iwae_50": -b["loss"]}
+
+    return curve_iwae
+
+
+def _test_metrics(model, x_test, cell):
+    """The test bounds, KL, active units and log-likelihood of a trained cell."""
+    S, seed = cell["mc_samples"], cell["seed"]
+    elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", rng=[seed, 10])
+    iwae_s = evaluate_bound(model, x_test, mc_samples=S, objective="iwae", rng=[seed, 11], batch_size=200)
+    iwae_50 = evaluate_bound(model, x_test, mc_samples=50, objective="iwae", rng=[seed, 12], batch_size=200)
+    ll = log_likelihood(model, x_test, k=cell["k"], seed=[seed, 14], progress=False)
+    return {"test_elbo": -elbo["loss"], "test_iwae_S": -iwae_s["loss"], "test_iwae_50": -iwae_50["loss"],
+            "test_kl": elbo["kl"], "active_units": active_units(model, x_test),
+            "log_likelihood": ll.mean, "log_likelihood_mc_se": ll.mc_se, "log_likelihood_se": ll.se,
+            "ess_median": float(np.median(ll.ess))}
+
+
+def _run_cell(cell):
     folder = Path(cell["dir"])
     done = folder / RESULT
     if done.exists():
@@ -156,37 +251,17 @@ def run_cell(cell):
     x_snr = x_train[:cell["snr_batch"]]
     if binarize == "dynamic":
         x_snr = npvae.binarize(x_snr, "dynamic", rng=np.random.default_rng([seed, 16]))
-    snr_init = gradient_snr(model, x_snr, S, objective, estimator=estimator, repeats=cell["snr_repeats"],
-                            seed=[seed, 13])
+    snr_init = _snr(model, x_snr, cell, [seed, 13])
     checkpoint = folder / "checkpoint.npz"
-    curve = None
-    if cell.get("curve", 0):
-        x_curve = x_test[:cell["curve"]]
-
-        def curve_iwae(model, record):   # the common yardstick after every epoch: test IWAE bound, k = 50
-            b = evaluate_bound(model, x_curve, mc_samples=50, objective="iwae", rng=[seed, 17, record["epoch"]],
-                               batch_size=100)
-            return {"curve_iwae_50": -b["loss"]}
-
-        curve = curve_iwae
-
     history = npvae.fit(model, x_train, epochs=cell["epochs"], batch_size=cell["batch_size"], mc_samples=S,
                         objective=objective, estimator=estimator, binarize=binarize, seed=seed,
-                        checkpoint=checkpoint, resume=True, verbose=0, callback=curve)
+                        checkpoint=checkpoint, resume=True, verbose=0, callback=_curve(cell, x_test))
     t_eval = time.perf_counter()
-    elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", rng=[seed, 10])
-    iwae_s = evaluate_bound(model, x_test, mc_samples=S, objective="iwae", rng=[seed, 11], batch_size=200)
-    iwae_50 = evaluate_bound(model, x_test, mc_samples=50, objective="iwae", rng=[seed, 12], batch_size=200)
-    ll = log_likelihood(model, x_test, k=cell["k"], seed=[seed, 14], progress=False)
-    snr = gradient_snr(model, x_snr, S, objective, estimator=estimator, repeats=cell["snr_repeats"],
-                       seed=[seed, 15])
+    metrics = _test_metrics(model, x_test, cell)
+    snr = _snr(model, x_snr, cell, [seed, 15])
     result = {
         "cell": cell_name(cell), "mc_samples": S, "objective": cell["objective"], "estimator": estimator,
-        "seed": seed,
-        "test_elbo": -elbo["loss"], "test_iwae_S": -iwae_s["loss"], "test_iwae_50": -iwae_50["loss"],
-        "test_kl": elbo["kl"], "active_units": active_units(model, x_test),
-        "log_likelihood": ll.mean, "log_likelihood_mc_se": ll.mc_se, "log_likelihood_se": ll.se,
-        "ess_median": float(np.median(ll.ess)),
+        "seed": seed, **metrics,
         "seconds_per_epoch": float(np.median(history["seconds"])),
         "train_seconds": float(np.sum(history["seconds"])),
         "train_loss": history[-1]["loss"],
@@ -200,6 +275,7 @@ def run_cell(cell):
         "settings": {k: v for k, v in cell.items() if k != "dir"},
     }
     io.atomic_write_text(done, json.dumps(result, indent=1, default=_jsonable) + "\n")
+    (folder / ERROR).unlink(missing_ok=True)   # an earlier attempt's error, now mended
     if not cell.get("keep_checkpoint"):
         checkpoint.unlink(missing_ok=True)   # the result is what is kept; checkpoints are large
     return result
@@ -212,8 +288,9 @@ def _jsonable(v):
 
 
 def make_cells(args):
-    """The grid's cells, in the order of ``--order``."""
-    out = Path(args.out)
+    """The grid's cells, in the order of ``--order``. Their folders are absolute paths (resolved
+    here, on the client): a Dask worker runs in a folder of its own."""
+    out = Path(args.out).expanduser().resolve()
     cells = []
     for S in args.samples:
         for objective in args.objectives:
@@ -239,12 +316,40 @@ def cost(cell):
     return train + evaluate + snr
 
 
+def finished_cells(out):
+    """``{cell folder name: result}`` of every finished cell under ``out/cells``."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out, "cells").glob(f"*/{RESULT}"))}
+
+
+def check_settings(cells, finished, out):
+    """Refuse an ``out`` holding finished cells of other settings than ``cells``' (the grid's axes
+    S, objective and seed aside, and the entries of :data:`NOT_SETTINGS`): one folder, one study."""
+    want = {k: v for k, v in cells[0].items() if k not in NOT_SETTINGS + GRID}
+    clashes = {}
+    for name, result in finished.items():
+        stored = dict(LATER_SETTINGS, **result.get("settings", {}))
+        for k in want:
+            if stored.get(k) != want[k]:
+                clashes.setdefault(k, (stored.get(k), want[k], []))[2].append(name)
+    if clashes:
+        what = "; ".join(f"{k}: {there!r} there, {here!r} here ({len(names)} cell(s), e.g. {names[0]})"
+                         for k, (there, here, names) in sorted(clashes.items()))
+        raise SystemExit(f"sample_sizes.py: {out} holds finished cells computed with other settings ({what}); "
+                         "use another --out, or remove those cells")
+
+
 # ---------------------------------------------------------------------------
 # Executors
 # ---------------------------------------------------------------------------
+def _ignore_sigint():
+    # Ctrl-C reaches the whole process group: the client handles it (and ends the workers)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Local:
     def __init__(self, workers):
-        self.pool = cf.ProcessPoolExecutor(max_workers=workers)
+        self.others = set(multiprocessing.active_children())    # children not of this pool
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
 
     def submit(self, fn, arg):
         return self.pool.submit(fn, arg)
@@ -252,17 +357,28 @@ class _Local:
     def as_completed(self, futures):
         return cf.as_completed(futures)
 
-    def close(self):
-        self.pool.shutdown(cancel_futures=True)
+    def close(self, interrupted=False):
+        if interrupted:    # the running cells stop now; they resume from their checkpoints
+            for child in set(multiprocessing.active_children()) - self.others:
+                child.terminate()
+        self.pool.shutdown(wait=not interrupted, cancel_futures=True)
 
 
 class _Dask:
-    def __init__(self, address):
+    def __init__(self, address, timeout=30.0, tls=None):
         try:
             from distributed import Client, as_completed
+            from distributed.security import Security
         except ImportError:
             raise SystemExit('--scheduler needs Dask distributed: pip install "dask[distributed]"') from None
-        self.client = Client(address)
+        security = None if tls is None else Security(
+            tls_ca_file=tls[0], tls_client_cert=tls[1], tls_client_key=tls[2], require_encryption=True)
+        try:
+            self.client = Client(address, timeout=timeout, security=security)
+        except (OSError, TimeoutError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SystemExit(f"sample_sizes.py: cannot reach the Dask scheduler at {address} within {timeout:g} s "
+                             f"({reason}); is it running there (and is --connect-timeout long enough)?") from None
         self._as_completed = as_completed
 
     def submit(self, fn, arg):
@@ -271,64 +387,63 @@ class _Dask:
     def as_completed(self, futures):
         return self._as_completed(futures)
 
-    def close(self):
+    def close(self, interrupted=False):
         self.client.close()
 
 
-def run_grid(cells, workers=1, scheduler=None, file=None):
+def run_grid(cells, finished=None, workers=1, scheduler=None, file=None, connect_timeout=30.0, tls=None):
     """Run the unfinished cells through the executor; returns (results, failures).
 
-    Finished cells (a ``result.json`` exists) are read back without being submitted.
-    One line per cell is printed to ``file`` (default stdout) with the elapsed time and
-    an ETA weighted by each cell's estimated :func:`cost`.
+    Cells in ``finished`` (``{folder name: result}``, default: read from their folders) are
+    taken as they are, without being submitted. One line per cell is printed to ``file``
+    (default stdout) with the elapsed time and an ETA weighted by each cell's estimated
+    :func:`cost`; a failed cell's line names the worker and gives the error's message.
     """
     file = file if file is not None else sys.stdout
-    results, failures = [], []
-    todo = []
-    for cell in cells:
-        done = Path(cell["dir"]) / RESULT
-        if done.exists():
-            r = json.loads(done.read_text())
-            want = {k: v for k, v in cell.items() if k != "dir"}
-            stored = dict(LATER_SETTINGS, **r.get("settings", {}))
-            if any(stored.get(k) != want[k] for k in want):
-                diff = sorted(k for k in want if stored.get(k) != want[k])
-                raise SystemExit(f"{done} was computed with other settings ({', '.join(diff)}); "
-                                 "use another --out or remove it")
-            results.append(r)
-        else:
-            todo.append(cell)
+    if finished is None:
+        finished = {Path(c["dir"]).name: json.loads((Path(c["dir"]) / RESULT).read_text())
+                    for c in cells if (Path(c["dir"]) / RESULT).exists()}
+    results = [finished[Path(c["dir"]).name] for c in cells if Path(c["dir"]).name in finished]
+    todo = [c for c in cells if Path(c["dir"]).name not in finished]
     print(f"{len(cells)} cells: {len(results)} already done, {len(todo)} to run "
           f"({'scheduler ' + scheduler if scheduler else f'{workers} local worker(s)'})", file=file, flush=True)
+    failures = []
     if not todo:
         return results, failures
-    executor = _Dask(scheduler) if scheduler else _Local(workers)
-    t0 = time.perf_counter()
-    total = sum(cost(c) for c in todo)
-    finished = 0.0
+    executor = _Dask(scheduler, connect_timeout, tls) if scheduler else _Local(workers)
+    clean = False
     try:
-        futures = {executor.submit(run_cell, c): c for c in todo}
-        for i, fut in enumerate(executor.as_completed(list(futures)), 1):
-            cell = futures[fut]
-            finished += cost(cell)
-            elapsed = time.perf_counter() - t0
-            eta = elapsed * (total - finished) / finished
-            try:
-                r = fut.result()
-            except Exception as exc:  # one bad cell should not lose the others
-                failures.append((cell_name(cell), repr(exc)))
-                print(f"[{i}/{len(todo)}] {cell_name(cell)} FAILED: {exc!r}", file=file, flush=True)
-                continue
-            results.append(r)
-            print(f"[{i}/{len(todo)}] {cell_name(cell)}: LL {r['log_likelihood']:.2f}, "
-                  f"{r['seconds_per_epoch']:.1f} s/epoch, cell {r['cell_seconds']:.0f} s; "
-                  f"elapsed {_hms(elapsed)}, ETA {_hms(eta)}", file=file, flush=True)
-    except KeyboardInterrupt:
-        print("Interrupted: finished cells are kept; run the same command to continue.", file=file, flush=True)
-        raise
+        _collect(executor, todo, results, failures, file)
+        clean = True
     finally:
-        executor.close()
+        executor.close(interrupted=not clean)
     return results, failures
+
+
+def _collect(executor, todo, results, failures, file):
+    """Submit ``todo`` and take the cells as they finish, printing a line for each."""
+    t0 = time.perf_counter()
+    total, finished = sum(cost(c) for c in todo), 0.0
+    futures = {executor.submit(run_cell, c): c for c in todo}
+    for i, fut in enumerate(executor.as_completed(list(futures)), 1):
+        cell = futures[fut]
+        finished += cost(cell)
+        elapsed = time.perf_counter() - t0
+        eta = elapsed * (total - finished) / finished
+        try:
+            r = fut.result()
+        except Exception as exc:  # noqa: BLE001 (the worker died, or the cluster lost the cell)
+            r = {"failed": True, "cell": cell_name(cell), "worker": "an unknown worker",
+                 "error": f"{type(exc).__name__}: {exc}", "traceback": None}
+        if r.get("failed"):
+            failures.append(r)
+            print(f"[{i}/{len(todo)}] {cell_name(cell)} FAILED on {r['worker']}:\n{r['error']}"
+                  + (f"\n(traceback in {r['traceback']})" if r.get("traceback") else ""), file=file, flush=True)
+            continue
+        results.append(r)
+        print(f"[{i}/{len(todo)}] {cell_name(cell)}: LL {r['log_likelihood']:.2f}, "
+              f"{r['seconds_per_epoch']:.1f} s/epoch, cell {r['cell_seconds']:.0f} s; "
+              f"elapsed {_hms(elapsed)}, ETA {_hms(eta)}", file=file, flush=True)
 
 
 def _hms(seconds):
@@ -363,54 +478,61 @@ def _fmt(mean, sd, digits=2):
     return s + (f" ± {sd:.{digits}f}" if np.isfinite(sd) else "")
 
 
-def machine():
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{cpu_name()}, {os.cpu_count()} logical CPUs, load average {load} (1/5/15 min) at the end; "
-            f"Python {platform.python_version()}, NumPy {np.__version__}, "
-            f"OMP/OPENBLAS threads {os.environ.get('OPENBLAS_NUM_THREADS', '?')}")
+def duration(seconds, short=False):
+    """Hours to one decimal from 0.1 h (6 minutes) on, else minutes from one minute, else seconds:
+    ``"4.4 hours"``, ``"12 minutes"``, ``"40 seconds"`` (``short``: ``"4.4 h"``, ``"12 min"``,
+    ``"40 s"``)."""
+    if seconds >= 360:
+        return f"{seconds / 3600:.1f} h" if short else f"{seconds / 3600:.1f} hours"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min" if short else plural(round(seconds / 60), "minute")
+    return f"{seconds:.0f} s" if short else plural(round(seconds), "second")
+
+
+def setup_line(args, results):
+    """The report's paragraph on what ran: model, data, objectives (those of the cells), estimates."""
+    seeds = sorted({r["seed"] for r in results})
+    ran = [o for o in OBJECTIVES if any(r["objective"] == o for r in results)]
+    estimator = ("the cell's S, objective and estimator" + (": DReG's for the iwae-dreg cells"
+                                                            if "iwae-dreg" in ran else ""))
+    return (
+        f"Setup: {args.hidden} hidden ({args.activation}), latent {args.latent_dim}, RMSprop lr 1e-3, batch "
+        f"{args.batch_size}, {args.dtype}; {plural(args.epochs, 'epoch')} on the first {args.subset} training "
+        "images (" + ("grayscale targets" if args.binarize == "none" else "dynamically binarized, a fresh draw per "
+                      "batch; the test images binarized once") + f"), seeds {seeds}; test metrics on the first "
+        f"{args.test_subset} test images. Objectives: {', '.join(OBJECTIVE_TEXT[o] for o in ran)}. "
+        f"Log-likelihood: importance sampling with k = {args.k} (`npvae.evaluate.log_likelihood`); "
+        "± is the SD over seeds (rows with n > 1); the log-likelihood's Monte Carlo standard error and the "
+        "effective sample size of its k importance samples (median over the test images) are means over seeds. "
+        f"SNR: median over the coordinates of |mean| / std of the minibatch gradient ({args.snr_batch} training "
+        f"images, {args.snr_repeats} draws of eps, {estimator}), at the trained parameters and at the "
+        "initialization. Seconds per epoch: median over epochs, one worker per cell, on a machine shared with "
+        "other jobs (compare ratios, not absolute times).")
+
+
+def metrics_table(agg):
+    head = ["objective", "S", "n"] + [label for _, label, _ in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (objective, S), row in agg.items():
+        cells = [objective, str(S), str(row["test_elbo"][2])]
+        cells += [_fmt(*row[m][:2], DIGITS.get(m, 2)) for m, _, _ in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_report(results, args, command, failures=()):
     agg = aggregate(results)
     out = Path(args.out)
     md = out.with_suffix(".md") if out.suffix != ".md" else out
-    seeds = sorted({r["seed"] for r in results})
-    lines = [
-        "# What the number of samples S buys: ELBO vs IWAE training",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}. Machine: {machine()}.",
-        "",
-        f"Setup: {args.hidden} hidden ({args.activation}), latent {args.latent_dim}, RMSprop lr 1e-3, batch "
-        f"{args.batch_size}, {args.dtype}; {args.epochs} epochs on the first {args.subset} training images ("
-        + ("grayscale targets" if args.binarize == "none" else "dynamically binarized, a fresh draw per batch; "
-           "the test images binarized once") + f"), seeds {seeds}; test metrics on the first "
-        f"{args.test_subset} test images. Objectives: elbo (analytic KL), iwae, iwae-dreg (the IWAE bound "
-        "trained with the DReG estimator). "
-        f"Log-likelihood: importance sampling with k = {args.k} (`npvae.evaluate.log_likelihood`); "
-        f"± is the SD over seeds (rows with n > 1); the log-likelihood's Monte Carlo standard error and the "
-        "effective sample size of its k importance samples (median over the test images) are means over seeds. SNR: median over the coordinates "
-        f"of |mean| / std of the minibatch gradient ({args.snr_batch} training images, {args.snr_repeats} "
-        "draws of eps, the cell's S, objective and estimator: DReG's for the iwae-dreg cells), at the trained "
-        "parameters and at the "
-        "initialization. Seconds per epoch: median over epochs, one worker per cell, "
-        "on a machine shared with other jobs (compare ratios, not absolute times).",
-        "",
-    ]
-    lines += [compute_line(results), ""]
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    lines = ["# What the number of samples S buys: ELBO vs IWAE training", "", f"Command: `{command}`", "",
+             f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}. Machine: {machine()}; load average "
+             f"{load} (1/5/15 min) at the end; OMP/OPENBLAS threads {os.environ.get('OPENBLAS_NUM_THREADS', '?')}.",
+             "", setup_line(args, results), "", compute_line(results), ""]
     if failures:
-        lines += ["Failed cells: " + "; ".join(f"{n} ({e})" for n, e in failures), ""]
-    head = ["objective", "S", "n"] + [label for _, label, _ in METRICS]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (objective, S), row in agg.items():
-        cells = [objective, str(S), str(row["test_elbo"][2])]
-        for m, _, _ in METRICS:
-            mean, sd, n = row[m]
-            cells.append(_fmt(mean, sd, DIGITS.get(m, 2)))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines += equal_time_section(results)
+        lines += ["Failed cells: " + "; ".join(f"{f['cell']} on {f['worker']} ({f['error'].splitlines()[0]})"
+                                               for f in failures), ""]
+    lines += metrics_table(agg) + equal_time_section(results)
     if is_burda_architecture(args):
         lines += burda_section(agg, args)
     plots = [] if getattr(args, "no_plots", False) else write_plots(agg, out)
@@ -437,9 +559,9 @@ def compute_line(results):
     evaluation = sum(r.get("eval_seconds", 0.0) for r in results)
     total = sum(max(r.get("cell_seconds", 0.0), r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0))
                 for r in results)
-    return (f"Compute: {len(results)} cells took {total / 3600:.1f} hours of one core in all (training "
-            f"{train / 3600:.1f} h, the log-likelihood and test bounds {evaluation / 3600:.1f} h, the rest SNR and "
-            "set-up), one thread per cell.")
+    return (f"Compute: {plural(len(results), 'cell')} took {duration(total)} of one core in all (training "
+            f"{duration(train, short=True)}, the log-likelihood and test bounds {duration(evaluation, short=True)}, "
+            "the rest SNR and set-up), one thread per cell.")
 
 
 #: Burda et al. (2016), Table 1, MNIST, one stochastic layer (two deterministic layers of 200 tanh
@@ -599,35 +721,45 @@ def write_plots(agg, out):
 
 
 # ---------------------------------------------------------------------------
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` with every option's default, below the description as written."""
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     p.add_argument("--samples", type=int, nargs="+", default=[1, 5, 25, 50], help="values of S")
-    p.add_argument("--objectives", nargs="+", default=["elbo", "iwae"], choices=tuple(OBJECTIVES))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--objectives", nargs="+", default=["elbo", "iwae"], choices=tuple(OBJECTIVES),
+                   help="training objectives")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every (S, objective)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs of every cell")
     p.add_argument("--subset", type=int, default=10000, help="training images (the first N)")
     p.add_argument("--test-subset", type=int, default=1000, help="test images (the first N)")
     p.add_argument("--k", type=int, default=5000, help="importance samples of the log-likelihood")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256])
-    p.add_argument("--latent-dim", type=int, default=2)
-    p.add_argument("--activation", choices=("relu", "tanh"), default="relu")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                   help="training and evaluation dtype (float32: the numba engine's fast path)")
+    p.add_argument("--batch-size", type=int, default=100, help="training batch size")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden layer sizes")
+    p.add_argument("--latent-dim", type=int, default=2, help="latent dimensions")
+    p.add_argument("--activation", choices=("relu", "tanh"), default="relu", help="hidden activation")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="training and evaluation dtype (float32: the numba engine's fast path, as npvae train)")
     p.add_argument("--binarize", choices=("none", "dynamic"), default="none",
                    help="targets: grayscale, or a fresh Bernoulli draw per batch (Burda et al.)")
     p.add_argument("--curve", type=int, default=0, metavar="N",
-                   help="after every epoch, the test IWAE bound (k = 50) on the first N test images")
+                   help="after every epoch, the test IWAE bound (k = 50) on the first N test images (0: none)")
     p.add_argument("--snr-batch", type=int, default=100, help="training images of the SNR minibatch")
     p.add_argument("--snr-repeats", type=int, default=50, help="eps draws of the SNR estimate")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--order", choices=("largest", "smallest"), default="largest",
                    help="cells largest first (parallel workers finish together) or smallest first (early results)")
-    p.add_argument("--scheduler", help="address of a Dask distributed scheduler, e.g. tcp://HOST:8786")
+    p.add_argument("--scheduler", help="address of a Dask distributed scheduler, e.g. tcp://HOST:8786 "
+                   "(see the module's docstring for a safe set-up)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to reach the Dask scheduler")
+    p.add_argument("--tls-ca-file", help="with a tls:// scheduler: the CA's certificate (PEM)")
+    p.add_argument("--tls-cert", help="with a tls:// scheduler: this client's certificate (PEM)")
+    p.add_argument("--tls-key", help="with a tls:// scheduler: this client's private key (PEM)")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads per local worker")
-    p.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sample_sizes"),
+    p.add_argument("--data", help="folder holding MNIST (None: $NPVAE_DATA, then the user cache); recorded in "
+                   "each cell, not a setting")
+    p.add_argument("--out", default=os.path.join("runs", "sample_sizes"),
                    help="cells go to OUT/cells/, the report to OUT.md and OUT_*.png")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each cell's checkpoint.npz")
     p.add_argument("--report-only", action="store_true", help="redraw the report from the finished cells")
@@ -649,6 +781,14 @@ def check_args(p, args):
         p.error(f"--snr-repeats: expected an integer >= 2, got {args.snr_repeats}")
     if args.test_subset < 2:
         p.error(f"--test-subset: expected an integer >= 2, got {args.test_subset}")
+    if not args.connect_timeout > 0:
+        p.error(f"--connect-timeout: expected seconds > 0, got {args.connect_timeout}")
+    tls = (args.tls_ca_file, args.tls_cert, args.tls_key)
+    if any(tls) and not all(tls):
+        p.error("--tls-ca-file, --tls-cert, --tls-key: expected all three, got "
+                + ", ".join(f"--{n}" for n, v in zip(("tls-ca-file", "tls-cert", "tls-key"), tls) if v))
+    if any(tls) and not (args.scheduler or "").startswith("tls://"):
+        p.error(f"--tls-*: expected a --scheduler tls://HOST:PORT address, got {args.scheduler!r}")
 
 
 def main(argv=None):
@@ -658,13 +798,25 @@ def main(argv=None):
     # the command that computes the cells (a --report-only redraw records the run's command)
     command = "python benchmarks/sample_sizes.py " + " ".join(shlex.quote(a) for a in (
         sys.argv[1:] if argv is None else argv) if a not in ("--report-only", "--no-plots"))
+    args.out = str(Path(args.out).expanduser().resolve())    # the same folder for every worker
+    try:
+        return _study(args, command)
+    except KeyboardInterrupt:
+        print("Interrupted: finished cells are kept; run the same command to continue.", file=sys.stderr, flush=True)
+        return 130
+
+
+def _study(args, command):
     cells = make_cells(args)
+    finished = finished_cells(args.out)
+    check_settings(cells, finished, args.out)
     if args.report_only:
-        results = [json.loads((Path(c["dir"]) / RESULT).read_text()) for c in cells
-                   if (Path(c["dir"]) / RESULT).exists()]
+        results = [finished[Path(c["dir"]).name] for c in cells if Path(c["dir"]).name in finished]
         failures = []
     else:
-        results, failures = run_grid(cells, workers=args.workers, scheduler=args.scheduler)
+        tls = (args.tls_ca_file, args.tls_cert, args.tls_key) if args.tls_ca_file else None
+        results, failures = run_grid(cells, finished, workers=args.workers, scheduler=args.scheduler,
+                                     connect_timeout=args.connect_timeout, tls=tls)
     if results:
         md = write_report(results, args, command, failures)
         print(f"Report: {md}")

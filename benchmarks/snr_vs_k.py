@@ -31,8 +31,6 @@ cells are kept in the JSON and not recomputed (resumable).
 import argparse
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 import time
@@ -40,15 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "benchmarks"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import _common  # noqa: F401  (first: this checkout's npvae on sys.path)
+from _common import RESULTS, load_mnist, machine
 
-import npvae  # noqa: E402
-from npvae import io  # noqa: E402
-from npvae.diagnostics import gradient_snr  # noqa: E402
-from hostload import cpu_name  # noqa: E402
+import npvae
+from npvae import io
+from npvae.diagnostics import gradient_snr
 
 #: (name, objective, kl, estimator) of the gradient estimators compared.
 ESTIMATORS = [("iwae-standard", "iwae", "analytic", "standard"), ("iwae-stl", "iwae", "analytic", "stl"),
@@ -75,14 +70,12 @@ def trained(point, models, x_train, args):
     return model
 
 
-def ess(model, x, K, rng, draws=20):
+def median_ess(model, x, K, rng, draws=20):
     """Median over the examples of the mean over ``draws`` of the importance weights' ESS
-    ``(sum w)^2 / sum w^2`` with K samples, from the engine's log weights."""
+    (``_common.ess``) with K samples, from the engine's log weights."""
     out = np.zeros(len(x))
     for _ in range(draws):
-        log_w = model.engine.log_weights(x, model.sample_eps(len(x), K, rng))
-        w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
-        out += w.sum(axis=1) ** 2 / (w * w).sum(axis=1)
+        out += _common.ess(model.engine.log_weights(x, model.sample_eps(len(x), K, rng)), axis=1)
     return float(np.median(out / draws))
 
 
@@ -136,10 +129,8 @@ def compute_line(data):
 
 
 def write_report(data, args, command, out):
-    Ks = sorted(args.K)
     lines = ["# Gradient SNR against K at fixed parameters", "",
-             f"Command: `{command}`  ", f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs; Python "
-             f"{platform.python_version()}, NumPy {np.__version__}; npvae {npvae.__version__}, {args.dtype}.  ",
+             f"Command: `{command}`  ", f"Machine: {machine()}; {args.dtype}.  ",
              compute_line(data), "",
              "SNR of the gradient of each network (encoder q, decoder p) over R draws of the noise at fixed "
              "parameters: *median* over the coordinates and *norm* (the SNR of the whole gradient vector, "
@@ -147,65 +138,70 @@ def write_report(data, args, command, out):
              "(`npvae.diagnostics.gradient_snr`); [a, b] the 95% jackknife interval of the norm SNR. R was raised "
              "until `3 / sqrt(R)` was below the smallest SNR of the cell, up to "
              f"{args.max_repeats} draws and {args.max_rows:.0e} decoder rows a cell; *floor* marks cells where it "
-             "could not be (the corrected values and intervals still hold, with less precision). ESS: median over the examples of "
-             "the importance weights' effective sample size at that K.", ""]
+             "could not be (the corrected values and intervals still hold, with less precision). ESS: median over "
+             "the examples of the importance weights' effective sample size at that K.", ""]
     for point in args.points:
         for batch in args.batches:
             key = f"{point}/B{batch}"
-            if key not in data["cells"]:
-                continue
-            lines += [f"## {point}, {'one data point' if batch == 1 else f'a minibatch of {batch}'}", ""]
-            head = ["K", "ESS"] + [f"{e} {p}" for e, *_ in ESTIMATORS for p in ("q", "p")]
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for K in Ks:
-                cells = data["cells"][key].get(str(K))
-                if not cells:
-                    continue
-                row = [str(K), f"{cells.get('ess', math.nan):.1f}"]
-                for e, *_ in ESTIMATORS:
-                    c = cells.get(e)
-                    for part in ("encoder", "decoder"):
-                        if c is None:
-                            row.append("—")
-                            continue
-                        s = c[part]
-                        lo, hi = s["norm_snr_ci"]
-                        row.append(f"{s['median_snr_corrected']:.3g} / {s['norm_snr_corrected']:.3g} "
-                                   f"[{lo:.2g}, {hi:.2g}]" + (" floor" if c["at_floor"] else "")
-                                   + (f" (R={c['repeats']})" if part == "encoder"
-                                      and (c["at_floor"] or c["repeats"] > args.max_repeats) else ""))
-                lines.append("| " + " | ".join(row) + " |")
-            lines += ["", "Cells: median / norm SNR [interval of the norm SNR]; R, the draws, is given where the "
-                      "cell is at the floor or was measured again with more draws than the budget above "
-                      "(`--redo-floor`).", ""]
-            fit = [K for K in Ks if K >= args.fit_from and str(K) in data["cells"][key]]
-            lines += [f"Log-log slope of the norm SNR over K = {', '.join(map(str, fit))}, leaving out the K "
-                      "where that network's SNR is below the floor 3 / sqrt(R) (an upper bound there, not a "
-                      "value), with the published asymptotic rate in brackets:", ""]
-            for e, *_ in ESTIMATORS:
-                parts = []
-                for part in ("encoder", "decoder"):
-                    cells = [data["cells"][key][str(K)].get(e) for K in fit]
-                    # a network whose SNR is below 3 / sqrt(R) has an upper bound, not a value: left out
-                    def at_floor(c):
-                        return c[part]["norm_snr_corrected"] < 3 * c["floor"]
-
-                    used = [(K, c[part]["norm_snr_corrected"]) for K, c in zip(fit, cells)
-                            if c and not at_floor(c)]
-                    floor_from = [K for K, c in zip(fit, cells) if c and at_floor(c)]
-                    pub = PUBLISHED.get((e, part))
-                    text = (f"{slope([k for k, _ in used], [v for _, v in used]):+.2f} over {len(used)} K"
-                            if len(used) >= 2 else "no fit")
-                    if floor_from:
-                        text += f", at the floor at K = {', '.join(map(str, floor_from))}"
-                    parts.append(f"{part} {text}" + (f" [published {pub:+.1f}]" if pub is not None else ""))
-                lines.append(f"* {e}: " + "; ".join(parts))
-            lines.append("")
+            if key in data["cells"]:
+                lines += [f"## {point}, {'one data point' if batch == 1 else f'a minibatch of {batch}'}", ""]
+                lines += snr_table(data["cells"][key], args) + slope_lines(data["cells"][key], args)
     notes = Path(str(out) + "_notes.md")
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
     io.atomic_write_text(Path(str(out) + ".md"), "\n".join(lines))
     plot(data, args, out)
+
+
+def snr_table(by_k, args):
+    """The table of one (point, batch): a row per K, median / norm SNR [interval] per estimator."""
+    head = ["K", "ESS"] + [f"{e} {p}" for e, *_ in ESTIMATORS for p in ("q", "p")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for K in sorted(args.K):
+        cells = by_k.get(str(K))
+        if not cells:
+            continue
+        row = [str(K), f"{cells.get('ess', math.nan):.1f}"]
+        for e, *_ in ESTIMATORS:
+            c = cells.get(e)
+            for part in ("encoder", "decoder"):
+                if c is None:
+                    row.append("—")
+                    continue
+                s = c[part]
+                lo, hi = s["norm_snr_ci"]
+                row.append(f"{s['median_snr_corrected']:.3g} / {s['norm_snr_corrected']:.3g} "
+                           f"[{lo:.2g}, {hi:.2g}]" + (" floor" if c["at_floor"] else "")
+                           + (f" (R={c['repeats']})" if part == "encoder"
+                              and (c["at_floor"] or c["repeats"] > args.max_repeats) else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + ["", "Cells: median / norm SNR [interval of the norm SNR]; R, the draws, is given where the "
+                    "cell is at the floor or was measured again with more draws than the budget above "
+                    "(`--redo-floor`).", ""]
+
+
+def slope_lines(by_k, args):
+    """The fitted log-log slopes of one (point, batch), beside the published rates."""
+    fit = [K for K in sorted(args.K) if K >= args.fit_from and str(K) in by_k]
+    lines = [f"Log-log slope of the norm SNR over K = {', '.join(map(str, fit))}, leaving out the K "
+             "where that network's SNR is below the floor 3 / sqrt(R) (an upper bound there, not a "
+             "value), with the published asymptotic rate in brackets:", ""]
+    for e, *_ in ESTIMATORS:
+        parts = []
+        for part in ("encoder", "decoder"):
+            cells = [by_k[str(K)].get(e) for K in fit]
+            # a network whose SNR is below 3 / sqrt(R) has an upper bound, not a value: left out
+            floor = [bool(c) and c[part]["norm_snr_corrected"] < 3 * c["floor"] for c in cells]
+            used = [(K, c[part]["norm_snr_corrected"]) for K, c, f in zip(fit, cells, floor) if c and not f]
+            floor_from = [K for K, f in zip(fit, floor) if f]
+            pub = PUBLISHED.get((e, part))
+            text = (f"{slope([k for k, _ in used], [v for _, v in used]):+.2f} over {len(used)} K"
+                    if len(used) >= 2 else "no fit")
+            if floor_from:
+                text += f", at the floor at K = {', '.join(map(str, floor_from))}"
+            parts.append(f"{part} {text}" + (f" [published {pub:+.1f}]" if pub is not None else ""))
+        lines.append(f"* {e}: " + "; ".join(parts))
+    return lines + [""]
 
 
 def plot(data, args, out):
@@ -244,27 +240,30 @@ def plot(data, args, out):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--K", type=int, nargs="+", default=[1, 3, 10, 30, 100, 300, 1000, 3000])
-    p.add_argument("--points", nargs="+", default=["init", "elbo", "iwae"], choices=("init", "elbo", "iwae"))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--K", type=int, nargs="+", default=[1, 3, 10, 30, 100, 300, 1000, 3000],
+                   help="importance samples")
+    p.add_argument("--points", nargs="+", default=["init", "elbo", "iwae"], choices=("init", "elbo", "iwae"),
+                   help="parameter points")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 100], help="examples per gradient")
     p.add_argument("--estimators", nargs="+", default=[e for e, *_ in ESTIMATORS],
-                   choices=[e for e, *_ in ESTIMATORS])
+                   choices=[e for e, *_ in ESTIMATORS], help="gradient estimators compared")
     p.add_argument("--repeats", type=int, default=100,
                    help="gradient draws to start with (fewer, down to 20, where --max-rows would be spent)")
-    p.add_argument("--max-repeats", type=int, default=2000)
+    p.add_argument("--max-repeats", type=int, default=2000, help="gradient draws a cell may raise R to")
     p.add_argument("--max-rows", type=float, default=1e7,
                    help="decoder rows (examples x K x draws) a cell may spend raising R")
     p.add_argument("--fit-from", type=int, default=30, help="fit slopes over K >= this")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="the models' dtype")
     p.add_argument("--train-epochs", type=int, default=50, help="epochs of the trained points")
     p.add_argument("--iwae-samples", type=int, default=5, help="S of the IWAE-trained point")
-    p.add_argument("--models", default=str(REPO / "benchmarks" / "results" / "snr_vs_k_models"),
+    p.add_argument("--models", default=str(RESULTS / "snr_vs_k_models"),
                    help="where the points' models are kept (not committed)")
-    p.add_argument("--data", help="folder holding MNIST")
+    p.add_argument("--data", help="folder holding MNIST (None: $NPVAE_DATA, then the user cache)")
     p.add_argument("--threads", type=int, default=None, help="threads of the numba engine")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "snr_vs_k"))
-    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--out", default=str(RESULTS / "snr_vs_k"), help="OUT.md, OUT.json (the cells) and OUT.png")
+    p.add_argument("--report-only", action="store_true", help="redraw the report from OUT.json")
     p.add_argument("--redo-floor", action="store_true",
                    help="measure again the cells left at the floor, where a larger --max-repeats/--max-rows "
                         "now allows more draws")
@@ -286,7 +285,7 @@ def main(argv=None):
     data = json.loads(store.read_text()) if store.exists() else {"cells": {}}
     data["command"] = command
     if not args.report_only:
-        (x_train, _), (x_test, _) = npvae.load_mnist(args.data, progress=False)
+        x_train, x_test = load_mnist(args.data)
         Path(args.models).mkdir(parents=True, exist_ok=True)
         models = {point: trained(point, args.models, x_train, args) for point in args.points}
         # K outermost: every point's curve grows together, so an interrupted run has slopes for all
@@ -298,7 +297,7 @@ def main(argv=None):
                     x = x_test[:batch].astype(model.dtype)
                     cells = data["cells"].setdefault(key, {}).setdefault(str(K), {})
                     if "ess" not in cells:
-                        cells["ess"] = ess(model, x, K, np.random.default_rng([K, 99]))
+                        cells["ess"] = median_ess(model, x, K, np.random.default_rng([K, 99]))
                     for e in args.estimators:
                         if e in cells and not (args.redo_floor and cells[e]["at_floor"]
                                                and cells[e]["repeats"] < min(args.max_repeats,

@@ -15,7 +15,7 @@ Also: a per-phase profile of the numba float32 step (S=1 and S=25), and per-epoc
 20-epoch run of npvae numba float32 (and the peer) at S=1 on a subset, to show that epoch time
 does not drift upward (RMSprop's running averages decaying into subnormal floats).
 
-    python benchmarks/speed.py --epochs 1 --repeats 3 --samples 1 5 25 50 --threads 2 --numpy-samples 1 5 \
+    python benchmarks/speed.py --epochs 1 --repeats 3 --samples 1 5 25 50 --threads 2 --numpy-samples 1 5 \\
         --drift-epochs 20 --drift-subset 10000 --profile-samples 1 5 25
 
 Writes a Markdown report to ``benchmarks/results/speed_2threads.md`` (``speed_1thread.md`` with one
@@ -24,10 +24,10 @@ committed reports, and ``benchmarks/plot_speed.py`` draws them.
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,21 +35,35 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from hostload import DISTURBED, Meter, cpu_name  # noqa: E402
-REPO = os.path.dirname(HERE)
+import _common  # noqa: F401  (first: this checkout's npvae and the peers on sys.path)
+from _common import RESULTS, epoch_flops, gemm_rate, library_versions, load_mnist, loadavg, machine
+from hostload import DISTURBED, Meter
+
 CONTENDERS = ("numba-float32", "numba-float64", "numpy-float64", "torch-float32", "jax-float32")
 PEER = "torch-float32"
 JAX_PEER = "jax-float32"
 #: The largest ratio numba float32 / peer aimed at, by peer and S: at the seed's S = 1 and 5,
 #: 0.6 of PyTorch's time and 0.75 of JAX's; elsewhere 0.67 of PyTorch's and JAX's.
 TARGETS = {PEER: lambda S: 0.6 if S <= 5 else 0.67, JAX_PEER: lambda S: 0.75 if S <= 5 else 0.67}
-D, H, L, BATCH = 784, 256, 2, 100
+BATCH = 100
 #: float32 sigmoid(l) is subnormal below this logit (log of the smallest normal float32, -87.34):
 #: there ``sigmoid(l) - x`` for a pixel x = 0 is subnormal unless flushed (npvae flushes it).
 DEEP_LOGIT = float(np.log(np.finfo(np.float32).tiny))
 DEEP_PROBE = 1000           # images whose logits (decoded at the encoder's mean) are counted
+
+
+@functools.lru_cache(maxsize=None)
+def seed_layers():
+    """``(name, fan_in, fan_out)`` of the seed model's dense layers (``VAE().layer_shapes()``)."""
+    import npvae
+    return tuple(npvae.VAE(backend="numpy").layer_shapes())
+
+
+def output_product(S):
+    """``(rows, inner, cols)`` of the decoder's output layer's product in a step of S samples:
+    ``(100*S, 256) @ (256, 784)`` for the seed model."""
+    _, fan_in, fan_out = next(layer for layer in seed_layers() if layer[0] == "dec.out")
+    return BATCH * S, fan_in, fan_out
 
 
 # --------------------------------------------------------------------------
@@ -65,10 +79,7 @@ def _maxrss_mb():
 
 
 def _load_x(subset):
-    sys.path.insert(0, REPO)
-    import npvae
-    data = os.environ.get("NPVAE_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
-    (x, _), _ = npvae.load_mnist(data if os.path.exists(data) else None, download=False, progress=False)
+    x, _ = load_mnist(download=False)
     return x if subset is None else x[:subset]
 
 
@@ -77,6 +88,9 @@ class _EpochClock:
     per epoch) or a callback for the peer's ``train``."""
 
     def __init__(self):
+        self.start()
+
+    def start(self):
         self.marks = [time.process_time()]
 
     def write(self, text):
@@ -93,176 +107,141 @@ class _EpochClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def _gemm_rate(S, lib, dtype, reps=8):
-    """GFLOPS of ``(100*S, 256) @ (256, 784)`` in this process, right after training."""
-    M = BATCH * S
-    if lib == "torch":
-        import torch
-        a, b, o = torch.rand(M, H), torch.rand(H, D), torch.empty(M, D)
-
-        def f():
-            torch.matmul(a, b, out=o)
-    elif lib == "jax":
-        import jax
-        a, b = jax.numpy.ones((M, H), jax.numpy.float32), jax.numpy.ones((H, D), jax.numpy.float32)
-        mm = jax.jit(lambda a, b: a @ b)
-
-        def f():
-            mm(a, b).block_until_ready()
-    else:
-        rng = np.random.default_rng(0)
-        a, b = rng.random((M, H)).astype(dtype), rng.random((H, D)).astype(dtype)
-        o = np.empty((M, D), dtype)
-
-        def f():
-            np.matmul(a, b, out=o)
-    return gflops(f, 2.0 * M * H * D, reps)
+def _train_jax(x, S, epochs, threads, seed, clock):
+    import jax_vae as jv
+    jv.setup(threads)            # pinned to `threads` CPUs before jax is imported: XLA's pool follows
+    warm = jv.build_model(seed=seed)
+    jv.train(warm, x[:2 * BATCH], 1, mc_samples=S, seed=seed)   # compiles the step (XLA), outside the clock
+    rss0 = _rss_mb()
+    model = jv.build_model(seed=seed)
+    clock.start()
+    _, history = jv.train(model, x, epochs, batch_size=BATCH, mc_samples=S, seed=seed, callback=clock)
+    return [r["seconds"] for r in history], [r["loss"] for r in history], rss0
 
 
-def gflops(f, flops, reps):
-    """``flops / 1e9`` over the median time of ``reps`` calls of ``f`` (after one warm-up call)."""
-    f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return flops / np.median(ts) / 1e9
+def _train_torch(x, S, epochs, threads, seed, clock):
+    import torch
+    import torch_vae as tv
+    torch.set_num_threads(threads)
+    warm = tv.build_model(seed=seed)
+    tv.train(warm, x[:2 * BATCH], 1, mc_samples=S, seed=seed, threads=threads)  # allocator warm-up
+    rss0 = _rss_mb()
+    model = tv.build_model(seed=seed)
+    clock.start()
+    history = tv.train(model, x, epochs, batch_size=BATCH, mc_samples=S, seed=seed, threads=threads, callback=clock)
+    return [r["seconds"] for r in history], [r["loss"] for r in history], rss0
+
+
+def _train_npvae(contender, x, S, epochs, seed, clock):
+    import npvae
+    backend, dtype = contender.split("-")
+    warm = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+    npvae.fit(warm, x[:2 * BATCH], epochs=1, batch_size=BATCH, mc_samples=S, verbose=0)  # numba cache load
+    x = x.astype(dtype, copy=False)  # as fit would, outside the clock and the memory growth
+    rss0 = _rss_mb()
+    model = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+    clock.start()
+    history = npvae.fit(model, x, epochs=epochs, batch_size=BATCH, mc_samples=S, verbose=2, seed=seed, file=clock)
+    return list(history["seconds"]), list(history["loss"]), rss0
 
 
 def worker_train(contender, S, epochs, subset, threads, seed=0):
     """Train a fresh model for ``epochs`` epochs; return per-epoch wall and CPU seconds, memory,
     and the matrix-multiply rate measured in the same process right after."""
     if contender.startswith("jax"):
-        sys.path.insert(0, os.path.join(HERE, "peers"))
-        import jax_vae as jv
-        jv.setup(threads)            # pinned to `threads` CPUs before jax is imported: XLA's pool follows
+        import jax_vae
+        jax_vae.setup(threads)       # before anything (the data's loader included) imports jax
     x = _load_x(subset)
     clock = _EpochClock()
     if contender.startswith("jax"):
-        warm = jv.build_model(seed=seed)
-        jv.train(warm, x[:2 * BATCH], 1, mc_samples=S, seed=seed)   # compiles the step (XLA), outside the clock
-        rss0 = _rss_mb()
-        model = jv.build_model(seed=seed)
-        clock.marks = [time.process_time()]
-        _, history = jv.train(model, x, epochs, batch_size=BATCH, mc_samples=S, seed=seed, callback=clock)
-        seconds = [r["seconds"] for r in history]
-        losses = [r["loss"] for r in history]
+        seconds, losses, rss0 = _train_jax(x, S, epochs, threads, seed, clock)
     elif contender.startswith("torch"):
-        import torch
-        sys.path.insert(0, os.path.join(HERE, "peers"))
-        import torch_vae as tv
-        torch.set_num_threads(threads)
-        warm = tv.build_model(seed=seed)
-        tv.train(warm, x[:2 * BATCH], 1, mc_samples=S, seed=seed, threads=threads)  # allocator warm-up
-        rss0 = _rss_mb()
-        model = tv.build_model(seed=seed)
-        clock.marks = [time.process_time()]
-        history = tv.train(model, x, epochs, batch_size=BATCH, mc_samples=S, seed=seed, threads=threads,
-                           callback=clock)
-        seconds = [r["seconds"] for r in history]
-        losses = [r["loss"] for r in history]
+        seconds, losses, rss0 = _train_torch(x, S, epochs, threads, seed, clock)
     else:
-        import npvae
-        backend, dtype = contender.split("-")
-        backend = {"numba": "numba", "numpy": "numpy"}[backend]
-        warm = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
-        npvae.fit(warm, x[:2 * BATCH], epochs=1, batch_size=BATCH, mc_samples=S, verbose=0)  # numba cache load
-        x = x.astype(dtype, copy=False)  # as fit would, outside the clock and the memory growth
-        rss0 = _rss_mb()
-        model = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
-        clock.marks = [time.process_time()]
-        history = npvae.fit(model, x, epochs=epochs, batch_size=BATCH, mc_samples=S, verbose=2, seed=seed,
-                            file=clock)
-        seconds = list(history["seconds"])
-        losses = list(history["loss"])
+        seconds, losses, rss0 = _train_npvae(contender, x, S, epochs, seed, clock)
     maxrss = _maxrss_mb()
     lib = contender.split("-")[0] if contender.startswith(("torch", "jax")) else "numpy"
-    rate = _gemm_rate(S, lib, np.float32 if contender.endswith("32") else np.float64)
+    rate = gemm_rate(*output_product(S), dtype="float32" if contender.endswith("32") else "float64", lib=lib)
     return dict(seconds=[float(s) for s in seconds], cpu=clock.per_epoch(), loss=[float(v) for v in losses],
                 rss_setup_mb=rss0, maxrss_mb=maxrss, gemm_gflops=rate)
+
+
+def _drift_torch(x, epochs, threads, seed):
+    import torch
+    import torch_vae as tv
+    optimizers = []
+
+    def recording_rmsprop(parameters):           # the peer's optimizer, kept for its running averages
+        optimizers.append(tv.rmsprop(parameters))
+        return optimizers[-1]
+
+    model = tv.build_model(seed=seed)
+    tiny = torch.finfo(torch.float32).tiny
+    probe = torch.from_numpy(np.ascontiguousarray(x[:DEEP_PROBE], dtype=np.float32))
+    records, cpu = [], [time.process_time()]
+
+    def count(tensors):
+        return int(sum(((t != 0) & (t.abs() < tiny)).sum().item() for t in tensors))
+
+    def callback(r):
+        now = time.process_time()
+        state = [s["square_avg"] for s in optimizers[-1].state.values()]
+        with torch.no_grad():
+            deep = float((model.decode(model.encode(probe)[0]) < DEEP_LOGIT).double().mean())
+        records.append(dict(seconds=r["seconds"], cpu=now - cpu[0], subnormal_state=count(state),
+                            subnormal_params=count(list(model.parameters())), deep=deep))
+        cpu[0] = time.process_time()
+
+    tv.train(model, x, epochs, batch_size=BATCH, mc_samples=1, seed=seed, threads=threads, callback=callback,
+             optimizer=recording_rmsprop)
+    return records
+
+
+def _drift_npvae(contender, x, epochs, seed):
+    import npvae
+    from npvae import optim
+    backend, dtype = contender.split("-")
+    warm = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+    npvae.fit(warm, x[:2 * BATCH], epochs=1, batch_size=BATCH, verbose=0)  # numba cache load
+    model = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+    opt = optim.RMSprop()
+    x = x.astype(dtype)
+    tiny = np.finfo(dtype).tiny
+    records = []
+
+    def count(arrays):
+        return int(sum(np.count_nonzero((a != 0) & (np.abs(a) < tiny)) for a in arrays))
+
+    for epoch in range(epochs):  # one fit call per epoch, the optimizer (and its state) carried over
+        c0 = time.process_time()
+        h = npvae.fit(model, x, epochs=1, batch_size=BATCH, mc_samples=1, optimizer=opt, seed=seed + epoch,
+                      verbose=0)
+        mu, _ = model.encode(x[:DEEP_PROBE])
+        deep = float(np.mean(model.engine.decode_logits(mu) < DEEP_LOGIT))
+        averages = [a for key, a in opt.state_dict().items() if key.startswith("v/")]   # RMSprop's slot "v"
+        records.append(dict(seconds=float(h["seconds"][0]), cpu=time.process_time() - c0,
+                            subnormal_state=count(averages), subnormal_params=count(model.params.values()),
+                            deep=deep))
+    return records
 
 
 def worker_drift(contender, epochs, subset, threads, seed=0):
     """Per-epoch wall and CPU seconds of one long run at S=1, with the number of subnormal
     floats in the optimizer's running averages and in the parameters after each epoch."""
     x = _load_x(subset)
-    records = []
     if contender.startswith("torch"):
-        import torch
-        sys.path.insert(0, os.path.join(HERE, "peers"))
-        import torch_vae as tv
-        optimizers = []
-
-        class Recording(torch.optim.RMSprop):
-            def __init__(self, *a, **k):
-                super().__init__(*a, **k)
-                optimizers.append(self)
-
-        tv.torch.optim.RMSprop = Recording
-        model = tv.build_model(seed=seed)
-        tiny = torch.finfo(torch.float32).tiny
-        cpu = [time.process_time()]
-
-        def count(tensors):
-            return int(sum(((t != 0) & (t.abs() < tiny)).sum().item() for t in tensors))
-
-        probe = torch.from_numpy(np.ascontiguousarray(x[:DEEP_PROBE], dtype=np.float32))
-
-        def callback(r):
-            now = time.process_time()
-            state = [s["square_avg"] for s in optimizers[-1].state.values()]
-            with torch.no_grad():
-                deep = float((model.decode(model.encode(probe)[0]) < DEEP_LOGIT).double().mean())
-            records.append(dict(seconds=r["seconds"], cpu=now - cpu[0], subnormal_state=count(state),
-                                subnormal_params=count(list(model.parameters())), deep=deep))
-            cpu[0] = time.process_time()
-
-        tv.train(model, x, epochs, batch_size=BATCH, mc_samples=1, seed=seed, threads=threads, callback=callback)
-    else:
-        import npvae
-        from npvae import optim
-        backend, dtype = contender.split("-")
-        warm = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
-        npvae.fit(warm, x[:2 * BATCH], epochs=1, batch_size=BATCH, verbose=0)  # numba cache load
-        model = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
-        opt = optim.RMSprop()
-        x = x.astype(dtype)
-        tiny = np.finfo(dtype).tiny
-
-        def count(arrays):
-            return int(sum(np.count_nonzero((a != 0) & (np.abs(a) < tiny)) for a in arrays))
-
-        for epoch in range(epochs):  # one fit call per epoch, the optimizer (and its state) carried over
-            c0 = time.process_time()
-            h = npvae.fit(model, x, epochs=1, batch_size=BATCH, mc_samples=1, optimizer=opt, seed=seed + epoch,
-                          verbose=0)
-            mu, _ = model.encode(x[:DEEP_PROBE])
-            deep = float(np.mean(model.engine.decode_logits(mu) < DEEP_LOGIT))
-            records.append(dict(seconds=float(h["seconds"][0]), cpu=time.process_time() - c0,
-                                subnormal_state=count(opt._state["v"].values()),
-                                subnormal_params=count(model.params.values()), deep=deep))
-    return records
+        return _drift_torch(x, epochs, threads, seed)
+    return _drift_npvae(contender, x, epochs, seed)
 
 
 def worker_gemm(S, threads, reps=15):
     """GFLOPS of ``(100*S, 256) @ (256, 784)`` in NumPy (float32, float64) and torch (float32)."""
-    rng = np.random.default_rng(0)
-    out = {}
-    M = BATCH * S
-    flops = 2.0 * M * H * D
-    for dt in (np.float32, np.float64):
-        a, b = rng.random((M, H)).astype(dt), rng.random((H, D)).astype(dt)
-        o = np.empty((M, D), dt)
-        out[f"numpy-{np.dtype(dt).name}"] = gflops(lambda: np.matmul(a, b, out=o), flops, reps)
-    try:
+    shape = output_product(S)
+    out = {f"numpy-{dtype}": gemm_rate(*shape, dtype=dtype, reps=reps) for dtype in ("float32", "float64")}
+    if importlib.util.find_spec("torch"):
         import torch
         torch.set_num_threads(threads)
-        a, b = torch.rand(M, H), torch.rand(H, D)
-        o = torch.empty(M, D)
-        out["torch-float32"] = gflops(lambda: torch.matmul(a, b, out=o), flops, reps)
-    except ImportError:
-        pass
+        out["torch-float32"] = gemm_rate(*shape, lib="torch", reps=reps)
     return out
 
 
@@ -319,14 +298,17 @@ def run_worker(args):
 # Driver
 # --------------------------------------------------------------------------
 def thread_env(threads):
+    """The environment of a measured process: ``threads`` for every library's pool, and this
+    checkout's npvae first on the import path."""
     env = dict(os.environ)
     for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[k] = str(threads)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(_common.REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
 def spawn(threads, *argv):
+    """Run this script as a worker (``argv``) in a fresh process; its RESULT line as a dict."""
     cmd = [sys.executable, os.path.abspath(__file__), *map(str, argv), "--threads", str(threads)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads))
@@ -338,66 +320,240 @@ def spawn(threads, *argv):
     return res
 
 
-def dense_flops_per_epoch(n, S, batch=BATCH):
-    """Multiply-add FLOPs (x2) of the dense layers in one epoch: forward, and backward's dW and
-    dX products (no dX for the encoder's input layer: x needs no gradient)."""
-    total = 0.0
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        enc = [(b, D, H), (b, H, L), (b, H, L)]          # (rows, fan_in, fan_out)
-        dec = [(b * S, L, H), (b * S, H, D)]
-        fwd = sum(2.0 * r * i * o for r, i, o in enc + dec)
-        dW = fwd
-        dX = fwd - 2.0 * b * D * H
-        total += fwd + dW + dX
-    return total
+class Measurements:
+    """What the training runs measured, by ``(contender, S)``."""
+
+    def __init__(self):
+        self.times = {}        # epoch seconds
+        self.cpus = {}         # epoch CPU seconds
+        self.mem = {}          # (maxrss, growth over the footprint after setup), MB
+        self.losses = {}       # train loss of the last epoch (first repeat)
+        self.rates = {}        # GEMM GFLOPS measured in the worker right after training
+        self.gemm = {}         # S -> list of {library-dtype: GFLOPS} from separate processes
+        self.disturbances = []  # one line per training run: the share of the machine others took
+
+    def add(self, c, S, res):
+        self.times.setdefault((c, S), []).extend(res["seconds"])
+        self.cpus.setdefault((c, S), []).extend(res["cpu"])
+        self.rates.setdefault((c, S), []).append(res["gemm_gflops"])
+        self.losses.setdefault((c, S), res["loss"][-1])
+        m = self.mem.get((c, S), (0.0, 0.0))
+        self.mem[(c, S)] = (max(m[0], res["maxrss_mb"]), max(m[1], res["maxrss_mb"] - res["rss_setup_mb"]))
 
 
-def loadavg():
-    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+def _subset_args(subset):
+    return ["--subset", subset] if subset else []
 
 
-def blas_info():
-    info = {}
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg["Build Dependencies"]["blas"]
-        info["numpy"] = f"NumPy {np.__version__}, {blas.get('name')} {blas.get('version')}"
-    except Exception:  # noqa: BLE001 (older NumPy)
-        info["numpy"] = f"NumPy {np.__version__}"
-    core = _openblas_core()
-    if core:
-        info["numpy"] += f" (OpenBLAS kernels: {core})"
-    try:
-        import numba
-        info["numba"] = f"numba {numba.__version__}"
-    except ImportError:
-        pass
-    try:
-        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__); "
-                              "print(torch.__config__.show())"], capture_output=True, text=True).stdout
-        lines = out.splitlines()
-        mkl = [ln.strip(" -") for ln in lines if "Math Kernel" in ln or "MKL-DNN" in ln]
-        info["torch"] = f"torch {lines[0]} ({'; '.join(mkl)})"
-    except Exception:  # noqa: BLE001
-        pass
-    return info
+def train_once(args, rep, c, S):
+    """One training run of contender ``c`` at ``S``, measured again (once) if others disturbed it;
+    returns the worker's result and the line that says how busy the machine was."""
+    for attempt in range(2):
+        with Meter(args.disturbed) as meter:
+            res = spawn(args.threads, "--worker", "train", "--contender", c, "--S", S, "--epochs", args.epochs,
+                        *_subset_args(args.subset))
+        res["others"] = meter.others or 0.0
+        line = (f"rep {rep} S={S} {c}: others took {res['others']:.0%} of the machine"
+                + (" (disturbed" + (", measured again)" if attempt == 0 else ", kept)") if meter.disturbed else ""))
+        if not meter.disturbed:
+            break
+    return res, line
 
 
-def _openblas_core():
-    """The CPU kernel set OpenBLAS picked at run time (DYNAMIC_ARCH builds), or None."""
-    import ctypes
-    import glob
-    folder = os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs")
-    for path in glob.glob(os.path.join(folder, "*openblas*")):
-        lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
-                     "openblas_get_corename64_", "openblas_get_corename"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
-    return None
+def measure_training(args):
+    """Every contender at every S, ``args.repeats`` times, alternating in a rotated order."""
+    m = Measurements()
+    for rep in range(args.repeats):
+        for S in args.samples:
+            m.gemm.setdefault(S, []).append(spawn(args.threads, "--worker", "gemm", "--S", S))
+            order = args.contenders[rep % len(args.contenders):] + args.contenders[:rep % len(args.contenders)]
+            for c in order:
+                if c.startswith("numpy") and args.numpy_samples is not None and S not in args.numpy_samples:
+                    continue
+                res, line = train_once(args, rep, c, S)
+                m.disturbances.append(line)
+                m.add(c, S, res)
+                print(f"rep {rep} S={S:3d} {c:14s} epochs {['%.2f' % s for s in res['seconds']]} "
+                      f"cpu {['%.2f' % s for s in res['cpu']]} gemm {res['gemm_gflops']:.1f} "
+                      f"loss {res['loss'][-1]:.3f} maxrss {res['maxrss_mb']:.0f} MB load {loadavg()} "
+                      f"others {res['others']:.0%}", flush=True)
+    return m
+
+
+def measure_profiles(args):
+    profiles = {}
+    for S in args.profile_samples:
+        profiles[S] = spawn(args.threads, "--worker", "profile", "--S", S, "--steps", args.profile_steps,
+                            *_subset_args(args.subset))
+        print(f"profile S={S}: {profiles[S]['step_ms']:.2f} ms/step", flush=True)
+    return profiles
+
+
+def measure_drift(args):
+    drift = {}
+    for c in args.drift_contenders if args.drift_epochs else ():
+        drift[c] = spawn(args.threads, "--worker", "drift", "--contender", c, "--epochs", args.drift_epochs,
+                         "--subset", args.drift_subset)["records"]
+        print(f"drift {c}: {['%.2f' % r['seconds'] for r in drift[c]]}", flush=True)
+    return drift
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+def torch_blas():
+    """torch's version and math libraries (asked in a subprocess: importing torch here would
+    load its own OpenMP beside NumPy's BLAS), or None without torch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__); "
+                          "print(torch.__config__.show())"], capture_output=True, text=True).stdout
+    lines = out.splitlines()
+    if not lines:
+        return None
+    mkl = [ln.strip(" -") for ln in lines if "Math Kernel" in ln or "MKL-DNN" in ln]
+    return f"torch {lines[0]} ({'; '.join(mkl)})"
+
+
+def header(args, command, started, loads):
+    T, n = args.threads, args.subset or 60000
+    threads = ("npvae's numba step runs as one group with BLAS threading its products.  " if T == 1 else
+               f"npvae's numba step (`VAE.threads` = {T}) runs {T} groups of examples at once when a step has at "
+               "least 2 x `npvae.fast.threads.MIN_GROUP_ROWS` = 2048 rows (here S >= 21), each with single-threaded "
+               "BLAS; below that, one group with BLAS threading its products and, in float32, the row passes on "
+               "BLAS's threads (`npvae.fast.threads.job_parts`).  ")
+    libraries = "; ".join(filter(None, [library_versions(("numba",)), torch_blas()]))
+    return ["# Training speed per epoch", "",
+            f"Command: `{command}`  ", f"Started {started}; machine: {machine()}.  ",
+            f"Threads: {T} for every contender (OPENBLAS/OMP/MKL_NUM_THREADS={T}, torch.set_num_threads({T})); "
+            + threads,
+            f"Libraries: {libraries or 'npvae and NumPy only'}.  ",
+            f"Load average (1/5/15 min) at start {loads[0]}, at end {loads[1]}: the machine was shared, "
+            "so absolute times are noisy; the ratios come from the same run, contenders alternating.  ",
+            f"Data: the first {n} MNIST training images (grayscale), batch {BATCH}, 784-256-2 relu, RMSprop "
+            f"(lr 1e-3, rho 0.9), ELBO with analytic KL; {args.epochs} timed epoch(s) per contender and S, "
+            f"{args.repeats} repeat(s); one warm-up step per process before timing (numba's cache load). "
+            "Epoch time is training only (no validation).", ""]
+
+
+def time_sections(args, m):
+    """The wall and CPU seconds tables; returns their lines and the seconds the rates divide
+    (CPU seconds with one thread, wall seconds with more)."""
+    rows, verdicts, med = time_table(args.samples, args.contenders, m.times)
+    lines = ["## Seconds per epoch (median, [min-max]) and ratio to the PyTorch peer", "", *rows, "",
+             "Targets: numba float32 at most 0.6x PyTorch and 0.75x JAX at S <= 5, 0.67x both beyond.", "",
+             *verdicts, ""]
+    rows, verdicts, cmed = time_table(args.samples, args.contenders, m.cpus, ", CPU time")
+    lines += ["## CPU seconds per epoch (median, [min-max]) and ratio to the peer", "",
+              "The process's CPU time (`time.process_time`) per epoch: with one thread per contender it "
+              "leaves out the time the process waited for a core on the shared machine, so these ratios "
+              "are steadier than the wall-clock ones (caches and memory bandwidth stay shared). npvae's "
+              "first epoch includes `fit`'s input checks (a pass over the data, ~1% at S=1).", "",
+              *rows, "", *verdicts, ""]
+    return lines, (cmed if args.threads == 1 else med)
+
+
+def achieved(n, S, secs, rate):
+    """The share of the product rate ``rate`` (GFLOPS) an epoch of ``secs`` seconds achieved."""
+    return epoch_flops(seed_layers(), n, S, BATCH) / secs / 1e9 / rate
+
+
+def rate_section(args, m, secs):
+    n = args.subset or 60000
+    lines = ["## Matrix-multiply rate and achieved fraction", "",
+             "Rate: GFLOPS of one `(100*S, 256) @ (256, 784)` product (the decoder's output layer), measured "
+             "in each training process right after its epochs (median over the processes; same threads, same "
+             "load), with the contender's own library and dtype (NumPy's BLAS for npvae, torch's MKL for the "
+             "peer). The columns NumPy/torch GFLOPS are the same product timed in separate processes "
+             "before each S. Achieved: dense-layer FLOPs of an epoch (forward, dW, dX; no dX for the input "
+             "layer) / median seconds of an epoch / that rate, where the seconds are "
+             + ("CPU seconds (one thread: the time the process ran)" if args.threads == 1 else
+                f"wall seconds (the rate is that of {args.threads} threads over wall time; CPU seconds would "
+                "count each thread's)") + ".", "",
+             "| S | GFLOP/epoch | NumPy f32 GFLOPS | NumPy f64 GFLOPS | torch f32 GFLOPS | "
+             + " | ".join(f"{c}: rate, achieved" for c in args.contenders) + " |",
+             "|---" * (5 + len(args.contenders)) + "|"]
+    for S in args.samples:
+        g = {k: float(np.median([r[k] for r in m.gemm[S] if k in r])) for k in m.gemm[S][0]}
+        own = {c: float(np.median(m.rates[(c, S)])) for c in args.contenders if (c, S) in secs}
+        cells = [f"{own[c]:.0f} GFLOPS, {achieved(n, S, secs[(c, S)], own[c]):.0%}" if c in own else "-"
+                 for c in args.contenders]
+        lines.append(f"| {S} | {epoch_flops(seed_layers(), n, S, BATCH) / 1e9:.0f} | {g['numpy-float32']:.1f} | "
+                     f"{g['numpy-float64']:.1f} | {g.get('torch-float32', float('nan')):.1f} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Target: numba float32 at S >= 25 at least 60% of the machine's measured rate.", ""]
+    if "numba-float32" in args.contenders:
+        for S in args.samples:
+            if S >= 25 and ("numba-float32", S) in secs:
+                frac = achieved(n, S, secs[("numba-float32", S)], np.median(m.rates[("numba-float32", S)]))
+                lines.append(f"- S={S}: {frac:.0%} of the measured rate, "
+                             + ("met" if frac >= 0.6 else f"missed by {0.6 - frac:.0%} points"))
+        lines.append("")
+    if "numba-float32" in args.contenders and PEER in args.contenders:
+        lines += floor_section(args.samples, n, secs, m.rates)
+    return lines
+
+
+def run_sections(args, m):
+    """What else ran on the machine, peak memory, and the training losses."""
+    return ["## What else ran on the machine", "",
+            "Per training run: the share of the machine (wall x CPUs) that other processes took while it "
+            "ran (`/proc/stat` busy time minus this run's CPU time). Above "
+            f"{args.disturbed:.0%} a run counts as disturbed and is measured again, once; the second "
+            "measurement is kept either way.", "", *(f"- {d}" for d in m.disturbances), "",
+            "## Peak memory (MB)", "",
+            "`ru_maxrss` of the worker process (data, libraries and training), and in brackets its growth over "
+            "the process's RSS after loading data and libraries (what training itself added).", "",
+            *contender_table(args.samples, args.contenders, lambda c, S: (
+                "-" if (c, S) not in m.mem else f"{m.mem[(c, S)][0]:.0f} (+{m.mem[(c, S)][1]:.0f})")), "",
+            "## Training loss after the timed epochs (same seed, same data)", "",
+            "npvae's float32 and float64 runs draw the same noise (in float64, rounded), so they agree to float32 "
+            "noise; the peer draws its own noise and initial weights from torch's generators.", "",
+            *contender_table(args.samples, args.contenders, lambda c, S: (
+                "-" if (c, S) not in m.losses else f"{m.losses[(c, S)]:.4f}")), ""]
+
+
+def profile_section(profiles, steps):
+    if not profiles:
+        return []
+    lines = ["## Where the numba float32 step spends its time", "",
+             f"Share of each phase over {steps} training steps (batch {BATCH}, ELBO), "
+             "timed with `npvae.fast.step.Profiler` marks; GEMM phases include the bias/activation "
+             "kernels around them.", "",
+             "| phase | " + " | ".join(f"S={S}" for S in profiles) + " |", "|---" * (1 + len(profiles)) + "|"]
+    for ph in next(iter(profiles.values()))["phases"]:
+        lines.append(f"| {ph} | " + " | ".join(f"{profiles[S]['phases'].get(ph, 0):.1%}" for S in profiles) + " |")
+    lines.append("| step (ms) | " + " | ".join(f"{profiles[S]['step_ms']:.2f}" for S in profiles) + " |")
+    return lines + [""]
+
+
+def drift_section(drift, epochs, subset):
+    if not drift:
+        return []
+    lines = [f"## Epoch time over {epochs} epochs (S=1, first {subset} images)", "",
+             "Per epoch, in order: wall seconds / CPU seconds of the process / subnormal floats in RMSprop's "
+             "running averages (and in the parameters) at the end of the epoch / the share of logits below "
+             f"{DEEP_LOGIT:.2f} (the first {DEEP_PROBE} images, decoded at the encoder's mean), where float32 "
+             "`sigmoid(l) - x` is subnormal for a pixel x = 0. npvae flushes subnormal running averages "
+             "to zero every step (`npvae.optim`, `npvae.fast.updates.rmsprop_step`), and the Bernoulli "
+             "gradient's subnormal entries (`npvae.ops.flush_subnormal`); the peer does neither "
+             "(`--flush-denormal` is off by default): its sigmoid gives 0 below about -88.7, but its "
+             "gradient (scaled by 1 / batch) holds subnormal entries for logits from -88.7 to -82.7. "
+             "The machine was shared: wall time follows the load; the counts are exact.", "",
+             "| epoch | " + " | ".join(drift) + " |", "|---" * (1 + len(drift)) + "|"]
+    for e in range(epochs):
+        cells = ["-" if e >= len(drift[c]) else
+                 "{seconds:.2f} / {cpu:.2f} / {subnormal_state} ({subnormal_params}) / {deep:.3%}".format(**drift[c][e])
+                 for c in drift]
+        lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
+    for c in drift:
+        d, cpu = [r["seconds"] for r in drift[c]], [r["cpu"] for r in drift[c]]
+        if len(d) >= 10:
+            lines.append(f"\n{c}: median wall of epochs 2-6 {np.median(d[1:6]):.2f} s, of the last 5 "
+                         f"{np.median(d[-5:]):.2f} s (ratio {np.median(d[-5:]) / np.median(d[1:6]):.2f}); "
+                         f"CPU {np.median(cpu[1:6]):.2f} s and {np.median(cpu[-5:]):.2f} s "
+                         f"(ratio {np.median(cpu[-5:]) / np.median(cpu[1:6]):.2f}).")
+    return lines + [""]
 
 
 def time_table(samples, contenders, values, what=""):
@@ -451,7 +607,7 @@ def floor_section(samples, n, secs, rates, target=0.67):
         if (c, S) not in secs or (PEER, S) not in secs:
             continue
         own, peer_rate = float(np.median(rates[(c, S)])), float(np.median(rates[(PEER, S)]))
-        floor = dense_flops_per_epoch(n, S) / 1e9 / own
+        floor = epoch_flops(seed_layers(), n, S, BATCH) / 1e9 / own
         lines.append(f"| {S} | {fmt_s(floor)} | {floor / secs[(PEER, S)]:.2f} | "
                      f"{floor / (target * secs[(PEER, S)]):.0%} | {floor / secs[(c, S)]:.0%} | "
                      f"{peer_rate / own:.2f} |")
@@ -470,8 +626,9 @@ def fmt_s(v):
     return f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--worker", choices=["train", "gemm", "profile", "drift"], help=argparse.SUPPRESS)
     p.add_argument("--contender", help=argparse.SUPPRESS)
     p.add_argument("--S", type=int, help=argparse.SUPPRESS)
@@ -480,211 +637,40 @@ def main(argv=None):
     p.add_argument("--samples", type=int, nargs="+", default=[1, 5, 25, 50], help="values of S")
     p.add_argument("--repeats", type=int, default=1, help="rounds of the alternation")
     p.add_argument("--threads", type=int, default=1, help="threads for BLAS, OpenMP and torch")
-    p.add_argument("--subset", type=int, default=None, help="train on the first N images (default: all 60000)")
-    p.add_argument("--contenders", nargs="+", choices=CONTENDERS,
+    p.add_argument("--subset", type=int, default=None, help="train on the first N images (None: all 60000)")
+    p.add_argument("--contenders", nargs="+", choices=CONTENDERS, help="what to time (default: all installed)",
                    default=[c for c in CONTENDERS if not c.startswith("jax") or importlib.util.find_spec("jax")])
     p.add_argument("--numpy-samples", type=int, nargs="+", default=None,
-                   help="values of S for the (slow) NumPy reference path (default: all)")
+                   help="values of S for the (slow) NumPy reference path (None: all)")
     p.add_argument("--drift-epochs", type=int, default=20, help="0 to skip the drift run")
-    p.add_argument("--drift-subset", type=int, default=10000)
-    p.add_argument("--drift-contenders", nargs="+", default=["numba-float32", PEER], choices=CONTENDERS)
-    p.add_argument("--profile-samples", type=int, nargs="*", default=[1, 25])
-    p.add_argument("--profile-steps", type=int, default=60)
+    p.add_argument("--drift-subset", type=int, default=10000, help="images of the drift run")
+    p.add_argument("--drift-contenders", nargs="+", default=["numba-float32", PEER], choices=CONTENDERS,
+                   help="contenders of the drift run")
+    p.add_argument("--profile-samples", type=int, nargs="*", default=[1, 25], help="values of S profiled")
+    p.add_argument("--profile-steps", type=int, default=60, help="steps per profile")
     p.add_argument("--disturbed", type=float, default=DISTURBED,
                    help="others' share of the machine that marks a run disturbed (measured again once)")
     p.add_argument("--out", default=None,
-                   help="report file (default: benchmarks/results/speed_1thread.md or speed_<T>threads.md)")
-    args = p.parse_args(argv)
-    if args.out is None:
-        args.out = os.path.join(HERE, "results", "speed_1thread.md" if args.threads == 1
-                                else f"speed_{args.threads}threads.md")
+                   help="report file (None: benchmarks/results/speed_1thread.md or speed_<T>threads.md)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.worker:
         return run_worker(args)
-
-    T = args.threads
-    n = args.subset or 60000
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    load_start = loadavg()
-    print(f"threads {T}, {n} images, load {load_start}", flush=True)
-    times = {}      # (contender, S) -> list of epoch seconds
-    mem = {}        # (contender, S) -> (maxrss, growth)
-    gemm = {}       # S -> list of {name: GFLOPS}
-    losses = {}     # (contender, S) -> train loss of the last epoch (first repeat)
-    cpus = {}       # (contender, S) -> list of epoch CPU seconds
-    rates = {}      # (contender, S) -> GEMM GFLOPS measured in the worker right after training
-    disturbances = []  # one line per training run: the share of the machine others took
-    for rep in range(args.repeats):
-        for S in args.samples:
-            gemm.setdefault(S, []).append(spawn(T, "--worker", "gemm", "--S", S))
-            order = args.contenders[rep % len(args.contenders):] + args.contenders[:rep % len(args.contenders)]
-            for c in order:
-                if c.startswith("numpy") and args.numpy_samples is not None and S not in args.numpy_samples:
-                    continue
-                for attempt in range(2):          # a run others disturbed is measured again, once
-                    with Meter(args.disturbed) as meter:
-                        res = spawn(T, "--worker", "train", "--contender", c, "--S", S, "--epochs", args.epochs,
-                                    *(["--subset", args.subset] if args.subset else []))
-                    others = meter.others or 0.0
-                    disturbances.append(f"rep {rep} S={S} {c}: others took {others:.0%} of the machine"
-                                        + (" (disturbed" + (", measured again)" if attempt == 0 else ", kept)")
-                                           if meter.disturbed else ""))
-                    if not meter.disturbed:
-                        break
-                res["others"] = others
-                times.setdefault((c, S), []).extend(res["seconds"])
-                cpus.setdefault((c, S), []).extend(res["cpu"])
-                rates.setdefault((c, S), []).append(res["gemm_gflops"])
-                losses.setdefault((c, S), res["loss"][-1])
-                m = mem.get((c, S), (0.0, 0.0))
-                mem[(c, S)] = (max(m[0], res["maxrss_mb"]), max(m[1], res["maxrss_mb"] - res["rss_setup_mb"]))
-                print(f"rep {rep} S={S:3d} {c:14s} epochs {['%.2f' % s for s in res['seconds']]} "
-                      f"cpu {['%.2f' % s for s in res['cpu']]} gemm {res['gemm_gflops']:.1f} "
-                      f"loss {res['loss'][-1]:.3f} maxrss {res['maxrss_mb']:.0f} MB load {loadavg()} "
-                      f"others {res['others']:.0%}", flush=True)
-
-    profiles = {}
-    for S in args.profile_samples:
-        profiles[S] = spawn(T, "--worker", "profile", "--S", S, "--steps", args.profile_steps,
-                            *(["--subset", args.subset] if args.subset else []))
-        print(f"profile S={S}: {profiles[S]['step_ms']:.2f} ms/step", flush=True)
-
-    drift = {}
-    if args.drift_epochs:
-        for c in args.drift_contenders:
-            drift[c] = spawn(T, "--worker", "drift", "--contender", c, "--epochs", args.drift_epochs,
-                             "--subset", args.drift_subset)["records"]
-            print(f"drift {c}: {['%.2f' % r['seconds'] for r in drift[c]]}", flush=True)
-    load_end = loadavg()
-
-    # ---- report -------------------------------------------------------------------
-    cmd = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    info = blas_info()
-    lines = ["# Training speed per epoch", "",
-             f"Command: `{cmd}`  ", f"Started {started}; machine: {cpu_name()}, {os.cpu_count()} logical CPUs; "
-             f"Python {platform.python_version()}.  ",
-             f"Threads: {T} for every contender (OPENBLAS/OMP/MKL_NUM_THREADS={T}, torch.set_num_threads({T})); "
-             + ("npvae's numba step runs as one group with BLAS threading its products.  " if T == 1 else
-                f"npvae's numba step (`VAE.threads` = {T}) runs {T} groups of examples at once when a step has at "
-                "least 2 x `npvae.fast.threads.MIN_GROUP_ROWS` = 2048 rows (here S >= 21), each with single-threaded "
-                "BLAS; "
-                "below that, one group with BLAS threading its products and, in float32, the row passes on "
-                "BLAS's threads (`npvae.fast.threads.job_parts`).  "),
-             "BLAS: " + "; ".join(info.values()) + ".  ",
-             f"Load average (1/5/15 min) at start {load_start}, at end {load_end}: the machine was shared, "
-             "so absolute times are noisy; the ratios come from the same run, contenders alternating.  ",
-             f"Data: the first {n} MNIST training images (grayscale), batch {BATCH}, 784-256-2 relu, RMSprop "
-             f"(lr 1e-3, rho 0.9), ELBO with analytic KL; {args.epochs} timed epoch(s) per contender and S, "
-             f"{args.repeats} repeat(s); one warm-up step per process before timing (numba's cache load). "
-             "Epoch time is training only (no validation).", ""]
-    rows, verdicts, med = time_table(args.samples, args.contenders, times)
-    lines += ["## Seconds per epoch (median, [min-max]) and ratio to the PyTorch peer", "", *rows, "",
-              "Targets: numba float32 at most 0.6x PyTorch and 0.75x JAX at S <= 5, 0.67x both beyond.", "",
-              *verdicts, ""]
-    rows, verdicts, cmed = time_table(args.samples, args.contenders, cpus, ", CPU time")
-    lines += ["## CPU seconds per epoch (median, [min-max]) and ratio to the peer", "",
-              "The process's CPU time (`time.process_time`) per epoch: with one thread per contender it "
-              "leaves out the time the process waited for a core on the shared machine, so these ratios "
-              "are steadier than the wall-clock ones (caches and memory bandwidth stay shared). npvae's "
-              "first epoch includes `fit`'s input checks (a pass over the data, ~1% at S=1).", "",
-              *rows, "", *verdicts, ""]
-
-    lines += ["## Matrix-multiply rate and achieved fraction", "",
-              "Rate: GFLOPS of one `(100*S, 256) @ (256, 784)` product (the decoder's output layer), measured "
-              "in each training process right after its epochs (median over the processes; same threads, same "
-              "load), with the contender's own library and dtype (NumPy's BLAS for npvae, torch's MKL for the "
-              "peer). The columns NumPy/torch GFLOPS are the same product timed in separate processes "
-              "before each S. Achieved: dense-layer FLOPs of an epoch (forward, dW, dX; no dX for the input "
-              "layer) / median seconds of an epoch / that rate, where the seconds are "
-              + ("CPU seconds (one thread: the time the process ran)" if T == 1 else
-                 f"wall seconds (the rate is that of {T} threads over wall time; CPU seconds would count "
-                 "each thread's)") + ".", "",
-              "| S | GFLOP/epoch | NumPy f32 GFLOPS | NumPy f64 GFLOPS | torch f32 GFLOPS | "
-              + " | ".join(f"{c}: rate, achieved" for c in args.contenders) + " |",
-              "|---" * (5 + len(args.contenders)) + "|"]
-    secs = cmed if T == 1 else med
-    for S in args.samples:
-        g = {k: float(np.median([r[k] for r in gemm[S] if k in r])) for k in gemm[S][0]}
-        flops = dense_flops_per_epoch(n, S)
-        cells = []
-        for c in args.contenders:
-            if (c, S) not in secs:
-                cells.append("-")
-                continue
-            own = float(np.median(rates[(c, S)]))
-            cells.append(f"{own:.0f} GFLOPS, {flops / secs[(c, S)] / 1e9 / own:.0%}")
-        lines.append(f"| {S} | {flops / 1e9:.0f} | {g['numpy-float32']:.1f} | {g['numpy-float64']:.1f} | "
-                     f"{g.get('torch-float32', float('nan')):.1f} | " + " | ".join(cells) + " |")
-    lines += ["", "Target: numba float32 at S >= 25 at least 60% of the machine's measured rate.", ""]
-    if "numba-float32" in args.contenders:
-        for S in args.samples:
-            if S >= 25 and ("numba-float32", S) in secs:
-                frac = dense_flops_per_epoch(n, S) / secs[("numba-float32", S)] / 1e9 / float(
-                    np.median(rates[("numba-float32", S)]))
-                verdict = "met" if frac >= 0.6 else f"missed by {0.6 - frac:.0%} points"
-                lines.append(f"- S={S}: {frac:.0%} of the measured rate, {verdict}")
-        lines.append("")
-    if "numba-float32" in args.contenders and PEER in args.contenders:
-        lines += floor_section(args.samples, n, secs, rates)
-
-    lines += ["## What else ran on the machine", "",
-              "Per training run: the share of the machine (wall x CPUs) that other processes took while it "
-              "ran (`/proc/stat` busy time minus this run's CPU time). Above "
-              f"{args.disturbed:.0%} a run counts as disturbed and is measured again, once; the second "
-              "measurement is kept either way.", "", *(f"- {d}" for d in disturbances), ""]
-    lines += ["## Peak memory (MB)", "",
-              "`ru_maxrss` of the worker process (data, libraries and training), and in brackets its growth over "
-              "the process's RSS after loading data and libraries (what training itself added).", "",
-              *contender_table(args.samples, args.contenders, lambda c, S: (
-                  "-" if (c, S) not in mem else f"{mem[(c, S)][0]:.0f} (+{mem[(c, S)][1]:.0f})")), ""]
-
-    lines += ["## Training loss after the timed epochs (same seed, same data)", "",
-              "npvae's float32 and float64 runs draw the same noise (in float64, rounded), so they agree to float32 "
-              "noise; the peer draws its own noise and initial weights from torch's generators.", "",
-              *contender_table(args.samples, args.contenders, lambda c, S: (
-                  "-" if (c, S) not in losses else f"{losses[(c, S)]:.4f}")), ""]
-
-    if profiles:
-        lines += ["## Where the numba float32 step spends its time", "",
-                  f"Share of each phase over {args.profile_steps} training steps (batch {BATCH}, ELBO), "
-                  "timed with `npvae.fast.step.Profiler` marks; GEMM phases include the bias/activation "
-                  "kernels around them.", "",
-                  "| phase | " + " | ".join(f"S={S}" for S in profiles) + " |",
-                  "|---" * (1 + len(profiles)) + "|"]
-        phases = list(next(iter(profiles.values()))["phases"])
-        for ph in phases:
-            lines.append(f"| {ph} | " + " | ".join(f"{profiles[S]['phases'].get(ph, 0):.1%}" for S in profiles) + " |")
-        lines.append("| step (ms) | " + " | ".join(f"{profiles[S]['step_ms']:.2f}" for S in profiles) + " |")
-        lines.append("")
-
-    if drift:
-        lines += [f"## Epoch time over {args.drift_epochs} epochs (S=1, first {args.drift_subset} images)", "",
-                  "Per epoch, in order: wall seconds / CPU seconds of the process / subnormal floats in RMSprop's "
-                  "running averages (and in the parameters) at the end of the epoch / the share of logits below "
-                  f"{DEEP_LOGIT:.2f} (the first {DEEP_PROBE} images, decoded at the encoder's mean), where float32 "
-                  "`sigmoid(l) - x` is subnormal for a pixel x = 0. npvae flushes subnormal running averages "
-                  "to zero every step (`npvae.optim`, `npvae.fast.updates.rmsprop_step`), and the Bernoulli "
-                  "gradient's subnormal entries (`npvae.ops.flush_subnormal`); the peer does neither "
-                  "(`--flush-denormal` is off by default): its sigmoid gives 0 below about -88.7, but its "
-                  "gradient (scaled by 1 / batch) holds subnormal entries for logits from -88.7 to -82.7. "
-                  "The machine was shared: wall time follows the load; the counts are exact.", "",
-                  "| epoch | " + " | ".join(drift) + " |", "|---" * (1 + len(drift)) + "|"]
-        for e in range(args.drift_epochs):
-            cells = []
-            for c in drift:
-                r = drift[c][e] if e < len(drift[c]) else None
-                cells.append("-" if r is None else f"{r['seconds']:.2f} / {r['cpu']:.2f} / "
-                             f"{r['subnormal_state']} ({r['subnormal_params']}) / {r['deep']:.3%}")
-            lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
-        for c in drift:
-            d = [r["seconds"] for r in drift[c]]
-            cpu = [r["cpu"] for r in drift[c]]
-            if len(d) >= 10:
-                lines.append(f"\n{c}: median wall of epochs 2-6 {np.median(d[1:6]):.2f} s, of the last 5 "
-                             f"{np.median(d[-5:]):.2f} s (ratio {np.median(d[-5:]) / np.median(d[1:6]):.2f}); "
-                             f"CPU {np.median(cpu[1:6]):.2f} s and {np.median(cpu[-5:]):.2f} s "
-                             f"(ratio {np.median(cpu[-5:]) / np.median(cpu[1:6]):.2f}).")
-        lines.append("")
-
+    if args.out is None:
+        args.out = str(RESULTS / ("speed_1thread.md" if args.threads == 1 else f"speed_{args.threads}threads.md"))
+    started, load_start = time.strftime("%Y-%m-%d %H:%M:%S"), loadavg()
+    print(f"threads {args.threads}, {args.subset or 60000} images, load {load_start}", flush=True)
+    m = measure_training(args)
+    profiles = measure_profiles(args)
+    drift = measure_drift(args)
+    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = header(args, command, started, (load_start, loadavg()))
+    time_lines, secs = time_sections(args, m)
+    lines += time_lines + rate_section(args, m, secs) + run_sections(args, m)
+    lines += profile_section(profiles, args.profile_steps) + drift_section(drift, args.drift_epochs, args.drift_subset)
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

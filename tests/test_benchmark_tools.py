@@ -1,17 +1,40 @@
-"""The benchmark tools: reports into figures (benchmarks/plot_speed.py), report sections
-(benchmarks/speed.py), the sample-size study's executor (benchmarks/sample_sizes.py) and the
-log-likelihood throughput report (benchmarks/ll_throughput.py)."""
+"""The benchmark tools: what the scripts share (benchmarks/_common.py), reports into figures
+(plot_speed.py), report sections and workers (speed.py), the sample-size study (sample_sizes.py),
+the SNR study (snr_vs_k.py), the end-to-end timing (end_to_end.py) and the host meter (hostload.py).
 
-import importlib.util
+How these tests import the scripts: ``benchmarks/`` is a folder of scripts, not a package (each
+runs as ``python benchmarks/x.py``, and its first import, ``import _common``, puts the repository
+and ``benchmarks/peers/`` on ``sys.path``). Running a script puts its folder first on
+``sys.path``; the test session does the same once, through pytest's ``pythonpath = benchmarks``
+(setup.cfg), so the tests import the scripts by the names the scripts import each other by
+(``import speed``), as ordinary modules: no loading by file path, and worker processes find
+``sample_sizes.run_cell`` by its module's name. The tests of pure helpers (ESS, FLOPs, tables,
+report lines) need only NumPy; they run with the rest of the suite in CI's full environment.
+"""
+
+import concurrent.futures as cf
 import json
 import os
+import platform
+import re
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import _common
+import end_to_end
+import hostload
+import mnist_idx
+import plot_speed
+import sample_sizes as study
+import snr_vs_k
+import speed
 
 REPORT = """# Training speed per epoch
 
@@ -33,29 +56,117 @@ Target: numba float32 at most 0.67x the peer at every S.
 | 1 | 9.99 | 9.99 | 9.99 |
 """
 
-
-def _benchmark(name, register=False):
-    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks/ is no package);
-    ``register``: also as ``sys.modules[name]``."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    if register:
-        sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+SCRIPTS = ["compare_peer", "end_to_end", "ll_throughput", "plot_speed", "sample_sizes", "snr_vs_k", "speed"]
 
 
-@pytest.fixture
-def plot_speed():
-    return _benchmark("plot_speed")
+# ---------------------------------------------------------------------------
+# benchmarks/_common.py
+# ---------------------------------------------------------------------------
+def test_ess_is_the_effective_sample_size_of_the_weights():
+    with np.errstate(divide="ignore"):          # a weight of 0 is a log weight of -inf
+        log_w = np.log(np.array([[1.0, 1.0, 1.0, 1.0], [4.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(_common.ess(log_w), [4.0, 36.0 / 18.0, 1.0])
+    # a shift of every log weight changes nothing, and a huge one does not overflow
+    np.testing.assert_allclose(_common.ess(log_w[:2] + 1000.0), [4.0, 2.0])
+    assert _common.ess(np.zeros((2, 3, 5)), axis=1).shape == (2, 5)
 
 
-@pytest.fixture
-def speed():
-    return _benchmark("speed")
+def test_step_flops_counts_the_products_of_the_layer_shapes():
+    import npvae
+    b, S = 100, 5
+    seed = npvae.VAE(backend="numpy").layer_shapes()          # 784-256-2
+    fwd = 2.0 * (b * 784 * 256 + 2 * b * 256 * 2 + b * S * 2 * 256 + b * S * 256 * 784)
+    # forward, dW of every layer, dX of every layer but the first (the data needs no gradient)
+    assert _common.step_flops(seed, b, S) == pytest.approx(3 * fwd - 2.0 * b * 784 * 256, rel=1e-15)
+    deep = npvae.VAE(input_dim=10, hidden=(6, 4), latent_dim=3, backend="numpy").layer_shapes()
+    enc = [(10, 6), (6, 4), (4, 3), (4, 3)]
+    dec = [(3, 4), (4, 6), (6, 10)]
+    fwd = 2.0 * (sum(b * i * o for i, o in enc) + sum(b * S * i * o for i, o in dec))
+    assert _common.step_flops(deep, b, S) == pytest.approx(3 * fwd - 2.0 * b * 10 * 6, rel=1e-15)
+    # an epoch of 250 examples: two full batches and one of 50
+    assert _common.epoch_flops(deep, 250, S, batch=b) == pytest.approx(
+        2 * _common.step_flops(deep, b, S) + _common.step_flops(deep, 50, S), rel=1e-15)
 
 
-def test_read_report_takes_the_seconds_table_only(tmp_path, plot_speed):
+def test_gflops_divides_the_flops_by_the_median_call(monkeypatch):
+    clock = iter([0.0, 1.0, 10.0, 12.0, 20.0, 24.0])              # calls of 1, 2 and 4 seconds
+    monkeypatch.setattr(_common.time, "perf_counter", lambda: next(clock))
+    calls = []
+    assert _common.gflops(lambda: calls.append(1), 6e9, reps=3) == pytest.approx(3.0)     # 6 GFLOP / 2 s
+    assert len(calls) == 4                                                                  # and a warm-up call
+
+
+def test_gemm_rates_are_measured_for_numpy_products():
+    assert 0 < _common.gemm_rate(64, 32, 48, dtype="float64", reps=2) < np.inf
+    assert 0 < _common.gemm_rate_parallel(64, 32, 48, "float32", threads=2, reps=2) < np.inf
+    with pytest.raises(ValueError, match="lib: expected 'numpy', 'torch' or 'jax', got 'blis'"):
+        _common.product(2, 2, 2, lib="blis")
+
+
+def test_machine_is_one_line_and_numpy_blas_is_found_once(monkeypatch):
+    name = _common.cpu_name()
+    assert isinstance(name, str) and name and "\n" not in name
+    line = _common.machine(load=True)
+    assert "\n" not in line and f"{os.cpu_count()} logical CPUs" in line and f"NumPy {np.__version__}" in line
+    assert "load average" in line and "load average" not in _common.machine()
+    calls = []
+    monkeypatch.setattr(_common, "_openblas_core", lambda: calls.append(1) or "Kernels")
+    _common.numpy_blas.cache_clear()
+    try:
+        assert _common.numpy_blas() == _common.numpy_blas() and _common.numpy_blas().endswith(", kernels Kernels")
+        assert calls == [1]
+    finally:
+        _common.numpy_blas.cache_clear()
+
+
+def test_load_mnist_goes_through_npvae(monkeypatch, tmp_path):
+    import npvae
+    seen = []
+
+    def fake(path, download, progress):
+        seen.append((path, download, progress))
+        return (np.zeros((3, 784), np.float32), np.zeros(3)), (np.ones((2, 784), np.float32), np.zeros(2))
+
+    monkeypatch.setattr(npvae, "load_mnist", fake)
+    x_train, x_test = _common.load_mnist(tmp_path, download=False)
+    assert x_train.shape == (3, 784) and x_test.shape == (2, 784) and seen == [(tmp_path, False, False)]
+
+
+def test_only_common_sets_up_the_import_path():
+    for script in Path(_common.BENCHMARKS).glob("**/*.py"):
+        if script.name != "_common.py":
+            assert not re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", script.read_text()), script
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_script_runs_from_anywhere_and_shows_its_defaults(script, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}        # _common finds npvae itself
+    p = subprocess.run([sys.executable, str(_common.BENCHMARKS / f"{script}.py"), "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "usage:" in p.stdout and "Traceback" not in p.stderr and "(default:" in p.stdout
+
+
+def test_peers_read_mnist_from_the_idx_files(tmp_path, monkeypatch):
+    import gzip
+    import struct
+    for name, n in (("train-images-idx3-ubyte.gz", 3), ("t10k-images-idx3-ubyte.gz", 2)):
+        pixels = np.arange(n * 4, dtype=np.uint8).reshape(n, 4)
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(struct.pack(">4I", 2051, n, 2, 2) + pixels.tobytes())
+    monkeypatch.setenv("NPVAE_DATA", str(tmp_path))
+    x_train, x_test = mnist_idx.load_mnist()
+    assert x_train.shape == (3, 4) and x_test.shape == (2, 4) and x_train.dtype == np.float32
+    np.testing.assert_array_equal(x_test[1], np.arange(4, 8).astype(np.float32) / np.float32(255.0))
+    monkeypatch.delenv("NPVAE_DATA")
+    with pytest.raises(ValueError, match="no MNIST folder: pass --data"):
+        mnist_idx.load_mnist()
+
+
+# ---------------------------------------------------------------------------
+# plot_speed.py, speed.py
+# ---------------------------------------------------------------------------
+def test_read_report_takes_the_seconds_table_only(tmp_path):
     path = tmp_path / "speed.md"
     path.write_text(REPORT)
     threads, times, ratio = plot_speed.read_report(str(path))
@@ -65,7 +176,7 @@ def test_read_report_takes_the_seconds_table_only(tmp_path, plot_speed):
     assert ratio == {"torch-float32": {1: 0.44, 25: 0.85}}
 
 
-def test_read_report_takes_the_ratio_to_each_peer(tmp_path, plot_speed):
+def test_read_report_takes_the_ratio_to_each_peer(tmp_path):
     path = tmp_path / "speed.md"
     path.write_text(REPORT.replace("| numpy-float64 / peer |\n|---|---|---|---|---|---|",
                                    "| jax-float32 / peer | numba-float32 / jax-float32 |\n|---|---|---|---|---|---|---|")
@@ -75,7 +186,7 @@ def test_read_report_takes_the_ratio_to_each_peer(tmp_path, plot_speed):
     assert set(times) == {"numba-float32", "numpy-float64", "torch-float32"}   # no ratio column as a contender
 
 
-def test_plot_writes_a_figure_and_rejects_other_files(tmp_path, plot_speed, capsys):
+def test_plot_writes_a_figure_and_rejects_other_files(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     report = tmp_path / "speed.md"
     report.write_text(REPORT)
@@ -88,9 +199,14 @@ def test_plot_writes_a_figure_and_rejects_other_files(tmp_path, plot_speed, caps
     assert "not a report" in capsys.readouterr().err
 
 
-def test_floor_section_divides_the_epochs_flops_by_npvaes_rate(speed):
+def test_speed_takes_the_product_and_the_flops_from_the_seed_models_layers():
+    assert speed.output_product(25) == (2500, 256, 784)
+    assert [name for name, _, _ in speed.seed_layers()][0] == "enc.0"
+
+
+def test_floor_section_divides_the_epochs_flops_by_npvaes_rate():
     n, S = 1000, 25
-    flops = speed.dense_flops_per_epoch(n, S)
+    flops = _common.epoch_flops(speed.seed_layers(), n, S)
     own = flops / 1e9 / 2.0                                    # a rate that makes the floor 2 s
     secs = {("numba-float32", S): 4.0, (speed.PEER, S): 5.0}
     rates = {("numba-float32", S): [own, own], (speed.PEER, S): [1.5 * own]}
@@ -102,24 +218,54 @@ def test_floor_section_divides_the_epochs_flops_by_npvaes_rate(speed):
     assert cells == [str(S), "2.00", "0.40", f"{2 / (0.67 * 5):.0%}", "50%", "1.50"]
 
 
-# ---------------------------------------------------------------------------
-# The sample-size study's executor (benchmarks/sample_sizes.py), on tiny synthetic cells
-# ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def study():
-    module = _benchmark("sample_sizes", register=True)  # registered: workers unpickle run_cell by reference
-    yield module
-    sys.modules.pop("sample_sizes", None)
+def test_time_table_sets_numba_against_both_peers_with_their_targets():
+    values = {("numba-float32", 1): [1.0, 1.2], ("torch-float32", 1): [2.0], ("jax-float32", 1): [1.25],
+              ("numba-float32", 25): [7.0], ("torch-float32", 25): [10.0], ("jax-float32", 25): [10.0]}
+    rows, verdicts, med = speed.time_table([1, 25], ["numba-float32", "torch-float32", "jax-float32"], values)
+    assert rows[0].endswith("| numba-float32 / peer | jax-float32 / peer | numba-float32 / jax-float32 |")
+    assert rows[2].split(" | ")[-1].rstrip(" |") == f"{1.1 / 1.25:.2f}"
+    assert "- S=1, against torch-float32: ratio 0.55, met" in verdicts
+    assert "- S=1, against jax-float32: ratio 0.88, missed by 1.17x (0.88 vs 0.75)" in verdicts
+    assert "- S=25, against torch-float32: ratio 0.70, missed by 1.04x (0.70 vs 0.67)" in verdicts
 
 
+def test_drift_counts_subnormals_through_the_optimizers_public_state():
+    x = (np.random.default_rng(0).random((200, 784)) < 0.2).astype(np.float32)
+    records = speed._drift_npvae("numpy-float64", x, epochs=2, seed=0)
+    assert [sorted(r) for r in records] == [["cpu", "deep", "seconds", "subnormal_params", "subnormal_state"]] * 2
+    assert all(r["seconds"] > 0 and r["subnormal_state"] >= 0 and 0.0 <= r["deep"] <= 1.0 for r in records)
+    source = Path(speed.__file__).read_text()
+    assert "._state" not in source and "torch.optim.RMSprop =" not in source
+
+
+def test_meter_counts_what_others_took_of_the_machine(monkeypatch):
+    busy = iter([100.0, 100.0 + (os.cpu_count() or 1)])              # every CPU busy for the whole second
+    own = iter([10.0, 10.0])                                              # this process took no CPU
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(hostload, "busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(hostload, "own_seconds", lambda: next(own))
+    monkeypatch.setattr(hostload.time, "perf_counter", lambda: next(clock))
+    with hostload.Meter(threshold=0.4) as m:
+        pass
+    assert m.wall == 1.0 and m.cpu == 0.0
+    assert m.others == pytest.approx(1.0) and m.disturbed             # others kept every CPU busy
+    m2 = hostload.Meter()
+    m2.others = 0.05
+    assert not m2.disturbed and hostload.DISTURBED == 0.10
+
+
+# ---------------------------------------------------------------------------
+# The sample-size study (benchmarks/sample_sizes.py), on tiny synthetic cells
+# ---------------------------------------------------------------------------
 def tiny_argv(out, *extra):
+    """A grid of tiny synthetic cells (``out`` None: the default --out); ``extra`` overrides."""
     return ["--synthetic", "12", "--samples", "1", "3", "--objectives", "elbo", "iwae", "--epochs", "1",
             "--subset", "40", "--test-subset", "10", "--k", "8", "--snr-repeats", "2", "--snr-batch", "10",
-            "--hidden", "8", "--out", str(out), *extra]
+            "--hidden", "8", *([] if out is None else ["--out", str(out)]), *extra]
 
 
 @pytest.mark.slow      # trains 4 tiny cells in worker processes, twice
-def test_study_runs_cells_in_workers_and_resumes(study, tmp_path, capsys):
+def test_study_runs_cells_in_workers_and_resumes(tmp_path, capsys):
     out = tmp_path / "ss"
     assert study.main(tiny_argv(out, "--workers", "2")) == 0
     log = capsys.readouterr().out
@@ -127,13 +273,14 @@ def test_study_runs_cells_in_workers_and_resumes(study, tmp_path, capsys):
     results = sorted((out / "cells").glob("*/result.json"))
     assert [p.parent.name for p in results] == ["elbo-S1-seed0", "elbo-S3-seed0", "iwae-S1-seed0", "iwae-S3-seed0"]
     assert not list((out / "cells").glob("*/checkpoint.npz"))
+    assert json.loads(results[0].read_text())["settings"]["dtype"] == "float32"      # the default, as the CLI's
     stamps = [p.stat().st_mtime_ns for p in results]
     report = Path(str(out) + ".md").read_text()
     assert "| iwae | 3 | 1 |" in report and "Command: `python benchmarks/sample_sizes.py" in report
     assert "| its Monte Carlo SE | ESS of the k samples (median over images) |" in report
     assert "Compute: 4 cells took" in report
     for name in ("bounds", "snr", "time"):
-        if importlib.util.find_spec("matplotlib"):
+        if _has("matplotlib"):
             assert Path(f"{out}_{name}.png").exists()
 
     # Resume: a finished cell is not recomputed; a deleted one is.
@@ -143,18 +290,173 @@ def test_study_runs_cells_in_workers_and_resumes(study, tmp_path, capsys):
     assert [p.stat().st_mtime_ns for p in results[:3]] == stamps[:3]
 
     # Other settings over the same folder are refused rather than mixed in.
-    with pytest.raises(SystemExit, match=r"other settings \(epochs\)"):
+    with pytest.raises(SystemExit, match=r"other settings \(epochs: 1 there, 2 here"):
         study.main(tiny_argv(out, "--epochs", "2", "--no-plots"))
 
 
-def test_study_refuses_bad_grid(study, tmp_path, capsys):
+def _has(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+def test_study_refuses_bad_grid(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main(tiny_argv(tmp_path / "ss", "--samples", "0"))
     assert "--samples: expected integers >= 1, got 0" in capsys.readouterr().err
 
 
+def test_study_writes_under_runs_by_default_and_shows_its_defaults(tmp_path, monkeypatch, capsys):
+    p = study.build_parser()
+    assert p.parse_args([]).out == os.path.join("runs", "sample_sizes") and p.parse_args([]).dtype == "float32"
+    text = p.format_help()
+    assert "(default: runs/sample_sizes)" in text and "(default: float32)" in text and "(default: [1, 5, 25, 50])" in text
+    monkeypatch.chdir(tmp_path)
+    assert study.main(tiny_argv(None, "--samples", "1", "--objectives", "elbo", "--no-plots")) == 0
+    assert (tmp_path / "runs" / "sample_sizes" / "cells" / "elbo-S1-seed0" / "result.json").exists()
+    assert "Report: " + str(tmp_path / "runs" / "sample_sizes.md") in capsys.readouterr().out
+
+
+def test_study_refuses_a_folder_of_another_study_but_not_another_data_folder(tmp_path, capsys):
+    out = tmp_path / "ss"
+    assert study.main(tiny_argv(out, "--samples", "1", "--objectives", "elbo", "--no-plots")) == 0
+    before = Path(str(out) + ".md").read_text()
+    # another grid (other S) of other settings: its report would replace this study's
+    with pytest.raises(SystemExit, match=r"holds finished cells computed with other settings \(k: 8 there, 9 here"):
+        study.main(tiny_argv(out, "--samples", "2", "--objectives", "elbo", "--k", "9", "--no-plots"))
+    assert Path(str(out) + ".md").read_text() == before and not (out / "cells" / "elbo-S2-seed0").exists()
+    # the same study read from another data folder (or keeping checkpoints) is the same study
+    capsys.readouterr()
+    argv = tiny_argv(out, "--samples", "1", "--objectives", "elbo", "--no-plots", "--data", str(tmp_path))
+    assert study.main(argv + ["--keep-checkpoints"]) == 0
+    assert "1 cells: 1 already done, 0 to run" in capsys.readouterr().out
+    result = json.loads((out / "cells" / "elbo-S1-seed0" / "result.json").read_text())
+    assert result["settings"]["data"] is None            # recorded as the cell was computed
+
+
+def test_study_reads_cells_of_the_first_grid_as_computed_with_the_old_defaults(tmp_path, capsys):
+    out = tmp_path / "ss"
+    argv = tiny_argv(out, "--samples", "1", "--objectives", "elbo", "--no-plots", "--dtype", "float64")
+    assert study.main(argv) == 0
+    path = out / "cells" / "elbo-S1-seed0" / "result.json"
+    r = json.loads(path.read_text())
+    for key in study.LATER_SETTINGS:                     # as the first grid's cells were written
+        del r["settings"][key]
+    r["settings"]["data"] = "../elsewhere/mnist"         # the first grid named its data folder
+    path.write_text(json.dumps(r))
+    capsys.readouterr()
+    assert study.main(argv) == 0
+    assert "1 cells: 1 already done, 0 to run" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"other settings \(dtype: 'float64' there, 'float32' here"):
+        study.main(argv[:-2])                            # the default dtype now
+
+
+def test_study_resolves_a_relative_out_on_the_client_before_sending_cells(tmp_path, monkeypatch, capsys):
+    sent = []
+
+    class Cluster:            # a scheduler whose workers run in another folder: it records what is sent
+        def __init__(self, address, timeout, tls):
+            assert (address, timeout, tls) == ("tcp://10.0.0.5:8786", 30.0, None)
+
+        def submit(self, fn, cell):
+            sent.append(dict(cell))
+            future = cf.Future()
+            future.set_result(fn(cell))
+            return future
+
+        def as_completed(self, futures):
+            return futures
+
+        def close(self, interrupted=False):
+            pass
+
+    monkeypatch.setattr(study, "_Dask", Cluster)
+    monkeypatch.chdir(tmp_path)
+    argv = tiny_argv(Path("shared", "ss"), "--samples", "2", "--objectives", "iwae", "--no-plots",
+                     "--scheduler", "tcp://10.0.0.5:8786")
+    assert study.main(argv) == 0
+    assert [c["dir"] for c in sent] == [str(tmp_path / "shared" / "ss" / "cells" / "iwae-S2-seed0")]
+    assert (tmp_path / "shared" / "ss" / "cells" / "iwae-S2-seed0" / "result.json").exists()
+
+
+def test_an_unreachable_scheduler_is_one_line_naming_it_and_the_timeout(tmp_path):
+    pytest.importorskip("distributed")
+    with socket.socket() as s:                   # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    argv = tiny_argv(tmp_path / "ss", "--scheduler", address, "--connect-timeout", "1", "--no-plots")
+    with pytest.raises(SystemExit) as raised:
+        study.main(argv)
+    message = str(raised.value.code)
+    assert f"cannot reach the Dask scheduler at {address} within 1 s" in message and "\n" not in message
+
+
+def test_tls_options_make_a_security_for_a_tls_scheduler(tmp_path, monkeypatch, capsys):
+    distributed = pytest.importorskip("distributed")
+    seen = {}
+
+    def client(address, timeout, security):
+        seen.update(address=address, security=security)
+        raise OSError(f"Timed out trying to connect to {address} after {timeout} s")
+
+    monkeypatch.setattr(distributed, "Client", client)
+    tls = ["--tls-ca-file", "ca.pem", "--tls-cert", "client.pem", "--tls-key", "client.key"]
+    with pytest.raises(SystemExit, match="cannot reach the Dask scheduler at tls://10.0.0.5:8786"):
+        study.main(tiny_argv(tmp_path / "ss", "--scheduler", "tls://10.0.0.5:8786", *tls))
+    sec = seen["security"]
+    assert (sec.tls_ca_file, sec.tls_client_cert, sec.tls_client_key, sec.require_encryption) == (
+        "ca.pem", "client.pem", "client.key", True)
+    for argv, error in ((tls, "expected a --scheduler tls://HOST:PORT address, got None"),
+                        (tls[:4] + ["--scheduler", "tls://h:1"], "expected all three, got --tls-ca-file, --tls-cert"),
+                        (tls + ["--scheduler", "tcp://h:1"], "got 'tcp://h:1'")):
+        with pytest.raises(SystemExit):
+            study.main(tiny_argv(tmp_path / "ss", *argv))
+        assert error in capsys.readouterr().err
+
+
+def test_a_failed_cell_names_its_worker_and_prints_the_message_with_its_newlines(tmp_path, monkeypatch, capsys):
+    def broken(model, x_test, cell):
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(study, "_test_metrics", broken)      # the forked worker inherits it
+    out = tmp_path / "ss"
+    assert study.main(tiny_argv(out, "--samples", "1", "--objectives", "elbo", "--no-plots", "--workers", "1")) == 1
+    log = capsys.readouterr().out
+    assert f"elbo-S1-seed0 FAILED on {platform.node()}, process " in log
+    assert "ValueError: first line\nsecond line" in log and "\\n" not in log
+    error = out / "cells" / "elbo-S1-seed0" / "error.txt"
+    assert f"(traceback in {error})" in log and "Traceback" in error.read_text()
+    assert not (out / "cells" / "elbo-S1-seed0" / "result.json").exists()
+
+
+def test_ctrl_c_ends_the_study_and_its_workers_with_one_line_and_no_traceback(tmp_path):
+    argv = tiny_argv(tmp_path / "ss", "--samples", "1", "--objectives", "elbo", "--epochs", "100000",
+                     "--subset", "400", "--workers", "1", "--no-plots")
+    p = subprocess.Popen([sys.executable, str(_common.BENCHMARKS / "sample_sizes.py"), *argv], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert "1 cells: 0 already done, 1 to run" in p.stdout.readline()
+        time.sleep(1.5)                                    # the cell is training in its worker
+        os.killpg(p.pid, signal.SIGINT)                    # as Ctrl-C does: the whole process group
+        stdout, stderr = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, stderr
+    assert stderr.strip().endswith("\nInterrupted: finished cells are kept; run the same command to continue.") \
+        or stderr.strip() == "Interrupted: finished cells are kept; run the same command to continue."
+    assert "Traceback" not in stderr and "Traceback" not in stdout
+    for _ in range(50):                                    # and the worker is gone with it
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a worker of the interrupted study is still running")
+
+
 @pytest.mark.slow      # starts a Dask cluster
-def test_study_on_a_dask_cluster(study, tmp_path, capsys):
+def test_study_on_a_dask_cluster(tmp_path, capsys, monkeypatch):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                                   host="127.0.0.1", dashboard_address=None) as cluster:
@@ -167,8 +469,17 @@ def test_study_on_a_dask_cluster(study, tmp_path, capsys):
         result = json.loads((out / "cells" / "iwae-S2-seed0" / "result.json").read_text())
         assert result["mc_samples"] == 2 and np.isfinite(result["log_likelihood"])
 
+        def broken(model, x_test, cell):
+            raise RuntimeError("no memory\nfor this cell")
 
-def test_study_cells_with_dreg_binarized_float32_and_a_curve(study, tmp_path, capsys):
+        monkeypatch.setattr(study, "_test_metrics", broken)
+        assert study.main(argv + ["--samples", "3"]) == 1
+        log = capsys.readouterr().out
+        assert re.search(r"iwae-S3-seed0 FAILED on Dask worker .*tcp://127\.0\.0\.1:\d+", log)
+        assert "RuntimeError: no memory\nfor this cell" in log
+
+
+def test_study_cells_with_dreg_binarized_float32_and_a_curve(tmp_path, capsys):
     out = tmp_path / "ss"
     argv = tiny_argv(out, "--objectives", "elbo", "iwae-dreg", "--samples", "2", "--epochs", "2", "--dtype",
                      "float32", "--binarize", "dynamic", "--curve", "6", "--no-plots")
@@ -181,25 +492,24 @@ def test_study_cells_with_dreg_binarized_float32_and_a_curve(study, tmp_path, ca
     report = Path(str(out) + ".md").read_text()
     assert "## Equal wall-clock time" in report and "| iwae-dreg | 2 |" in report
     assert "Best S for iwae-dreg, by budget" in report or "Best S for elbo, by budget" in report
+    assert "Objectives: elbo (analytic KL), iwae-dreg (the IWAE bound trained with the DReG estimator)." in report
+    assert "2 epochs on the first 40 training images" in report
 
 
-def test_study_reads_cells_of_the_first_grid_as_computed_with_the_old_defaults(study, tmp_path, capsys):
-    out = tmp_path / "ss"
-    argv = tiny_argv(out, "--samples", "1", "--objectives", "elbo", "--no-plots")
-    assert study.main(argv) == 0
-    path = out / "cells" / "elbo-S1-seed0" / "result.json"
-    r = json.loads(path.read_text())
-    for key in study.LATER_SETTINGS:                     # as the first grid's cells were written
-        del r["settings"][key]
-    path.write_text(json.dumps(r))
-    capsys.readouterr()
-    assert study.main(argv) == 0
-    assert "1 cells: 1 already done, 0 to run" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match=r"other settings \(dtype\)"):
-        study.main(argv + ["--dtype", "float32"])
+def test_report_names_only_the_objectives_that_ran_and_counts_in_words():
+    import argparse
+    args = argparse.Namespace(hidden=[8], activation="relu", latent_dim=2, batch_size=100, dtype="float32",
+                              epochs=1, subset=40, binarize="none", test_subset=10, k=8, snr_batch=10, snr_repeats=2)
+    line = study.setup_line(args, [{"seed": 0, "objective": "elbo"}, {"seed": 0, "objective": "iwae"}])
+    assert "1 epoch on the first 40" in line and "Objectives: elbo (analytic KL), iwae." in line
+    assert "dreg" not in line.lower()
+    assert study.compute_line([{"train_seconds": 20.0, "eval_seconds": 10.0, "cell_seconds": 40.0}]) == (
+        "Compute: 1 cell took 40 seconds of one core in all (training 20 s, the log-likelihood and test bounds "
+        "10 s, the rest SNR and set-up), one thread per cell.")
+    assert study.duration(300) == "5 minutes" and study.duration(60) == "1 minute" and study.duration(360) == "0.1 hours"
 
 
-def test_burda_section_sets_the_cells_beside_table_1_and_reads_the_directions(study):
+def test_burda_section_sets_the_cells_beside_table_1_and_reads_the_directions():
     import argparse
     args = argparse.Namespace(hidden=[200, 200], activation="tanh", latent_dim=50, binarize="dynamic",
                               epochs=10, batch_size=100)
@@ -224,14 +534,14 @@ def test_burda_section_sets_the_cells_beside_table_1_and_reads_the_directions(st
     assert study.burda_section({("elbo", 25): row(-94.2, 13)}, args) == []
 
 
-def test_curve_at_takes_the_last_epoch_within_the_budget(study):
+def test_curve_at_takes_the_last_epoch_within_the_budget():
     result = {"history": [{"seconds": 2.0, "curve_iwae_50": -100.0}, {"seconds": 2.0, "curve_iwae_50": -90.0}]}
     assert study.curve_at(result, 1.0) is None
     assert study.curve_at(result, 3.9) == -100.0
     assert study.curve_at(result, 4.0) == -90.0
 
 
-def test_compute_line_counts_a_resumed_cells_every_epoch(study):
+def test_compute_line_counts_a_resumed_cells_every_epoch():
     fresh = {"train_seconds": 1000.0, "eval_seconds": 500.0, "cell_seconds": 1600.0}     # + 100 s of SNR
     resumed = {"train_seconds": 3000.0, "eval_seconds": 600.0, "cell_seconds": 900.0}    # last process only
     line = study.compute_line([fresh, resumed])
@@ -239,13 +549,15 @@ def test_compute_line_counts_a_resumed_cells_every_epoch(study):
                            "the log-likelihood and test bounds 0.3 h")
 
 
+# ---------------------------------------------------------------------------
+# snr_vs_k.py, end_to_end.py
+# ---------------------------------------------------------------------------
 def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch, mnist_dir):
-    snr = _benchmark("snr_vs_k")
     monkeypatch.setenv("NPVAE_DATA", str(mnist_dir))
     out, models = tmp_path / "snr", tmp_path / "models"
     argv = ["--K", "1", "4", "--points", "init", "--batches", "2", "--repeats", "10", "--max-repeats", "40",
             "--fit-from", "1", "--estimators", "iwae-standard", "elbo", "--out", str(out), "--models", str(models)]
-    assert snr.main(argv) == 0
+    assert snr_vs_k.main(argv) == 0
     data = json.loads(Path(str(out) + ".json").read_text())
     cell = data["cells"]["init/B2"]["4"]
     assert set(cell) == {"ess", "iwae-standard", "elbo"} and 1.0 <= cell["ess"] <= 4.0
@@ -257,56 +569,21 @@ def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch,
     assert report.count("] floor (R=") == len(floor) and report.count("] floor") == 2 * len(floor)
     assert all(f" floor (R={c['repeats']})" in report for c in floor)
     capsys.readouterr()
-    assert snr.main(argv) == 0                            # resumed: nothing recomputed
+    assert snr_vs_k.main(argv) == 0                            # resumed: nothing recomputed
     assert "K=4" not in capsys.readouterr().out
 
 
 def test_snr_vs_k_compute_line_sums_the_kept_measurements_per_setting():
-    snr = _benchmark("snr_vs_k")
     cell = lambda seconds: {"repeats": 20, "seconds": seconds}      # noqa: E731
     data = {"cells": {"init/B1": {"1": {"ess": 1.0, "elbo": cell(1800.0), "iwae-dreg": cell(900.0)},
                                   "3": {"ess": 2.5, "elbo": cell(900.0)}},
                       "iwae/B100": {"1": {"ess": 1.0, "elbo": cell(3600.0)}}}}
-    line = snr.compute_line(data)
+    line = snr_vs_k.compute_line(data)
     assert line.startswith("Compute: the kept measurements took 2.0 hours of one core "
                            "(init/B1 1.00, iwae/B100 1.00)")
 
 
-def test_cpu_name_is_one_line_of_text():
-    name = _benchmark("hostload").cpu_name()
-    assert isinstance(name, str) and name and "\n" not in name
-
-
-def test_time_table_sets_numba_against_both_peers_with_their_targets(speed):
-    values = {("numba-float32", 1): [1.0, 1.2], ("torch-float32", 1): [2.0], ("jax-float32", 1): [1.25],
-              ("numba-float32", 25): [7.0], ("torch-float32", 25): [10.0], ("jax-float32", 25): [10.0]}
-    rows, verdicts, med = speed.time_table([1, 25], ["numba-float32", "torch-float32", "jax-float32"], values)
-    assert rows[0].endswith("| numba-float32 / peer | jax-float32 / peer | numba-float32 / jax-float32 |")
-    assert rows[2].split(" | ")[-1].rstrip(" |") == f"{1.1 / 1.25:.2f}"
-    assert "- S=1, against torch-float32: ratio 0.55, met" in verdicts
-    assert "- S=1, against jax-float32: ratio 0.88, missed by 1.17x (0.88 vs 0.75)" in verdicts
-    assert "- S=25, against torch-float32: ratio 0.70, missed by 1.04x (0.70 vs 0.67)" in verdicts
-
-
-def test_meter_counts_what_others_took_of_the_machine(monkeypatch):
-    hostload = _benchmark("hostload")
-    busy = iter([100.0, 100.0 + (os.cpu_count() or 1)])              # every CPU busy for the whole second
-    own = iter([10.0, 10.0])                                              # this process took no CPU
-    clock = iter([0.0, 1.0])
-    monkeypatch.setattr(hostload, "busy_seconds", lambda: next(busy))
-    monkeypatch.setattr(hostload, "own_seconds", lambda: next(own))
-    monkeypatch.setattr(hostload.time, "perf_counter", lambda: next(clock))
-    with hostload.Meter(threshold=0.4) as m:
-        pass
-    assert m.wall == 1.0 and m.cpu == 0.0
-    assert m.others == pytest.approx(1.0) and m.disturbed             # others kept every CPU busy
-    m2 = hostload.Meter()
-    m2.others = 0.05
-    assert not m2.disturbed and hostload.DISTURBED == 0.10
-
-
 def test_end_to_end_alternates_measures_disturbed_runs_again_resumes_and_reports(tmp_path, monkeypatch):
-    e2e = _benchmark("end_to_end")
     calls, jax_runs = [], []
     walls = {"npvae": 40.0, "torch": 100.0, "jax": 70.0}
 
@@ -317,10 +594,10 @@ def test_end_to_end_alternates_measures_disturbed_runs_again_resumes_and_reports
         return dict(wall=walls[contender] + len(calls), cpu=2.0 * walls[contender], others=0.5 if disturbed else 0.0,
                     disturbed=disturbed, load=0.1, val_loss=153.0, train_seconds=30.0, figures=[])
 
-    monkeypatch.setattr(e2e, "run_once", fake_run)
+    monkeypatch.setattr(end_to_end, "run_once", fake_run)
     out = tmp_path / "e2e.md"
     argv = ["--rounds", "2", "--contenders", "npvae", "torch", "jax", "--out", str(out), "--scratch", str(tmp_path)]
-    assert e2e.main(argv) == 0
+    assert end_to_end.main(argv) == 0
     # round 0 in the given order, round 1 rotated; the disturbed JAX run was measured again at once
     assert calls == ["npvae", "torch", "jax", "jax", "torch", "jax", "npvae"]
     text = out.read_text()
@@ -329,18 +606,17 @@ def test_end_to_end_alternates_measures_disturbed_runs_again_resumes_and_reports
     assert "no (disturbed, measured again)" in text and text.count("| jax |") == 3
     # a restart reads the finished runs back and runs nothing
     calls.clear()
-    assert e2e.main(argv) == 0 and calls == []
+    assert end_to_end.main(argv) == 0 and calls == []
     # a third round only runs the third round
-    assert e2e.main(argv[:1] + ["3"] + argv[2:]) == 0 and calls == ["jax", "npvae", "torch"]
+    assert end_to_end.main(argv[:1] + ["3"] + argv[2:]) == 0 and calls == ["jax", "npvae", "torch"]
 
 
 def test_end_to_end_commands_are_the_readme_main_job_and_the_peers_mains(tmp_path):
-    e2e = _benchmark("end_to_end")
-    argv, history = e2e.command("npvae", 50, 2, str(tmp_path))
+    argv, history = end_to_end.command("npvae", 50, 2, str(tmp_path))
     assert argv[1:] == ["train", "--epochs", "50", "--out", str(tmp_path), "--threads", "2", "--quiet"]
     assert history == str(tmp_path / "history.json")
-    readme = Path(REPO, "README.md").read_text()
+    readme = Path(_common.REPO, "README.md").read_text()
     assert "npvae train --epochs 50 --out runs/seed" in readme
     for peer in ("torch", "jax"):
-        argv, _ = e2e.command(peer, 50, 2, str(tmp_path))
+        argv, _ = end_to_end.command(peer, 50, 2, str(tmp_path))
         assert argv[1].endswith(os.path.join("peers", f"{peer}_vae.py")) and "--threads" in argv

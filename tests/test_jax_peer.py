@@ -2,17 +2,16 @@
 
 Runs only where jax is installed (a benchmark dependency, never npvae's); it checks that the
 speed comparison races the same model: on npvae's weights and the same eps, jax.grad of the
-peer's loss equals npvae's hand-written gradients.
+peer's loss equals npvae's hand-written gradients. The peer is imported by name through
+``_common`` (``pythonpath = benchmarks`` in setup.cfg; see tests/test_benchmark_tools.py).
 """
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("jax")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "peers"))
+
+import _common  # noqa: E402,F401  (benchmarks/peers on sys.path)
 import jax_vae  # noqa: E402
 
 import npvae  # noqa: E402
@@ -43,3 +42,4 @@ def test_peer_trains_with_its_compiled_rmsprop_step():
     _, history = jax_vae.train(params, x, epochs=3, batch_size=50, mc_samples=2, seed=0)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[-1]["loss"] < history[0]["loss"] and all(np.isfinite(r["loss"]) for r in history)
+

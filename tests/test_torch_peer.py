@@ -1,17 +1,19 @@
-"""Optional: npvae's hand-written gradients against PyTorch autograd on the same weights and eps.
+"""Optional: npvae's hand-written gradients against PyTorch autograd on the same weights and eps,
+and the PyTorch peer's training loop as the benchmarks use it.
 
 Runs only where torch is installed (``pip install torch==2.13.0``); npvae itself never imports it.
+The benchmark scripts are imported by name (``pythonpath = benchmarks`` in setup.cfg; see
+tests/test_benchmark_tools.py for why).
 """
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+torch = pytest.importorskip("torch")
+
 import compare_peer  # noqa: E402
+import speed  # noqa: E402
+import torch_vae  # noqa: E402
 
 
 @pytest.mark.parametrize("hidden,S", [((16,), 1), ((16, 8), 4)])
@@ -20,3 +22,27 @@ def test_loss_and_gradients_equal_pytorch_autograd(hidden, S):
     for row in compare_peer.same_weights_check(x, hidden=hidden, mc_samples=S, seed=2):
         assert row["loss_rel_err"] < 1e-13, row
         assert row["grad_max_rel_err"] < 1e-8, row
+
+
+def test_peer_trains_with_the_optimizer_it_is_given():
+    made = []
+
+    def sgd(parameters):
+        made.append(torch.optim.SGD(parameters, lr=0.0))
+        return made[-1]
+
+    x = (np.random.default_rng(0).random((200, 20)) < 0.3).astype(np.float32)
+    model = torch_vae.build_model(input_dim=20, hidden=(8,), seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    torch_vae.train(model, x, epochs=1, batch_size=50, optimizer=sgd)
+    assert len(made) == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))   # lr 0
+    default = torch_vae.rmsprop(model.parameters())
+    assert isinstance(default, torch.optim.RMSprop) and default.defaults["alpha"] == 0.9
+
+
+def test_speeds_drift_run_reads_the_peers_running_averages_without_patching_torch():
+    rmsprop = torch.optim.RMSprop
+    x = (np.random.default_rng(0).random((200, 784)) < 0.2).astype(np.float32)
+    records = speed._drift_torch(x, epochs=2, threads=1, seed=0)
+    assert len(records) == 2 and all(r["subnormal_state"] >= 0 and r["seconds"] > 0 for r in records)
+    assert torch.optim.RMSprop is rmsprop and torch_vae.torch.optim.RMSprop is rmsprop

@@ -25,6 +25,7 @@ import sys
 import time
 
 import numpy as np
+from mnist_idx import load_mnist  # noqa: F401  (the peers' reader; main and the benchmarks use it)
 
 LOG_2PI = math.log(2.0 * math.pi)
 _jax = None
@@ -48,26 +49,6 @@ def setup(threads=None):
     jax.config.update("jax_enable_x64", True)   # float64 available for the gradient check
     _jax = jax
     return jax
-
-
-def load_mnist(folder=None):
-    """(x_train, x_test) as float32 arrays in [0, 1] of shape (n, 784) (the torch peer's reader)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import importlib.util
-    spec = importlib.util.find_spec("torch")
-    if spec is None:                                    # torch_vae imports torch: read the files here
-        import gzip
-        folder = folder or os.environ.get("NPVAE_DATA")
-
-        def images(name):
-            with gzip.open(os.path.join(folder, name), "rb") as f:
-                raw = f.read()
-            n, rows, cols = (int(v) for v in np.frombuffer(raw[4:16], dtype=">u4"))
-            return np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows * cols).astype(np.float32) / 255.0
-
-        return images("train-images-idx3-ubyte.gz"), images("t10k-images-idx3-ubyte.gz")
-    import torch_vae
-    return torch_vae.load_mnist(folder)
 
 
 def layer_sizes(input_dim=784, hidden=(256,), latent_dim=2):

@@ -14,33 +14,19 @@ validation eps -> seed+2 (re-seeded for every evaluation, so every epoch sees
 the same validation noise).
 """
 import argparse
-import gzip
 import json
 import math
-import os
 import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mnist_idx import load_mnist
+
+__all__ = ["VAE", "build_model", "rmsprop", "evaluate", "train", "load_mnist"]
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def load_mnist(folder=None):
-    """Return (x_train, x_test) as float32 arrays in [0,1] of shape (n, 784)."""
-    folder = folder or os.environ.get("NPVAE_DATA") or "/work/shared/data/mnist"
-
-    def images(name):
-        with gzip.open(os.path.join(folder, name), "rb") as f:
-            raw = f.read()
-        magic, n, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
-        assert magic == 2051, f"{name}: not an IDX image file"
-        pix = np.frombuffer(raw, dtype=np.uint8, offset=16)
-        return pix.reshape(int(n), int(rows * cols)).astype(np.float32) / 255.0
-
-    return images("train-images-idx3-ubyte.gz"), images("t10k-images-idx3-ubyte.gz")
 
 
 class VAE(nn.Module):
@@ -122,15 +108,24 @@ def evaluate(model, x, mc_samples=1, objective="elbo", seed=0, chunk=None):
     return total / x.shape[0]
 
 
+def rmsprop(parameters):
+    """RMSprop with Keras' settings: lr 1e-3, rho (torch's alpha) 0.9, eps 1e-7 outside the root."""
+    return torch.optim.RMSprop(parameters, lr=1e-3, alpha=0.9, eps=1e-7)
+
+
 def train(model, x_train, epochs, batch_size=100, mc_samples=1, objective="elbo", seed=0,
-          x_val=None, threads=None, dtype=torch.float32, callback=None):
-    """Train in place; return a list of per-epoch dicts (epoch, loss, val_loss, seconds)."""
+          x_val=None, threads=None, dtype=torch.float32, callback=None, optimizer=rmsprop):
+    """Train in place; return a list of per-epoch dicts (epoch, loss, val_loss, seconds).
+
+    ``optimizer``: a function of the model's parameters that returns the torch optimizer to
+    train with (default :func:`rmsprop`); a caller that wants to look at the optimizer's state
+    passes one that keeps what it returns."""
     if threads:
         torch.set_num_threads(threads)
     model.to(dtype)
     x_train = _as_tensor(x_train, dtype)
     n = x_train.shape[0]
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+    opt = optimizer(model.parameters())
     shuffle_gen = torch.Generator().manual_seed(seed)
     eps_gen = torch.Generator().manual_seed(seed + 1)
     history = []

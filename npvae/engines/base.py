@@ -10,6 +10,7 @@ inherits another's computing; the numba engine composes a reference engine where
 ``bound(x, eps, objective, kl)``               the bound on a batch, no gradients (``Bound``)
 ``loss_and_grads(x, eps, objective, kl, est)``  the bound and the loss's gradient for every parameter
 ``log_weights(x, eps)``                        ``log p(x|z) + log p(z) - log q(z|x)``, (B, S) float64
+``log_joint(x, z, grad, parts)``               ``log p(x, z)`` (B, S) float64, and its gradient in ``z``
 ``encode(x)``, ``decode_logits(z)``            the encoder's ``mu, log_var``; the decoder's logits
 ``steps(batch, mc_samples)``                   a context for a loop of such calls (thread settings)
 ``step_bytes(batch, mc_samples)``              the working memory of one training step, estimated
@@ -98,6 +99,34 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def log_weights(self, x, eps):
         """Log importance weights ``log p(x|z_s) + log p(z_s) - log q(z_s|x)``, (B, S) float64."""
+
+    @abc.abstractmethod
+    def log_joint(self, x, z, grad=False, parts=False):
+        """The log joint density ``log p(x, z) = log p(x|z) + log p(z)`` at given latent points.
+
+        What annealed importance sampling (:mod:`npvae.ais`) needs: the target's density
+        and its gradient in ``z`` for HMC, with the chains on the sample axis.
+
+        Parameters
+        ----------
+        x : ndarray, shape (B, D)
+            Data of the model's dtype, broadcast over the sample axis.
+        z : ndarray, shape (B, S, L)
+            Latent points of the model's dtype (``S`` chains or samples per example).
+        grad : bool, default False
+            Also return the gradient in ``z`` (a backward through the decoder to ``z``;
+            the parameters' gradients are not computed for the caller).
+        parts : bool, default False
+            Return the two terms apart: ``(log p(x|z), log p(z))`` in place of their
+            sum, and with ``grad`` their two gradients ``(d log p(x|z)/dz, -z)``.
+
+        Returns
+        -------
+        log_joint : ndarray, shape (B, S), float64
+            Or the tuple ``(log_lik, log_prior)`` of such arrays with ``parts``.
+        dz : ndarray, shape (B, S, L), the model's dtype
+            Only with ``grad``: ``d log p(x, z) / dz`` (a tuple of two with ``parts``).
+        """
 
     @abc.abstractmethod
     def step_bytes(self, batch, mc_samples):

@@ -165,6 +165,27 @@ class ReferenceEngine(Engine):
         _, c = self.forward(x, eps, "iwae")
         return c["bound"][0].astype(np.float64)
 
+    def log_joint(self, x, z, grad=False, parts=False):
+        """``log p(x, z) = log p(x|z) + log p(z)``, (B, S) float64, and with ``grad`` its gradient
+        in ``z`` (B, S, L): see :meth:`npvae.engines.Engine.log_joint`.
+
+        The decoder's forward, the Bernoulli and prior terms; backward from
+        ``d log p(x|z) / d logits = x - sigmoid(logits)`` through the decoder to ``z``, plus the
+        prior's ``-z`` (``docs/gradients.md``, "The gradient of the log joint in z").
+        """
+        logits, c_dec = self._decode(z)                             # (B, S, D)
+        nll, c_nll = ops.bernoulli_nll_forward(logits, x)           # (B, S)
+        log_pz, c_pz = ops.log_standard_normal_forward(z)           # (B, S)
+        log_lik, log_prior = -nll.astype(np.float64), log_pz.astype(np.float64)
+        value = (log_lik, log_prior) if parts else log_lik + log_prior
+        if not grad:
+            return value
+        ones = np.ones(nll.shape, dtype=self.model.dtype)           # d log p(x, z) / d (each term)
+        dlogits = ops.bernoulli_nll_backward(-ones, c_nll)          # (B, S, D): x - sigmoid(logits)
+        dz_lik = self._decode_backward(dlogits, c_dec, {})          # (B, S, L); parameter grads dropped
+        dz_prior = ops.log_standard_normal_backward(ones, c_pz)     # (B, S, L): -z
+        return value, ((dz_lik, dz_prior) if parts else dz_lik + dz_prior)
+
     # ------------------------------------------------------------------
     # Loops
     # ------------------------------------------------------------------

@@ -6,8 +6,9 @@ recently used dropped first), splits each call into groups of examples on thread
 results equal :class:`npvae.engines.ReferenceEngine`'s to ~1e-11 relative in float64 (tested)
 (only the order of float operations differs; the tests hold them equal). It composes a
 reference engine (:attr:`NumbaEngine.reference`) for what it does not speed up, and says
-so where it uses it: ``encode``/``decode_logits`` (small, not on the hot path) and any
-objective without kernels in :mod:`npvae.fast.bounds`.
+so where it uses it: ``encode``/``decode_logits`` (small, not on the hot path), ``log_joint``
+(annealed importance sampling; no fused kernel yet) and any objective without kernels in
+:mod:`npvae.fast.bounds`.
 """
 
 from collections import OrderedDict
@@ -86,6 +87,16 @@ class NumbaEngine(Engine):
     def decode_logits(self, z):
         """The reference's :meth:`~npvae.engines.ReferenceEngine.decode_logits`."""
         return self.reference.decode_logits(z)
+
+    def log_joint(self, x, z, grad=False, parts=False):
+        """The reference's :meth:`~npvae.engines.ReferenceEngine.log_joint`, delegated as it is.
+
+        No fused kernel yet: annealed importance sampling (:mod:`npvae.ais`) runs its HMC
+        gradients through the NumPy ops on this engine too. A fused forward/backward to ``z``
+        over the workspaces of :mod:`npvae.fast.step` (skipping the parameters' gradients,
+        which the reference computes and drops) is later work.
+        """
+        return self.reference.log_joint(x, z, grad, parts)
 
     # ------------------------------------------------------------------
     def workspace(self, B, S, grads=True, slot=0, parts=1):

@@ -88,7 +88,8 @@ def build_parser():
     _evaluate_options(_subparser(sub, "evaluate", help="test-set bound and log-likelihood of a model",
                                  description="The test-set bound of a model (--objective, --mc-samples) and, "
                                              "with --k, the importance-sampled log-likelihood log mean_k "
-                                             "p(x, z_k) / q(z_k|x) (Burda et al. 2016 use k = 5000)."))
+                                             "p(x, z_k) / q(z_k|x) (Burda et al. 2016 use k = 5000), or with "
+                                             "--method ais, annealed importance sampling (Neal 2001)."))
     _gradcheck_options(_subparser(
         sub, "gradcheck", help="check every gradient against finite differences (float64)",
         description="Check every op of npvae.ops and npvae.objectives, the whole model for each objective, "
@@ -373,9 +374,10 @@ def _evaluate(args):
     if args.objective != "elbo":
         report["elbo"] = -(result["recon"] + result["kl"])
     ll = None
-    if args.k is not None:
+    if args.k is not None or args.method == "ais":
         # its own noise stream, so that adding --k does not change the bound above
-        ll = log_likelihood(model, x_test, k=args.k, seed=[args.seed, 1], progress=not args.quiet)
+        ll = log_likelihood(model, x_test, k=args.k or 1, seed=[args.seed, 1], progress=not args.quiet,
+                            method=args.method, chains=args.chains, steps=args.ais_steps)
         report.update(ll.to_dict())
     bad = sorted(k for k, v in report.items() if isinstance(v, float) and not np.isfinite(v)
                  and k not in ("log_likelihood_se",))      # the SE over images is NaN for one image
@@ -398,7 +400,11 @@ def _print_evaluation(report, bound_name, ll):
     else:    # the IWAE bound is a log-mean of weights: no sum of a reconstruction and a KL term
         print(f"\n  the ELBO of the same samples, for comparison: {r['elbo']:.4f} nats"
               f"  (recon {r['recon']:.4f} + kl {r['kl']:.4f} = {-r['elbo']:.4f})")
-    if ll is not None:
+    if ll is not None and r.get("method") == "ais":
+        print(f"test log-likelihood (AIS: {r['chains']} chains x {r['steps']} steps, {ll.n} images): "
+              f"{ll.mean:.4f} nats  (Monte Carlo SE over chains {ll.mc_se:.4f}, SE over images {ll.se:.4f}, "
+              f"mean acceptance {r['acceptance_mean']:.2f})")
+    elif ll is not None:
         print(f"test log-likelihood (k={ll.k}, {ll.n} images): {ll.mean:.4f} nats"
               f"  (Monte Carlo SE {ll.mc_se:.4f}, SE over images {ll.se:.4f}, median ESS {r['ess_median']:.0f})")
 

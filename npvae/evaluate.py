@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _validate as check
+from . import ais
 from . import objectives as obj
 from . import stats
 
@@ -163,8 +164,19 @@ class LogLikelihood(NamedTuple):
 LL_MAX_ROWS = 4096
 
 
-def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, progress=True, file=None):
-    """Importance-sampled estimate of the marginal log-likelihood ``log p(x)``.
+#: The estimators of :func:`log_likelihood`: importance sampling, annealed importance sampling.
+LOG_LIKELIHOOD_METHODS = ("is", "ais")
+
+
+def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, progress=True, file=None,
+                   method="is", chains=16, steps=200, leapfrog=5):
+    """Importance-sampled (or, with ``method="ais"``, annealed) estimate of the marginal log-likelihood ``log p(x)``.
+
+    With ``method="ais"`` this is :func:`npvae.ais.ais_log_likelihood` with ``chains``,
+    ``steps`` and ``leapfrog`` (``k`` and ``batch`` are not used; ``max_rows`` bounds the rows
+    of one pass as here): annealed importance sampling from the prior to the posterior, which
+    does not depend on the encoder and is much closer to ``log p(x)`` where the encoder's
+    ``q(z|x)`` misses part of the posterior. What follows describes ``method="is"``.
 
     For each example, with ``z_1..z_k`` drawn from the encoder ``q(z|x)``,
 
@@ -226,10 +238,15 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
         runs that long), and a last line when done.
     file : file-like, optional
         Where progress goes (default ``sys.stderr``).
+    method : {"is", "ais"}, default "is"
+        Importance sampling from the encoder, or annealed importance sampling.
+    chains, steps, leapfrog : int
+        For ``method="ais"``: chains per image, temperatures, leapfrog steps per HMC
+        transition (:func:`npvae.ais.ais_log_likelihood`).
 
     Returns
     -------
-    LogLikelihood
+    LogLikelihood or npvae.ais.AISResult
         ``mean``, its standard errors ``se`` (over examples) and ``mc_se`` (Monte
         Carlo), the per-example estimates, their standard errors, effective
         sample sizes ``ess`` and Pareto ``k-hat`` (``pareto_k``; NaN for ``k < 21``).
@@ -243,6 +260,9 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
         and, naming ``model``, when a log weight is not finite (parameters so large that
         they overflow the model's dtype): a NaN is never returned as an estimate.
     """
+    if check.choice(method, "method", LOG_LIKELIHOOD_METHODS) == "ais":
+        return ais.ais_log_likelihood(model, x, chains=chains, steps=steps, leapfrog=leapfrog, max_rows=max_rows,
+                                      seed=seed, progress=progress, file=file)
     k = check.positive_int(k, "k")
     max_rows = check.positive_int(max_rows, "max_rows")
     if batch is not None:

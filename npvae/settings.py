@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _validate as check
 from .datasets import BINARIZE_METHODS
+from .evaluate import LOG_LIKELIHOOD_METHODS
 from .objectives import ESTIMATORS, KL, OBJECTIVES
 from .ops import ACTIVATIONS
 from .optim import SGD, Adam, RMSprop
@@ -219,6 +220,10 @@ _ALL = (
     _count("input_dim", 784, ARCHITECTURE, "data size D (from the data)", option=False),
     _count("k", None, EVALUATION, "also estimate the log-likelihood with K importance samples", must_match=False),
     _count("limit", None, EVALUATION, "use only the first N test images", must_match=False),
+    _choice("method", "is", EVALUATION, "log-likelihood estimator: importance sampling with --k samples, or "
+            "annealed importance sampling (--chains, --ais-steps)", LOG_LIKELIHOOD_METHODS, must_match=False),
+    _count("chains", 16, EVALUATION, "AIS chains per image", must_match=False),
+    _count("ais_steps", 200, EVALUATION, "AIS temperatures (one HMC transition each)", must_match=False),
 )
 
 #: Every setting by name, in the order of ``npvae train --help`` and ``config.json``.
@@ -228,7 +233,8 @@ ARCHITECTURE_SETTINGS = tuple(s.name for s in _ALL if s.kind == ARCHITECTURE)
 #: The options of ``npvae train``: the keys of ``config.json``.
 TRAIN_SETTINGS = tuple(s.name for s in _ALL if s.option and s.kind != EVALUATION)
 #: The options of ``npvae evaluate``, and the defaults it has of its own.
-EVALUATE_SETTINGS = ("mc_samples", "objective", "k", "limit", "seed", "batch_size")
+EVALUATE_SETTINGS = ("mc_samples", "objective", "k", "method", "chains", "ais_steps", "limit", "seed",
+                     "batch_size")
 EVALUATE_DEFAULTS = MappingProxyType({"batch_size": 500})
 
 

@@ -286,3 +286,15 @@ def test_no_figures_is_remembered_on_resume(two_epoch_run, mnist_dir):
     assert run_cli("train", "--out", two_epoch_run, "--resume", "--epochs", 3, "--data", mnist_dir, "--quiet") == 0
     assert not (two_epoch_run / "figures").exists()
     assert len(json.loads((two_epoch_run / "history.json").read_text())) == 3
+
+
+def test_evaluate_method_ais_reports_an_annealed_estimate_above_the_elbo(run_dir, mnist_dir, capsys):
+    assert run_cli("evaluate", run_dir, "--method", "ais", "--chains", 8, "--ais-steps", 200, "--limit", 4,
+                   "--mc-samples", 200, "--json", "--quiet", "--data", mnist_dir) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "ais" and report["chains"] == 8 and report["steps"] == 200 and report["n"] == 4
+    assert 0.0 < report["acceptance_mean"] <= 1.0
+    assert report["log_likelihood"] > report["elbo"]          # log p(x) >= ELBO, here with 200 samples
+    assert run_cli("evaluate", run_dir, "--method", "ais", "--chains", 3, "--ais-steps", 30, "--limit", 4,
+                   "--quiet", "--data", mnist_dir) == 0
+    assert "AIS: 3 chains x 30 steps" in capsys.readouterr().out

@@ -269,3 +269,14 @@ def test_cli_evaluate_refuses_k_below_one(capsys):
         cli.main(["evaluate", "m.npz", "--k", "0"])
     assert exc.value.code == 2
     assert "argument --k: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_log_likelihood_method_ais_is_the_ais_module_with_the_same_settings():
+    from npvae import ais
+    model, x = small_model(), data(3)
+    r = log_likelihood(model, x, method="ais", chains=4, steps=20, leapfrog=3, seed=5, progress=False)
+    direct = ais.ais_log_likelihood(model, x, chains=4, steps=20, leapfrog=3, seed=5, progress=False)
+    np.testing.assert_array_equal(r.per_example, direct.per_example)
+    assert r.k == 4 and r.steps == 20
+    with pytest.raises(ValueError, match="method: expected one of 'is', 'ais'"):
+        log_likelihood(model, x, method="hmc")

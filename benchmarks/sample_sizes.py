@@ -215,7 +215,7 @@ def _curve(cell, x_test):
     x_curve, seed = x_test[:cell["curve"]], cell["seed"]
 
     def curve_iwae(model, record):
-        b = evaluate_bound(model, x_curve, mc_samples=50, objective="iwae", rng=[seed, 17, record["epoch"]],
+        b = evaluate_bound(model, x_curve, mc_samples=50, objective="iwae", seed=[seed, 17, record["epoch"]],
                            batch_size=100)
         return {"curve_iwae_50": -b["loss"]}
 
@@ -225,9 +225,9 @@ def _curve(cell, x_test):
 def _test_metrics(model, x_test, cell):
     """The test bounds, KL, active units and log-likelihood of a trained cell."""
     S, seed = cell["mc_samples"], cell["seed"]
-    elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", rng=[seed, 10])
-    iwae_s = evaluate_bound(model, x_test, mc_samples=S, objective="iwae", rng=[seed, 11], batch_size=200)
-    iwae_50 = evaluate_bound(model, x_test, mc_samples=50, objective="iwae", rng=[seed, 12], batch_size=200)
+    elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", seed=[seed, 10])
+    iwae_s = evaluate_bound(model, x_test, mc_samples=S, objective="iwae", seed=[seed, 11], batch_size=200)
+    iwae_50 = evaluate_bound(model, x_test, mc_samples=50, objective="iwae", seed=[seed, 12], batch_size=200)
     ll = log_likelihood(model, x_test, k=cell["k"], seed=[seed, 14], progress=False)
     return {"test_elbo": -elbo["loss"], "test_iwae_S": -iwae_s["loss"], "test_iwae_50": -iwae_50["loss"],
             "test_kl": elbo["kl"], "active_units": active_units(model, x_test),

@@ -15,7 +15,21 @@ from . import stats
 __all__ = ["evaluate_bound", "mean_bound", "log_likelihood", "LogLikelihood"]
 
 
-def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, rng=None, kl="analytic"):
+_UNSET = object()
+
+
+def _renamed(new_value, old_value, old, new):
+    """``new_value``, or the deprecated keyword ``old``'s value (with a DeprecationWarning) when given."""
+    if old_value is _UNSET:
+        return new_value
+    import warnings
+    warnings.warn(f"{old}= is deprecated: use {new}= (the name the rest of npvae's API uses)", DeprecationWarning,
+                  stacklevel=3)
+    return old_value
+
+
+def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, seed=None, kl="analytic", *,
+                   rng=_UNSET):
     """Average a bound over a dataset, drawing fresh ``eps`` for every example.
 
     Parameters
@@ -28,10 +42,12 @@ def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, rn
     objective : {"elbo", "iwae"}
     batch_size : int
         Examples per forward pass; memory grows as ``batch_size * S * input_dim``.
-    rng : numpy.random.Generator or int or None
-        Source of ``eps`` (an int seeds a new Generator).
+    seed : numpy.random.Generator or int or None
+        Source of ``eps`` (an int seeds a new Generator; a Generator is used and advanced).
     kl : {"analytic", "mc"}
         As in :meth:`npvae.VAE.loss_and_grads`.
+    rng
+        Deprecated name of ``seed``.
 
     Returns
     -------
@@ -47,7 +63,8 @@ def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, rn
     x = model.check_data(x)
     check.workspace(model, min(batch_size, x.shape[0]), mc_samples, "mc_samples, batch_size",
                     "lower mc_samples or batch_size")
-    return mean_bound(model, x, mc_samples, objective, batch_size, check.generator(rng, "rng"), kl)
+    seed = _renamed(seed, rng, "rng", "seed")
+    return mean_bound(model, x, mc_samples, objective, batch_size, check.generator(seed), kl)
 
 
 def mean_bound(model, x, mc_samples, objective, batch_size, rng, kl="analytic"):
@@ -168,12 +185,12 @@ LL_MAX_ROWS = 4096
 LOG_LIKELIHOOD_METHODS = ("is", "ais")
 
 
-def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, progress=True, file=None,
-                   method="is", chains=16, steps=200, leapfrog=5):
+def log_likelihood(model, x, k=5000, batch_size=None, seed=0, max_rows=LL_MAX_ROWS, progress=True, file=None,
+                   method="is", chains=16, steps=200, leapfrog=5, *, batch=_UNSET):
     """Importance-sampled (or, with ``method="ais"``, annealed) estimate of the marginal log-likelihood ``log p(x)``.
 
     With ``method="ais"`` this is :func:`npvae.ais.ais_log_likelihood` with ``chains``,
-    ``steps`` and ``leapfrog`` (``k`` and ``batch`` are not used; ``max_rows`` bounds the rows
+    ``steps`` and ``leapfrog`` (``k`` and ``batch_size`` are not used; ``max_rows`` bounds the rows
     of one pass as here): annealed importance sampling from the prior to the posterior, which
     does not depend on the encoder and is much closer to ``log p(x)`` where the encoder's
     ``q(z|x)`` misses part of the posterior. What follows describes ``method="is"``.
@@ -224,10 +241,10 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
         Data in [0, 1] (the same kind of targets the model was trained on).
     k : int, default 5000
         Importance samples per example (``k >= 1``).
-    batch : int, optional
+    batch_size : int, optional
         Examples encoded together (default ``min(N, max(1, max_rows // 32))``).
         The samples of one example batch are drawn in chunks of
-        ``max(1, max_rows // batch)`` samples.
+        ``max(1, max_rows // batch_size)`` samples. (``batch=`` is its deprecated name.)
     seed : int or numpy.random.Generator or None, default 0
         Source of the noise ``eps`` (drawn in float64, then cast to the model's dtype).
         The same ``seed``, ``batch`` and ``max_rows`` give the same result bit for bit.
@@ -260,13 +277,14 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
         and, naming ``model``, when a log weight is not finite (parameters so large that
         they overflow the model's dtype): a NaN is never returned as an estimate.
     """
+    batch = _renamed(batch_size, batch, "batch", "batch_size")
     if check.choice(method, "method", LOG_LIKELIHOOD_METHODS) == "ais":
         return ais.ais_log_likelihood(model, x, chains=chains, steps=steps, leapfrog=leapfrog, max_rows=max_rows,
                                       seed=seed, progress=progress, file=file)
     k = check.positive_int(k, "k")
     max_rows = check.positive_int(max_rows, "max_rows")
     if batch is not None:
-        batch = check.positive_int(batch, "batch")
+        batch = check.positive_int(batch, "batch_size")
     check.vae(model)
     model.check_params()
     x = model.check_data(x)
@@ -276,7 +294,7 @@ def log_likelihood(model, x, k=5000, batch=None, seed=0, max_rows=LL_MAX_ROWS, p
         batch = max(1, max_rows // 32)
     batch = min(batch, n)
     check.workspace(model, batch, min(k, max(1, max_rows // batch)), "max_rows",
-                    "lower max_rows (or batch, or k)")
+                    "lower max_rows (or batch_size, or k)")
     report = _Reporter(n, k, progress, file)
     per_example = np.empty(n)
     per_example_se = np.empty(n)

@@ -45,7 +45,7 @@ class ReplayNoise:
 # ---------------------------------------------------------------------------
 def test_log_likelihood_is_the_iwae_bound_with_k_samples():
     model, x = small_model(), data(6)
-    r = log_likelihood(model, x, k=50, batch=6, max_rows=300, seed=3)   # one chunk: the same eps draw
+    r = log_likelihood(model, x, k=50, batch_size=6, max_rows=300, seed=3)   # one chunk: the same eps draw
     eps = model.sample_eps(6, 50, np.random.default_rng(3))
     bound = model.bound(x, eps, "iwae")
     np.testing.assert_allclose(r.per_example, bound.per_example, rtol=1e-13)
@@ -60,8 +60,8 @@ def test_numba_backend_gives_the_numpy_backends_estimate(scale):
     ref, fast = small_model(decoder_scale=scale), small_model(decoder_scale=scale)
     ref.backend, fast.backend = "numpy", "numba"
     x = data(9)
-    a = log_likelihood(ref, x, k=30, batch=4, max_rows=50, seed=5, progress=False)
-    b = log_likelihood(fast, x, k=30, batch=4, max_rows=50, seed=5, progress=False)
+    a = log_likelihood(ref, x, k=30, batch_size=4, max_rows=50, seed=5, progress=False)
+    b = log_likelihood(fast, x, k=30, batch_size=4, max_rows=50, seed=5, progress=False)
     np.testing.assert_allclose(b.per_example, a.per_example, rtol=1e-11)
     np.testing.assert_allclose(b.per_example_se, a.per_example_se, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(b.ess, a.ess, rtol=1e-8)
@@ -74,7 +74,7 @@ def test_streaming_logsumexp_over_chunks_equals_one_pass(monkeypatch, scale, bat
     eps = np.random.default_rng(1).standard_normal((5, 40, 2))
     one_pass = model.bound(x, eps, "iwae")
     monkeypatch.setattr(model, "sample_eps", ReplayNoise(eps))
-    r = log_likelihood(model, x, k=40, batch=batch, max_rows=max_rows)
+    r = log_likelihood(model, x, k=40, batch_size=batch, max_rows=max_rows)
     assert np.isfinite(r.per_example).all() and np.isfinite(r.per_example_se).all()
     np.testing.assert_allclose(r.per_example, one_pass.per_example, rtol=1e-12)
     if scale > 1:
@@ -111,7 +111,7 @@ def test_ess_and_pareto_k_are_those_of_all_k_weights_whatever_the_chunks(monkeyp
     eps = np.random.default_rng(4).standard_normal((5, k, 2))
     log_w = model.engine.log_weights(x, eps)
     monkeypatch.setattr(model, "sample_eps", ReplayNoise(eps))
-    r = log_likelihood(model, x, k=k, batch=batch, max_rows=max_rows, progress=False)
+    r = log_likelihood(model, x, k=k, batch_size=batch, max_rows=max_rows, progress=False)
     # (chunks of other sizes round the decoder's products differently, hence not bit for bit)
     np.testing.assert_allclose(r.pareto_k, stats.pareto_k(log_w), rtol=1e-9)
     assert np.isfinite(r.pareto_k).all()
@@ -164,7 +164,7 @@ def test_one_sample_is_the_log_weight_with_undefined_se():
 
 def test_more_samples_tighten_the_bound_above_the_elbo():
     model, x = small_model(), data(40)
-    elbo = -evaluate_bound(model, x, mc_samples=200, rng=0)["loss"]
+    elbo = -evaluate_bound(model, x, mc_samples=200, seed=0)["loss"]
     ll_small = log_likelihood(model, x, k=2, seed=0).mean
     ll_big = log_likelihood(model, x, k=500, seed=0)
     assert elbo < ll_small < ll_big.mean
@@ -209,19 +209,19 @@ def test_progress_lines_and_quiet(monkeypatch):
     monkeypatch.setattr(ev._Reporter, "EVERY", 0.0)
     model, x = small_model(), data(6)
     out = stdio.StringIO()
-    log_likelihood(model, x, k=10, batch=2, seed=0, file=out)
+    log_likelihood(model, x, k=10, batch_size=2, seed=0, file=out)
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("log_likelihood: 2/6 examples (k=10)") and "ETA" in lines[0]
     assert lines[-1].startswith("log_likelihood: 6/6 examples (k=10) in")
     out = stdio.StringIO()
-    log_likelihood(model, x, k=10, batch=2, seed=0, file=out, progress=False)
+    log_likelihood(model, x, k=10, batch_size=2, seed=0, file=out, progress=False)
     assert out.getvalue() == ""
 
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(k=0), r"k: expected an integer >= 1, got 0"),
     (dict(k=2.5), r"k: expected an integer >= 1, got 2.5"),
-    (dict(batch=0), r"batch: expected an integer >= 1, got 0"),
+    (dict(batch_size=0), r"batch_size: expected an integer >= 1, got 0"),
     (dict(max_rows=-1), r"max_rows: expected an integer >= 1, got -1"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, match):
@@ -280,3 +280,14 @@ def test_log_likelihood_method_ais_is_the_ais_module_with_the_same_settings():
     assert r.k == 4 and r.steps == 20
     with pytest.raises(ValueError, match="method: expected one of 'is', 'ais'"):
         log_likelihood(model, x, method="hmc")
+
+
+def test_old_keyword_names_still_work_and_warn():
+    model, x = small_model(), data(4)
+    with pytest.warns(DeprecationWarning, match="rng= is deprecated: use seed="):
+        old = evaluate_bound(model, x, mc_samples=2, rng=3)
+    assert old == evaluate_bound(model, x, mc_samples=2, seed=3)
+    with pytest.warns(DeprecationWarning, match="batch= is deprecated: use batch_size="):
+        old = log_likelihood(model, x, k=5, batch=2, seed=1, progress=False)
+    np.testing.assert_array_equal(old.per_example,
+                                  log_likelihood(model, x, k=5, batch_size=2, seed=1, progress=False).per_example)

@@ -116,8 +116,8 @@ def test_forward_only_path_works_in_chunks_of_examples(monkeypatch):
         want, got = ref.bound(x, eps, objective, kl), fast.bound(x, eps, objective, kl)
         for field in ("loss", "recon", "kl", "per_example"):
             assert_close(getattr(got, field), getattr(want, field), np.float64, field)
-    res = npvae.evaluate_bound(fast, x, mc_samples=3, objective="iwae", batch_size=5, rng=0)
-    assert res == pytest.approx(npvae.evaluate_bound(ref, x, mc_samples=3, objective="iwae", batch_size=5, rng=0),
+    res = npvae.evaluate_bound(fast, x, mc_samples=3, objective="iwae", batch_size=5, seed=0)
+    assert res == pytest.approx(npvae.evaluate_bound(ref, x, mc_samples=3, objective="iwae", batch_size=5, seed=0),
                                 rel=1e-12)
 
 

@@ -413,9 +413,9 @@ def check_log_likelihood(model, data, p_invalid=15):
     batch = data.draw(arg(st.none() | small_ints(1, 6), BAD_SIZES.filter(lambda v: v is not None), 10))
     max_rows = data.draw(arg(small_ints(1, 64) | st.just(10**12), BAD_SIZES, 10))
     seed = data.draw(seeds())
-    invalid = [a for a, ok in (("model", m_ok), ("x", x_ok), ("k", k[1]), ("batch", batch[1]),
+    invalid = [a for a, ok in (("model", m_ok), ("x", x_ok), ("k", k[1]), ("batch_size", batch[1]),
                                ("max_rows", max_rows[1]), ("seed", seed[1])) if not ok]
-    ll = call(lambda: log_likelihood(m, x, k=k[0], batch=batch[0], seed=seed[0], max_rows=max_rows[0],
+    ll = call(lambda: log_likelihood(m, x, k=k[0], batch_size=batch[0], seed=seed[0], max_rows=max_rows[0],
                                      progress=data.draw(st.booleans()), file=_io.StringIO()), invalid)
     if ll is None:
         return None
@@ -430,7 +430,7 @@ def check_log_likelihood(model, data, p_invalid=15):
     if ll.n > 1:
         assert np.isfinite(ll.se)
     if seed[0] is not None and not isinstance(seed[0], np.random.Generator):
-        again = log_likelihood(model, contiguous(x), k=k[0], batch=batch[0], seed=seed[0], max_rows=max_rows[0],
+        again = log_likelihood(model, contiguous(x), k=k[0], batch_size=batch[0], seed=seed[0], max_rows=max_rows[0],
                                progress=False)
         np.testing.assert_allclose(again.per_example, ll.per_example, **tol(model))
     return ll

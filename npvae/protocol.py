@@ -108,7 +108,7 @@ def learning_rate(schedule, epoch, lr0):
     ``i`` (:func:`stage_of_epoch`), which for ``lr0 = 1e-3`` is their
     ``1e-4 * round(10.**(1 - i/7.), 1)`` (experiments.py l. 119): 1e-3, 7.2e-4, 5.2e-4,
     3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1e-4. The paper's ``1e-3 * 10**(-i/7)`` (section 5)
-    is this before the rounding, which moves no rate by more than 0.9%.
+    is this before the rounding, which moves no rate by more than 1.6% (stage 5).
     """
     schedule = check.choice(schedule, "lr_schedule", LR_SCHEDULES)
     if schedule == "constant":

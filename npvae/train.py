@@ -312,7 +312,9 @@ def _checked_settings(optimizer, **values):
         if values["optimizer"] != run_settings.default("optimizer"):
             given.add("optimizer")
     values = run_settings.resolve_protocol(values, given)
-    optimizer = values.pop("optimizer", optimizer)
+    name = values.pop("optimizer", None)         # an instance stays as given (_optimizer checks it)
+    if isinstance(optimizer, str):
+        optimizer = name
     values["objective"], values["kl"], values["estimator"] = check_objective(
         values["objective"], values["kl"], values["estimator"])
     return values, optimizer

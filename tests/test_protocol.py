@@ -174,3 +174,65 @@ def test_active_units_count_the_units_whose_mean_varies():
     assert protocol.active_units(m, x, threshold=0.0).count == 2      # units 1 and 2 vary at all
     with pytest.raises(ValueError, match="x: expected at least 2 images"):
         protocol.active_units(m, x[:1])
+
+
+# ----------------------------------------------------------------------------------------
+# benchmarks/burda_table1.py: the staged runner on a tiny budget
+# ----------------------------------------------------------------------------------------
+def _runner():
+    import importlib
+    import sys
+    from pathlib import Path
+    pytest.importorskip("numba")
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module("burda_table1")
+
+
+TINY = ["--cells", "vae-k1", "iwae-k5", "--max-stage", "1", "--k", "50", "--synthetic", "600",
+        "--train-subset", "100", "--test-subset", "50", "--quiet"]
+
+
+def _numbers(out):
+    import json
+    from pathlib import Path
+    drop = ("eval_seconds",)
+    return {p.parent.name: [{k: v for k, v in s.items() if k not in drop} for s in json.loads(p.read_text())["stages"]]
+            for p in sorted(Path(out).glob("cells/*/result.json"))}
+
+
+def test_the_runner_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch, capsys):
+    bt = _runner()
+    assert bt.main(TINY + ["--out", str(tmp_path / "whole")]) == 0
+    whole = _numbers(tmp_path / "whole")
+    assert [s["epochs"] for s in whole["vae-k1-seed0"]] == [1, 4] and set(whole) == {"vae-k1-seed0", "iwae-k5-seed0"}
+    assert all(np.isfinite(s["nll"]) and s["k"] == 50 and s["n"] == 50 for s in whole["iwae-k5-seed0"])
+
+    train_epoch, calls = bt.train_epoch, []
+
+    def interrupted(folder, name, seed, epoch, x):
+        calls.append(epoch)
+        if name == "iwae-k5" and epoch == 3:
+            raise KeyboardInterrupt
+        return train_epoch(folder, name, seed, epoch, x)
+
+    monkeypatch.setattr(bt, "train_epoch", interrupted)
+    part = str(tmp_path / "part")
+    assert bt.main(TINY + ["--out", part]) == 130
+    assert "Interrupted: every finished epoch is in its cell's checkpoint.npz" in capsys.readouterr().err
+    monkeypatch.setattr(bt, "train_epoch", train_epoch)
+    assert bt.main(TINY + ["--out", part]) == 0
+    assert _numbers(part) == whole
+    text = (tmp_path / "part.md").read_text()
+    assert "## Stage 1: epoch 4" in text and "| vae-k1-seed0 | 4 | 2 of 8 |" in text and "86.76" in text
+    assert bt.main(TINY + ["--out", part, "--report-only"]) == 0
+
+
+def test_the_runner_stops_at_its_time_budget_and_refuses_ais_until_it_exists(tmp_path, capsys):
+    bt = _runner()
+    out = str(tmp_path / "t")
+    assert bt.main(TINY + ["--out", out, "--hours", "0"]) == 0
+    assert "time budget of 0.0 h spent" in capsys.readouterr().err
+    assert bt.main(TINY + ["--out", out, "--ais"]) == 2
+    assert "--ais: npvae.ais (annealed importance sampling) is not in this npvae yet" in capsys.readouterr().err

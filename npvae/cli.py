@@ -25,6 +25,7 @@ from .evaluate import evaluate_bound, log_likelihood
 from .gradcheck import check_all, format_table
 from .model import VAE, load_model
 from .optim import get_optimizer
+from .protocol import burda_adam, train_validation_split
 from .plots import save_all
 from .runfolder import RunLock, describe_previous, read_config, read_history, remove_stale_temp_files, write_config
 from .train import History, TrainingError, fit, load_checkpoint
@@ -154,15 +155,20 @@ def _sigterm_raises():
 def _train(args):
     out, s = _train_settings(args)
     (x_train, _), (x_test, y_test) = _mnist(args.data, args.quiet)
+    x_val = x_test
+    if s["protocol"] == "burda":      # their split: the last 400 training images validate (npvae.protocol)
+        x_train, x_val = train_validation_split(x_train)
     model = VAE(input_dim=x_train.shape[1], hidden=s["hidden"], latent_dim=s["latent_dim"],
                 activation=s["activation"], seed=s["seed"], dtype=s["dtype"], threads=args.threads)
-    optimizer = get_optimizer(s["optimizer"], **({} if s["lr"] is None else {"lr": s["lr"]}))
+    lr = {} if s["lr"] is None else {"lr": s["lr"]}
+    optimizer = burda_adam(batch_size=s["batch_size"], **lr) if s["protocol"] == "burda" else get_optimizer(
+        s["optimizer"], **lr)
     checkpoint = out / "checkpoint.npz"
     with RunLock(out) as lock:
         _prepare_run_folder(out, lock, args, s["epochs"])
         try:
             with _sigterm_raises():
-                history = _fit(model, x_train, x_test, s, optimizer, out, args)
+                history = _fit(model, x_train, x_val, s, optimizer, out, args)
         except (KeyboardInterrupt, _Terminated) as exc:
             return _stopped(exc, out, checkpoint)
         except OSError as exc:
@@ -173,13 +179,15 @@ def _train(args):
     return 0
 
 
-def _fit(model, x_train, x_test, s, optimizer, out, args):
+def _fit(model, x_train, x_val, s, optimizer, out, args):
     """config.json, the training, history.json and model.npz of a run."""
     write_config(out / "config.json", s)
     history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
-                  objective=s["objective"], optimizer=optimizer, validation_data=x_test, noise=s["noise"],
+                  objective=s["objective"], optimizer=optimizer, validation_data=x_val, noise=s["noise"],
                   binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"],
-                  checkpoint=out / "checkpoint.npz", resume=args.resume, verbose=0 if args.quiet else 1)
+                  checkpoint=out / "checkpoint.npz", resume=args.resume, verbose=0 if args.quiet else 1,
+                  protocol=s["protocol"], lr_schedule=s["lr_schedule"], output_bias=s["output_bias"],
+                  shuffle=s["shuffle"])
     history.save(out / "history.json")
     model.save(out / "model.npz")
     return history
@@ -201,7 +209,10 @@ def _train_settings(args):
         run_settings.check_resume(stored, given, f"the run in {str(out)!r}")
         settings = {**stored, **given}
     else:
-        settings = {**run_settings.run_defaults(), **given}
+        try:
+            settings = run_settings.resolve_protocol({**run_settings.run_defaults(), **given}, set(given))
+        except ValueError as exc:
+            raise CLIError(f"--{str(exc).replace('_', '-')}") from None
         if out is None:
             out = Path("runs") / f"{settings['objective']}-S{settings['mc_samples']}-seed{settings['seed']}"
     if out.exists() and not out.is_dir():

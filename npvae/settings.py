@@ -26,12 +26,14 @@ from .evaluate import LOG_LIKELIHOOD_METHODS
 from .objectives import ESTIMATORS, KL, OBJECTIVES
 from .ops import ACTIVATIONS
 from .optim import SGD, Adam, RMSprop
+from .protocol import BURDA, LR_SCHEDULES, OUTPUT_BIAS, PROTOCOLS
 
 __all__ = ["Setting", "SettingsClash", "SETTINGS", "NOISE", "OPTIMIZERS", "ARCHITECTURE_SETTINGS", "TRAIN_SETTINGS",
            "EVALUATE_SETTINGS", "EVALUATE_DEFAULTS", "METADATA", "ARCHITECTURE", "TRAINING", "EVALUATION",
            "default", "validate", "run_defaults", "check_config",
            "architecture", "checkpoint_settings", "upgrade_checkpoint_settings", "check_resume", "check_epochs",
-           "parse_int", "parse_positive_int", "parse_non_negative_int", "parse_positive_float"]
+           "parse_int", "parse_positive_int", "parse_non_negative_int", "parse_positive_float",
+           "PROTOCOL_SETTINGS", "resolve_protocol"]
 
 ARCHITECTURE, TRAINING, EVALUATION = "architecture", "training", "evaluation"
 
@@ -213,6 +215,20 @@ _ALL = (
     _choice("noise", "fresh", TRAINING, "fresh eps every step, or fixed per example", NOISE),
     _choice("binarize", "none", TRAINING, "targets: none (grayscale), threshold, dynamic", BINARIZE_METHODS),
     _count("seed", 0, TRAINING, "seed of init, shuffling and noise", minimum=0),
+    # Burda et al.'s protocol and its parts (npvae.protocol documents each choice); added
+    # later, so config.json and checkpoints written before them read with their defaults
+    _choice("protocol", "none", TRAINING,
+            "burda: Burda et al.'s protocol (Adam as theirs, --batch-size 20, --binarize dynamic, --no-shuffle, "
+            "--lr-schedule burda, --output-bias data, --kl mc for elbo); options left unset take its values",
+            PROTOCOLS, required=False),
+    _choice("lr_schedule", "constant", TRAINING,
+            "learning rate by epoch: constant, or burda (3^i epochs at lr * round(10^(1-i/7), 1) / 10, i = 0..7)",
+            LR_SCHEDULES, required=False),
+    _choice("output_bias", "zero", TRAINING,
+            "initial output bias of the decoder: zero, or data (logit of the training mean, clipped to "
+            "[0.001, 0.999])", OUTPUT_BIAS, required=False),
+    Setting("shuffle", True, TRAINING, "shuffle the training images every epoch (--no-shuffle: in order)",
+            _boolean, required=False),
     _choice("dtype", "float32", ARCHITECTURE,
             "float32 as the seed's Keras model (float64 for exact work, e.g. gradient checks)", DTYPES),
     Setting("figures", True, TRAINING, "draw the figures at the end (remembered by --resume)", _boolean,
@@ -313,10 +329,38 @@ def checkpoint_settings(model_config, values, optimizer, n_train, n_val):
     return record
 
 
+#: The settings :func:`resolve_protocol` sets, by protocol.
+PROTOCOL_SETTINGS = MappingProxyType({"none": MappingProxyType({}), "burda": MappingProxyType(dict(BURDA))})
+
+
+def resolve_protocol(values, given):
+    """``values`` (a dict of checked settings, ``protocol`` among them) with what the
+    protocol sets filled in: each setting it sets takes its value unless ``given``, the
+    names set by the caller, holds it with another value, which is a ValueError naming
+    both. ``kl`` is set only for ``objective="elbo"`` (Burda et al.'s VAE: the sampled KL).
+
+    Returns
+    -------
+    dict
+        A new dict.
+    """
+    values = dict(values)
+    for name, value in PROTOCOL_SETTINGS[values.get("protocol", "none")].items():
+        if name == "kl" and values.get("objective") != "elbo":
+            continue
+        if name in given and values.get(name) != value:
+            raise ValueError(f"{name}: protocol={values['protocol']!r} sets {name}={value!r}, got {name}="
+                             f"{values.get(name)!r}; leave it unset or use protocol='none'")
+        values[name] = value
+    return values
+
+
 def upgrade_checkpoint_settings(stored):
     """A checkpoint's settings in the current layout. Checkpoints written before
     :mod:`npvae.settings` existed nest the architecture under ``model`` and hold
-    ``optimizer`` as ``{"name": ..., <hyperparameters>}``; the rest is the same."""
+    ``optimizer`` as ``{"name": ..., <hyperparameters>}``; those written before a setting
+    that a resumed run must match (``protocol``, ``lr_schedule``, ...) lack it and get its
+    default, the value they were trained with; the rest is the same."""
     stored = dict(stored)
     if isinstance(stored.get("model"), dict):
         stored.update(stored.pop("model"))
@@ -324,6 +368,9 @@ def upgrade_checkpoint_settings(stored):
         config = dict(stored["optimizer"])
         stored["optimizer"] = config.pop("name", None)
         stored["optimizer_config"] = config
+    for setting in _ALL:      # settings added later: an older checkpoint was written at their defaults
+        if setting.must_match and not setting.required and setting.kind == TRAINING:
+            stored.setdefault(setting.name, setting.default)
     return stored
 
 

@@ -10,6 +10,9 @@ its settings and seed alone:
   ``noise="fixed"``, drawn once and reused every epoch.
 * ``default_rng([seed, 2, epoch])``: validation noise (and binarization) of
   each epoch, independent of training.
+
+``protocol="burda"`` trains as Burda et al. (2016) did; :mod:`npvae.protocol` gives each
+of its choices with the line of their code or the section of their paper it comes from.
 """
 
 import json
@@ -22,7 +25,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import _validate as check
-from . import datasets, io, optim, serialization
+from . import datasets, io, optim, protocol as protocols, serialization
 from . import settings as run_settings
 from .evaluate import mean_bound
 from .model import build_model
@@ -174,7 +177,8 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
         mc_samples=_default("mc_samples"), objective=_default("objective"), optimizer=_default("optimizer"),
         validation_data=None, noise=_default("noise"), binarize=_default("binarize"), seed=_default("seed"),
         kl=_default("kl"), estimator=_default("estimator"), checkpoint=None, resume=False, verbose=1, file=None,
-        callback=None):
+        callback=None, protocol=_default("protocol"), lr_schedule=_default("lr_schedule"),
+        output_bias=_default("output_bias"), shuffle=_default("shuffle")):
     """Train ``model`` in place by minibatch gradient descent on ``-bound``.
 
     The defaults and the checks of the settings are those of :mod:`npvae.settings` (the
@@ -227,6 +231,24 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
         record (so it is kept in the history and the checkpoint: JSON values only), e.g. a
         measure of the model that the study of sample sizes tracks per epoch. Its time is
         not counted in ``seconds``.
+    protocol : {"none", "burda"}, default "none"
+        ``"burda"``: Burda et al.'s protocol (:mod:`npvae.protocol`): ``optimizer`` their
+        Adam (:func:`npvae.protocol.burda_adam`, second moments started as theirs),
+        ``batch_size=20``, ``binarize="dynamic"``, ``shuffle=False``,
+        ``lr_schedule="burda"``, ``output_bias="data"`` and, for ``objective="elbo"``,
+        ``kl="mc"``. A setting left at its default takes the protocol's value; another
+        value is a ValueError. ``epochs`` stays as given (their schedule has 3,280).
+    lr_schedule : {"constant", "burda"}, default "constant"
+        The learning rate of each epoch: the optimizer's, or Burda et al.'s stages
+        (:func:`npvae.protocol.learning_rate`: ``3**i`` epochs at the optimizer's initial
+        rate times ``round(10**(1 - i/7), 1) / 10``), set at the start of the epoch (a
+        resumed run sets it from the epoch, so it continues bit for bit) and recorded as
+        ``lr`` in the epoch's record.
+    output_bias : {"zero", "data"}, default "zero"
+        ``"data"`` sets the decoder's output bias to the logit of the mean of ``x_train``
+        before the first epoch (:func:`npvae.protocol.output_bias`; not on resume).
+    shuffle : bool, default True
+        Shuffle the training examples every epoch; False takes the batches in order.
 
     Returns
     -------
@@ -242,20 +264,24 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
     """
     check.vae(model)
     x_train = model.check_data(x_train, "x_train")
-    values = _checked_settings(epochs=epochs, batch_size=batch_size, mc_samples=mc_samples, objective=objective,
-                               kl=kl, estimator=estimator, noise=noise, binarize=binarize, seed=seed)
+    values, optimizer = _checked_settings(optimizer, epochs=epochs, batch_size=batch_size, mc_samples=mc_samples,
+                                          objective=objective, kl=kl, estimator=estimator, noise=noise,
+                                          binarize=binarize, seed=seed, protocol=protocol, lr_schedule=lr_schedule,
+                                          output_bias=output_bias, shuffle=shuffle)
     _check_run_arguments(callback, verbose, checkpoint, resume)
     x_val = _validation_data(model, validation_data)
-    opt = _optimizer(optimizer)
+    opt = _optimizer(optimizer, values)
     model.check_params()
     n = x_train.shape[0]
     check.workspace(model, min(values["batch_size"], n), values["mc_samples"], "mc_samples, batch_size",
                     "lower mc_samples (--mc-samples) or batch_size (--batch-size)")
     settings = run_settings.checkpoint_settings(model.config, values, opt, n, None if x_val is None else len(x_val))
     rng = np.random.default_rng(values["seed"])
-    history = History()
+    history, lr0 = History(), opt.lr       # the schedule's base: the rate the run started with
     if resume and Path(checkpoint).exists():
         history = _resume(checkpoint, settings, values["epochs"], model, opt, rng)
+    else:
+        _start(model, opt, x_train, values)
     run = _Run(model, opt, model.engine.optimizer_update(opt), x_train, x_val, values, rng,
                _fixed_eps(model, n, values), _Progress(values["epochs"], -(-n // values["batch_size"]),
                                                       int(verbose), file), checkpoint, settings, callback)
@@ -264,18 +290,34 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
     # the numba engine holds the BLAS setting of these steps for the whole loop
     with model.engine.steps(min(values["batch_size"], n), values["mc_samples"]):
         for epoch in range(len(history) + 1, values["epochs"] + 1):
+            if values["lr_schedule"] != "constant":
+                opt.lr = protocols.learning_rate(values["lr_schedule"], epoch, lr0)
             record = _train_epoch(run, epoch, history)
+            if values["lr_schedule"] != "constant":
+                record["lr"] = opt.lr
             _end_epoch(run, record, history)
     return history
 
 
-def _checked_settings(**values):
-    """fit's settings, each checked by :mod:`npvae.settings` (the objective's combination
-    by :func:`npvae.objectives.check_objective`)."""
+def _checked_settings(optimizer, **values):
+    """fit's settings, each checked by :mod:`npvae.settings`, with what the protocol sets
+    (:func:`npvae.settings.resolve_protocol`: a setting not at its default counts as
+    given), the objective's combination checked by
+    :func:`npvae.objectives.check_objective`; and the optimizer (a name in lower case, or
+    the instance given)."""
     values = {name: run_settings.validate(name, value) for name, value in values.items()}
+    given = {name for name, value in values.items() if value != run_settings.default(name)}
+    if isinstance(optimizer, str):
+        values["optimizer"] = optimizer.strip().lower()
+        if values["optimizer"] != run_settings.default("optimizer"):
+            given.add("optimizer")
+    values = run_settings.resolve_protocol(values, given)
+    name = values.pop("optimizer", None)         # an instance stays as given (_optimizer checks it)
+    if isinstance(optimizer, str):
+        optimizer = name
     values["objective"], values["kl"], values["estimator"] = check_objective(
         values["objective"], values["kl"], values["estimator"])
-    return values
+    return values, optimizer
 
 
 def _check_run_arguments(callback, verbose, checkpoint, resume):
@@ -298,12 +340,28 @@ def _validation_data(model, validation_data):
     return None if validation_data is None else model.check_data(validation_data, "validation_data")
 
 
-def _optimizer(optimizer):
+def _optimizer(optimizer, values):
+    if values["protocol"] == "burda":
+        if isinstance(optimizer, str):
+            return protocols.burda_adam(batch_size=values["batch_size"])
+        if not protocols.is_burda_adam(optimizer, values["batch_size"]):
+            raise ValueError(f"optimizer: protocol='burda' trains with npvae.protocol.burda_adam(lr, batch_size="
+                             f"{values['batch_size']}) (any lr), got {optimizer!r}")
+        return optimizer
     try:
         return optim.get_optimizer(optimizer)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"optimizer: expected {', '.join(map(repr, run_settings.OPTIMIZERS))} or an "
                         f"npvae.optim.Optimizer, got {optimizer!r}") from None
+
+
+def _start(model, opt, x_train, values):
+    """What a run does before its first epoch (not on resume): the output bias of
+    ``output_bias="data"``, the optimizer state Burda et al. start from."""
+    if values["output_bias"] == "data":
+        protocols.set_output_bias(model, x_train)
+    if values["protocol"] == "burda":
+        protocols.start_burda_adam(opt, model.params, values["batch_size"])
 
 
 def _fixed_eps(model, n, values):
@@ -335,7 +393,7 @@ def _train_epoch(run, epoch, history):
     n, batch_size, steps = x.shape[0], v["batch_size"], run.progress.steps
     t0 = time.perf_counter()
     totals = np.zeros(3)
-    order = rng.permutation(n)
+    order = rng.permutation(n) if v["shuffle"] else np.arange(n)
     for step in range(steps):
         idx = order[step * batch_size:(step + 1) * batch_size]
         xb = x[idx]

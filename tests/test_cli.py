@@ -298,3 +298,26 @@ def test_evaluate_method_ais_reports_an_annealed_estimate_above_the_elbo(run_dir
     assert run_cli("evaluate", run_dir, "--method", "ais", "--chains", 3, "--ais-steps", 30, "--limit", 4,
                    "--quiet", "--data", mnist_dir) == 0
     assert "AIS: 3 chains x 30 steps" in capsys.readouterr().out
+
+
+def test_train_with_burdas_protocol_uses_their_settings_and_split(mnist_dir, tmp_path):
+    out = tmp_path / "burda"
+    assert run_cli("train", "--protocol", "burda", "--epochs", 1, "--hidden", 8, "--latent-dim", 2,
+                   "--data", mnist_dir, "--out", out, "--quiet", "--no-figures") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ("protocol", "batch_size", "binarize", "kl", "shuffle", "lr_schedule",
+                                   "output_bias", "optimizer")} == dict(
+        protocol="burda", batch_size=20, binarize="dynamic", kl="mc", shuffle=False, lr_schedule="burda",
+        output_bias="data", optimizer="adam")
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["lr"] == 1e-3
+    from npvae.train import load_checkpoint
+    settings = load_checkpoint(out / "checkpoint.npz")["settings"]
+    assert (settings["n_train"], settings["n_val"]) == (59600, 400)     # their split (npvae.protocol)
+    assert settings["optimizer_config"]["beta1"] == 0.99
+
+
+def test_train_refuses_an_option_against_the_protocol(mnist_dir, tmp_path, capsys):
+    assert run_cli("train", "--protocol", "burda", "--batch-size", 50, "--data", mnist_dir,
+                   "--out", tmp_path / "x", "--quiet") == 2
+    assert "--batch-size: protocol='burda' sets batch-size=20, got batch-size=50" in capsys.readouterr().err

@@ -18,6 +18,10 @@ OLD_CONFIG = {"epochs": 2, "batch_size": 100, "mc_samples": 1, "latent_dim": 2, 
               "dtype": "float32", "kl": "analytic", "estimator": "standard"}
 
 
+#: The settings added after OLD_CONFIG that a resumed run must match, at their defaults.
+LATER_DEFAULTS = {"protocol": "none", "lr_schedule": "constant", "output_bias": "zero", "shuffle": True}
+
+
 def train_options():
     parser = cli.build_parser()
     return {a.dest: a for a in parser._subparsers._group_actions[0].choices["train"]._actions}
@@ -81,7 +85,7 @@ def test_config_json_round_trips_and_records_the_package_version(tmp_path):
 def test_a_config_json_written_before_the_figures_setting_reads_with_its_default(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(OLD_CONFIG))
-    assert read_config(path) == dict(OLD_CONFIG, figures=True)
+    assert read_config(path) == dict(OLD_CONFIG, figures=True, **LATER_DEFAULTS)
 
 
 @pytest.mark.parametrize("change,words", [
@@ -136,6 +140,7 @@ def test_old_checkpoint_settings_are_read_in_the_current_layout():
     model = npvae.VAE(input_dim=4, hidden=(3,), dtype=np.float32)
     values = {k: old[k] for k in ("batch_size", "mc_samples", "objective", "kl", "estimator", "noise", "binarize",
                                   "seed")}
+    values.update(LATER_DEFAULTS)      # an old checkpoint was trained at the defaults of later settings
     assert settings.upgrade_checkpoint_settings(old) == settings.checkpoint_settings(
         model.config, values, optim.RMSprop(lr=0.01), 20, None)
 

@@ -1,0 +1,330 @@
+"""Burda et al.'s Table 1 (MNIST, one stochastic layer) under their protocol, stage by stage.
+
+Cells: the VAE (``elbo`` with the sampled KL, their VAE) at k = 1, 5, 50, the IWAE at k = 5,
+50 and the IWAE trained with DReG (Tucker et al. 2018) at k = 5, 50; their architecture
+(784-200-200-50, tanh, the decoder mirrored), float32, the numba engine, seed 0 (``--seeds``
+for more). Each cell trains with ``npvae.fit(..., protocol="burda")`` (:mod:`npvae.protocol`
+gives each choice with the line of their code it comes from) on their 59,600 training
+images, and at the end of every stage of their schedule (epochs 1, 4, 13, 40, 121, 364,
+1093, 3280) measures on the test images, binarized once (seed 123, one draw per image as
+theirs):
+
+* the log-likelihood by importance sampling, k = 5000 (``--k``; their experiments.py
+  l. 61-63), with its Monte Carlo SE, ESS and Pareto k-hat;
+* the test ELBO (analytic KL, 10 samples per image) and the posterior gap, log-likelihood
+  minus ELBO, a lower bound on the mean KL(q || posterior);
+* the active units their way: the variance of the encoder's mean over the first 500
+  training images (binarized once) above 1e-2.
+
+A cell's folder ``cells/<cell>/`` holds ``checkpoint.npz`` (after every epoch, compressed;
+kept in the repository so that a run continues on another day or machine, bit for bit),
+``model.npz`` (the model at the last stage ended, compressed) and ``result.json`` (every
+stage's numbers, the epochs done, the seconds). A run stops cleanly at an epoch's end when
+``--hours`` have passed, at ``--max-stage``, or on Ctrl-C (the last epoch's checkpoint
+kept); run it again to continue. ``--report-only`` writes ``<out>.md``: a table per stage
+beside Burda et al.'s numbers, the stage each cell reached and what the rest would cost.
+
+Example (the real run, cheapest cells first)::
+
+    OPENBLAS_NUM_THREADS=1 taskset -c 1 python benchmarks/burda_table1.py --hours 200
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")      # read by BLAS when NumPy is imported
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import npvae  # noqa: E402
+from npvae import io, protocol  # noqa: E402
+from npvae.datasets import binarize  # noqa: E402
+from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
+from npvae.train import load_checkpoint  # noqa: E402
+
+RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.npz", "model.npz"
+#: Cells by name: (objective, estimator, k), cheapest first (the order of a run).
+CELLS = {"vae-k1": ("elbo", "standard", 1), "vae-k5": ("elbo", "standard", 5),
+         "iwae-k5": ("iwae", "standard", 5), "iwae-dreg-k5": ("iwae", "dreg", 5),
+         "vae-k50": ("elbo", "standard", 50), "iwae-k50": ("iwae", "standard", 50),
+         "iwae-dreg-k50": ("iwae", "dreg", 50)}
+#: Burda et al. (2016), Table 1, MNIST, one stochastic layer: test NLL (k = 5000) and active
+#: units after the whole schedule (3,280 epochs). DReG is not theirs.
+BURDA_TABLE1 = {"vae-k1": (86.76, 19), "vae-k5": (86.47, 20), "vae-k50": (86.35, 20),
+                "iwae-k5": (85.54, 22), "iwae-k50": (84.78, 25)}
+ARCHITECTURE = dict(hidden=(200, 200), latent_dim=50, activation="tanh")
+EVAL_SEED = 123                   # their evaluations' seed (iwae.py, measure_marginal_log_likelihood)
+ACTIVE_IMAGES = 500               # iwae.py, get_units_variances
+
+
+class Stop(Exception):
+    """The time budget is spent: the run stops at an epoch's end."""
+
+
+def log(text):
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
+
+
+def cell_name(name, seed):
+    return f"{name}-seed{seed}"
+
+
+def load_data(args):
+    """Their training split and the test images (a subset with ``--test-subset``), each
+    binarized once for evaluation; the first 500 training images for the active units."""
+    if args.synthetic:                       # tests: a small stand-in for MNIST
+        rng = np.random.default_rng(0)
+        x_all = rng.random((args.synthetic, 784)).astype(np.float32) ** 3
+        x_test = rng.random((max(args.test_subset or 0, 50), 784)).astype(np.float32) ** 3
+        n_val = min(protocol.BURDA_VALIDATION, args.synthetic // 5)
+    else:
+        (x_all, _), (x_test, _) = npvae.load_mnist(args.data)
+        n_val = protocol.BURDA_VALIDATION
+    x_train, _ = protocol.train_validation_split(x_all, n_val)
+    if args.train_subset:
+        x_train = x_train[:args.train_subset]
+    x_test = x_test[:args.test_subset] if args.test_subset else x_test
+    rng = np.random.default_rng(EVAL_SEED)
+    return x_train, binarize(x_test, "dynamic", rng), binarize(x_train[:ACTIVE_IMAGES], "dynamic", rng)
+
+
+def new_model(seed):
+    return npvae.VAE(input_dim=784, seed=seed, dtype=np.float32, backend="numba", **ARCHITECTURE)
+
+
+def compress(path):
+    """Rewrite an ``.npz`` deflated (float32 parameters and Adam state: the checkpoint kept in
+    the repository); the arrays are unchanged, so a resume is still bit for bit."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    io.atomic_savez(path, arrays, compress=True)
+
+
+def read_result(folder, name, seed, args):
+    path = folder / RESULT
+    if path.exists():
+        return json.loads(path.read_text())
+    objective, estimator, k = CELLS[name]
+    return {"cell": cell_name(name, seed), "name": name, "objective": objective, "estimator": estimator,
+            "kl": "mc" if objective == "elbo" else None, "k": k, "seed": seed, "protocol": "burda",
+            "architecture": dict(ARCHITECTURE, input_dim=784, dtype="float32"), "k_ll": args.k,
+            "test_images": None, "epochs_done": 0, "train_seconds": 0.0, "epoch_seconds": [], "stages": []}
+
+
+def train_epoch(folder, name, seed, epoch, x_train):
+    """Train epoch ``epoch`` of a cell: fit resumes from the cell's checkpoint (fresh
+    objects, as in a new process) and writes it at the epoch's end."""
+    objective, estimator, k = CELLS[name]
+    model = new_model(seed)
+    history = npvae.fit(model, x_train, epochs=epoch, mc_samples=k, objective=objective, estimator=estimator,
+                        seed=seed, protocol="burda", checkpoint=folder / CHECKPOINT, resume=True, verbose=0)
+    compress(folder / CHECKPOINT)
+    return model, history.records[-1]
+
+
+def evaluate_stage(model, stage, data, args):
+    """The numbers of a stage's end: log-likelihood, ELBO, posterior gap, active units."""
+    _, x_test, x_active = data
+    t0 = time.perf_counter()
+    ll = log_likelihood(model, x_test, k=args.k, seed=stage, progress=not args.quiet, file=sys.stderr)
+    elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", batch_size=500, rng=stage)
+    active = protocol.active_units(model, x_active)
+    record = ll.to_dict()
+    record.update(nll=-ll.mean, test_elbo=-elbo["loss"], test_kl=elbo["kl"], posterior_gap=ll.mean + elbo["loss"],
+                  active_units=active.count, eval_seconds=time.perf_counter() - t0)
+    return record
+
+
+def run_cell(name, seed, data, args, deadline):
+    """Train and evaluate one cell up to ``--max-stage``; raises Stop when out of time."""
+    folder = Path(args.out) / "cells" / cell_name(name, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = read_result(folder, name, seed, args)
+    result["test_images"] = int(data[1].shape[0])
+    last_end = protocol.BURDA_STAGE_ENDS[args.max_stage]
+    while len(result["stages"]) <= args.max_stage:
+        stage = len(result["stages"])
+        end = protocol.BURDA_STAGE_ENDS[stage]
+        model = None
+        for epoch in range(result["epochs_done"] + 1, end + 1):
+            if time.time() > deadline:
+                raise Stop()
+            model, record = train_epoch(folder, name, seed, epoch, data[0])
+            result["epochs_done"], result["train_seconds"] = epoch, result["train_seconds"] + record["seconds"]
+            result["epoch_seconds"].append(round(record["seconds"], 3))
+            result["last_loss"] = record["loss"]
+            io.atomic_write_text(folder / RESULT, json.dumps(result, indent=1) + "\n")
+            log(f"{result['cell']}: epoch {epoch}/{last_end} (stage {stage}) loss {record['loss']:.3f} "
+                f"lr {record['lr']:.2g} {record['seconds']:.1f} s")
+        if model is None:               # the stage's epochs were done before an interruption
+            model = load_checkpoint(folder / CHECKPOINT)["model"]
+        record = dict(stage=stage, epochs=end, lr=protocol.learning_rate("burda", end, 1e-3),
+                      **evaluate_stage(model, stage, data, args))
+        result["stages"].append(record)
+        model.save(folder / MODEL)
+        compress(folder / MODEL)
+        io.atomic_write_text(folder / RESULT, json.dumps(result, indent=1) + "\n")
+        log(f"{result['cell']}: stage {stage} (epoch {end}) NLL {record['nll']:.2f} (k={args.k}), ELBO "
+            f"{record['test_elbo']:.2f}, gap {record['posterior_gap']:.2f}, {record['active_units']} active units")
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------
+def read_results(out):
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob(f"*/{RESULT}"))]
+
+
+def seconds_per_epoch(result):
+    s = result.get("epoch_seconds") or []
+    return float(np.median(s)) if s else None
+
+
+def _hours(seconds):
+    return "n/a" if seconds is None else f"{seconds / 3600:.1f} h"
+
+
+def report(results, command):
+    order = {n: i for i, n in enumerate(CELLS)}
+    results = sorted(results, key=lambda r: (order.get(r["name"], 99), r["seed"]))
+    lines = ["# Burda et al.'s Table 1 under their protocol, stage by stage", "",
+             "MNIST, one stochastic layer (784-200-200-50, tanh), trained as Burda et al. (2016) "
+             "trained it (`npvae.fit(..., protocol=\"burda\")`; `npvae/protocol.py` cites each choice). "
+             "NLL: minus the importance-sampled log-likelihood on the test images, binarized once; "
+             "theirs is after all 3,280 epochs (Table 1, k = 5000). Gap: log-likelihood minus test ELBO. "
+             "Active: units whose encoder mean varies over 500 training images by more than 0.01.", "",
+             f"Command: `{command}`", ""]
+    lines += ["## Where each cell is", "", "| cell | epochs done | stages done | s / epoch | the rest to 3,280 epochs |",
+              "|---|---:|---:|---:|---:|"]
+    for r in results:
+        spe = seconds_per_epoch(r)
+        rest = None if spe is None else spe * (protocol.BURDA_EPOCHS - r["epochs_done"])
+        lines.append(f"| {r['cell']} | {r['epochs_done']} | {len(r['stages'])} of 8 | "
+                     f"{'n/a' if spe is None else f'{spe:.1f}'} | {_hours(rest)} |")
+    for stage, end in enumerate(protocol.BURDA_STAGE_ENDS):
+        rows = [(r, r["stages"][stage]) for r in results if len(r["stages"]) > stage]
+        if not rows:
+            continue
+        lines += ["", f"## Stage {stage}: epoch {end}, learning rate "
+                      f"{protocol.learning_rate('burda', end, 1e-3):.2g}", "",
+                  "| cell | NLL | MC SE | k | images | Burda et al. (3,280 epochs) | test ELBO | gap | "
+                  "active | theirs | ESS median | k-hat > 0.7 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r, s in rows:
+            theirs = BURDA_TABLE1.get(r["name"])
+            lines.append(f"| {r['cell']} | {s['nll']:.2f} | {s['log_likelihood_mc_se']:.3f} | {s['k']} | {s['n']} | "
+                         f"{'-' if theirs is None else f'{theirs[0]:.2f}'} | {s['test_elbo']:.2f} | "
+                         f"{s['posterior_gap']:.2f} | {s['active_units']} | {'-' if theirs is None else theirs[1]} | "
+                         f"{s['ess_median']:.1f} | {s.get('pareto_k_over_0.7', '-')} |")
+        lines += [""] + gains(rows)
+    lines += ["", "AIS on 500 test images at the last stage each cell reached: not yet run "
+                  "(`--ais` waits for `npvae.ais`).", ""]
+    return "\n".join(lines)
+
+
+def gains(rows):
+    """The IWAE-VAE gain and DReG's lead at each k of a stage (NLL differences, nats)."""
+    nll = {r["name"]: s["nll"] for r, s in rows if r["seed"] == rows[0][0]["seed"]}
+    out = []
+    for k in (5, 50):
+        parts = []
+        if f"vae-k{k}" in nll and f"iwae-k{k}" in nll:
+            parts.append(f"IWAE-VAE gain {nll[f'vae-k{k}'] - nll[f'iwae-k{k}']:.2f} nats (theirs "
+                         f"{BURDA_TABLE1[f'vae-k{k}'][0] - BURDA_TABLE1[f'iwae-k{k}'][0]:.2f})")
+        if f"iwae-k{k}" in nll and f"iwae-dreg-k{k}" in nll:
+            parts.append(f"DReG's lead over IWAE {nll[f'iwae-k{k}'] - nll[f'iwae-dreg-k{k}']:.2f} nats")
+        if parts:
+            out.append(f"- k = {k}: " + "; ".join(parts))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", nargs="+", choices=tuple(CELLS), default=list(CELLS),
+                   help="cells to run, in this order (default all, cheapest first)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--max-stage", type=int, choices=range(8), default=7, help="the last stage to reach (0-7)")
+    p.add_argument("--hours", type=float, default=None, help="stop at the first epoch's end after this time")
+    p.add_argument("--k", type=int, default=5000, help="importance samples of the log-likelihood")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images")
+    p.add_argument("--train-subset", type=int, default=None, help=argparse.SUPPRESS)     # tests
+    p.add_argument("--synthetic", type=int, default=0, help=argparse.SUPPRESS)           # tests
+    p.add_argument("--ais", action="store_true", help="also AIS on 500 test images at the last stage reached")
+    p.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "burda_table1"))
+    p.add_argument("--report-only", action="store_true", help="write <out>.md from the cells' result.json")
+    p.add_argument("--quiet", action="store_true", help="no progress of the log-likelihood")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    command = "python benchmarks/burda_table1.py " + " ".join(map(shlex.quote, argv if argv is not None
+                                                                   else sys.argv[1:]))
+    # the file itself, in this npvae: an editable install's finder may point elsewhere
+    if args.ais and not (Path(npvae.__file__).parent / "ais.py").exists():
+        print("--ais: npvae.ais (annealed importance sampling) is not in this npvae yet; run without --ais",
+              file=sys.stderr)
+        return 2
+    if not args.report_only:
+        status = train_cells(args)
+        if status:
+            return status
+        if args.ais:
+            run_ais(args)
+    text = report(read_results(args.out), command)
+    io.atomic_write_text(Path(args.out).with_suffix(".md"), text)
+    log(f"report: {Path(args.out).with_suffix('.md')}")
+    return 0
+
+
+def run_ais(args, images=500):
+    """The hook of AIS: the model of the last stage each cell reached, on the first
+    ``images`` test images (binarized as the IS numbers' test images), recorded as the
+    cell's ``ais`` with the stage it is of. Runs once ``npvae.ais`` exists (the issue's API:
+    ``npvae.log_likelihood(model, x, method="ais")``)."""
+    _, x_test, _ = load_data(args)
+    for seed in args.seeds:
+        for name in args.cells:
+            folder = Path(args.out) / "cells" / cell_name(name, seed)
+            if not (folder / MODEL).exists():
+                continue
+            result = json.loads((folder / RESULT).read_text())
+            model = npvae.load(folder / MODEL)
+            ais = log_likelihood(model, x_test[:images], method="ais", progress=not args.quiet, file=sys.stderr)
+            result["ais"] = dict(ais.to_dict(), stage=len(result["stages"]) - 1)
+            io.atomic_write_text(folder / RESULT, json.dumps(result, indent=1) + "\n")
+
+
+def train_cells(args):
+    deadline = time.time() + (args.hours * 3600 if args.hours is not None else float("inf"))
+    data = load_data(args)
+    try:
+        for seed in args.seeds:
+            for name in args.cells:
+                run_cell(name, seed, data, args, deadline)
+    except Stop:
+        log(f"time budget of {args.hours} h spent: stopped at an epoch's end; run again to continue")
+    except KeyboardInterrupt:
+        print("\nInterrupted: every finished epoch is in its cell's checkpoint.npz; run the same command "
+              "again to continue.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

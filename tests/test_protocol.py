@@ -1,0 +1,238 @@
+"""npvae.protocol and fit's protocol settings: Burda et al.'s choices, applied as theirs,
+resumable bit for bit, and without them every number as before."""
+
+import numpy as np
+import pytest
+
+import npvae
+from npvae import optim, protocol
+from npvae.train import load_checkpoint
+
+
+def data(n=120, d=12, seed=0):
+    return np.random.default_rng(seed).random((n, d))
+
+
+def model(dtype=np.float64):
+    return npvae.VAE(input_dim=12, hidden=(8,), latent_dim=3, activation="tanh", seed=0, dtype=dtype,
+                     backend="numpy")
+
+
+def losses(history):
+    return [(r["loss"], r["recon"], r["kl"]) for r in history]
+
+
+def test_fit_without_the_new_settings_equals_fit_with_their_defaults_given():
+    x = data()
+    a, b = model(), model()
+    ha = npvae.fit(a, x, epochs=2, batch_size=32, binarize="dynamic", verbose=0)
+    hb = npvae.fit(b, x, epochs=2, batch_size=32, binarize="dynamic", verbose=0, protocol="none",
+                   lr_schedule="constant", output_bias="zero", shuffle=True)
+    assert losses(ha) == losses(hb)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert "lr" not in ha.records[0]
+
+
+def test_the_schedule_is_their_stages_and_rounded_rates():
+    assert protocol.BURDA_STAGE_ENDS == (1, 4, 13, 40, 121, 364, 1093, 3280)
+    assert [protocol.stage_of_epoch(e) for e in (1, 2, 4, 5, 13, 14, 3280, 4000)] == [0, 1, 1, 2, 2, 3, 7, 7]
+    rates = [protocol.learning_rate("burda", e, 1e-3) for e in protocol.BURDA_STAGE_ENDS]
+    np.testing.assert_allclose(rates, [1e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1e-4], rtol=1e-12)
+    paper = [1e-3 * 10 ** (-i / 7) for i in range(8)]                # section 5, before their rounding
+    assert np.max(np.abs(np.array(rates) / paper - 1)) < 0.016       # as learning_rate says
+    assert protocol.learning_rate("constant", 500, 0.01) == 0.01
+
+
+def test_fit_sets_the_scheduled_rate_each_epoch_and_records_it():
+    opt = optim.Adam()
+    history = npvae.fit(model(), data(), epochs=5, batch_size=40, optimizer=opt, lr_schedule="burda", verbose=0)
+    np.testing.assert_allclose(history["lr"], [1e-3, 7.2e-4, 7.2e-4, 7.2e-4, 5.2e-4], rtol=1e-12)
+    assert opt.lr == history["lr"][-1]
+
+
+def test_a_run_of_the_protocol_resumes_bit_for_bit_across_stages(tmp_path):
+    x = data()
+    kw = dict(batch_size=20, protocol="burda", verbose=0, checkpoint=tmp_path / "c.npz", resume=True)
+    whole = model()
+    h_whole = npvae.fit(whole, x, epochs=5, **dict(kw, checkpoint=tmp_path / "whole.npz"))
+    parts = model()
+    npvae.fit(parts, x, epochs=2, **kw)
+    again = model()                                        # a new process: fresh model and optimizer
+    h_parts = npvae.fit(again, x, epochs=5, **kw)
+    assert losses(h_parts) == losses(h_whole) and list(h_parts["lr"]) == list(h_whole["lr"])
+    assert all(np.array_equal(again.params[k], whole.params[k]) for k in whole.params)
+
+
+def test_the_protocol_sets_its_settings_and_records_them(tmp_path):
+    x = data(n=100)
+    h = npvae.fit(model(), x, epochs=1, protocol="burda", verbose=0, checkpoint=tmp_path / "c.npz")
+    s = load_checkpoint(tmp_path / "c.npz")["settings"]
+    assert {k: s[k] for k in ("protocol", "batch_size", "binarize", "kl", "shuffle", "lr_schedule",
+                              "output_bias", "optimizer")} == dict(
+        protocol="burda", batch_size=20, binarize="dynamic", kl="mc", shuffle=False, lr_schedule="burda",
+        output_bias="data", optimizer="adam")
+    assert s["optimizer_config"] == dict(lr=1e-3, beta1=0.99, beta2=0.999, epsilon=1e-4 / 20)
+    assert list(h["lr"]) == [1e-3]
+    npvae.fit(model(), x, epochs=1, protocol="burda", objective="iwae", mc_samples=2, verbose=0,
+              checkpoint=tmp_path / "i.npz")
+    assert load_checkpoint(tmp_path / "i.npz")["settings"]["kl"] == "analytic"   # the IWAE has no KL term
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(batch_size=50), "batch_size: protocol='burda' sets batch_size=20, got batch_size=50"),
+    (dict(binarize="threshold"), "binarize: protocol='burda' sets binarize='dynamic'"),
+    (dict(optimizer="SGD"), "optimizer: protocol='burda' sets optimizer='adam', got optimizer='sgd'"),
+    (dict(optimizer=optim.RMSprop()), "optimizer: protocol='burda' trains with npvae.protocol.burda_adam"),
+    (dict(optimizer=optim.Adam()), "optimizer: protocol='burda' trains with npvae.protocol.burda_adam"),
+    (dict(protocol="theirs"), "protocol: expected one of"),
+    (dict(lr_schedule="cosine"), "lr_schedule: expected one of"),
+])
+def test_a_setting_against_the_protocol_is_refused_naming_it(change, words):
+    with pytest.raises(ValueError) as exc:
+        npvae.fit(model(), data(), epochs=1, verbose=0, **dict(dict(protocol="burda"), **change))
+    assert words in str(exc.value)
+
+
+def test_their_adam_on_the_summed_gradient_is_burda_adam_on_the_mean():
+    rng = np.random.default_rng(0)
+    batch, steps = 20, 6
+    p0 = rng.standard_normal(7)
+    grads = [rng.standard_normal(7) * 10 ** rng.uniform(-3, 1) for _ in range(steps)]   # of the mean loss
+    # optimizers.py of yburda/iwae without its one-step lag: v from 1, eps 1e-4, gradient of the sum
+    p, m, v = p0.copy(), np.zeros(7), np.ones(7)
+    for t, g in enumerate(grads, 1):
+        G = batch * g
+        m = 0.99 * m + 0.01 * G
+        v = 0.999 * v + 0.001 * G ** 2
+        p = p - 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.99 ** t) * m / (np.sqrt(v) + 1e-4)
+    opt, params = protocol.burda_adam(batch_size=batch), {"w": p0.copy()}
+    protocol.start_burda_adam(opt, params, batch)
+    for g in grads:
+        opt.step(params, {"w": g})
+    np.testing.assert_allclose(params["w"], p, rtol=1e-12, atol=0)
+    assert not np.allclose(p, _plain_adam(p0, grads))        # the initial v matters
+
+
+def _plain_adam(p0, grads):
+    opt, params = optim.Adam(beta1=0.99, epsilon=1e-4 / 20), {"w": p0.copy()}
+    for g in grads:
+        opt.step(params, {"w": g})
+    return params["w"]
+
+
+def test_the_output_bias_is_the_clipped_logit_of_the_training_mean():
+    x = np.zeros((4, 3))
+    x[:, 1] = 1.0
+    x[:2, 2] = 1.0                                          # mean 0.5: logit 0
+    np.testing.assert_allclose(protocol.output_bias(x), [np.log(0.001 / 0.999), np.log(0.999 / 0.001), 0.0],
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="x_train: expected a non-empty float array"):
+        protocol.output_bias(np.zeros((0, 3)))
+
+
+def test_fit_with_the_data_bias_equals_setting_it_first():
+    x = data()
+    a, b = model(), model()
+    protocol.set_output_bias(a, x)
+    assert not np.array_equal(a.params["dec.out.b"], b.params["dec.out.b"])
+    ha = npvae.fit(a, x, epochs=2, batch_size=32, verbose=0)
+    hb = npvae.fit(b, x, epochs=2, batch_size=32, verbose=0, output_bias="data")
+    assert losses(ha) == losses(hb)
+
+
+def test_without_shuffling_the_batches_come_in_order():
+    x, m, seen = data(n=50), model(), []
+    step = m.engine.loss_and_grads
+
+    def record(xb, *args, **kw):
+        seen.append(xb.copy())
+        return step(xb, *args, **kw)
+
+    m.engine.loss_and_grads = record
+    npvae.fit(m, x, epochs=2, batch_size=20, shuffle=False, verbose=0)
+    expected = [x[0:20], x[20:40], x[40:50]] * 2
+    assert len(seen) == 6 and all(np.array_equal(s, e) for s, e in zip(seen, expected))
+
+
+def test_their_split_holds_out_the_last_images_in_order():
+    x = np.arange(1000)[:, None] * np.ones((1, 2))
+    train, val = protocol.train_validation_split(x)
+    assert train.shape == (600, 2) and val.shape == (400, 2) and val[0, 0] == 600 and train[-1, 0] == 599
+    with pytest.raises(ValueError, match="n_validation: expected fewer than the 1000 examples"):
+        protocol.train_validation_split(x, 1000)
+
+
+def test_active_units_count_the_units_whose_mean_varies():
+    m, x = model(), data()
+    m.params["enc.mu.W"][:, 0] = 0.0            # unit 0's mean is its bias for every image: inactive
+    m.params["enc.mu.W"][:, 1] *= 100.0         # unit 1 varies a lot
+    result = protocol.active_units(m, x)
+    mu, _ = m.encode(x)
+    np.testing.assert_allclose(result.variances, mu.var(axis=0), rtol=1e-12)
+    assert result.variances[0] == 0 and result.variances[1] > 1e-2
+    assert result.count == int(np.sum(mu.var(axis=0) > 1e-2))
+    assert protocol.active_units(m, x, threshold=0.0).count == 2      # units 1 and 2 vary at all
+    with pytest.raises(ValueError, match="x: expected at least 2 images"):
+        protocol.active_units(m, x[:1])
+
+
+# ----------------------------------------------------------------------------------------
+# benchmarks/burda_table1.py: the staged runner on a tiny budget
+# ----------------------------------------------------------------------------------------
+def _runner():
+    import importlib
+    import sys
+    from pathlib import Path
+    pytest.importorskip("numba")
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module("burda_table1")
+
+
+TINY = ["--cells", "vae-k1", "iwae-k5", "--max-stage", "1", "--k", "50", "--synthetic", "600",
+        "--train-subset", "100", "--test-subset", "50", "--quiet"]
+
+
+def _numbers(out):
+    import json
+    from pathlib import Path
+    drop = ("eval_seconds",)
+    return {p.parent.name: [{k: v for k, v in s.items() if k not in drop} for s in json.loads(p.read_text())["stages"]]
+            for p in sorted(Path(out).glob("cells/*/result.json"))}
+
+
+def test_the_runner_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch, capsys):
+    bt = _runner()
+    assert bt.main(TINY + ["--out", str(tmp_path / "whole")]) == 0
+    whole = _numbers(tmp_path / "whole")
+    assert [s["epochs"] for s in whole["vae-k1-seed0"]] == [1, 4] and set(whole) == {"vae-k1-seed0", "iwae-k5-seed0"}
+    assert all(np.isfinite(s["nll"]) and s["k"] == 50 and s["n"] == 50 for s in whole["iwae-k5-seed0"])
+
+    train_epoch, calls = bt.train_epoch, []
+
+    def interrupted(folder, name, seed, epoch, x):
+        calls.append(epoch)
+        if name == "iwae-k5" and epoch == 3:
+            raise KeyboardInterrupt
+        return train_epoch(folder, name, seed, epoch, x)
+
+    monkeypatch.setattr(bt, "train_epoch", interrupted)
+    part = str(tmp_path / "part")
+    assert bt.main(TINY + ["--out", part]) == 130
+    assert "Interrupted: every finished epoch is in its cell's checkpoint.npz" in capsys.readouterr().err
+    monkeypatch.setattr(bt, "train_epoch", train_epoch)
+    assert bt.main(TINY + ["--out", part]) == 0
+    assert _numbers(part) == whole
+    text = (tmp_path / "part.md").read_text()
+    assert "## Stage 1: epoch 4" in text and "| vae-k1-seed0 | 4 | 2 of 8 |" in text and "86.76" in text
+    assert bt.main(TINY + ["--out", part, "--report-only"]) == 0
+
+
+def test_the_runner_stops_at_its_time_budget_and_refuses_ais_until_it_exists(tmp_path, capsys):
+    bt = _runner()
+    out = str(tmp_path / "t")
+    assert bt.main(TINY + ["--out", out, "--hours", "0"]) == 0
+    assert "time budget of 0.0 h spent" in capsys.readouterr().err
+    assert bt.main(TINY + ["--out", out, "--ais"]) == 2
+    assert "--ais: npvae.ais (annealed importance sampling) is not in this npvae yet" in capsys.readouterr().err

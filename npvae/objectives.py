@@ -483,7 +483,7 @@ def miwae_forward(log_w, outer):
     bound : ndarray, shape (B,)
     cache : the logsumexp's cache over ``(B, M, K)``, and ``M``
     """
-    B, S = log_w.shape
+    (B, S), outer = log_w.shape, int(outer)
     lse, cache = ops.logsumexp_forward(log_w.reshape(B, outer, S // outer))     # (B, M)
     return (lse - math.log(S // outer)).mean(axis=1), (cache, outer)
 
@@ -515,6 +515,7 @@ def ciwae_forward(log_w, beta):
     cache : the IWAE part's cache, ``S`` and ``beta``
     """
     iwae, cache = iwae_forward(log_w)
+    beta = float(beta)
     return beta * log_w.mean(axis=1) + (1.0 - beta) * iwae, (cache, log_w.shape[1], beta)
 
 

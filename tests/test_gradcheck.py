@@ -144,7 +144,11 @@ def test_check_all_reports_a_wrong_model_gradient_for_that_parameter_only():
 
     model.loss_and_grads = one_gradient_off_by_one_percent
     rows = gradcheck.check_all(model=model, include_ops=False, estimators=[])
-    assert failed(rows) == {(c, "dec.out.b") for c in ("model elbo/analytic", "model elbo/mc", "model iwae/analytic")}
+    from npvae import objectives
+    checks = {f"model {objectives.get(o).label}/{kl}" for o, kl in gradcheck.MODEL_CHECKS}
+    assert {"model elbo/analytic", "model elbo/mc", "model iwae/analytic", "model miwae(outer=2, inner=2)/analytic",
+            "model ciwae(beta=0.3)/analytic", "model piwae(outer=2, inner=2)/analytic"} == checks
+    assert failed(rows) == {(c, "dec.out.b") for c in checks}
     wrong = [r["max_rel_error"] for r in rows if not r["passed"]]
     assert all(0.005 < e < 0.02 for e in wrong), wrong
 

@@ -758,6 +758,18 @@ def _check_estimator(model, x, eps, objective, kl, estimator, tolerance, h, n_co
     return rows
 
 
+def _eps_for(model, objective, eps, seed, drawn):
+    """``eps``, or for an objective of a fixed ``M * K`` samples its own ``eps`` of as many samples,
+    drawn from ``[seed, S]`` once (kept in ``drawn``) so that the other checks' draws do not move."""
+    params = obj.get(objective).params()
+    if params.get("inner") is None:
+        return eps
+    S = params["outer"] * params["inner"]
+    if S not in drawn:
+        drawn[S] = model.sample_eps(eps.shape[0], S, rng=np.random.default_rng([seed, S]))
+    return drawn[S]
+
+
 def check_all(seed=0, objectives=MODEL_CHECKS, estimators=ESTIMATOR_CHECKS, model=None, batch=3, mc_samples=3,
               tolerance=TOLERANCE, h=None, n_coords=None, include_ops=True):
     """Check every op, the whole model for each objective, and the STL and DReG estimators.
@@ -783,7 +795,10 @@ def check_all(seed=0, objectives=MODEL_CHECKS, estimators=ESTIMATOR_CHECKS, mode
         Seeds the default model, its biases, the data ``x``, the noise ``eps``,
         the ops' inputs and the upstream gradients.
     objectives : sequence of (objective, kl) or "objective/kl", default :data:`MODEL_CHECKS`
-        ``("elbo", "analytic")``, ``("elbo", "mc")``, ``("iwae", "analytic")``.
+        ``("elbo", "analytic")``, ``("elbo", "mc")``, ``("iwae", "analytic")`` and the
+        sample-budget objectives (MIWAE, CIWAE, PIWAE). An objective may be an instance
+        (``objectives.MIWAE(outer=2, inner=2)``); one with a fixed ``inner`` is checked on its
+        own ``eps`` of ``outer * inner`` samples.
     estimators : sequence of (objective, kl, estimator) or "objective/kl/estimator"
         Default :data:`ESTIMATOR_CHECKS`: STL on the ELBO with a Monte Carlo KL, STL
         and DReG on the IWAE bound. ``"standard"`` entries are checked as in 2.
@@ -847,14 +862,7 @@ def check_all(seed=0, objectives=MODEL_CHECKS, estimators=ESTIMATOR_CHECKS, mode
     own_eps = {}
 
     def eps_for(objective):
-        """``eps``, or for an objective of fixed ``M * K`` samples its own (drawn from ``[seed, S]``)."""
-        params = obj.get(objective).params()
-        if params.get("inner") is None:
-            return eps
-        S = params["outer"] * params["inner"]
-        if S not in own_eps:
-            own_eps[S] = model.sample_eps(batch, S, rng=np.random.default_rng([seed, S]))
-        return own_eps[S]
+        return _eps_for(model, objective, eps, seed, own_eps)
 
     def model_rows(objective, kl):
         errors = check_model(model, x, eps_for(objective), objective=objective, kl=kl, h=h, n_coords=n_coords,

@@ -73,6 +73,7 @@ import numpy as np
 from . import objectives as obj
 from . import ops
 from .model import VAE
+from .params import Schema
 
 __all__ = ["relative_error", "numerical_gradient", "check_gradient", "gradient_report", "check_op",
            "check_model", "relu_probe", "Kink", "GradientReport", "OpErrors", "ModelErrors", "check_all",
@@ -541,6 +542,10 @@ def check_model(model, x, eps, objective="elbo", kl="analytic", h=1e-4, n_coords
     tolerance : float, default :data:`TOLERANCE`
         As in :func:`gradient_report`.
 
+    An objective with an :attr:`~npvae.objectives.Objective.encoder_objective` (PIWAE) is
+    the gradient of no one loss: its encoder's parameters are checked against the
+    differences of the encoder objective's bound, its decoder's against its own.
+
     Returns
     -------
     ModelErrors
@@ -553,12 +558,15 @@ def check_model(model, x, eps, objective="elbo", kl="analytic", h=1e-4, n_coords
     rng = np.random.default_rng(rng)
     _, grads = model.loss_and_grads(x, eps, objective=objective, kl=kl)
     probe = relu_probe(model, x, eps)
+    # an objective whose encoder follows another (PIWAE): each network against its own bound
+    encoder_objective = obj.get(objective).encoder_objective or objective
 
-    def f():
-        return model.bound(x, eps, objective=objective, kl=kl).loss
+    def loss_of(objective):
+        return lambda: model.bound(x, eps, objective=objective, kl=kl).loss
 
-    reports = {name: gradient_report(f, model.params[name], grads[name], h=h, n_coords=n_coords, rng=rng,
-                                     order=order, tolerance=tolerance, probe=probe)
+    f = {"encoder": loss_of(encoder_objective), "decoder": loss_of(objective)}
+    reports = {name: gradient_report(f[Schema.network(name)], model.params[name], grads[name], h=h,
+                                     n_coords=n_coords, rng=rng, order=order, tolerance=tolerance, probe=probe)
                for name in model.params}
     return ModelErrors({n: r.error for n, r in reports.items()}, {n: r.kinks for n, r in reports.items()})
 
@@ -566,10 +574,16 @@ def check_model(model, x, eps, objective="elbo", kl="analytic", h=1e-4, n_coords
 # --------------------------------------------------------------------------
 # Everything at once: every op, the whole model, the estimators
 # --------------------------------------------------------------------------
+#: The sample-budget objectives :func:`check_all` checks by default: ``S = M * K = 4`` samples
+#: in ``M = 2`` groups (their own ``eps``, drawn apart from the others'), ``beta = 0.3``.
+_BUDGET = {"miwae": obj.MIWAE(outer=2, inner=2), "ciwae": obj.CIWAE(beta=0.3), "piwae": obj.PIWAE(outer=2, inner=2)}
 #: The (objective, kl) pairs whose loss :func:`check_all` differentiates by default.
-MODEL_CHECKS = (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic"))
+MODEL_CHECKS = (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic"),
+                (_BUDGET["miwae"], "analytic"), (_BUDGET["ciwae"], "analytic"), (_BUDGET["piwae"], "analytic"))
 #: The (objective, kl, estimator) triples of the encoder estimators :func:`check_all` checks by default.
-ESTIMATOR_CHECKS = (("elbo", "mc", "stl"), ("iwae", "analytic", "stl"), ("iwae", "analytic", "dreg"))
+ESTIMATOR_CHECKS = (("elbo", "mc", "stl"), ("iwae", "analytic", "stl"), ("iwae", "analytic", "dreg"),
+                    (_BUDGET["miwae"], "analytic", "stl"), (_BUDGET["miwae"], "analytic", "dreg"),
+                    (_BUDGET["ciwae"], "analytic", "stl"), (_BUDGET["piwae"], "analytic", "dreg"))
 
 
 def _op_inputs(rng, B=2, S=3, L=2, D=4, H=3):
@@ -606,6 +620,8 @@ def _objective_inputs(rng, B=2, S=3):
     return {
         "elbo": ([rng.standard_normal((B, S)), rng.standard_normal(B)], None),
         "iwae": ([2.0 * rng.standard_normal((B, S))], None),
+        "miwae": ([2.0 * rng.standard_normal((B, 2 * S)), 2], [0]),     # M = 2 groups of K = S
+        "ciwae": ([2.0 * rng.standard_normal((B, S)), 0.3], [0]),       # beta = 0.3
     }
 
 
@@ -683,6 +699,32 @@ def _log_weights_frozen_q(model, x, eps, mu0, log_var0):
     return log_px + log_pz - log_qz
 
 
+def _normalized_weights(log_w, groups=1):
+    """``w~`` (B, S): the softmax of ``log_w`` within each of ``groups`` groups of consecutive samples."""
+    B, S = log_w.shape
+    a = log_w.reshape(B, groups, S // groups)
+    return np.exp(a - ops.logsumexp_forward(a)[0][..., None]).reshape(B, S)
+
+
+def _surrogate_coefficients(rule, log_w, estimator):
+    """The frozen coefficients ``c`` (B, S) of the surrogate ``-(1/B) sum c log w`` whose exact encoder
+    gradient the estimator (STL or DReG) of the objective ``rule`` is, written here from the
+    bounds' definitions (not from :mod:`npvae.objectives`' backwards, which they check):
+    ``d bound / d log w`` for STL, times the path weights ``w~`` (within groups for MIWAE) for DReG."""
+    S = log_w.shape[1]
+    groups = rule.outer if isinstance(rule, obj.MIWAE) else 1
+    w_tilde = _normalized_weights(log_w, groups)                        # (B, S), each group sums to 1
+    if isinstance(rule, obj.ELBO):
+        coef = np.full(log_w.shape, 1.0 / S)
+    elif isinstance(rule, (obj.IWAE, obj.MIWAE)):
+        coef = w_tilde / groups
+    elif isinstance(rule, obj.CIWAE):
+        coef = rule.beta / S + (1.0 - rule.beta) * w_tilde
+    else:
+        raise ValueError(f"objective: no surrogate for the estimators of {rule!r} in gradcheck")
+    return coef * w_tilde if estimator == "dreg" else coef
+
+
 def _check_estimator(model, x, eps, objective, kl, estimator, tolerance, h, n_coords, rng):
     """Rows for one estimator: the encoder against its surrogate, the decoder against the standard.
 
@@ -693,17 +735,11 @@ def _check_estimator(model, x, eps, objective, kl, estimator, tolerance, h, n_co
     ``w~^2`` (DReG). Their decoder gradients are the standard ones, exactly.
     With ReLU, the surrogate's kinks are told apart as in :func:`check_model`.
     """
-    label = f"{estimator} {objective}/{kl}"
-    B, S = eps.shape[0], eps.shape[1]
+    label = f"{estimator} {obj.get(objective).label}/{kl}"
+    B = eps.shape[0]
     mu0, log_var0 = model.encode(x)
     log_w = _log_weights_frozen_q(model, x, eps, mu0, log_var0)
-    w_tilde = np.exp(log_w - ops.logsumexp_forward(log_w)[0][:, None])   # (B, S), rows sum to 1
-    if estimator == "dreg":
-        coef = w_tilde ** 2
-    elif objective == "iwae":
-        coef = w_tilde
-    else:
-        coef = np.full((B, S), 1.0 / S)
+    coef = _surrogate_coefficients(obj.get(objective).encoder_objective or obj.get(objective), log_w, estimator)
     _, g_std = model.loss_and_grads(x, eps, objective=objective, kl=kl)
     _, g_est = model.loss_and_grads(x, eps, objective=objective, kl=kl, estimator=estimator)
 
@@ -720,6 +756,18 @@ def _check_estimator(model, x, eps, objective, kl, estimator, tolerance, h, n_co
             rows.append(_row(f"{label} (decoder = standard)", name, relative_error(g_est[name], g_std[name]),
                              tolerance))
     return rows
+
+
+def _eps_for(model, objective, eps, seed, drawn):
+    """``eps``, or for an objective of a fixed ``M * K`` samples its own ``eps`` of as many samples,
+    drawn from ``[seed, S]`` once (kept in ``drawn``) so that the other checks' draws do not move."""
+    params = obj.get(objective).params()
+    if params.get("inner") is None:
+        return eps
+    S = params["outer"] * params["inner"]
+    if S not in drawn:
+        drawn[S] = model.sample_eps(eps.shape[0], S, rng=np.random.default_rng([seed, S]))
+    return drawn[S]
 
 
 def check_all(seed=0, objectives=MODEL_CHECKS, estimators=ESTIMATOR_CHECKS, model=None, batch=3, mc_samples=3,
@@ -747,7 +795,10 @@ def check_all(seed=0, objectives=MODEL_CHECKS, estimators=ESTIMATOR_CHECKS, mode
         Seeds the default model, its biases, the data ``x``, the noise ``eps``,
         the ops' inputs and the upstream gradients.
     objectives : sequence of (objective, kl) or "objective/kl", default :data:`MODEL_CHECKS`
-        ``("elbo", "analytic")``, ``("elbo", "mc")``, ``("iwae", "analytic")``.
+        ``("elbo", "analytic")``, ``("elbo", "mc")``, ``("iwae", "analytic")`` and the
+        sample-budget objectives (MIWAE, CIWAE, PIWAE). An objective may be an instance
+        (``objectives.MIWAE(outer=2, inner=2)``); one with a fixed ``inner`` is checked on its
+        own ``eps`` of ``outer * inner`` samples.
     estimators : sequence of (objective, kl, estimator) or "objective/kl/estimator"
         Default :data:`ESTIMATOR_CHECKS`: STL on the ELBO with a Monte Carlo KL, STL
         and DReG on the IWAE bound. ``"standard"`` entries are checked as in 2.
@@ -808,11 +859,16 @@ def check_all(seed=0, objectives=MODEL_CHECKS, estimators=ESTIMATOR_CHECKS, mode
         return rows
     x = rng.random((batch, model.input_dim))
     eps = model.sample_eps(batch, mc_samples, rng=rng)
+    own_eps = {}
+
+    def eps_for(objective):
+        return _eps_for(model, objective, eps, seed, own_eps)
 
     def model_rows(objective, kl):
-        errors = check_model(model, x, eps, objective=objective, kl=kl, h=h, n_coords=n_coords, rng=rng,
-                             tolerance=tolerance)
-        return [_row(f"model {objective}/{kl}", name, e, tolerance, errors.kinks[name]) for name, e in errors.items()]
+        errors = check_model(model, x, eps_for(objective), objective=objective, kl=kl, h=h, n_coords=n_coords,
+                             rng=rng, tolerance=tolerance)
+        return [_row(f"model {obj.get(objective).label}/{kl}", name, e, tolerance, errors.kinks[name])
+                for name, e in errors.items()]
 
     for objective, kl in model_checks:
         rows += model_rows(objective, kl)
@@ -820,7 +876,8 @@ def check_all(seed=0, objectives=MODEL_CHECKS, estimators=ESTIMATOR_CHECKS, mode
         if estimator == "standard":
             rows += model_rows(objective, kl)
         else:
-            rows += _check_estimator(model, x, eps, objective, kl, estimator, tolerance, h, n_coords, rng)
+            rows += _check_estimator(model, x, eps_for(objective), objective, kl, estimator, tolerance, h, n_coords,
+                                     rng)
     return rows
 
 

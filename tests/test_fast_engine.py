@@ -85,6 +85,44 @@ def test_numba_backend_equals_numpy_backend(dtype, arch, objective, kl, estimato
                      ref.bound(x, eps, objective, kl).per_example, dtype)
 
 
+BUDGET_COMBOS = [("miwae-2", "standard"), ("miwae-2", "stl"), ("miwae-2", "dreg"), ("miwae-3x2", "dreg"),
+                 ("ciwae", "standard"), ("ciwae", "stl")]
+BUDGET = {"miwae-2": npvae.objectives.MIWAE(outer=2), "miwae-3x2": npvae.objectives.MIWAE(outer=3, inner=2),
+          "ciwae": npvae.objectives.CIWAE(beta=0.3)}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("arch", ARCHS, ids=["relu-2-layers", "tanh-1-layer"])
+@pytest.mark.parametrize("objective,estimator", BUDGET_COMBOS)
+def test_numba_backend_equals_numpy_backend_for_the_budget_objectives(dtype, arch, objective, estimator):
+    ref, fast = pair(dtype, **arch)
+    rule = BUDGET[objective]
+    for B, S in [(1, 6), (4, 2), (5, 6)] if rule.params().get("inner") is None else [(1, 6), (5, 6)]:
+        x, eps = data(ref, B, S, seed=B * 10 + S)
+        args = (x, eps, rule, "analytic", estimator)
+        assert_same_result(ref.loss_and_grads(*args, return_bound=True),
+                           fast.loss_and_grads(*args, return_bound=True), dtype)
+        assert_close(fast.bound(x, eps, rule).per_example, ref.bound(x, eps, rule).per_example, dtype)
+
+
+def test_the_budget_objectives_have_kernels_but_piwae_runs_through_the_reference():
+    from npvae.fast import bounds
+    assert isinstance(bounds.kernels_for(BUDGET["miwae-2"]), bounds.MIWAE)
+    assert isinstance(bounds.kernels_for(BUDGET["ciwae"]), bounds.CIWAE)
+    assert bounds.kernels_for(npvae.objectives.PIWAE(outer=2)) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_group_logsumexp_with_one_group_is_logsumexp_weights_bit_for_bit(dtype):
+    from npvae.fast import latent
+    log_w = (np.random.default_rng(1).normal(size=(4, 5)) * 30).astype(dtype)
+    b1, w1, b2, w2 = np.empty(4, dtype), np.empty((4, 5), dtype), np.empty(4, dtype), np.empty((4, 5), dtype)
+    latent.logsumexp_weights(log_w, b1, w1)
+    latent.group_logsumexp_weights(log_w, 1, b2, w2)
+    np.testing.assert_array_equal(b2, b1)
+    np.testing.assert_array_equal(w2, w1)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_wide_latent_takes_the_blas_route_for_the_first_decoder_layer(dtype):
     """A latent wider than dense.NARROW_INPUT: the first decoder layer runs as BLAS + kernels."""
@@ -112,7 +150,8 @@ def test_forward_only_path_works_in_chunks_of_examples(monkeypatch):
     monkeypatch.setattr(fast_engine, "FORWARD_ROWS", 6)  # 7 examples x 3 samples -> chunks of 2 examples
     ref, fast = pair(np.float64)
     x, eps = data(ref, 7, 3)
-    for objective, kl in (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic")):
+    for objective, kl in (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic"),
+                          (npvae.objectives.MIWAE(outer=3), "analytic"), (npvae.objectives.CIWAE(0.3), "analytic")):
         want, got = ref.bound(x, eps, objective, kl), fast.bound(x, eps, objective, kl)
         for field in ("loss", "recon", "kl", "per_example"):
             assert_close(getattr(got, field), getattr(want, field), np.float64, field)
@@ -200,7 +239,8 @@ def test_grouped_forward_shares_chunks_among_threads(monkeypatch):
     ref, fast = pair(np.float64)
     fast.threads = 2
     x, eps = data(ref, 9, 3)
-    for objective, kl in (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic")):
+    for objective, kl in (("elbo", "analytic"), ("elbo", "mc"), ("iwae", "analytic"),
+                          (npvae.objectives.MIWAE(outer=3), "analytic"), (npvae.objectives.CIWAE(0.3), "analytic")):
         want, got = ref.bound(x, eps, objective, kl), fast.bound(x, eps, objective, kl)
         for field in ("loss", "recon", "kl", "per_example"):
             assert_close(getattr(got, field), getattr(want, field), np.float64, field)

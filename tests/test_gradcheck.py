@@ -113,8 +113,13 @@ def test_check_all_passes_and_covers_every_op_objective_estimator_and_parameter(
     names = set(tanh_model(0).params)
     for check in ("model elbo/analytic", "model elbo/mc", "model iwae/analytic"):
         assert {r["parameter"] for r in rows if r["check"] == check} == names
-    for estimator in ("stl elbo/mc", "stl iwae/analytic", "dreg iwae/analytic"):
+    for check in ("model miwae(outer=2, inner=2)/analytic", "model ciwae(beta=0.3)/analytic",
+                  "model piwae(outer=2, inner=2)/analytic"):
+        assert {r["parameter"] for r in rows if r["check"] == check} == names
+    for estimator in ("stl elbo/mc", "stl iwae/analytic", "dreg iwae/analytic", "stl miwae(outer=2, inner=2)/",
+                      "dreg miwae(outer=2, inner=2)/", "stl ciwae(beta=0.3)/", "dreg piwae(outer=2, inner=2)/"):
         assert {r["parameter"] for r in rows if r["check"].startswith(estimator)} == names
+    assert {"objectives.miwae", "objectives.ciwae"} <= checks
     assert not failed(rows), failed(rows)
     assert max(r["max_rel_error"] for r in rows) < 1e-6
 
@@ -144,7 +149,11 @@ def test_check_all_reports_a_wrong_model_gradient_for_that_parameter_only():
 
     model.loss_and_grads = one_gradient_off_by_one_percent
     rows = gradcheck.check_all(model=model, include_ops=False, estimators=[])
-    assert failed(rows) == {(c, "dec.out.b") for c in ("model elbo/analytic", "model elbo/mc", "model iwae/analytic")}
+    from npvae import objectives
+    checks = {f"model {objectives.get(o).label}/{kl}" for o, kl in gradcheck.MODEL_CHECKS}
+    assert {"model elbo/analytic", "model elbo/mc", "model iwae/analytic", "model miwae(outer=2, inner=2)/analytic",
+            "model ciwae(beta=0.3)/analytic", "model piwae(outer=2, inner=2)/analytic"} == checks
+    assert failed(rows) == {(c, "dec.out.b") for c in checks}
     wrong = [r["max_rel_error"] for r in rows if not r["passed"]]
     assert all(0.005 < e < 0.02 for e in wrong), wrong
 

@@ -259,7 +259,7 @@ def test_bad_inputs_raise_value_error_naming_argument(good, make_bad, match):
 
 def test_unknown_objective_and_kl(good):
     model, x, eps = good
-    with pytest.raises(ValueError, match=r"objective: expected one of 'elbo', 'iwae', got 'vae'"):
+    with pytest.raises(ValueError, match=r"objective: expected one of 'elbo', 'iwae', .*got 'vae'"):
         model.loss_and_grads(x, eps, objective="vae")
     with pytest.raises(ValueError, match=r"kl: expected one of"):
         model.loss_and_grads(x, eps, kl="exact")

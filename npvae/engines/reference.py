@@ -103,7 +103,10 @@ class ReferenceEngine(Engine):
         if c["log_weights"]:
             log_pz, c["pz"] = ops.log_standard_normal_forward(z)    # (B, S)
             log_qz, c["qz"] = ops.log_normal_diag_forward(z, mu, log_var)
-            bound, c["bound"] = rule.forward(-nll + log_pz - log_qz)    # (B,) from log w (B, S)
+            log_w = -nll + log_pz - log_qz                          # (B, S)
+            bound, c["bound"] = rule.forward(log_w)                 # (B,)
+            if rule.encoder_objective is not None:                  # PIWAE: the encoder's own bound
+                c["enc_bound"] = rule.encoder_objective.forward(log_w)[1]
         else:
             bound, c["bound"] = rule.forward_analytic(-nll, kl_exact)
         result = obj.Bound(float(-bound.mean()), bound, float(nll.mean()), float(kl_exact.mean()))
@@ -127,8 +130,13 @@ class ReferenceEngine(Engine):
         grads, rule, est = {}, c["objective"], obj.ESTIMATOR_RULES[estimator]
         B = c["kl"][0].shape[0]
         dbound = np.full(B, -1.0 / B, dtype=self.model.dtype)      # d loss / d bound
+        # the encoder follows rule.encoder_objective where there is one (PIWAE), else the rule
+        enc_rule, enc_cache = ((rule, c["bound"]) if rule.encoder_objective is None
+                               else (rule.encoder_objective, c["enc_bound"]))
         if c["log_weights"]:
             dlog_px = dlog_w = rule.backward(dbound, c["bound"])    # (B, S)
+            if enc_rule is not rule:
+                dlog_w = enc_rule.backward(dbound, enc_cache)       # (B, S): the encoder's weighting
             dz = ops.log_standard_normal_backward(dlog_w, c["pz"])  # (B, S, L)
             dz_q, dmu, dlog_var = ops.log_normal_diag_backward(-dlog_w, c["qz"])
             dz = dz + dz_q
@@ -140,9 +148,12 @@ class ReferenceEngine(Engine):
             dmu, dlog_var = ops.gaussian_kl_backward(dkl, c["kl"])  # (B, L)
             dz = 0.0
         dlogits = ops.bernoulli_nll_backward(-dlog_px, c["nll"])    # (B, S, D)
-        dz = dz + self._decode_backward(dlogits, c["dec"], grads)   # (B, S, L)
+        dz_dec = self._decode_backward(dlogits, c["dec"], grads)    # (B, S, L)
+        if enc_rule is not rule:    # the decoder once more, for the encoder's path to z (its grads dropped)
+            dz_dec = self._decode_backward(ops.bernoulli_nll_backward(-dlog_w, c["nll"]), c["dec"], {})
+        dz = dz + dz_dec
         if est.reweights_path:                                      # DReG: w~ -> w~^2 on the path to the encoder
-            dz = dz * rule.path_weights(c["bound"])[:, :, None]
+            dz = dz * enc_rule.path_weights(enc_cache)[:, :, None]
         dmu_z, dlog_var_z = ops.reparam_backward(dz, c["z"])        # (B, L)
         self._encode_backward(dmu + dmu_z, dlog_var + dlog_var_z, c["enc"], grads)
         return grads

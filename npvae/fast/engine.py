@@ -121,7 +121,7 @@ class NumbaEngine(Engine):
         them first. For the same reason one engine must not run two calls at once from
         threads of its own (it runs its groups on threads itself).
         """
-        if objective not in bounds.KERNELS:
+        if bounds.kernels_for(obj.get(objective)) is None:
             return self.reference.loss_and_grads(x, eps, objective, kl, estimator)
         model = self.model
         x, eps = np.ascontiguousarray(x), np.ascontiguousarray(eps)
@@ -150,7 +150,7 @@ class NumbaEngine(Engine):
         """As :meth:`npvae.engines.Engine.bound`, in chunks of whole examples, at most
         :data:`FORWARD_ROWS` rows each (or one example, when ``S`` is larger), on threads
         (exact: each example's bound depends on its own samples only)."""
-        if objective not in bounds.KERNELS:
+        if bounds.kernels_for(obj.get(objective)) is None:
             return self.reference.bound(x, eps, objective, kl)
         B, S, _ = eps.shape
         dtype = self.model.dtype

@@ -15,7 +15,7 @@ import numpy as np
 from ._jit import kernel
 
 __all__ = ["reparam_kl_forward", "reparam_kl_backward", "log_weights", "log_weights_backward",
-           "logsumexp_weights"]
+           "logsumexp_weights", "group_logsumexp_weights"]
 
 # --------------------------------------------------------------------------
 # Latent part: reparameterization, KL, importance weights (small arrays)
@@ -211,3 +211,47 @@ def logsumexp_weights(log_w, bound, w_tilde):
         for s in range(S):
             w_tilde[b, s] = np.exp(np.float64(log_w[b, s]) - m) / total
 
+
+
+@kernel
+def group_logsumexp_weights(log_w, groups, bound, w_tilde):
+    """MIWAE bound and the normalized importance weights within each group, per example.
+
+    With ``K = S // groups`` and sample ``s`` in group ``s // K``:
+    ``bound[b] = mean_m [logsumexp_k(log_w[b, m*K + k]) - log K]`` (``objectives.miwae_forward``)
+    and ``w_tilde[b, m*K + k]`` the softmax of ``log_w[b, m*K : m*K + K]`` (so that
+    ``objectives.miwae_backward`` is ``dbound / M * w_tilde``). Each group as
+    :func:`logsumexp_weights` does a row (stable, float64); the mean over groups in float64.
+    With ``groups = 1`` the same numbers as :func:`logsumexp_weights`, bit for bit.
+
+    Parameters
+    ----------
+    log_w : ndarray, shape (B, S)
+    groups : int
+        ``M``, which divides ``S``.
+    bound : ndarray, shape (B,)
+        Written.
+    w_tilde : ndarray, shape (B, S)
+        Written.
+    """
+    B, S = log_w.shape
+    K = S // groups
+    log_K = math.log(K)
+    for b in range(B):
+        acc = np.float64(0.0)
+        for g in range(groups):
+            s0 = g * K
+            m = np.float64(log_w[b, s0])
+            for s in range(s0 + 1, s0 + K):
+                v = np.float64(log_w[b, s])
+                if v > m or v != v:  # NaN wins, as in np.max
+                    m = v
+            if not math.isfinite(m):
+                m = 0.0
+            total = np.float64(0.0)
+            for s in range(s0, s0 + K):
+                total += np.exp(np.float64(log_w[b, s]) - m)
+            acc += (np.log(total) + m) - log_K
+            for s in range(s0, s0 + K):
+                w_tilde[b, s] = np.exp(np.float64(log_w[b, s]) - m) / total
+        bound[b] = acc / groups

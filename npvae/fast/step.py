@@ -198,8 +198,9 @@ def dense_backward_into(da, h_in, p, g, name, d_in):
 def bound(ws, objective, kl, eps):
     """Per-example bound (B,) as the reference computes it, by the objective's kernels
     (:mod:`npvae.fast.bounds`); fills ``log_w`` (and what the objective keeps) when used."""
-    kernels = bounds.KERNELS[objective]
-    if obj.get(objective).uses_log_weights(kl):
+    rule = obj.get(objective)
+    kernels = bounds.kernels_for(rule)
+    if rule.uses_log_weights(kl):
         latent.log_weights(ws.nll, ws.z, ws.log_var, eps, ws.log_w)       # (B, S)
         return kernels.forward(ws)
     return kernels.forward_analytic(ws)
@@ -224,11 +225,12 @@ def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFI
     act = dense.ACT_CODES[model.activation]
     g = ws.grads
 
-    rule, kernels, est = obj.get(objective), bounds.KERNELS[objective], obj.ESTIMATOR_RULES[estimator]
+    rule, est = obj.get(objective), obj.ESTIMATOR_RULES[estimator]
+    kernels = bounds.kernels_for(rule)
     # ---- forward ---------------------------------------------------------------
     forward_into(model, ws, x, eps, act, prof)
     log_weights = rule.uses_log_weights(kl)
-    per_example = bound(ws, objective, kl, eps)                            # (B,)
+    per_example = bound(ws, rule, kl, eps)                            # (B,)
     sums = float(ws.nll.sum(dtype=np.float64)), float(ws.kl.sum(dtype=np.float64))
 
     # ---- backward: the bound's gradients on the sample axis --------------------

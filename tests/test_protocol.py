@@ -229,10 +229,15 @@ def test_the_runner_resumes_after_an_interruption_to_the_same_numbers(tmp_path, 
     assert bt.main(TINY + ["--out", part, "--report-only"]) == 0
 
 
-def test_the_runner_stops_at_its_time_budget_and_refuses_ais_until_it_exists(tmp_path, capsys):
+def test_the_runner_stops_at_its_time_budget_then_adds_ais_at_the_last_stage(tmp_path, capsys):
+    import json
+    from pathlib import Path
     bt = _runner()
     out = str(tmp_path / "t")
     assert bt.main(TINY + ["--out", out, "--hours", "0"]) == 0
     assert "time budget of 0.0 h spent" in capsys.readouterr().err
-    assert bt.main(TINY + ["--out", out, "--ais"]) == 2
-    assert "--ais: npvae.ais (annealed importance sampling) is not in this npvae yet" in capsys.readouterr().err
+    assert bt.main(TINY + ["--out", out, "--ais", "--ais-images", "3", "--ais-chains", "2", "--ais-steps", "5"]) == 0
+    for cell in ("vae-k1-seed0", "iwae-k5-seed0"):
+        result = json.loads((Path(out) / "cells" / cell / "result.json").read_text())
+        assert result["ais"]["method"] == "ais" and result["ais"]["n"] == 3 and result["ais"]["chains"] == 2
+        assert result["ais"]["stage"] == len(result["stages"]) - 1

@@ -8,6 +8,7 @@ The options that are run settings (their names, defaults, choices, help) come fr
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -179,15 +180,17 @@ def _train(args):
     return 0
 
 
+#: The parameters of :func:`npvae.fit`.
+_FIT_ARGUMENTS = frozenset(inspect.signature(fit).parameters)
+
+
 def _fit(model, x_train, x_val, s, optimizer, out, args):
     """config.json, the training, history.json and model.npz of a run."""
     write_config(out / "config.json", s)
-    history = fit(model, x_train, epochs=s["epochs"], batch_size=s["batch_size"], mc_samples=s["mc_samples"],
-                  objective=s["objective"], optimizer=optimizer, validation_data=x_val, noise=s["noise"],
-                  binarize=s["binarize"], seed=s["seed"], kl=s["kl"], estimator=s["estimator"],
-                  checkpoint=out / "checkpoint.npz", resume=args.resume, verbose=0 if args.quiet else 1,
-                  protocol=s["protocol"], lr_schedule=s["lr_schedule"], output_bias=s["output_bias"],
-                  shuffle=s["shuffle"])
+    # every run setting that fit takes, by its name (a new setting needs no line here)
+    settings = {name: s[name] for name in run_settings.TRAIN_SETTINGS if name in _FIT_ARGUMENTS and name != "optimizer"}
+    history = fit(model, x_train, optimizer=optimizer, validation_data=x_val, checkpoint=out / "checkpoint.npz",
+                  resume=args.resume, verbose=0 if args.quiet else 1, **settings)
     history.save(out / "history.json")
     model.save(out / "model.npz")
     return history

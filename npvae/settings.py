@@ -80,6 +80,23 @@ def _positive_or_none(value, name):
     return float(value)
 
 
+def _unit_interval(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def parse_unit_float(text):
+    """Command-line text as a number in [0, 1] (ValueError otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
 def _boolean(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name}: expected true or false, got {value!r}")
@@ -229,6 +246,12 @@ _ALL = (
             "[0.001, 0.999])", OUTPUT_BIAS, required=False),
     Setting("shuffle", True, TRAINING, "shuffle the training images every epoch (--no-shuffle: in order)",
             _boolean, required=False),
+    # the parameters of the sample-budget objectives (npvae.objectives: MIWAE, PIWAE, CIWAE); added
+    # later, so config.json and checkpoints written before them read with their defaults
+    _count("outer", 1, TRAINING, "M for miwae and piwae: the S samples form M groups of K = S / M "
+           "(S a multiple of M)", required=False),
+    Setting("beta", 0.5, TRAINING, "ciwae's weight of the ELBO: beta * ELBO + (1 - beta) * IWAE", _unit_interval,
+            parse_unit_float, required=False),
     _choice("dtype", "float32", ARCHITECTURE,
             "float32 as the seed's Keras model (float64 for exact work, e.g. gradient checks)", DTYPES),
     Setting("figures", True, TRAINING, "draw the figures at the end (remembered by --resume)", _boolean,

@@ -29,6 +29,7 @@ from . import datasets, io, optim, protocol as protocols, serialization
 from . import settings as run_settings
 from .evaluate import mean_bound
 from .model import build_model
+from . import objectives
 from .objectives import check_objective
 from .serialization import CHECKPOINT_FORMAT  # noqa: F401  (its name before npvae.serialization)
 from .settings import NOISE  # noqa: F401  (its name before npvae.settings)
@@ -178,7 +179,8 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
         validation_data=None, noise=_default("noise"), binarize=_default("binarize"), seed=_default("seed"),
         kl=_default("kl"), estimator=_default("estimator"), checkpoint=None, resume=False, verbose=1, file=None,
         callback=None, protocol=_default("protocol"), lr_schedule=_default("lr_schedule"),
-        output_bias=_default("output_bias"), shuffle=_default("shuffle")):
+        output_bias=_default("output_bias"), shuffle=_default("shuffle"), outer=_default("outer"),
+        beta=_default("beta")):
     """Train ``model`` in place by minibatch gradient descent on ``-bound``.
 
     The defaults and the checks of the settings are those of :mod:`npvae.settings` (the
@@ -196,7 +198,9 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
         Examples per step; the last batch of an epoch may be smaller.
     mc_samples : int, default 1
         Monte Carlo samples ``S`` per example.
-    objective : {"elbo", "iwae"}, default "elbo"
+    objective : {"elbo", "iwae", "miwae", "ciwae", "piwae"}, default "elbo"
+        The bound (:mod:`npvae.objectives`); ``miwae`` and ``piwae`` take ``outer``,
+        ``ciwae`` takes ``beta``.
     optimizer : str or npvae.optim.Optimizer, default "rmsprop"
         A name (``"sgd"``, ``"rmsprop"``, ``"adam"``, with default settings) or
         an optimizer instance. RMSprop's defaults are Keras' (lr 1e-3, rho 0.9).
@@ -249,6 +253,12 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
         before the first epoch (:func:`npvae.protocol.output_bias`; not on resume).
     shuffle : bool, default True
         Shuffle the training examples every epoch; False takes the batches in order.
+    outer : int, default 1
+        ``M`` of ``miwae`` and ``piwae`` (Rainforth et al. 2018): the ``mc_samples`` samples
+        of an example form ``M`` groups of ``K = mc_samples / M`` (a multiple is required).
+        ``outer=1`` is the IWAE bound of all the samples.
+    beta : float in [0, 1], default 0.5
+        ``ciwae``'s weight of the ELBO: ``beta * ELBO + (1 - beta) * IWAE``.
 
     Returns
     -------
@@ -267,7 +277,7 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
     values, optimizer = _checked_settings(optimizer, epochs=epochs, batch_size=batch_size, mc_samples=mc_samples,
                                           objective=objective, kl=kl, estimator=estimator, noise=noise,
                                           binarize=binarize, seed=seed, protocol=protocol, lr_schedule=lr_schedule,
-                                          output_bias=output_bias, shuffle=shuffle)
+                                          output_bias=output_bias, shuffle=shuffle, outer=outer, beta=beta)
     _check_run_arguments(callback, verbose, checkpoint, resume)
     x_val = _validation_data(model, validation_data)
     opt = _optimizer(optimizer, values)
@@ -284,7 +294,8 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
         _start(model, opt, x_train, values)
     run = _Run(model, opt, model.engine.optimizer_update(opt), x_train, x_val, values, rng,
                _fixed_eps(model, n, values), _Progress(values["epochs"], -(-n // values["batch_size"]),
-                                                      int(verbose), file), checkpoint, settings, callback)
+                                                      int(verbose), file), checkpoint, settings, callback,
+               objective_of(values))
     if len(history):
         run.progress.message(f"Resuming from {checkpoint} after epoch {len(history)}")
     # the numba engine holds the BLAS setting of these steps for the whole loop
@@ -317,7 +328,16 @@ def _checked_settings(optimizer, **values):
         optimizer = name
     values["objective"], values["kl"], values["estimator"] = check_objective(
         values["objective"], values["kl"], values["estimator"])
+    objective_of(values).check_samples(values["mc_samples"])
     return values, optimizer
+
+
+def objective_of(values):
+    """The :class:`npvae.objectives.Objective` that settings ``values`` train: the objective
+    named, with the parameters it takes among the settings (``outer``, ``beta``)."""
+    name = values["objective"]
+    takes = objectives.get(name).parameters
+    return objectives.make(name, **{p: values[p] for p in takes if p in values})
 
 
 def _check_run_arguments(callback, verbose, checkpoint, resume):
@@ -385,6 +405,7 @@ class _Run(NamedTuple):
     checkpoint: Any
     settings: dict           # what the checkpoint records
     callback: Any
+    objective: Any           # the objective trained (npvae.objectives.Objective)
 
 
 def _train_epoch(run, epoch, history):
@@ -400,7 +421,7 @@ def _train_epoch(run, epoch, history):
         if v["binarize"] != "none":
             xb = datasets.binarize(xb, v["binarize"], rng=rng)
         eps = run.model.sample_eps(len(idx), v["mc_samples"], rng) if run.fixed_eps is None else run.fixed_eps[idx]
-        bound, grads = engine.loss_and_grads(xb, eps, v["objective"], v["kl"], v["estimator"])
+        bound, grads = engine.loss_and_grads(xb, eps, run.objective, v["kl"], v["estimator"])
         if not np.isfinite(bound.loss):
             where = f"the last good checkpoint (epoch {len(history)}) is {str(run.checkpoint)!r}" if (
                 run.checkpoint is not None and len(history)) else "no checkpoint was written"
@@ -421,7 +442,7 @@ def _end_epoch(run, record, history):
         vrng = np.random.default_rng([v["seed"], 2, record["epoch"]])
         xv = run.x_val if v["binarize"] == "none" else datasets.binarize(run.x_val, v["binarize"], rng=vrng)
         # about 10,000 (example, sample) rows a chunk bounds memory for any S
-        val = mean_bound(run.model, xv, v["mc_samples"], v["objective"], max(1, 10000 // v["mc_samples"]), vrng,
+        val = mean_bound(run.model, xv, v["mc_samples"], run.objective, max(1, 10000 // v["mc_samples"]), vrng,
                          v["kl"])
         record.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
     if run.callback is not None:

@@ -321,3 +321,14 @@ def test_train_refuses_an_option_against_the_protocol(mnist_dir, tmp_path, capsy
     assert run_cli("train", "--protocol", "burda", "--batch-size", 50, "--data", mnist_dir,
                    "--out", tmp_path / "x", "--quiet") == 2
     assert "--batch-size: protocol='burda' sets batch-size=20, got batch-size=50" in capsys.readouterr().err
+
+
+def test_train_a_budget_objective_records_its_parameter_and_refuses_a_bad_split(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "miwae"
+    assert run_cli("train", "--objective", "miwae", "--outer", 2, "--mc-samples", 4, "--epochs", 1, "--hidden", 8,
+                   "--data", mnist_dir, "--out", out, "--quiet", "--no-figures") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["objective"], config["outer"], config["mc_samples"]) == ("miwae", 2, 4)
+    assert run_cli("train", "--objective", "miwae", "--outer", 3, "--mc-samples", 4, "--epochs", 1, "--hidden", 8,
+                   "--data", mnist_dir, "--out", tmp_path / "bad", "--quiet", "--no-figures") == 2
+    assert "needs a multiple of outer=3" in capsys.readouterr().err

@@ -19,7 +19,8 @@ OLD_CONFIG = {"epochs": 2, "batch_size": 100, "mc_samples": 1, "latent_dim": 2, 
 
 
 #: The settings added after OLD_CONFIG that a resumed run must match, at their defaults.
-LATER_DEFAULTS = {"protocol": "none", "lr_schedule": "constant", "output_bias": "zero", "shuffle": True}
+LATER_DEFAULTS = {"protocol": "none", "lr_schedule": "constant", "output_bias": "zero", "shuffle": True,
+                  "outer": 1, "beta": 0.5}
 
 
 def train_options():

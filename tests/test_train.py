@@ -254,3 +254,42 @@ def test_callback_sees_every_epoch_and_its_dict_joins_the_history(tmp_path):
     assert [r["marker"] for r in load_checkpoint(ck)["history"]] == [10, 20, 30]
     with pytest.raises(ValueError, match="callback: expected a callable"):
         npvae.fit(small_model(), x, epochs=1, verbose=0, callback=3)
+
+
+# ---------------------------------------------------------------------------
+# The sample-budget objectives through fit (outer, beta)
+# ---------------------------------------------------------------------------
+def test_miwae_with_one_group_trains_as_iwae_and_two_groups_do_not():
+    a, ha = run(epochs=2, mc_samples=4, objective="iwae")
+    b, hb = run(epochs=2, mc_samples=4, objective="miwae", outer=1)
+    c, hc = run(epochs=2, mc_samples=4, objective="miwae", outer=2)
+    assert_same_params(a, b)
+    assert strip_seconds(ha) == strip_seconds(hb)
+    assert hc["loss"][-1] != hb["loss"][-1]
+
+
+def test_ciwae_trains_between_its_ends():
+    _, h0 = run(epochs=1, mc_samples=4, objective="ciwae", beta=0.0)
+    _, hi = run(epochs=1, mc_samples=4, objective="iwae")
+    np.testing.assert_allclose(h0["loss"], hi["loss"], rtol=1e-9)       # beta = 0: the IWAE bound
+    _, h1 = run(epochs=1, mc_samples=4, objective="ciwae", beta=1.0)
+    _, he = run(epochs=1, mc_samples=4, objective="elbo", kl="mc")
+    np.testing.assert_allclose(h1["loss"], he["loss"], rtol=1e-9)       # beta = 1: the sampled-KL ELBO
+
+
+def test_fit_refuses_samples_that_do_not_fill_the_groups_and_bad_budget_settings():
+    with pytest.raises(ValueError, match=r"mc_samples: miwae\(outer=3\) needs a multiple of outer=3"):
+        run(epochs=1, mc_samples=4, objective="miwae", outer=3)
+    with pytest.raises(ValueError, match=r"beta: expected a number in \[0, 1\], got 1.5"):
+        run(epochs=1, mc_samples=2, objective="ciwae", beta=1.5)
+    with pytest.raises(ValueError, match="outer: expected an integer >= 1"):
+        run(epochs=1, mc_samples=2, objective="miwae", outer=0)
+
+
+def test_a_resumed_budget_run_must_keep_its_outer(tmp_path):
+    x, _ = make_data()
+    ckpt = tmp_path / "c.npz"
+    npvae.fit(small_model(), x, epochs=1, mc_samples=4, objective="miwae", outer=2, checkpoint=ckpt, verbose=0)
+    with pytest.raises(ValueError, match="outer: it has 2, this run has 4"):
+        npvae.fit(small_model(), x, epochs=2, mc_samples=4, objective="miwae", outer=4, checkpoint=ckpt,
+                  resume=True, verbose=0)

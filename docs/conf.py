@@ -78,8 +78,9 @@ _LINK = re.compile(r"(!?\[[^\]]*\])\(([^)\s]+)\)")
 
 
 def _repo_link(match):
-    """A link of README.md made to work from docs/: ``docs/x`` -> ``x``, other repository paths
-    -> ``../path``; a link to a folder keeps its text (a built site has no folder listings)."""
+    """A link of README.md made to work from docs/: ``docs/x`` -> ``x`` (a page of the site),
+    another Markdown file -> ``path:../x`` (a download: it is no page of the site), an image or
+    other file -> ``../x``; a link to a folder keeps only its text (a site lists no folders)."""
     label, target = match.groups()
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target) or target.startswith("#"):
         return match.group(0)

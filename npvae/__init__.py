@@ -20,7 +20,26 @@ from .model import VAE
 from .model import load_model as load
 from .train import History, TrainingError, fit
 
-__version__ = "0.1.0"
+
+def _version():
+    """The installed distribution's version (its metadata); from a source tree that is not
+    installed (``PYTHONPATH=.``), the version in the tree's ``setup.cfg``; else ``"0+unknown"``."""
+    from importlib import metadata
+    try:
+        return metadata.version("npvae")
+    except metadata.PackageNotFoundError:
+        pass
+    import configparser
+    from pathlib import Path
+    setup_cfg = configparser.ConfigParser(interpolation=None)
+    setup_cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg", encoding="utf-8")
+    if setup_cfg.get("metadata", "name", fallback=None) == "npvae":
+        return setup_cfg.get("metadata", "version", fallback="0+unknown")
+    return "0+unknown"
+
+
+__version__ = _version()
+del _version
 
 __all__ = [
     "VAE", "fit", "History", "load", "load_mnist", "binarize", "evaluate_bound", "log_likelihood",

@@ -32,15 +32,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-import npvae
-from npvae import datasets
-from npvae import io as npio
-from npvae.diagnostics import gradient_snr
-from npvae.evaluate import log_likelihood
-from npvae.model import model_arrays
+pytest.importorskip("hypothesis")   # the NumPy-only environment has no hypothesis
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import npvae  # noqa: E402
+from npvae import datasets  # noqa: E402
+from npvae import io as npio  # noqa: E402
+from npvae.diagnostics import gradient_snr  # noqa: E402
+from npvae.evaluate import log_likelihood  # noqa: E402
+from npvae.model import model_arrays  # noqa: E402
 
 from _helpers import BACKENDS, idx_bytes  # noqa: E402
 

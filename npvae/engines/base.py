@@ -6,17 +6,17 @@ An engine computes, for the model it belongs to, everything the layers above
 whole interface: an abstract base class that each engine implements in full (no engine
 inherits another's computing; the numba engine composes a reference engine where it reuses it).
 
-=============================================  ====================================================
-``bound(x, eps, objective, kl)``               the bound on a batch, no gradients (``Bound``)
+==============================================  =========================================================
+``bound(x, eps, objective, kl)``                the bound on a batch, no gradients (``Bound``)
 ``loss_and_grads(x, eps, objective, kl, est)``  the bound and the loss's gradient for every parameter
-``log_weights(x, eps)``                        ``log p(x|z) + log p(z) - log q(z|x)``, (B, S) float64
-``log_joint(x, z, grad, parts)``               ``log p(x, z)`` (B, S) float64, and its gradient in ``z``
-``encode(x)``, ``decode_logits(z)``            the encoder's ``mu, log_var``; the decoder's logits
-``steps(batch, mc_samples)``                   a context for a loop of such calls (thread settings)
-``step_bytes(batch, mc_samples)``              the working memory of one training step, estimated
-``optimizer_update(optimizer)``                a fused optimizer update for the model's arrays, or None
-``threads``                                    threads of a call (None: the engine's default)
-=============================================  ====================================================
+``log_weights(x, eps)``                         ``log p(x|z) + log p(z) - log q(z|x)``, (B, S) float64
+``log_joint(x, z, grad, parts)``                ``log p(x, z)`` (B, S) float64, and its gradient in ``z``
+``encode(x)``, ``decode_logits(z)``             the encoder's ``mu, log_var``; the decoder's logits
+``steps(batch, mc_samples)``                    a context for a loop of such calls (thread settings)
+``step_bytes(batch, mc_samples)``               the working memory of one training step, estimated
+``optimizer_update(optimizer)``                 a fused optimizer update for the model's arrays, or None
+``threads``                                     threads of a call (None: the engine's default)
+==============================================  =========================================================
 
 Inputs are trusted (:class:`npvae.VAE` validates at its boundary, and the loops above
 validate once): ``x`` (B, D) and ``eps`` (B, S, L) of the model's dtype, names already

@@ -192,25 +192,7 @@ def logsumexp_weights(log_w, bound, w_tilde):
     w_tilde : ndarray, shape (B, S)
         Written. May be ``log_w`` itself (in place).
     """
-    B, S = log_w.shape
-    log_S = math.log(S)
-    for b in range(B):
-        m = np.float64(log_w[b, 0])
-        for s in range(1, S):
-            v = np.float64(log_w[b, s])
-            if v > m or v != v:  # NaN wins, as in np.max
-                m = v
-        if not math.isfinite(m):
-            m = 0.0
-        total = np.float64(0.0)
-        for s in range(S):
-            total += np.exp(np.float64(log_w[b, s]) - m)
-        bound[b] = (np.log(total) + m) - log_S
-        # exp(a - m) / total rather than the reference's exp(a - logsumexp): the
-        # same weights without the rounding of logsumexp (an ulp of |m|) in the exponent
-        for s in range(S):
-            w_tilde[b, s] = np.exp(np.float64(log_w[b, s]) - m) / total
-
+    group_logsumexp_weights(log_w, 1, bound, w_tilde)     # one group of all S samples
 
 
 @kernel

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from . import settings as run_settings
-from .datasets import MNIST_FILES, DataError, cache_dir, load_mnist
+from .datasets import MNIST_FILES, DataError, cache_dir, holds_mnist, load_mnist, locate_mnist
 from .evaluate import evaluate_bound, log_likelihood
 from .gradcheck import check_all, format_table
 from .model import VAE, load_model
@@ -280,26 +280,20 @@ def _mnist(data, quiet):
     return loaded
 
 
-def _holds_mnist(path):
-    if path.is_file():
-        return path.suffix == ".npz"
-    return path.is_dir() and ((path / "mnist.npz").is_file() or all(
-        (path / name).is_file() or (path / (name + ".gz")).is_file() for name in MNIST_FILES))
+#: How load_mnist found the data, as the CLI says it.
+_FOUND_BY = {"path argument": "--data", "NPVAE_DATA": "$NPVAE_DATA", "cache": "the user cache"}
 
 
 def _mnist_place(data):
-    """Where :func:`npvae.load_mnist` reads MNIST from, in its order: ``data``,
-    ``$NPVAE_DATA``, the user cache (where it downloads to)."""
+    """Where :func:`npvae.load_mnist` reads MNIST from (:func:`npvae.datasets.locate_mnist`); a
+    ``--data`` folder that holds no MNIST is refused (load_mnist would pass over it)."""
     if data is not None:
         path = Path(data).expanduser()
-        if path.is_dir() and not _holds_mnist(path):
+        if path.is_dir() and not holds_mnist(path):
             raise CLIError(f"--data: {path} holds no MNIST (expected the files {', '.join(MNIST_FILES)}, each raw "
                            "or .gz, or mnist.npz); leave --data out to use $NPVAE_DATA or the user cache")
-        return f"{path} (--data)"
-    env = os.environ.get("NPVAE_DATA")
-    if env and _holds_mnist(Path(env).expanduser()):
-        return f"{Path(env).expanduser()} ($NPVAE_DATA)"
-    return f"{cache_dir()} (the user cache)"
+    location, how = locate_mnist(data)
+    return f"{location if location is not None else cache_dir()} ({_FOUND_BY[how]})"
 
 
 class _WriteError(Exception):

@@ -54,6 +54,8 @@ __all__ = [
     "MNIST_FILES",
     "binarize",
     "cache_dir",
+    "holds_mnist",
+    "locate_mnist",
     "load_mnist",
     "read_idx",
 ]
@@ -337,6 +339,26 @@ def _look_in(location: Optional[Path]) -> _Found:
     if len(missing) == len(MNIST_FILES):
         return _Found(None, {}, "holds no MNIST files")
     return _Found(None, files, "missing " + ", ".join(f"{m}[.gz]" for m in missing))
+
+
+def holds_mnist(location) -> bool:
+    """Whether ``location`` (a folder, or an ``.npz`` file) holds MNIST as :func:`load_mnist`
+    reads it: the four IDX files (each raw or ``.gz``), or ``mnist.npz``."""
+    return _look_in(Path(location).expanduser()).kind is not None
+
+
+def locate_mnist(path=None) -> Tuple[Optional[Path], str]:
+    """Where :func:`load_mnist` would read MNIST from, in its order: ``(location, how)``.
+
+    ``how`` is ``"path argument"``, ``"NPVAE_DATA"`` or ``"cache"``; ``location`` is None when
+    no place holds it yet (then :func:`load_mnist` downloads into the user cache, where the
+    network allows). A ``path`` that holds no MNIST is passed over, as :func:`load_mnist`
+    does: callers that want it refused check :func:`holds_mnist` first.
+    """
+    for place in _places(None if path is None else Path(path).expanduser()):
+        if place.location is not None and _look_in(place.location).kind is not None:
+            return place.location, place.origin
+    return None, "cache"
 
 
 def _where(places: Sequence[_Place], notes: Optional[Sequence[str]] = None) -> str:

@@ -792,3 +792,15 @@ def test_download_of_a_gzip_bomb_is_refused_and_the_next_mirror_tried(tmp_path, 
     got = load_mnist(checksums=md5s(synth), mirrors=[bad, mirror(tmp_path / "good", synth)],
                      progress=False)
     assert_same_data(got, expected_arrays(synth))
+
+
+def test_locate_mnist_follows_load_mnists_order_and_passes_over_an_empty_folder(mnist_dir, tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(datasets, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setenv("NPVAE_DATA", str(mnist_dir))
+    assert datasets.holds_mnist(mnist_dir) and not datasets.holds_mnist(empty)
+    assert datasets.locate_mnist(mnist_dir) == (mnist_dir, "path argument")
+    assert datasets.locate_mnist(empty) == (mnist_dir, "NPVAE_DATA")        # as load_mnist, it passes over it
+    monkeypatch.setenv("NPVAE_DATA", str(empty))
+    assert datasets.locate_mnist(None) == (None, "cache")                   # nowhere yet: load_mnist downloads

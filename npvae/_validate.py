@@ -129,10 +129,6 @@ def step_memory(model, batch, mc_samples, names, advice):
                          f"available; {advice}")
 
 
-#: The former name of :func:`step_memory` (a "workspace" is the numba engine's arrays).
-workspace = step_memory
-
-
 def available_memory():
     """Bytes of memory available to a new allocation (Linux: ``MemAvailable`` of /proc/meminfo),
     or None where it cannot be read (then no size is refused for want of memory)."""

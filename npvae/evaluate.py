@@ -61,7 +61,7 @@ def evaluate_bound(model, x, mc_samples=1, objective="elbo", batch_size=1000, se
     check.vae(model)
     model.check_params()
     x = model.check_data(x)
-    check.workspace(model, min(batch_size, x.shape[0]), mc_samples, "mc_samples, batch_size",
+    check.step_memory(model, min(batch_size, x.shape[0]), mc_samples, "mc_samples, batch_size",
                     "lower mc_samples or batch_size")
     seed = _renamed(seed, rng, "rng", "seed")
     return mean_bound(model, x, mc_samples, objective, batch_size, check.generator(seed), kl)
@@ -293,7 +293,7 @@ def log_likelihood(model, x, k=5000, batch_size=None, seed=0, max_rows=LL_MAX_RO
     if batch is None:
         batch = max(1, max_rows // 32)
     batch = min(batch, n)
-    check.workspace(model, batch, min(k, max(1, max_rows // batch)), "max_rows",
+    check.step_memory(model, batch, min(k, max(1, max_rows // batch)), "max_rows",
                     "lower max_rows (or batch_size, or k)")
     report = _Reporter(n, k, progress, file)
     per_example = np.empty(n)

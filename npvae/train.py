@@ -283,7 +283,7 @@ def fit(model, x_train, epochs=_default("epochs"), batch_size=_default("batch_si
     opt = _optimizer(optimizer, values)
     model.check_params()
     n = x_train.shape[0]
-    check.workspace(model, min(values["batch_size"], n), values["mc_samples"], "mc_samples, batch_size",
+    check.step_memory(model, min(values["batch_size"], n), values["mc_samples"], "mc_samples, batch_size",
                     "lower mc_samples (--mc-samples) or batch_size (--batch-size)")
     settings = run_settings.checkpoint_settings(model.config, values, opt, n, None if x_val is None else len(x_val))
     rng = np.random.default_rng(values["seed"])

@@ -226,7 +226,7 @@ def test_bernoulli_nll_and_grad_equals_ops(rng, dtype, B, S, D, H, L, block_rows
     logits = normal(rng, (B, S, D), dtype, 4.0)
     x = rng.random((B, D)).astype(dtype)
     x[:, ::2] = x[:, ::2] > 0.5  # binarized and grayscale pixels
-    work = None if block_rows is None else bernoulli.bernoulli_workspace(D, dtype, block_rows * D)
+    work = None if block_rows is None else bernoulli.bernoulli_scratch(D, dtype, block_rows * D)
     nll, dlogits = np.full((B, S), np.nan, dtype), np.full_like(logits, np.nan)
     bernoulli.bernoulli_nll_and_grad(logits, x, nll, dlogits, work)
     assert_bernoulli(nll, dlogits, logits, x)
@@ -239,7 +239,7 @@ def test_bernoulli_nll_and_grad_adds_the_output_bias_in_its_pass(rng, dtype, B, 
     x = rng.random((B, D)).astype(dtype)
     logits = a + bias  # ops.dense_forward's "+ b"
     nll, dlogits = np.empty((B, S), dtype), np.empty_like(a)
-    bernoulli.bernoulli_nll_and_grad(a, x, nll, dlogits, bernoulli.bernoulli_workspace(D, dtype, 2 * D), bias=bias)
+    bernoulli.bernoulli_nll_and_grad(a, x, nll, dlogits, bernoulli.bernoulli_scratch(D, dtype, 2 * D), bias=bias)
     np.testing.assert_array_equal(a, logits)  # the biased logits, in place
     assert_bernoulli(nll, dlogits, logits, x)
     a = logits - bias  # in place over the logits too (the fused training step does this)
@@ -254,7 +254,7 @@ def test_bernoulli_nll_and_grad_in_place_over_the_logits(rng, dtype):
     logits, x = normal(rng, (3, 4, 7), dtype, 3.0), rng.random((3, 7)).astype(dtype)
     original = logits.copy()
     nll = np.empty((3, 4), dtype)
-    bernoulli.bernoulli_nll_and_grad(logits, x, nll, logits, bernoulli.bernoulli_workspace(7, dtype, 3 * 7))
+    bernoulli.bernoulli_nll_and_grad(logits, x, nll, logits, bernoulli.bernoulli_scratch(7, dtype, 3 * 7))
     assert_bernoulli(nll, logits, original, x)
 
 
@@ -515,7 +515,7 @@ def test_kernels_import_and_run_as_python_without_numba():
         rng = np.random.default_rng(0)
         logits, x = rng.normal(size=(2, 3, 5)) * 3, rng.random((2, 5))
         nll, dlogits = np.empty((2, 3)), np.empty_like(logits)
-        bernoulli.bernoulli_nll_and_grad(logits, x, nll, dlogits, bernoulli.bernoulli_workspace(5, np.float64, 10))
+        bernoulli.bernoulli_nll_and_grad(logits, x, nll, dlogits, bernoulli.bernoulli_scratch(5, np.float64, 10))
         want, cache = ops.bernoulli_nll_forward(logits, x)
         np.testing.assert_allclose(nll, want, rtol=1e-13)
         np.testing.assert_array_equal(dlogits, ops.bernoulli_nll_backward(np.ones((2, 3)), cache))

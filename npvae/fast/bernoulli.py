@@ -35,11 +35,13 @@ subnormal floats, each a microcode assist on x86.
 gradient, in float32 by the same polynomials.
 """
 
+import warnings
+
 import numpy as np
 
 from ._jit import AVAILABLE, JIT, fma_inline, fma_kernel, kernel, reassoc_kernel, wide_vectors
 
-__all__ = ["bernoulli_nll_and_grad", "bernoulli_nll", "bernoulli_workspace", "bernoulli_workspace_bytes", "bernoulli_f32_rows", "BLOCK_ELEMENTS"]
+__all__ = ["bernoulli_nll_and_grad", "bernoulli_nll", "bernoulli_scratch", "bernoulli_scratch_bytes", "bernoulli_f32_rows", "BLOCK_ELEMENTS"]
 
 # --------------------------------------------------------------------------
 # Decoder output: Bernoulli NLL and its gradient in one pass over the logits
@@ -50,24 +52,31 @@ __all__ = ["bernoulli_nll_and_grad", "bernoulli_nll", "bernoulli_workspace", "be
 BLOCK_ELEMENTS = 1 << 16
 
 
-def bernoulli_workspace(D, dtype, block_elements=BLOCK_ELEMENTS):
+def bernoulli_scratch(D, dtype, block_elements=BLOCK_ELEMENTS):
     """Scratch for :func:`bernoulli_nll_and_grad`: shape ``(2, rows, D)``.
 
     ``rows = max(1, block_elements // D)`` rows of ``D`` pixels per block (float64); the
     float32 route needs one row of scratch only, so it gets ``rows = 1``. Allocate it once
     per model and pass it as ``work`` to avoid an allocation per call.
     """
-    return np.empty(_workspace_shape(D, dtype, block_elements), dtype=dtype)
+    return np.empty(_scratch_shape(D, dtype, block_elements), dtype=dtype)
 
 
-def _workspace_shape(D, dtype, block_elements=BLOCK_ELEMENTS):
+def bernoulli_workspace(D, dtype, block_elements=BLOCK_ELEMENTS):
+    """Deprecated: :func:`bernoulli_scratch` (a "workspace" is a training step's arrays)."""
+    warnings.warn("npvae.fast.bernoulli.bernoulli_workspace is deprecated: use bernoulli_scratch",
+                  DeprecationWarning, stacklevel=2)
+    return bernoulli_scratch(D, dtype, block_elements)
+
+
+def _scratch_shape(D, dtype, block_elements=BLOCK_ELEMENTS):
     rows = 1 if np.dtype(dtype) == np.float32 and AVAILABLE else max(1, block_elements // D)
     return (2, rows, D)
 
 
-def bernoulli_workspace_bytes(D, dtype, block_elements=BLOCK_ELEMENTS):
-    """The bytes :func:`bernoulli_workspace` allocates."""
-    return int(np.prod(_workspace_shape(D, dtype, block_elements))) * np.dtype(dtype).itemsize
+def bernoulli_scratch_bytes(D, dtype, block_elements=BLOCK_ELEMENTS):
+    """The bytes :func:`bernoulli_scratch` allocates."""
+    return int(np.prod(_scratch_shape(D, dtype, block_elements))) * np.dtype(dtype).itemsize
 
 
 def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
@@ -109,7 +118,7 @@ def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
     dlogits : ndarray, shape (B, S, D)
         Written. May be ``logits`` itself (in place).
     work : ndarray, shape (2, rows, D), optional
-        Scratch of the logits' dtype, from :func:`bernoulli_workspace`
+        Scratch of the logits' dtype, from :func:`bernoulli_scratch`
         (allocated here if not given).
     bias : ndarray, shape (D,), optional
         The output layer's bias, not yet in ``logits``: it is added in place
@@ -130,7 +139,7 @@ def bernoulli_nll_and_grad(logits, x, nll, dlogits, work=None, bias=None):
             _bernoulli_f32(flat, x, S, b, add_bias, flat_nll, dlogits.reshape(B * S, D), scratch)
         return
     if work is None:
-        work = bernoulli_workspace(D, logits.dtype)
+        work = bernoulli_scratch(D, logits.dtype)
     rows = work.shape[1]
     tiny = logits.dtype.type(np.finfo(logits.dtype).tiny)
     flat = logits.reshape(B * S, D)

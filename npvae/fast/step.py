@@ -29,6 +29,8 @@ groups and threads is :mod:`npvae.fast.threads`, and the workspaces' life is
 :class:`npvae.fast.engine.NumbaEngine`'s.
 """
 
+import warnings
+
 import numpy as np
 
 from .. import objectives as obj
@@ -79,7 +81,7 @@ class Profiler:
 def layout(model, B, S, grads=True):
     """The arrays of a :class:`Workspace` for ``(B, S)``: ``{attribute: shape}``, a list of
     shapes for a list of arrays (one per hidden layer), a dict for ``grads`` (the schema's).
-    The Bernoulli pass's scratch (:func:`npvae.fast.bernoulli.bernoulli_workspace`) comes beside."""
+    The Bernoulli pass's scratch (:func:`npvae.fast.bernoulli.bernoulli_scratch`) comes beside."""
     D, L, N = model.input_dim, model.latent_dim, B * S
     hidden, dec_sizes = model.hidden, model.hidden[::-1]
     arrays = {"enc_h": [(B, h) for h in hidden], "mu": (B, L), "log_var": (B, L), "z": (B, S, L), "kl": (B,),
@@ -100,7 +102,7 @@ def workspace_bytes(model, B, S, dtype, grads=True):
     for shape in layout(model, B, S, grads).values():
         shapes = shape if isinstance(shape, list) else list(shape.values()) if isinstance(shape, dict) else [shape]
         total += sum(int(np.prod(s)) for s in shapes)
-    return np.dtype(dtype).itemsize * total + bernoulli.bernoulli_workspace_bytes(model.input_dim, dtype)
+    return np.dtype(dtype).itemsize * total + bernoulli.bernoulli_scratch_bytes(model.input_dim, dtype)
 
 
 class Workspace:
@@ -127,7 +129,7 @@ class Workspace:
                 setattr(self, name, {k: np.empty(s, dtype) for k, s in shape.items()})
             else:
                 setattr(self, name, np.empty(shape, dtype))
-        self.work = bernoulli.bernoulli_workspace(D, dtype)
+        self.work = bernoulli.bernoulli_scratch(D, dtype)
         self.has_grads = grads
 
     @property
@@ -297,5 +299,7 @@ def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFI
     return per_example, sums[0], sums[1], g
 
 
-#: The former name of :func:`train_step`.
-step = train_step
+def step(*args, **kwargs):
+    """Deprecated: :func:`train_step` (``step.step`` named the module and the function alike)."""
+    warnings.warn("npvae.fast.step.step is deprecated: use npvae.fast.step.train_step", DeprecationWarning, stacklevel=2)
+    return train_step(*args, **kwargs)

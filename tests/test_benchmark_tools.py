@@ -56,7 +56,8 @@ Target: numba float32 at most 0.67x the peer at every S.
 | 1 | 9.99 | 9.99 | 9.99 |
 """
 
-SCRIPTS = ["compare_peer", "end_to_end", "ll_throughput", "plot_speed", "sample_sizes", "snr_vs_k", "speed"]
+SCRIPTS = ["compare_peer", "end_to_end", "ll_throughput", "plot_speed", "posterior_gap", "sample_sizes", "snr_vs_k",
+           "speed"]
 
 
 # ---------------------------------------------------------------------------
@@ -627,3 +628,27 @@ def test_end_to_end_commands_are_the_readme_main_job_and_the_peers_mains(tmp_pat
     for peer in ("torch", "jax"):
         argv, _ = end_to_end.command(peer, 50, 2, str(tmp_path))
         assert argv[1].endswith(os.path.join("peers", f"{peer}_vae.py")) and "--threads" in argv
+
+
+# ---------------------------------------------------------------------------
+# benchmarks/posterior_gap.py
+# ---------------------------------------------------------------------------
+def test_posterior_gap_is_the_log_likelihood_minus_the_test_elbo_per_cell(tmp_path):
+    import posterior_gap
+    cells = [("iwae", 5, 0, -100.0, -110.0), ("iwae", 5, 1, -102.0, -108.0), ("elbo", 5, 0, -104.0, None)]
+    for objective, S, seed, ll, elbo in cells:
+        folder = tmp_path / "grid" / "cells" / f"{objective}-S{S}-seed{seed}"
+        folder.mkdir(parents=True)
+        result = {"objective": objective, "mc_samples": S, "seed": seed, "log_likelihood": ll}
+        if elbo is not None:
+            result["test_elbo"] = elbo
+        (folder / "result.json").write_text(json.dumps(result))
+    rows = {(r["objective"], r["S"]): r for r in posterior_gap.grid_rows(posterior_gap.read_grid(tmp_path / "grid"))}
+    assert rows["iwae", 5]["gaps"] == [10.0, 6.0] and rows["iwae", 5]["mean_gap"] == 8.0
+    assert rows["elbo", 5]["gaps"] == [None] and rows["elbo", 5]["mean_gap"] is None
+    out = tmp_path / "gap.md"
+    assert posterior_gap.main(["--grids", str(tmp_path / "grid"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| iwae | 5 | 2 | -101.00 | -109.00 | 8.00 | 10.00, 6.00 |" in text and "has no test ELBO" in text
+    with pytest.raises(ValueError, match="grids: expected a folder"):
+        posterior_gap.read_grid(tmp_path / "empty")

@@ -77,12 +77,14 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402
 import concurrent.futures as cf  # noqa: E402
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import signal  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -341,6 +343,22 @@ def check_settings(cells, finished, out):
 # ---------------------------------------------------------------------------
 # Executors
 # ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C until the block is done: submitting starts the local workers, and a
+    KeyboardInterrupt in the middle of a process start could leave a worker the executor does
+    not know of yet, which would keep the interrupted client alive until its cell finished.
+    The pending signal is delivered, as a KeyboardInterrupt, when the block ends."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _ignore_sigint():
     # Ctrl-C reaches the whole process group: the client handles it (and ends the workers)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -424,7 +442,8 @@ def _collect(executor, todo, results, failures, file):
     """Submit ``todo`` and take the cells as they finish, printing a line for each."""
     t0 = time.perf_counter()
     total, finished = sum(cost(c) for c in todo), 0.0
-    futures = {executor.submit(run_cell, c): c for c in todo}
+    with _sigint_deferred():
+        futures = {executor.submit(run_cell, c): c for c in todo}
     for i, fut in enumerate(executor.as_completed(list(futures)), 1):
         cell = futures[fut]
         finished += cost(cell)

@@ -15,7 +15,10 @@ the test images:
   best for a fixed budget of training seconds),
 * the signal-to-noise ratio of the encoder's and the decoder's minibatch gradient
   (``npvae.diagnostics.gradient_snr``, median over coordinates) with the cell's S and
-  objective, at the trained parameters and at the initialization.
+  objective, at each cell's own (trained) parameters and at the initialization. Across S this
+  compares different trained models, not S at fixed parameters (``snr_vs_k.py`` measures that).
+  A median at the noise floor (under ``3 / sqrt(R)`` with R draws, or more than half of the
+  coordinates under it) is reported as an upper bound (:func:`snr_at_floor`).
 
 Objectives: ``elbo``, ``iwae`` and ``iwae-dreg`` (the IWAE bound trained with the DReG
 estimator of Tucker et al. 2018). ``--binarize dynamic`` trains on a fresh Bernoulli draw of
@@ -473,8 +476,36 @@ def _hms(seconds):
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
+#: The median SNR columns and where each cell keeps the summary they come from.
+SNR_METRICS = {"snr_encoder": ("snr_summary", "encoder"), "snr_decoder": ("snr_summary", "decoder"),
+               "snr_encoder_init": ("snr_summary_init", "encoder"),
+               "snr_decoder_init": ("snr_summary_init", "decoder")}
+#: A median SNR is at the noise floor where more than this share of the coordinates is under
+#: ``3 / sqrt(R)``: the median is then one of those unmeasured coordinates.
+SNR_FLOOR_SHARE = 0.5
+
+
+def snr_at_floor(result, metric):
+    """``(at_floor, limit)``: whether a cell's median SNR ``metric`` is at the noise floor, and
+    the floor ``3 / sqrt(R)`` of its R gradient draws.
+
+    At the floor, the median is under ``3 / sqrt(R)`` or more than :data:`SNR_FLOOR_SHARE` of
+    the coordinates are (``share_below_floor``, which cells of the first grid did not store: for
+    them the median alone decides): the value is an upper bound, not a measurement.
+    """
+    key, part = SNR_METRICS[metric]
+    summary = result.get(key, {}).get(part, {})
+    repeats = result.get("settings", {}).get("snr_repeats")
+    limit = 3 * summary["floor"] if "floor" in summary else (3 / np.sqrt(repeats) if repeats else np.nan)
+    median = summary.get("median_snr", result.get(metric, np.nan))
+    share = summary.get("share_below_floor", np.nan)
+    return bool(median < limit or share > SNR_FLOOR_SHARE), float(limit)
+
+
 def aggregate(results):
-    """{(objective, S): {metric: (mean, sd, n)}} over seeds."""
+    """{(objective, S): {metric: (mean, sd, n)}} over seeds; ``row["at_floor"]`` gives, for each
+    median SNR column, ``(cells at the noise floor, the largest floor 3 / sqrt(R))``
+    (:func:`snr_at_floor`)."""
     table = {}
     for r in results:
         table.setdefault((r["objective"], r["mc_samples"]), []).append(r)
@@ -484,6 +515,8 @@ def aggregate(results):
         for m, _, _ in METRICS:
             v = np.array([r.get(m, np.nan) for r in rs], dtype=float)   # metrics added later: NaN
             row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v))
+        floors = {m: [snr_at_floor(r, m) for r in rs] for m in SNR_METRICS}
+        row["at_floor"] = {m: (sum(b for b, _ in f), max(lim for _, lim in f)) for m, f in floors.items()}
         out[key] = row
     return out
 
@@ -493,6 +526,8 @@ DIGITS = {"seconds_per_epoch": 1, "log_likelihood_mc_se": 4, "ess_median": 0}
 
 
 def _fmt(mean, sd, digits=2):
+    if not np.isfinite(mean):
+        return "—"                 # not measured (a metric added after the cell was computed)
     s = f"{mean:.{digits}f}"
     return s + (f" ± {sd:.{digits}f}" if np.isfinite(sd) else "")
 
@@ -524,19 +559,39 @@ def setup_line(args, results):
         "± is the SD over seeds (rows with n > 1); the log-likelihood's Monte Carlo standard error and the "
         "effective sample size of its k importance samples (median over the test images) are means over seeds. "
         f"SNR: median over the coordinates of |mean| / std of the minibatch gradient ({args.snr_batch} training "
-        f"images, {args.snr_repeats} draws of eps, {estimator}), at the trained parameters and at the "
-        "initialization. Seconds per epoch: median over epochs, one worker per cell, on a machine shared with "
+        f"images, {args.snr_repeats} draws of eps, {estimator}), at each cell's own (trained) parameters and at "
+        "the initialization: across S these are different models, not S at fixed parameters (that is "
+        "`snr_vs_k.py`). A median under the noise floor 3 / sqrt(R) (R draws), or with more than half of the "
+        "coordinates under it, is an upper bound, not a value (shown as `< floor`), and is read as no trend. "
+        "Seconds per epoch: median over epochs, one worker per cell, on a machine shared with "
         "other jobs (compare ratios, not absolute times).")
 
 
 def metrics_table(agg):
+    """The table of every (objective, S); a median SNR at the noise floor in every seed's cell is
+    shown as ``< 3/sqrt(R)``, in some of them with a mark and a footnote."""
     head = ["objective", "S", "n"] + [label for _, label, _ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    bounded = marked = False
     for (objective, S), row in agg.items():
         cells = [objective, str(S), str(row["test_elbo"][2])]
-        cells += [_fmt(*row[m][:2], DIGITS.get(m, 2)) for m, _, _ in METRICS]
+        for m, _, _ in METRICS:
+            text = _fmt(*row[m][:2], DIGITS.get(m, 2))
+            at_floor, limit = row.get("at_floor", {}).get(m, (0, np.nan))
+            if at_floor and at_floor == row[m][2]:
+                text, bounded = f"< {limit:.2f}", True
+            elif at_floor:
+                text, marked = f"{text} †{at_floor}", True
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+    notes = [""] if bounded or marked else []
+    if bounded:
+        notes.append("SNR `< x`: in every seed's cell the median is at the noise floor x = 3 / sqrt(R) (under it, or "
+                     "more than half of the coordinates under it): an upper bound, not a value.")
+    if marked:
+        notes.append("SNR `†n`: n of the seeds' cells are at the noise floor there, so the mean is partly made of "
+                     "upper bounds.")
+    return lines + notes + [""]
 
 
 def write_report(results, args, command, failures=()):
@@ -573,11 +628,14 @@ def compute_line(results):
 
     A cell resumed from a checkpoint records only its last process in ``cell_seconds``, so a cell
     counts ``max(cell_seconds, train_seconds + eval_seconds)`` (its training time covers every epoch).
+    A cell of the first grid, which stored no ``train_seconds``, counts the seconds of its epochs.
     """
-    train = sum(r.get("train_seconds", 0.0) for r in results)
+    def trained(r):
+        return r.get("train_seconds", sum(h.get("seconds", 0.0) for h in r.get("history", [])))
+
+    train = sum(trained(r) for r in results)
     evaluation = sum(r.get("eval_seconds", 0.0) for r in results)
-    total = sum(max(r.get("cell_seconds", 0.0), r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0))
-                for r in results)
+    total = sum(max(r.get("cell_seconds", 0.0), trained(r) + r.get("eval_seconds", 0.0)) for r in results)
     return (f"Compute: {plural(len(results), 'cell')} took {duration(total)} of one core in all (training "
             f"{duration(train, short=True)}, the log-likelihood and test bounds {duration(evaluation, short=True)}, "
             "the rest SNR and set-up), one thread per cell.")
@@ -589,6 +647,9 @@ def compute_line(results):
 BURDA_TABLE1 = {("elbo", 1): (86.76, 19), ("elbo", 5): (86.47, 20), ("elbo", 50): (86.35, 20),
                 ("iwae", 1): (86.76, 19), ("iwae", 5): (85.54, 22), ("iwae", 50): (84.78, 25)}
 BURDA_EPOCHS = 3280
+#: Their training images (the first 59,600; npvae.protocol.BURDA) and minibatch: updates per epoch.
+BURDA_TRAIN_IMAGES, BURDA_BATCH = 59600, 20
+BURDA_UPDATES_PER_EPOCH = BURDA_TRAIN_IMAGES // BURDA_BATCH
 
 
 def is_burda_architecture(args):
@@ -597,9 +658,33 @@ def is_burda_architecture(args):
             and args.binarize == "dynamic")
 
 
+def burda_protocol_differences(args):
+    """Markdown list: every way the cells' protocol differs from Burda et al.'s (section 5 of the
+    paper and their code, as :mod:`npvae.protocol` cites it), the training length in updates last."""
+    per_epoch = -(-args.subset // args.batch_size)           # the last, partial minibatch is an update
+    ours, theirs = args.epochs * per_epoch, BURDA_EPOCHS * BURDA_UPDATES_PER_EPOCH
+    return [
+        "- the VAE's objective: `elbo` with the analytic KL here, the sampled KL (the mean of the log weights) "
+        "there;",
+        "- the optimizer: RMSprop at a constant learning rate of 1e-3 here, Adam with their schedule there "
+        "(3^i epochs at 1e-3 · 10^(-i/7), i = 0 … 7);",
+        f"- the minibatch: {args.batch_size} here, {BURDA_BATCH} there;",
+        "- the output bias at the start: zero here, the logit of the training mean there;",
+        f"- the training images: the first {args.subset:,}, shuffled every epoch, here; the first "
+        f"{BURDA_TRAIN_IMAGES:,} in the same order every epoch there;",
+        "- the test images: binarized once (one draw for every cell) here, anew at each evaluation there;",
+        "- active units: the variance of the encoder's mean over the test images here, over the first 500 "
+        "training images there;",
+        f"- the training length: {args.epochs} epochs × {per_epoch:,} updates = {ours:,} updates here, "
+        f"{BURDA_EPOCHS:,} epochs × {BURDA_UPDATES_PER_EPOCH:,} updates = {theirs:,} there ({ours / theirs:.2%} "
+        "of theirs).",
+    ]
+
+
 def burda_section(agg, args):
-    """Markdown: the cells beside Burda et al.'s Table 1 (NLL = -log-likelihood), with the
-    ordering of the objectives and the direction of the gaps, in ours and theirs."""
+    """Markdown: the cells beside Burda et al.'s Table 1 (NLL = -log-likelihood), with every
+    difference of protocol named, and the ordering of the objectives and the direction of the
+    gaps after the cells' epochs, in ours and theirs."""
     samples = sorted({S for (_, S) in BURDA_TABLE1 if any((o, S) in agg for o in OBJECTIVES)})
     if not samples:
         return []
@@ -613,16 +698,23 @@ def burda_section(agg, args):
     def num(v, digits=2):
         return "—" if v is None else f"{v:.{digits}f}"
 
+    after = f"after {plural(args.epochs, 'epoch')}"
+    n_test = getattr(args, "test_subset", 10000)
+    test = "the 10,000 test images" if n_test >= 10000 else f"the first {n_test:,} test images (theirs: all 10,000)"
     lines = ["## Beside Burda et al. (2016), Table 1", "",
-             f"The same architecture and data (two hidden layers of 200 tanh units, 50 latent, dynamically "
-             f"binarized MNIST, NLL with k = 5000 on the test set), their k being our S. The budgets differ: "
-             f"{args.epochs} epochs of RMSprop (lr 1e-3, batch {args.batch_size}) here, {BURDA_EPOCHS} passes "
-             "with Adam and a decaying learning rate there, so the absolute NLLs are not comparable; what is "
-             "compared is the ordering of the objectives and the direction of the gaps. NLL in nats (lower is "
-             "better); — : not run.", "",
-             "| S (their k) | VAE (elbo) here | VAE there | IWAE here | IWAE there | IWAE-DReG here | "
-             "IWAE gain over the VAE here | there | active units VAE / IWAE here | there |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "The same architecture and data (two hidden layers of 200 tanh units, 50 latent, dynamically "
+             f"binarized MNIST, NLL by importance sampling with k = 5000 on {test}), their k being "
+             "our S, but not their protocol. What differs:", ""]
+    lines += burda_protocol_differences(args)
+    lines += ["", f"So the numbers here are {after}, far from convergence, and are not comparable to Table 1's "
+              "converged values; only the ordering of the objectives and the direction of the gaps are set beside "
+              "theirs, and a direction here says what holds at this point of training, not at theirs. "
+              "`benchmarks/burda_table1.py` is the staged reproduction under their protocol. NLL in nats (lower "
+              "is better); — : not run.", "",
+              "| S (their k) | elbo, analytic KL, here | VAE (sampled KL) there | IWAE here | IWAE there | "
+              "IWAE-DReG here | IWAE gain over elbo here | IWAE gain over the VAE there | "
+              "active units elbo / IWAE here | there |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for S in samples:
         v_here, i_here, d_here = ours("elbo", S), ours("iwae", S), ours("iwae-dreg", S)
@@ -633,16 +725,17 @@ def burda_section(agg, args):
         lines.append(f"| {S} | {num(v_here)} | {v_there[0]:.2f} | {num(i_here)} | {i_there[0]:.2f} | {num(d_here)} | "
                      f"{num(gain_here)} | {gain_there:.2f} | {au} | {v_there[1]} / {i_there[1]} |")
         if gain_here is not None and S > 1:
-            verdicts.append(f"- S = {S}: the IWAE bound trains {'a better' if gain_here > 0 else 'a worse'} model "
-                            f"than the ELBO here ({gain_here:+.2f} nats), a better one there ({gain_there:+.2f}): "
+            verdicts.append(f"- S = {S}: {after}, the IWAE bound trains {'a better' if gain_here > 0 else 'a worse'} "
+                            f"model than the ELBO (analytic KL) here ({gain_here:+.2f} nats); after {BURDA_EPOCHS:,} "
+                            f"epochs, a better one than the VAE there ({gain_there:+.2f}): "
                             + ("the same direction." if gain_here > 0 else "**the opposite direction**."))
-    for objective, name in (("elbo", "VAE"), ("iwae", "IWAE")):
+    for objective, name in (("elbo", "elbo (analytic KL)"), ("iwae", "IWAE")):
         here = [(S, ours(objective, S)) for S in samples if ours(objective, S) is not None]
         if len(here) > 1:
             falls = all(b <= a for (_, a), (_, b) in zip(here, here[1:]))
-            verdicts.append(f"- {name}: NLL against S here " + ", ".join(f"{v:.2f}" for _, v in here)
-                            + (" (falls with S, as there)." if falls else " (does not fall monotonically with S; "
-                               "it does there)."))
+            verdicts.append(f"- {name}: NLL against S here {after} " + ", ".join(f"{v:.2f}" for _, v in here)
+                            + (" (falls with S, as it does there)." if falls else " (does not fall monotonically "
+                               "with S; it does there)."))
     lines += [""] + verdicts + [""] if verdicts else [""]
     return lines
 
@@ -721,14 +814,22 @@ def write_plots(agg, out):
                 keys = sorted(S for o, S in agg if o == objective)
                 mean = np.array([agg[(objective, S)][m][0] for S in keys])
                 sd = np.array([agg[(objective, S)][m][1] for S in keys])
-                ax.plot(keys, mean, "o-", label=objective)
+                line, = ax.plot(keys, mean, "o-", label=objective)
                 if np.isfinite(sd).all():
                     ax.fill_between(keys, mean - sd, mean + sd, alpha=0.2)
+                if m in SNR_METRICS:        # at the noise floor: an upper bound, drawn as one
+                    floor = [agg[(objective, S)].get("at_floor", {}).get(m, (0, np.nan)) for S in keys]
+                    at = [S for S, (n, _) in zip(keys, floor) if n]
+                    ax.plot(at, [agg[(objective, S)][m][0] for S in at], "v", ms=10, mfc="none",
+                            color=line.get_color())
+                    limits = [lim for _, lim in floor if np.isfinite(lim)]
+                    if limits:
+                        ax.axhline(max(limits), ls=":", color="grey", lw=1)
             ax.set_xscale("log")
             if name == "snr" or name == "time":
                 ax.set_yscale("log")
             ax.set_xlabel("S (Monte Carlo samples in training)")
-            ax.set_title(labels[m], fontsize=10)
+            ax.set_title(labels[m] + (" (▽: at the floor ···)" if m in SNR_METRICS else ""), fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()

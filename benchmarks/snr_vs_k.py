@@ -16,11 +16,16 @@ K instead. This script measures it with :func:`npvae.diagnostics.gradient_snr` f
   gradient vector, each raw and bias-corrected (``gradient_snr``'s noise floor), with a
   jackknife interval of the latter, and the importance weights' effective sample size.
 
+Every SNR here is at fixed parameters (the point's), with K varied: Rainforth et al.'s setting,
+unlike ``sample_sizes.py``, whose cells each measure at their own trained parameters.
+
 The number of gradient draws R is chosen per cell: from ``--repeats`` it is raised (up to
-``--max-repeats``) until the noise floor ``3 / sqrt(R)`` is below the smallest SNR reported;
-a cell that cannot get there says so (``at floor``). Log-log slopes against K are fitted over
-the largest K values (``--fit-from``), where the asymptotics hold, and set beside the
-published rates.
+``--max-repeats``) until the noise floor ``3 / sqrt(R)`` is below the smallest SNR reported.
+A network of a cell is *at the floor* (:func:`at_floor`, the one rule of the report, applied
+to the stored summaries) where its median or norm SNR is under ``3 / sqrt(R)``, or more than
+:data:`FLOOR_SHARE` of its coordinates are: the tables mark it, and the log-log slopes against
+K, fitted over the largest K values (``--fit-from``) where the asymptotics hold and set beside
+the published rates, leave it out.
 
     python benchmarks/snr_vs_k.py --K 1 3 10 30 100 300 1000 3000 --points init elbo iwae
 
@@ -50,6 +55,12 @@ ESTIMATORS = [("iwae-standard", "iwae", "analytic", "standard"), ("iwae-stl", "i
               ("iwae-dreg", "iwae", "analytic", "dreg"), ("elbo", "elbo", "analytic", "standard")]
 #: Draws a cell takes at least, whatever its row budget (the floor is then 1/sqrt(20) = 0.22).
 MIN_REPEATS = 20
+#: A network is at the floor where more than this share of its coordinates has an SNR under
+#: 3 / sqrt(R). A quarter: the median and the norm SNR are then read only where the lower quartile
+#: of the coordinates is measured, so that neither is set by, or within the noise of, coordinates
+#: the R draws cannot resolve, whose bias correction holds only on average (a share near a half,
+#: e.g. 44% at R = 20, leaves the median itself next to the floor).
+FLOOR_SHARE = 0.25
 #: Published asymptotic slopes of the SNR against K (log-log), where they exist.
 PUBLISHED = {("iwae-standard", "encoder"): -0.5, ("iwae-standard", "decoder"): 0.5,
              ("elbo", "encoder"): 0.5, ("elbo", "decoder"): 0.5}
@@ -79,6 +90,16 @@ def median_ess(model, x, K, rng, draws=20):
     return float(np.median(out / draws))
 
 
+def at_floor(cell, part):
+    """Whether ``part`` (``"encoder"`` or ``"decoder"``) of a measured cell is at the noise floor:
+    its corrected median or norm SNR under ``3 / sqrt(R)``, or more than :data:`FLOOR_SHARE` of
+    its coordinates under it. Its SNRs are then bounds, not values: marked, and left out of the
+    slopes."""
+    s, limit = cell[part], 3 * cell["floor"]
+    return bool(s["median_snr_corrected"] < limit or s["norm_snr_corrected"] < limit
+                or s["share_below_floor"] > FLOOR_SHARE)
+
+
 def measure(model, x, K, estimator, args, seed):
     """One cell: SNR summaries at the smallest R that lifts the floor below what it reports."""
     _, objective, kl, est = next(e for e in ESTIMATORS if e[0] == estimator)
@@ -92,7 +113,7 @@ def measure(model, x, K, estimator, args, seed):
                          seed=[seed, K, repeats])
         smallest = min(min(r.summary[p]["norm_snr_corrected"], r.summary[p]["median_snr_corrected"] or math.inf)
                        for p in ("encoder", "decoder"))
-        enough = 3.0 * r.floor <= smallest
+        enough = not any(at_floor({"floor": r.floor, **r.summary}, p) for p in ("encoder", "decoder"))
         if enough or repeats >= limit:
             break
         want = 9.0 / max(smallest, 1e-9) ** 2
@@ -133,18 +154,23 @@ def write_report(data, args, command, out):
              f"Command: `{command}`  ", f"Machine: {machine()}; {args.dtype}.  ",
              compute_line(data), "",
              "SNR of the gradient of each network (encoder q, decoder p) over R draws of the noise at fixed "
-             "parameters: *median* over the coordinates and *norm* (the SNR of the whole gradient vector, "
-             "`||mean|| / sqrt(sum var)`), both bias-corrected for the noise floor `1/sqrt(R)` "
-             "(`npvae.diagnostics.gradient_snr`); [a, b] the 95% jackknife interval of the norm SNR. R was raised "
-             "until `3 / sqrt(R)` was below the smallest SNR of the cell, up to "
-             f"{args.max_repeats} draws and {args.max_rows:.0e} decoder rows a cell; *floor* marks cells where it "
-             "could not be (the corrected values and intervals still hold, with less precision). ESS: median over "
-             "the examples of the importance weights' effective sample size at that K.", ""]
+             "parameters (each section's point, the same for every K): *median* over the coordinates and *norm* "
+             "(the SNR of the whole gradient vector, `||mean|| / sqrt(sum var)`), both bias-corrected for the "
+             "noise floor `1/sqrt(R)` (`npvae.diagnostics.gradient_snr`); [a, b] the 95% jackknife interval of the "
+             "norm SNR. These are not the SNRs of the sample-size grids, each measured at its own cell's trained "
+             "parameters. R was raised until `3 / sqrt(R)` was below the smallest SNR of the cell, up to "
+             f"{args.max_repeats} draws and {args.max_rows:.0e} decoder rows a cell. *floor* marks a network at the "
+             "noise floor: its median or norm SNR under `3 / sqrt(R)` (then shown as `< 3/sqrt(R)`, an upper "
+             f"bound), or more than {FLOOR_SHARE:.0%} of its coordinates under it (so that the median and the "
+             "norm are not set by coordinates the R draws cannot resolve); such a value is not a measurement to "
+             "read a trend from, and the slopes leave it out. ESS: median over the examples of the importance "
+             "weights' effective sample size at that K.", ""]
     for point in args.points:
         for batch in args.batches:
             key = f"{point}/B{batch}"
             if key in data["cells"]:
-                lines += [f"## {point}, {'one data point' if batch == 1 else f'a minibatch of {batch}'}", ""]
+                lines += [f"## At fixed parameters (the {point} point), "
+                          f"{'one data point' if batch == 1 else f'a minibatch of {batch}'}", ""]
                 lines += snr_table(data["cells"][key], args) + slope_lines(data["cells"][key], args)
     notes = Path(str(out) + "_notes.md")
     if notes.exists():
@@ -168,30 +194,31 @@ def snr_table(by_k, args):
                 if c is None:
                     row.append("—")
                     continue
-                s = c[part]
+                s, limit = c[part], 3 * c["floor"]
                 lo, hi = s["norm_snr_ci"]
-                row.append(f"{s['median_snr_corrected']:.3g} / {s['norm_snr_corrected']:.3g} "
-                           f"[{lo:.2g}, {hi:.2g}]" + (" floor" if c["at_floor"] else "")
+                med, norm = (f"< {limit:.2g}" if v < limit else f"{v:.3g}"
+                             for v in (s["median_snr_corrected"], s["norm_snr_corrected"]))
+                floor = any(at_floor(c, p) for p in ("encoder", "decoder"))
+                row.append(f"{med} / {norm} [{lo:.2g}, {hi:.2g}]" + (" floor" if at_floor(c, part) else "")
                            + (f" (R={c['repeats']})" if part == "encoder"
-                              and (c["at_floor"] or c["repeats"] > args.max_repeats) else ""))
+                              and (floor or c["repeats"] > args.max_repeats) else ""))
         lines.append("| " + " | ".join(row) + " |")
-    return lines + ["", "Cells: median / norm SNR [interval of the norm SNR]; R, the draws, is given where the "
-                    "cell is at the floor or was measured again with more draws than the budget above "
-                    "(`--redo-floor`).", ""]
+    return lines + ["", "Cells: median / norm SNR [interval of the norm SNR]; *floor*: that network at the noise "
+                    "floor (see above); R, the draws, is given where a network of the cell is at the floor or the "
+                    "cell was measured again with more draws than the budget above (`--redo-floor`).", ""]
 
 
 def slope_lines(by_k, args):
     """The fitted log-log slopes of one (point, batch), beside the published rates."""
     fit = [K for K in sorted(args.K) if K >= args.fit_from and str(K) in by_k]
-    lines = [f"Log-log slope of the norm SNR over K = {', '.join(map(str, fit))}, leaving out the K "
-             "where that network's SNR is below the floor 3 / sqrt(R) (an upper bound there, not a "
-             "value), with the published asymptotic rate in brackets:", ""]
+    lines = [f"Log-log slope of the norm SNR against K at fixed parameters, over K = {', '.join(map(str, fit))}, "
+             "leaving out the K where that network is at the noise floor (marked *floor* above: a bound there, "
+             "not a value), with the published asymptotic rate in brackets:", ""]
     for e, *_ in ESTIMATORS:
         parts = []
         for part in ("encoder", "decoder"):
             cells = [by_k[str(K)].get(e) for K in fit]
-            # a network whose SNR is below 3 / sqrt(R) has an upper bound, not a value: left out
-            floor = [bool(c) and c[part]["norm_snr_corrected"] < 3 * c["floor"] for c in cells]
+            floor = [bool(c) and at_floor(c, part) for c in cells]
             used = [(K, c[part]["norm_snr_corrected"]) for K, c, f in zip(fit, cells, floor) if c and not f]
             floor_from = [K for K, f in zip(fit, floor) if f]
             pub = PUBLISHED.get((e, part))
@@ -222,13 +249,17 @@ def plot(data, args, out):
                 Ks = sorted(int(K) for K in data["cells"][key] if e in data["cells"][key][K])
                 if not Ks:
                     continue
-                v = [data["cells"][key][str(K)][e][part]["norm_snr_corrected"] for K in Ks]
-                ci = np.array([data["cells"][key][str(K)][e][part]["norm_snr_ci"] for K in Ks], dtype=float)
-                ax.plot(Ks, v, "o-", label=e, ms=3)
+                cells = [data["cells"][key][str(K)][e] for K in Ks]
+                v = [c[part]["norm_snr_corrected"] for c in cells]
+                ci = np.array([c[part]["norm_snr_ci"] for c in cells], dtype=float)
+                line, = ax.plot(Ks, v, "o-", label=e, ms=3)
                 ax.fill_between(Ks, ci[:, 0], ci[:, 1], alpha=0.15)
+                floor = [(K, max(x, 3 * c["floor"])) for K, x, c in zip(Ks, v, cells) if at_floor(c, part)]
+                if floor:        # at the noise floor: a bound, drawn at its value or 3 / sqrt(R) if under
+                    ax.plot(*zip(*floor), "v", ms=7, mfc="none", color=line.get_color())
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_title(f"{key}: {part}", fontsize=9)
+            ax.set_title(f"{key}: {part}, fixed parameters (▽: at the floor)", fontsize=9)
             ax.set_xlabel("K")
             ax.grid(True, which="both", alpha=0.3)
             if i == 0 and j == 0:
@@ -299,7 +330,8 @@ def main(argv=None):
                     if "ess" not in cells:
                         cells["ess"] = median_ess(model, x, K, np.random.default_rng([K, 99]))
                     for e in args.estimators:
-                        if e in cells and not (args.redo_floor and cells[e]["at_floor"]
+                        if e in cells and not (args.redo_floor and any(at_floor(cells[e], p)
+                                                                           for p in ("encoder", "decoder"))
                                                and cells[e]["repeats"] < min(args.max_repeats,
                                                                              args.max_rows // (batch * K))):
                             continue

@@ -521,7 +521,7 @@ def test_report_names_only_the_objectives_that_ran_and_counts_in_words():
 def test_burda_section_sets_the_cells_beside_table_1_and_reads_the_directions():
     import argparse
     args = argparse.Namespace(hidden=[200, 200], activation="tanh", latent_dim=50, binarize="dynamic",
-                              epochs=10, batch_size=100)
+                              epochs=10, batch_size=100, subset=60000)
     assert study.is_burda_architecture(args)
     assert not study.is_burda_architecture(argparse.Namespace(**{**vars(args), "binarize": "none"}))
 
@@ -534,13 +534,82 @@ def test_burda_section_sets_the_cells_beside_table_1_and_reads_the_directions():
            ("elbo", 25): row(-94.2, 13)}
     text = "\n".join(study.burda_section(agg, args))
     assert "| 5 | 94.00 | 86.47 | 93.00 | 85.54 | — | 1.00 | 0.93 | 13 / 15 | 20 / 22 |" in text
-    assert "S = 5: the IWAE bound trains a better model than the ELBO here (+1.00 nats)" in text
-    assert "S = 50: the IWAE bound trains a worse model" in text and "**the opposite direction**" in text
-    assert "- VAE: NLL against S here 95.00, 94.00, 94.50 (does not fall monotonically" in text
-    assert "- IWAE: NLL against S here 95.10, 93.00, 95.00 (does not fall" in text
+    assert "S = 5: after 10 epochs, the IWAE bound trains a better model than the ELBO (analytic KL) here " \
+           "(+1.00 nats)" in text
+    assert "S = 50: after 10 epochs, the IWAE bound trains a worse model" in text
+    assert "**the opposite direction**" in text
+    assert "- elbo (analytic KL): NLL against S here after 10 epochs 95.00, 94.00, 94.50 (does not fall " \
+           "monotonically" in text
+    assert "- IWAE: NLL against S here after 10 epochs 95.10, 93.00, 95.00 (does not fall" in text
     assert "| 25 |" not in text                                        # not in their table
-    assert "10 epochs of RMSprop" in text and "3280 passes" in text
+    assert "10 epochs × 600 updates = 6,000 updates here" in text
     assert study.burda_section({("elbo", 25): row(-94.2, 13)}, args) == []
+
+
+def test_burda_section_names_every_difference_of_protocol_and_the_epochs_of_its_numbers():
+    import argparse
+    args = argparse.Namespace(hidden=[200, 200], activation="tanh", latent_dim=50, binarize="dynamic",
+                              epochs=10, batch_size=100, subset=60000, test_subset=10000)
+    row = {"log_likelihood": (-100.0, float("nan"), 1), "active_units": (30.0, float("nan"), 1)}
+    text = "\n".join(study.burda_section({("elbo", 5): row, ("iwae", 5): {**row, "log_likelihood": (-98.0, 0, 1)}},
+                                         args))
+    for difference in ("analytic KL here, the sampled KL", "RMSprop at a constant learning rate of 1e-3 here, Adam "
+                       "with their schedule", "the minibatch: 100 here, 20 there", "zero here, the logit of the "
+                       "training mean there", "the first 60,000, shuffled every epoch, here; the first 59,600 in "
+                       "the same order", "binarized once", "over the test images here, over the first 500 training",
+                       "10 epochs × 600 updates = 6,000 updates here, 3,280 epochs × 2,980 updates = 9,774,400 "
+                       "there (0.06% of theirs)"):
+        assert difference in text
+    assert "not comparable to Table 1's converged values" in text and "`benchmarks/burda_table1.py`" in text
+    assert "VAE (elbo)" not in text and "| elbo, analytic KL, here | VAE (sampled KL) there |" in text
+    assert "- S = 5: after 10 epochs, the IWAE bound trains a better model than the ELBO (analytic KL) here " \
+           "(+2.00 nats); after 3,280 epochs, a better one than the VAE there (+0.93): the same direction." in text
+    # 5 epochs of a 20-image batch: 15,000 updates of 3,000 each
+    fewer = argparse.Namespace(**{**vars(args), "epochs": 5, "batch_size": 20})
+    text = "\n".join(study.burda_section({("elbo", 5): row}, fewer))
+    assert "5 epochs × 3,000 updates = 15,000 updates here" in text and "the minibatch: 20 here" in text
+
+
+def _snr_cell(objective, S, seed, median, share, init_median=2.0, repeats=50):
+    summary = {"median_snr": median, "share_below_floor": share, "floor": 1 / np.sqrt(repeats)}
+    init = {"median_snr": init_median, "share_below_floor": 0.1, "floor": 1 / np.sqrt(repeats)}
+    return {"objective": objective, "mc_samples": S, "seed": seed, "snr_encoder": median, "snr_decoder": 5.0,
+            "snr_encoder_init": init_median, "snr_decoder_init": 5.0, "settings": {"snr_repeats": repeats},
+            "snr_summary": {"encoder": summary, "decoder": dict(summary, median_snr=5.0, share_below_floor=0.0)},
+            "snr_summary_init": {"encoder": init, "decoder": dict(init, median_snr=5.0)}}
+
+
+def test_a_median_snr_at_the_noise_floor_is_shown_as_a_bound():
+    # R = 50: the floor 3 / sqrt(50) = 0.42
+    under = _snr_cell("iwae", 25, 0, 0.30, 0.8)
+    by_share = _snr_cell("iwae", 25, 1, 0.45, 0.55)             # the median above 0.42, most coordinates under
+    assert study.snr_at_floor(under, "snr_encoder") == (True, pytest.approx(3 / np.sqrt(50)))
+    assert study.snr_at_floor(by_share, "snr_encoder")[0]
+    assert not study.snr_at_floor(_snr_cell("iwae", 5, 0, 0.45, 0.4), "snr_encoder")[0]
+    assert not study.snr_at_floor(under, "snr_decoder")[0]
+    # a cell of the first grid stored no floor summary: its median and R decide
+    old = {"snr_encoder": 0.3, "settings": {"snr_repeats": 50}, "snr_summary": {"encoder": {"median_snr": 0.3}}}
+    assert study.snr_at_floor(old, "snr_encoder")[0]
+    assert not study.snr_at_floor(dict(old, snr_summary={"encoder": {"median_snr": 0.5}}), "snr_encoder")[0]
+
+    results = [under, by_share, _snr_cell("iwae", 5, 0, 0.9, 0.2, init_median=0.2), _snr_cell("iwae", 5, 1, 1.1, 0.1)]
+    table = "\n".join(study.metrics_table(study.aggregate(results)))
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in table.splitlines() if line.startswith("| iwae")}
+    col = 3 + [m for m, _, _ in study.METRICS].index("snr_encoder")
+    assert rows["25"][col] == "< 0.42" and rows["5"][col] == "1.00 ± 0.14"
+    assert rows["5"][col + 2] == "1.10 ± 1.27 †1"                    # one seed's init SNR is at the floor
+    assert "SNR `< x`: in every seed's cell" in table and "SNR `†n`: n of the seeds' cells" in table
+    clean = "\n".join(study.metrics_table(study.aggregate([_snr_cell("iwae", 5, 1, 1.1, 0.1)])))
+    assert "<" not in clean and "†" not in clean
+
+
+def test_the_setup_says_each_cells_own_parameters_not_fixed_ones():
+    import argparse
+    args = argparse.Namespace(hidden=[8], activation="relu", latent_dim=2, batch_size=100, dtype="float32",
+                              epochs=1, subset=40, binarize="none", test_subset=10, k=8, snr_batch=10, snr_repeats=50)
+    line = study.setup_line(args, [{"seed": 0, "objective": "iwae"}])
+    assert "at each cell's own (trained) parameters" in line and "not S at fixed parameters" in line
+    assert "at the trained parameters" not in line and "upper bound" in line
 
 
 def test_curve_at_takes_the_last_epoch_within_the_budget():
@@ -572,14 +641,56 @@ def test_snr_vs_k_runs_resumes_and_reports_slopes(tmp_path, capsys, monkeypatch,
     assert set(cell) == {"ess", "iwae-standard", "elbo"} and 1.0 <= cell["ess"] <= 4.0
     assert 10 <= cell["elbo"]["repeats"] <= 40 and cell["elbo"]["encoder"]["norm_snr_corrected"] > 0
     report = Path(str(out) + ".md").read_text()
-    assert "## init, a minibatch of 2" in report and "* elbo: encoder" in report and "[published +0.5]" in report
-    # a cell at the floor says how many draws it had, once (on its encoder column)
-    floor = [c for K in data["cells"]["init/B2"].values() for c in K.values() if isinstance(c, dict) and c["at_floor"]]
-    assert report.count("] floor (R=") == len(floor) and report.count("] floor") == 2 * len(floor)
-    assert all(f" floor (R={c['repeats']})" in report for c in floor)
+    assert "## At fixed parameters (the init point), a minibatch of 2" in report and "* elbo: encoder" in report
+    assert "[published +0.5]" in report
+    # a network at the floor is marked; a cell with one says how many draws it had, once (on its encoder column)
+    cells = [c for K in data["cells"]["init/B2"].values() for c in K.values() if isinstance(c, dict)]
+    networks = sum(snr_vs_k.at_floor(c, p) for c in cells for p in ("encoder", "decoder"))
+    marked = [c for c in cells if snr_vs_k.at_floor(c, "encoder") or snr_vs_k.at_floor(c, "decoder")]
+    assert report.count("] floor") == networks and report.count("(R=") == len(marked)
+    assert all(f"(R={c['repeats']})" in report for c in marked)
+    # a new measurement's stored mark is the report's rule
+    assert all(c["at_floor"] == any(snr_vs_k.at_floor(c, p) for p in ("encoder", "decoder")) for c in cells)
     capsys.readouterr()
     assert snr_vs_k.main(argv) == 0                            # resumed: nothing recomputed
     assert "K=4" not in capsys.readouterr().out
+
+
+def _k_cell(norm, median=None, share=0.0, repeats=100):
+    part = {"median_snr": median or norm, "median_snr_corrected": median or norm, "norm_snr": norm,
+            "norm_snr_corrected": norm, "norm_snr_ci": [0.9 * norm, 1.1 * norm], "share_below_floor": share}
+    return {"repeats": repeats, "floor": 1 / np.sqrt(repeats), "at_floor": False, "seconds": 1.0,
+            "encoder": part, "decoder": dict(part, share_below_floor=0.0, median_snr_corrected=5.0,
+                                             norm_snr_corrected=5.0)}
+
+
+def test_snr_vs_k_floor_rule_takes_the_median_the_norm_or_the_share_of_coordinates():
+    # R = 100: 3 / sqrt(R) = 0.3
+    assert not snr_vs_k.at_floor(_k_cell(1.0, share=snr_vs_k.FLOOR_SHARE), "encoder")
+    assert snr_vs_k.at_floor(_k_cell(1.0, share=0.44), "encoder")            # most of the median measured, not all
+    assert snr_vs_k.at_floor(_k_cell(1.0, median=0.2), "encoder")
+    assert snr_vs_k.at_floor(_k_cell(0.2, median=1.0), "encoder")
+    assert not snr_vs_k.at_floor(_k_cell(1.0, share=0.44), "decoder")         # per network
+
+
+def test_snr_vs_k_slopes_leave_out_the_cells_at_the_floor_and_the_table_marks_them_as_bounds():
+    import argparse
+    args = argparse.Namespace(K=[30, 100, 300, 1000], fit_from=30, max_repeats=2000)
+    # the encoder's norm SNR falls as K^-1/2 where measured; K = 300 has 44% of its coordinates under the
+    # floor and a norm SNR off that line, K = 1000 a median under 3 / sqrt(R)
+    by_k = {str(K): {"ess": 1.0, "iwae-standard": _k_cell(30.0 / np.sqrt(K))} for K in (30, 100)}
+    by_k["300"] = {"ess": 1.0, "iwae-standard": _k_cell(5.0, share=0.44)}
+    by_k["1000"] = {"ess": 1.0, "iwae-standard": _k_cell(0.5, median=0.1)}
+    text = "\n".join(snr_vs_k.slope_lines(by_k, args))
+    assert "* iwae-standard: encoder -0.50 over 2 K, at the floor at K = 300, 1000 [published -0.5]" in text
+    assert "against K at fixed parameters" in text
+    table = "\n".join(snr_vs_k.snr_table(by_k, args))
+    row300 = next(line for line in table.splitlines() if line.startswith("| 300 |")).split(" | ")
+    assert row300[2] == "5 / 5 [4.5, 5.5] floor (R=100)" and row300[3] == "5 / 5 [4.5, 5.5]"
+    row1000 = next(line for line in table.splitlines() if line.startswith("| 1000 |")).split(" | ")
+    assert row1000[2] == "< 0.3 / 0.5 [0.45, 0.55] floor (R=100)"
+    row30 = next(line for line in table.splitlines() if line.startswith("| 30 |")).split(" | ")
+    assert "floor" not in row30[2] and "(R=" not in row30[2]
 
 
 def test_snr_vs_k_compute_line_sums_the_kept_measurements_per_setting():

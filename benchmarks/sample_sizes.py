@@ -594,15 +594,29 @@ def metrics_table(agg):
     return lines + notes + [""]
 
 
+def _run_line(md):
+    """The ``Date: ... Machine: ...`` line of the report at ``md`` (the run's), or None."""
+    try:
+        text = md.read_text()
+    except OSError:
+        return None
+    return next((line for line in text.splitlines() if line.startswith("Date: ")), None)
+
+
 def write_report(results, args, command, failures=()):
     agg = aggregate(results)
     out = Path(args.out)
     md = out.with_suffix(".md") if out.suffix != ".md" else out
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    now = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+    run_line = (f"Date: {now}. Machine: {machine()}; load average {load} (1/5/15 min) at the end; "
+                f"OMP/OPENBLAS threads {os.environ.get('OPENBLAS_NUM_THREADS', '?')}.")
+    earlier = _run_line(md) if getattr(args, "report_only", False) else None
+    if earlier is not None:       # a redraw: the cells ran where and when the run's report says
+        run_line = (f"{earlier}\n\nRedrawn from the cells' files on {now} (`--report-only`); the line above is "
+                    "the run's (date, machine, load).")
     lines = ["# What the number of samples S buys: ELBO vs IWAE training", "", f"Command: `{command}`", "",
-             f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}. Machine: {machine()}; load average "
-             f"{load} (1/5/15 min) at the end; OMP/OPENBLAS threads {os.environ.get('OPENBLAS_NUM_THREADS', '?')}.",
-             "", setup_line(args, results), "", compute_line(results), ""]
+             run_line, "", setup_line(args, results), "", compute_line(results), ""]
     if failures:
         lines += ["Failed cells: " + "; ".join(f"{f['cell']} on {f['worker']} ({f['error'].splitlines()[0]})"
                                                for f in failures), ""]

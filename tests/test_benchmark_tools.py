@@ -764,3 +764,18 @@ def test_posterior_gap_is_the_log_likelihood_minus_the_test_elbo_per_cell(tmp_pa
     assert "| iwae | 5 | 2 | -101.00 | -109.00 | 8.00 | 10.00, 6.00 |" in text and "has no test ELBO" in text
     with pytest.raises(ValueError, match="grids: expected a folder"):
         posterior_gap.read_grid(tmp_path / "empty")
+
+
+def test_a_redrawn_report_keeps_the_runs_date_and_machine(tmp_path):
+    out = tmp_path / "ss"
+    argv = tiny_argv(out, "--samples", "1", "--objectives", "elbo", "--workers", "1", "--no-plots")
+    assert study.main(argv) == 0
+    md = out.with_suffix(".md")
+    text = md.read_text().replace("Machine: ", "Machine: the run's own processor, ", 1)
+    md.write_text(text)
+    run_line = next(line for line in text.splitlines() if line.startswith("Date: "))
+    for _ in range(2):                                   # twice: the redraw note is not stacked
+        assert study.main(argv + ["--report-only"]) == 0
+        lines = md.read_text().splitlines()
+        assert [line for line in lines if line.startswith("Date: ")] == [run_line]
+        assert sum(line.startswith("Redrawn from the cells' files on ") for line in lines) == 1

@@ -432,8 +432,11 @@ def test_a_failed_cell_names_its_worker_and_prints_the_message_with_its_newlines
 def test_ctrl_c_ends_the_study_and_its_workers_with_one_line_and_no_traceback(tmp_path):
     argv = tiny_argv(tmp_path / "ss", "--samples", "1", "--objectives", "elbo", "--epochs", "100000",
                      "--subset", "400", "--workers", "1", "--no-plots")
+    # SIGINT as at a terminal: a background job of a non-interactive shell (a CI script run with
+    # `&`) inherits it ignored, and Python then installs no KeyboardInterrupt handler
     p = subprocess.Popen([sys.executable, str(_common.BENCHMARKS / "sample_sizes.py"), *argv], text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert "1 cells: 0 already done, 1 to run" in p.stdout.readline()
         # the cell is training in its worker once its first epoch's checkpoint is written (a

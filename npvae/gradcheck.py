@@ -375,22 +375,9 @@ def check_gradient(f, p, analytic, h=1e-4, n_coords=None, rng=None, order=4, tol
 
     Parameters
     ----------
-    f : callable
-        ``f()`` returns a scalar depending on ``p``.
-    p : ndarray of float64
-        Perturbed in place and restored.
-    analytic : ndarray, shape of ``p``
-        The gradient to check.
-    h : float
-        Step size.
-    n_coords : int, optional
-        Check a random subset of this many coordinates (for big arrays).
-    rng : numpy.random.Generator or int, optional
-        Chooses the subset.
-    order : {4, 2}
-        Accuracy order of the central stencil.
-    tolerance, probe
-        As in :func:`gradient_report`.
+    f, p, analytic, h, n_coords, rng, order, tolerance, probe
+        As in :func:`gradient_report`: ``f()`` a scalar of ``p`` (float64, perturbed in place
+        and restored), ``analytic`` the gradient to check.
 
     Returns
     -------

@@ -273,8 +273,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    command = "python benchmarks/burda_table1.py " + " ".join(map(shlex.quote, argv if argv is not None
-                                                                   else sys.argv[1:]))
+    # the command that trains the cells (a --report-only redraw records the run's command)
+    command = "python benchmarks/burda_table1.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
     if not args.report_only:
         status = train_cells(args)
         if status:

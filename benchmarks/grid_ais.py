@@ -175,7 +175,7 @@ def run_bdmc(model, args, folder):
         t = time.perf_counter()
         res = bdmc(model, args.bdmc_n, chains=args.chains, steps=steps, leapfrog=args.leapfrog,
                    seed=[0, BDMC_SEED], progress=True)
-        done.append(dict(res.to_dict(), seconds=time.perf_counter() - t))
+        done.append(dict(res.to_dict(), seconds=time.perf_counter() - t, seed=[0, BDMC_SEED]))
         log(f"bdmc steps={steps}: lower {done[-1]['lower']:.3f}, upper {done[-1]['upper']:.3f}, "
             f"gap {done[-1]['gap']:.3f} (max {done[-1]['gap_max']:.3f})")
         _write_json(path, done)
@@ -267,10 +267,25 @@ def write_report(args):
               "0.65 acceptance). ± on an estimate is its Monte Carlo SE over samples/chains (it measures no "
               "bias); ± on a difference is the SE over the images of the per-image difference (paired: the "
               "same images for both). Both estimates are stochastic lower bounds of log p(x) in expectation.", ""]
-    if any_cell is None:
-        lines += ["No cell has finished yet.", ""]
-    lines += _reproduction(cells) + _bdmc_section(out, args) + _estimates(cells) + _gains(cells, args)
+    names = [name for name, _ in committed_cells(args.source, args.seeds, args.objectives, args.samples)]
+    pending = [name for name in names if name not in cells]
+    lines += [f"Finished: {len(cells)} of {len(names)} cells"
+              + (f"; not yet: {', '.join(pending)} (the same command continues them)." if pending else "."), ""]
+    if any_cell is not None:
+        lines += [_compute(out, cells), ""]
+    lines += _reproduction(cells) + _bdmc_section(out, args) + _estimates(cells, args) + _gains(cells, args)
     io.atomic_write_text(Path(str(out) + ".md"), "\n".join(lines) + "\n")
+
+
+def _compute(out, cells):
+    """Where the finished cells' time went (epochs as ``npvae.fit`` timed them; the estimates)."""
+    train = sum(h["seconds"] for name in cells
+                for h in json.loads((Path(out, "cells", name, "train.json")).read_text())["history"])
+    is_ = sum(r["is"]["seconds"] for r in cells.values())
+    ais = sum(r["ais"]["seconds"] for r in cells.values())
+    bd = sum(b["seconds"] for p in Path(out, "cells").glob("*/bdmc.json") for b in json.loads(p.read_text()))
+    return (f"Compute (one core, on a machine shared with other jobs): training {train / 60:.0f} min, IS "
+            f"{is_ / 60:.0f} min, AIS {ais / 60:.0f} min, BDMC {bd / 60:.0f} min for the finished cells.")
 
 
 def _order(cells):
@@ -313,17 +328,35 @@ def _bdmc_section(out, args):
             "2015); the gap bounds the forward estimate's error on such images. Real test images may be harder "
             "for the sampler than simulated ones.", "",
             "| model | steps | chains | images | lower | upper | gap (mean) | gap (max) | acceptance | seconds |",
-            "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|---|---|---|---|---|", *rows, "", *_bdmc_words(out, args)]
 
 
-def _estimates(cells):
+def _bdmc_words(out, args):
+    """A sentence on the gap at the chain length the AIS estimates used."""
+    words = []
+    for p in sorted(Path(out, "cells").glob("*/bdmc.json")):
+        rows = {r["steps"]: r for r in json.loads(p.read_text()) if r["chains"] == args.chains}
+        if args.steps in rows:
+            r = rows[args.steps]
+            longest = rows[max(rows)]
+            words.append(f"- {p.parent.name}: at the {args.steps} steps of the estimates below the gap is "
+                         f"{r['gap']:.2f} nats on average (at most {r['gap_max']:.2f})"
+                         + ("" if max(rows) == args.steps else
+                            f"; the {max(rows)}-step lower bound is {longest['lower'] - r['lower']:+.2f} from "
+                            f"the {args.steps}-step one and its gap {longest['gap']:.2f}, so the {args.steps}-step "
+                            f"estimate is within about {longest['upper'] - r['lower']:.2f} nats of log p(x) "
+                            "on these simulated images") + ".")
+    return words + ([""] if words else [])
+
+
+def _estimates(cells, args):
     if not cells:
         return []
     lines = ["## log p(x) by IS and by AIS, per cell", "",
              "AIS − IS: mean over the images of the per-image difference (how far IS was below AIS; negative: "
              "IS above). ESS: median over images of the IS weights' (of k) and of the AIS chains' (of the "
              "chains). k̂ > 0.7: images whose IS weights' Pareto shape marks the IS estimate unreliable.", "",
-             "| cell | IS, k = 5000 | AIS | AIS − IS | IS ESS | k̂ > 0.7 | AIS ESS | acceptance | AIS seconds |",
+             f"| cell | IS, k = {args.k} | AIS | AIS − IS | IS ESS | k̂ > 0.7 | AIS ESS | acceptance | AIS seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in _order(cells):
         i, a = r["is"], r["ais"]
@@ -354,12 +387,25 @@ def _gains(cells, args):
     return ["## IWAE's gain over the ELBO and DReG's lead, by IS and by AIS", "",
             "Differences of the per-image estimates between two cells of the same S on the same "
             f"{args.n} images; ± is the SE over the images of the paired difference.", "",
-            "| S | IWAE − ELBO (IS) | IWAE − ELBO (AIS) | DReG − IWAE (IS) | DReG − IWAE (AIS) |",
+            "| S | IWAE − ELBO (IS) | IWAE − ELBO (AIS) | IWAE-DReG − IWAE (IS) | IWAE-DReG − IWAE (AIS) |",
             "|---|---|---|---|---|", *rows, "", *[f"- {n}" for n in notes if n], "",
             f"These are differences at each cell's own parameters after {_epochs(cells)} epochs, on the first "
             f"{args.n} test images, for seed 0 only: they say nothing about the seed-to-seed spread (the "
-            "committed study's seed SDs are up to 0.5 nats for these log-likelihoods) nor about long training.",
+            f"committed study's {_seed_spread(args)}) nor about long training.",
             ""]
+
+
+def _seed_spread(args):
+    """The source study's SD over seeds of its log-likelihood (k = --k, all test images), as words."""
+    by = {}
+    for p in Path(args.source, "cells").glob("*/result.json"):
+        r = json.loads(p.read_text())
+        by.setdefault((r["objective"], r["mc_samples"]), []).append(r["log_likelihood"])
+    sds = [float(np.std(v, ddof=1)) for v in by.values() if len(v) > 1]
+    if not sds:
+        return "cells have one seed each"
+    return (f"seed SDs of the log-likelihood per cell are {min(sds):.2f}–{max(sds):.2f} nats, over "
+            f"{min(len(v) for v in by.values())}–{max(len(v) for v in by.values())} seeds")
 
 
 def _epochs(cells):
@@ -412,7 +458,8 @@ def parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
-    args.command = shlex.join(["python", "benchmarks/grid_ais.py", *argv])
+    # the report names the run's command, also when only the report is rewritten
+    args.command = shlex.join(["python", "benchmarks/grid_ais.py", *[a for a in argv if a != "--report-only"]])
     source = Path(args.source).resolve()
     args.source_name = (source.relative_to(_common.REPO).as_posix() if source.is_relative_to(_common.REPO)
                         else source.name)

@@ -326,7 +326,9 @@ def _bdmc_section(out, args):
             "On images simulated from the model (z from the prior, each pixel drawn), forward AIS gives a "
             "stochastic lower bound of log p(x) and reverse AIS from the exact z an upper bound (Grosse et al. "
             "2015); the gap bounds the forward estimate's error on such images. Real test images may be harder "
-            "for the sampler than simulated ones.", "",
+            "for the sampler than simulated ones. A finished cell gets rows by the same command restricted to it "
+            "(`--samples S --objectives O`) with `--bdmc-cells <cell> --bdmc-steps ...`; the simulated images "
+            "and chains are seeded, so a row does not depend on the command that made it.", "",
             "| model | steps | chains | images | lower | upper | gap (mean) | gap (max) | acceptance | seconds |",
             "|---|---|---|---|---|---|---|---|---|---|", *rows, "", *_bdmc_words(out, args)]
 

@@ -707,7 +707,9 @@ def npvae_load(path):
 def test_grid_ais_verdict_says_whether_a_difference_holds_beyond_two_se():
     import grid_ais
     holds = grid_ais._verdict("iwae", "elbo", 5, (2.0, 0.1), (1.5, 0.1))
-    assert "it holds under AIS, 0.50 nats smaller" in holds and "+2.00 ± 0.10 by IS" in holds
+    assert "the same sign beyond 2 SE under AIS, 0.50 nats smaller" in holds and "+2.00 ± 0.10 by IS" in holds
+    assert "it holds under AIS" in grid_ais._verdict("iwae", "elbo", 5, (2.0, 0.1), (1.5, 0.1), bias=0.6)
+    assert "not established" in grid_ais._verdict("iwae", "elbo", 5, (2.0, 0.1), (1.5, 0.1), bias=1.4)
     assert "the sign reverses" in grid_ais._verdict("iwae", "elbo", 1, (0.33, 0.15), (-0.31, 0.14))
     assert "does not hold" in grid_ais._verdict("iwae-dreg", "iwae", 5, (0.4, 0.1), (0.1, 0.1))
     assert "neither beyond 2 SE" in grid_ais._verdict("iwae-dreg", "iwae", 5, (0.1, 0.1), (0.1, 0.1))

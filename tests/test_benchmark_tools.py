@@ -782,3 +782,64 @@ def test_a_redrawn_report_keeps_the_runs_date_and_machine(tmp_path):
         lines = md.read_text().splitlines()
         assert [line for line in lines if line.startswith("Date: ")] == [run_line]
         assert sum(line.startswith("Redrawn from the cells' files on ") for line in lines) == 1
+
+
+# ---------------------------------------------------------------------------
+# benchmarks/grid_ais.py
+# ---------------------------------------------------------------------------
+@pytest.mark.slow      # trains 2 tiny cells twice (the study's, then the retraining), with IS, AIS and BDMC
+def test_grid_ais_retrains_cells_bit_for_bit_keeps_models_and_resumes(tmp_path, capsys):
+    import grid_ais
+    source, out = tmp_path / "ss", tmp_path / "ga"
+    assert study.main(tiny_argv(source, "--samples", "1", "2", "--objectives", "elbo", "iwae-dreg", "--binarize",
+                                "dynamic", "--curve", "6", "--epochs", "2", "--no-plots")) == 0
+    argv = ["--source", str(source), "--out", str(out), "--samples", "1", "2", "--objectives", "elbo", "iwae-dreg",
+            "--n", "6", "--k", "8", "--chains", "3", "--steps", "4", "--bdmc-cells", "elbo-S1-seed0", "--bdmc-n",
+            "2", "--bdmc-steps", "2", "4"]
+    assert grid_ais.main(argv) == 0
+    capsys.readouterr()
+    cells = sorted((out / "cells").glob("*/result.json"))
+    assert [p.parent.name for p in cells] == ["elbo-S1-seed0", "elbo-S2-seed0", "iwae-dreg-S1-seed0",
+                                              "iwae-dreg-S2-seed0"]
+    for p in cells:
+        r = json.loads(p.read_text())
+        committed = json.loads((source / "cells" / p.parent.name / "result.json").read_text())
+        # the retraining repeats the study's cell exactly: every epoch and every test number
+        assert r["check"]["all_equal"] and r["check"]["epochs_equal"] == [True, True], r["check"]
+        model = npvae_load(p.parent / "model.npz")
+        assert model.dtype == np.float32 and not (p.parent / "checkpoint.npz").exists()
+        x_test = study._load_data(committed["settings"])[1]
+        elbo = study.evaluate_bound(model, x_test, mc_samples=10, objective="elbo", seed=[0, 10])
+        assert -elbo["loss"] == committed["test_elbo"]          # the kept model is the cell's final model
+        with np.load(p.parent / "ais.npz") as f:
+            assert f["per_example"].shape == (6,) and ((0 <= f["acceptance"]) & (f["acceptance"] <= 1)).all()
+        assert r["ais"]["chains"] == 3 and r["is"]["k"] == 8 and r["n"] == 6
+    bdmc = json.loads((out / "cells" / "elbo-S1-seed0" / "bdmc.json").read_text())
+    assert [b["steps"] for b in bdmc] == [2, 4] and all(np.isfinite(b["gap"]) for b in bdmc)
+    report = Path(str(out) + ".md").read_text()
+    assert "| elbo-S1-seed0 | 2/2 | equal | equal | equal | equal | equal | equal |" in report
+    assert "| 2 | " in report and "IWAE − ELBO (AIS)" in report and "## How tight is AIS here: BDMC" in report
+    assert "Command: `python benchmarks/grid_ais.py --source" in report
+
+    # Resume: finished cells are read back, not recomputed
+    stamps = [p.stat().st_mtime_ns for p in cells]
+    assert grid_ais.main(argv) == 0
+    assert capsys.readouterr().err.count(": done") == 4
+    assert [p.stat().st_mtime_ns for p in cells] == stamps
+
+
+def npvae_load(path):
+    import npvae
+    return npvae.load(path)
+
+
+def test_grid_ais_verdict_says_whether_a_difference_holds_beyond_two_se():
+    import grid_ais
+    holds = grid_ais._verdict("iwae", "elbo", 5, (2.0, 0.1), (1.5, 0.1))
+    assert "the same sign beyond 2 SE under AIS, 0.50 nats smaller" in holds and "+2.00 ± 0.10 by IS" in holds
+    assert "it holds under AIS" in grid_ais._verdict("iwae", "elbo", 5, (2.0, 0.1), (1.5, 0.1), bias=0.6)
+    assert "not established" in grid_ais._verdict("iwae", "elbo", 5, (2.0, 0.1), (1.5, 0.1), bias=1.4)
+    assert "the sign reverses" in grid_ais._verdict("iwae", "elbo", 1, (0.33, 0.15), (-0.31, 0.14))
+    assert "does not hold" in grid_ais._verdict("iwae-dreg", "iwae", 5, (0.4, 0.1), (0.1, 0.1))
+    assert "neither beyond 2 SE" in grid_ais._verdict("iwae-dreg", "iwae", 5, (0.1, 0.1), (0.1, 0.1))
+    assert grid_ais.paired(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 0.0])) == (2.0, 1.0 / np.sqrt(3))

@@ -13,6 +13,7 @@ import pytest
 from _helpers import BACKENDS
 from _helpers import small_model as _small_model
 from npvae import ais, gradcheck, ops
+from npvae.fast import threads as threads_module
 
 small_model = partial(_small_model, input_dim=6, hidden=(5,), latent_dim=2, decoder_scale=3.0, backend="numpy")
 
@@ -83,14 +84,42 @@ def test_log_joint_minus_log_q_is_the_log_weight(backend):
 
 
 @pytest.mark.numba
-def test_numba_log_joint_equals_the_references():
-    model = small_model(backend="numba")
+@pytest.mark.parametrize("latent_dim, hidden, activation", [(2, (5, 4), "tanh"), (2, (6,), "relu"),
+                                                            (10, (7, 5), "tanh"), (10, (6,), "relu")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_log_joint_equals_the_references(latent_dim, hidden, activation, threads):
+    """The fused log joint (decoder forward, Bernoulli pass, backward to z alone), with a narrow
+    latent (one-pass first layer) and a wide one (BLAS), in chunks on one or two threads."""
+    from npvae.fast import engine as fast_engine
+    model = small_model(backend="numba", latent_dim=latent_dim, hidden=hidden, activation=activation)
+    model.threads = threads
     rng = np.random.default_rng(4)
-    x, z = binary_data(3), rng.standard_normal((3, 4, 2))
+    x, z = binary_data(37), rng.standard_normal((37, 60, latent_dim))
+    ref_value, ref_dz = model.engine.reference.log_joint(x, z, grad=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_engine, "FORWARD_ROWS", 300)          # several chunks per thread
+        mp.setattr(threads_module, "MIN_GROUP_ROWS", 16)      # and both threads used
+        value, dz = model.engine.log_joint(x, z, grad=True)
+        only_value = model.engine.log_joint(x, z)
+        (lik, prior), (dlik, dprior) = model.engine.log_joint(x, z, grad=True, parts=True)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-11)
+    np.testing.assert_allclose(dz, ref_dz, rtol=1e-9, atol=1e-12 * np.abs(ref_dz).max())
+    np.testing.assert_array_equal(only_value, value)
+    np.testing.assert_allclose(lik + prior, value, rtol=1e-14)
+    np.testing.assert_array_equal(dprior, -z)
+    np.testing.assert_allclose(dlik + dprior, dz, rtol=1e-14)
+
+
+@pytest.mark.numba
+def test_numba_log_joint_in_float32_is_the_references_to_float32_rounding():
+    model = small_model(backend="numba", latent_dim=10, hidden=(7, 5), activation="tanh", dtype=np.float32)
+    rng = np.random.default_rng(5)
+    x, z = binary_data(9).astype(np.float32), rng.standard_normal((9, 8, 10)).astype(np.float32)
     value, dz = model.engine.log_joint(x, z, grad=True)
     ref_value, ref_dz = model.engine.reference.log_joint(x, z, grad=True)
-    np.testing.assert_array_equal(value, ref_value)
-    np.testing.assert_array_equal(dz, ref_dz)
+    assert dz.dtype == np.float32 and value.dtype == np.float64
+    np.testing.assert_allclose(value, ref_value, rtol=2e-6)
+    np.testing.assert_allclose(dz, ref_dz, rtol=1e-4, atol=1e-5 * np.abs(ref_dz).max())
 
 
 # --------------------------------------------------------------------------

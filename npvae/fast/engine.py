@@ -6,9 +6,8 @@ recently used dropped first), splits each call into groups of examples on thread
 results equal :class:`npvae.engines.ReferenceEngine`'s to ~1e-11 relative in float64 (tested)
 (only the order of float operations differs; the tests hold them equal). It composes a
 reference engine (:attr:`NumbaEngine.reference`) for what it does not speed up, and says
-so where it uses it: ``encode``/``decode_logits`` (small, not on the hot path), ``log_joint``
-(annealed importance sampling; no fused kernel yet) and any objective without kernels in
-:mod:`npvae.fast.bounds`.
+so where it uses it: ``encode``/``decode_logits`` (small, not on the hot path) and any
+objective without kernels in :mod:`npvae.fast.bounds`.
 """
 
 from collections import OrderedDict
@@ -89,14 +88,32 @@ class NumbaEngine(Engine):
         return self.reference.decode_logits(z)
 
     def log_joint(self, x, z, grad=False, parts=False):
-        """The reference's :meth:`~npvae.engines.ReferenceEngine.log_joint`, delegated as it is.
+        """As :meth:`npvae.engines.Engine.log_joint`, fused: the decoder's forward, the Bernoulli
+        pass and, with ``grad``, the backward to ``z`` alone (no parameter gradients;
+        :func:`npvae.fast.step.log_joint_into`), in chunks of whole examples on threads, as
+        :meth:`bound`. Equal to the reference's up to the order of float sums (tested);
+        ``log p(z)`` is summed in float64 here (the reference sums in the model's dtype)."""
+        x, z = np.ascontiguousarray(x), np.ascontiguousarray(z)
+        B, S, L = z.shape
+        log_lik = np.empty((B, S))
+        dz_lik = np.empty(z.shape, self.model.dtype) if grad else None
+        act = dense.ACT_CODES[self.model.activation]
 
-        No fused kernel yet: annealed importance sampling (:mod:`npvae.ais`) runs its HMC
-        gradients through the NumPy ops on this engine too. A fused forward/backward to ``z``
-        over the workspaces of :mod:`npvae.fast.step` (skipping the parameters' gradients,
-        which the reference computes and drops) is later work.
-        """
-        return self.reference.log_joint(x, z, grad, parts)
+        def chunk(ws, b0, b1):
+            ws.z[...] = z[b0:b1]
+            step.log_joint_into(self.model, ws, x[b0:b1], act, grad)
+            np.negative(ws.nll, out=log_lik[b0:b1])
+            if grad:
+                np.negative(ws.dz, out=dz_lik[b0:b1])
+
+        self._chunks(B, S, chunk, grads=grad)
+        z64 = z.astype(np.float64)
+        log_prior = -0.5 * np.einsum("bsl,bsl->bs", z64, z64) - 0.5 * L * np.log(2.0 * np.pi)
+        value = (log_lik, log_prior) if parts else log_lik + log_prior
+        if not grad:
+            return value
+        dz_prior = -z
+        return value, ((dz_lik, dz_prior) if parts else dz_lik + dz_prior)
 
     # ------------------------------------------------------------------
     def workspace(self, B, S, grads=True, slot=0, parts=1):
@@ -177,26 +194,33 @@ class NumbaEngine(Engine):
         return out
 
     def _forward_chunks(self, x, eps, keep):
-        """The forward pass over chunks of at most :data:`FORWARD_ROWS` rows, shared among
-        :func:`npvae.fast.threads.groups_for` threads (every thread gets a chunk when there
-        are enough rows, however few examples); ``keep(ws, b0, b1, eps[b0:b1])`` takes each
-        chunk's results from its workspace (different chunks write different rows: no
-        locking)."""
+        """The forward pass over chunks (:meth:`_chunks`); ``keep(ws, b0, b1, eps[b0:b1])``
+        takes each chunk's results from its workspace."""
         model = self.model
         x, eps = np.ascontiguousarray(x), np.ascontiguousarray(eps)
-        B, S, _ = eps.shape
         act = dense.ACT_CODES[model.activation]
+
+        def chunk(ws, b0, b1):
+            e = eps[b0:b1]
+            step.forward_into(model, ws, x[b0:b1], e, act, nll_only=True)
+            keep(ws, b0, b1, e)
+
+        self._chunks(*eps.shape[:2], chunk)
+
+    def _chunks(self, B, S, fn, grads=False):
+        """``fn(ws, b0, b1)`` over chunks of examples ``b0:b1`` of at most :data:`FORWARD_ROWS`
+        rows ``B * S`` (or one example, when ``S`` is larger), each in a workspace of its shape
+        (``grads``: with the backward's arrays), shared among :func:`npvae.fast.threads.groups_for`
+        threads (every thread gets a chunk when there are enough rows, however few examples).
+        Different chunks write different rows: no locking."""
         n_threads = threads.groups_for(self, B, S)
-        chunk = max(1, min(-(-B // n_threads), FORWARD_ROWS // S))
-        starts = list(range(0, B, chunk))
+        size = max(1, min(-(-B // n_threads), FORWARD_ROWS // S))
+        starts = list(range(0, B, size))
 
         def run(slot, i0, i1):  # chunks starts[i0:i1]
             for b0 in starts[i0:i1]:
-                b1 = min(B, b0 + chunk)
-                ws = self.workspace(b1 - b0, S, grads=False, slot=slot)
-                e = eps[b0:b1]
-                step.forward_into(model, ws, x[b0:b1], e, act, nll_only=True)
-                keep(ws, b0, b1, e)
+                b1 = min(B, b0 + size)
+                fn(self.workspace(b1 - b0, S, grads=grads, slot=slot), b0, b1)
 
         threads.run_groups(run, threads.split(len(starts), min(n_threads, len(starts))))
 

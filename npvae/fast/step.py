@@ -36,7 +36,7 @@ import numpy as np
 from .. import objectives as obj
 from . import bernoulli, bounds, dense, jobs, latent
 
-__all__ = ["Workspace", "layout", "workspace_bytes", "forward_into", "bound", "train_step", "step", "Profiler", "NO_PROFILE"]
+__all__ = ["Workspace", "layout", "workspace_bytes", "forward_into", "decoder_into", "log_joint_into", "bound", "train_step", "step", "Profiler", "NO_PROFILE"]
 
 
 class _NoProfile:
@@ -152,8 +152,6 @@ def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
     forward-only Bernoulli pass). ``prof`` is marked at the end of each phase.
     """
     p, nh = model.params, len(model.hidden)
-    B, S, L = eps.shape
-    D = x.shape[1]
     h = x
     for i in range(nh):
         out = ws.enc_h[i]                                            # (B, H_i)
@@ -167,6 +165,17 @@ def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
     prof.mark("encoder GEMMs + bias/act")
     latent.reparam_kl_forward(ws.mu, ws.log_var, eps, ws.z, ws.kl)       # (B, S, L), (B,)
     prof.mark("reparam + KL")
+    decoder_into(model, ws, x, act, prof, nll_only)
+
+
+def decoder_into(model, ws, x, act, prof=NO_PROFILE, nll_only=False):
+    """The decoder and the Bernoulli pass from the latent points in ``ws.z`` (B, S, L), into
+    ``ws``: the hidden activations, ``ws.nll`` (B, S) and, unless ``nll_only``,
+    ``ws.logits`` overwritten by ``sigmoid(logits) - x`` (the second half of
+    :func:`forward_into`; :func:`log_joint_into` runs it alone)."""
+    p, nh = model.params, len(model.hidden)
+    B, S, L = ws.z.shape
+    D = x.shape[1]
     h = ws.z.reshape(B * S, L)
     for i in range(nh):
         out = ws.dec_h[i]                                            # (B * S, H_i)
@@ -186,6 +195,35 @@ def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
     else:
         ws.passes.bernoulli_nll_and_grad(logits, x, ws.nll, logits, ws.work, bias=p["dec.out.b"])
     prof.mark("output Bernoulli pass (bias, NLL, sigmoid - x)")
+
+
+def log_joint_into(model, ws, x, act, grad=True):
+    """``log p(x|z)``'s pieces at the latent points in ``ws.z`` (B, S, L), for annealed
+    importance sampling: ``ws.nll`` (B, S) is ``-log p(x|z)`` and, with ``grad``, ``ws.dz``
+    (B, S, L) is ``-d log p(x|z) / dz`` (the NLL's gradient in ``z``).
+
+    The decoder's forward and the Bernoulli pass (:func:`decoder_into`), then the backward
+    from ``sigmoid(logits) - x`` to ``z`` alone: the products ``d @ W.T`` and the
+    activations' derivatives, none of the parameters' gradients (a third fewer FLOPs than
+    a training step's decoder backward). The reference is
+    :meth:`npvae.engines.ReferenceEngine.log_joint`; equal up to the order of float sums.
+    """
+    decoder_into(model, ws, x, act, nll_only=not grad)
+    if not grad:
+        return
+    p, nh = model.params, len(model.hidden)
+    B, S, L = ws.z.shape
+    N = B * S
+    z2, dz2 = ws.z.reshape(N, L), ws.dz.reshape(N, L)
+    np.matmul(ws.logits, p["dec.out.W"].T, out=ws.dec_d[-1])         # (N, H): g @ W.T
+    for i in reversed(range(nh)):
+        dout = ws.dec_d[i]
+        if i == 0 and L <= dense.NARROW_INPUT:   # its dW and db land in the workspace's grads, unused
+            ws.passes.narrow_dense_act_backward(dout, ws.dec_h[0], act, ws.row_w, False, z2, p["dec.0.W"],
+                                                ws.grads["dec.0.W"], ws.grads["dec.0.b"], dz2)
+            return
+        dense.act_backward(dout, ws.dec_h[i], act, dout)
+        np.matmul(dout, p[f"dec.{i}.W"].T, out=ws.dec_d[i - 1] if i > 0 else dz2)
 
 
 def dense_backward_into(da, h_in, p, g, name, d_in):

@@ -530,6 +530,28 @@ def test_rmsprop_step_in_parts_is_bit_identical(monkeypatch, blas_on_two_threads
     assert len(calls) == 5
 
 
+@jobs_here
+def test_adam_step_in_parts_is_bit_identical(monkeypatch, blas_on_two_threads):
+    from npvae.fast import jobs
+    monkeypatch.setattr(jobs, "MIN_JOB_ELEMENTS", 100)
+    calls = counting_jobs(monkeypatch)
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal((31, 17)).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    for t in range(1, 6):
+        g = rng.standard_normal(p.shape).astype(np.float32)
+        alpha = 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.99 ** t)
+        jobs.adam_in_parts(p, g, m, v, alpha, 0.99, 0.999, 5e-6)
+        updates.adam_step(p2, g, m2, v2, alpha, 0.99, 0.999, 5e-6)
+        for a, b in ((p, p2), (m, m2), (v, v2)):
+            np.testing.assert_array_equal(a, b)
+    assert len(calls) == 5 and all(len(c) == 2 for c in calls)
+    with blas.single_threaded():                       # BLAS on 1 thread: one part, no jobs
+        jobs.adam_in_parts(p, g, m, v, 1e-3, 0.99, 0.999, 5e-6)
+    assert len(calls) == 5
+
+
 # --------------------------------------------------------------------------
 # Backend choice
 # --------------------------------------------------------------------------

@@ -637,6 +637,19 @@ def test_rmsprop_job_equals_the_kernel_bit_for_bit(rng):
     np.testing.assert_array_equal(v2, v)
 
 
+def test_adam_job_equals_the_kernel_bit_for_bit(rng):
+    n = 1001
+    p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    m, v = rng.standard_normal(n).astype(np.float32), np.abs(rng.standard_normal(n)).astype(np.float32)
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    updates.adam_step(p, g, m, v, 2e-3, 0.9, 0.999, 1e-7)
+    rec = job_table(jobs.JOB_ADAM, n, 0, 0, 0, [p2, g, m2, v2], 4, parts=3)
+    rec[:, 12:] = np.array([2e-3, 0.9, 0.999, 1e-7]).view(np.int64)
+    run_jobs_here(rec)
+    for a, b in ((p2, p), (m2, m), (v2, v)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_wide_vectors_marks_the_calling_kernel_for_512_bit_vectors():
     """The intrinsic adds LLVM's function attribute to the function that calls it (a fresh,
     uncached function here, since numba does not show the IR of cached ones)."""

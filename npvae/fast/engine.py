@@ -42,7 +42,7 @@ def _rmsprop(p, g, slots, scalars):
 
 
 def _adam(p, g, slots, scalars):
-    updates.adam_step(p, g, slots[0], slots[1], *scalars)
+    jobs.adam_in_parts(p, g, slots[0], slots[1], *scalars)
 
 
 #: The fused update of each rule an optimizer may publish (:class:`npvae.optim.FusedSpec`):

@@ -12,7 +12,7 @@ per thread). Float32 only: the float64 Bernoulli pass uses NumPy ufuncs, which a
 cannot call, and float64 is the precision for checks, not for speed.
 
 The layout of a record is defined here and nowhere else: :func:`job_records` writes
-records, :func:`_row_job` reads them, and :class:`Jobs` and :func:`rmsprop_in_parts`
+records, :func:`_row_job` reads them, and :class:`Jobs` and :func:`_update_in_parts`
 are the only callers. The step itself calls the passes through an object with the
 kernels' signatures: :data:`SERIAL` (the kernels themselves, on the calling thread) or
 a :class:`Jobs` (the same in parts).
@@ -26,8 +26,8 @@ from . import bernoulli, blas, dense, updates
 from ._jit import JIT, inline_kernel, kernel, literal_unroll, numba
 
 __all__ = ["JOB_FIELDS", "JOB_BERNOULLI", "JOB_NARROW_FORWARD", "JOB_SCALE_ROWS", "JOB_WEIGHTED_BIAS",
-           "JOB_NARROW_BACKWARD", "JOB_RMSPROP", "job_records", "row_job_address", "Jobs", "SERIAL",
-           "rmsprop_in_parts", "MIN_JOB_ELEMENTS"]
+           "JOB_NARROW_BACKWARD", "JOB_RMSPROP", "JOB_ADAM", "job_records", "row_job_address", "Jobs",
+           "SERIAL", "rmsprop_in_parts", "adam_in_parts", "MIN_JOB_ELEMENTS"]
 
 #: int64 fields of a job record: ``[op, r0, r1, n, f, k, flag, address x 9]`` (:func:`job_records`).
 JOB_FIELDS = 16
@@ -44,7 +44,10 @@ JOB_FIELDS = 16
 #:   ``flag`` = act + 16 * weighted.
 #: * ``JOB_RMSPROP``: p (n,), g (n,), v (n,) (:func:`npvae.fast.updates.rmsprop_step` on elements ``r0:r1``);
 #:   ``lr``, ``rho``, ``eps`` as float64 in fields 13-15.
-JOB_BERNOULLI, JOB_NARROW_FORWARD, JOB_SCALE_ROWS, JOB_WEIGHTED_BIAS, JOB_NARROW_BACKWARD, JOB_RMSPROP = range(1, 7)
+#: * ``JOB_ADAM``: p (n,), g (n,), m (n,), v (n,) (:func:`npvae.fast.updates.adam_step` on elements ``r0:r1``);
+#:   ``alpha``, ``beta1``, ``beta2``, ``eps`` as float64 in fields 12-15.
+(JOB_BERNOULLI, JOB_NARROW_FORWARD, JOB_SCALE_ROWS, JOB_WEIGHTED_BIAS, JOB_NARROW_BACKWARD, JOB_RMSPROP,
+ JOB_ADAM) = range(1, 8)
 
 
 @kernel
@@ -97,6 +100,10 @@ def _row_job(rec_address):
         p, g, v = _f32_at(rec[7], (n,)), _f32_at(rec[8], (n,)), _f32_at(rec[9], (n,))
         scalars = _carray(_f64_ptr(rec_address), (JOB_FIELDS,))
         updates.rmsprop_step(p[r0:r1], g[r0:r1], v[r0:r1], scalars[13], scalars[14], scalars[15])
+    elif op == JOB_ADAM:
+        p, g, m, v = _f32_at(rec[7], (n,)), _f32_at(rec[8], (n,)), _f32_at(rec[9], (n,)), _f32_at(rec[10], (n,))
+        scalars = _carray(_f64_ptr(rec_address), (JOB_FIELDS,))
+        updates.adam_step(p[r0:r1], g[r0:r1], m[r0:r1], v[r0:r1], scalars[12], scalars[13], scalars[14], scalars[15])
 
 
 _row_job_cfunc = None      # the compiled cfunc; False if compiling it failed
@@ -237,8 +244,31 @@ class Jobs(_Serial):
             dense.narrow_dense_act_backward(dout, out_act, act, w, weighted, z, W, dW, db, dz)
 
 
-#: :func:`rmsprop_in_parts` splits parameters into parts of at least this many elements.
+#: :func:`rmsprop_in_parts` and :func:`adam_in_parts` split parameters into parts of at least this many elements.
 MIN_JOB_ELEMENTS = 1 << 15
+
+
+def _update_parts(arrays):
+    """Parts an elementwise update of ``arrays`` (the parameter, its gradient and the
+    optimizer's slots) runs in on BLAS's threads: as many as BLAS runs threads right now
+    (1 while a step runs in groups, :func:`npvae.fast.blas.single_threaded`), with at least
+    :data:`MIN_JOB_ELEMENTS` each; 1 (the calling thread) unless all are C-contiguous
+    float32, :func:`npvae.fast.blas.jobs_available` and the job function compiled."""
+    p = arrays[0]
+    if not (all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays) and p.size >= 2 * MIN_JOB_ELEMENTS
+            and blas.jobs_available()):
+        return 1
+    parts = min(blas.current_threads() or 1, p.size // MIN_JOB_ELEMENTS)
+    return parts if parts > 1 and row_job_address() is not None else 1
+
+
+def _update_in_parts(op, arrays, scalars, parts):
+    """Run the update ``op`` over ``arrays`` in ``parts`` on BLAS's threads, its float64
+    ``scalars`` in the last fields of each record (:data:`JOB_FIELDS`)."""
+    records = np.empty((parts, JOB_FIELDS), np.int64)
+    job_records(records, op, arrays[0].size, 0, 0, 0, 1, tuple(arrays), len(arrays))
+    records[:, JOB_FIELDS - len(scalars):] = np.array(scalars, np.float64).view(np.int64)
+    blas.run_jobs(row_job_address(), records)
 
 
 def rmsprop_in_parts(p, g, v, lr, rho, eps):
@@ -251,14 +281,18 @@ def rmsprop_in_parts(p, g, v, lr, rho, eps):
     :func:`npvae.fast.blas.jobs_available`. Elementwise, so the result is the same bit for
     bit as one part.
     """
-    parts = 1
-    if (p.dtype == g.dtype == v.dtype == np.float32 and p.size >= 2 * MIN_JOB_ELEMENTS and blas.jobs_available()
-            and p.flags.c_contiguous and g.flags.c_contiguous and v.flags.c_contiguous):
-        parts = min(blas.current_threads() or 1, p.size // MIN_JOB_ELEMENTS)
-    if parts < 2 or row_job_address() is None:
+    parts = _update_parts((p, g, v))
+    if parts < 2:
         updates.rmsprop_step(p, g, v, lr, rho, eps)
-        return
-    records = np.empty((parts, JOB_FIELDS), np.int64)
-    job_records(records, JOB_RMSPROP, p.size, 0, 0, 0, 1, (p, g, v), 3)
-    records[:, 13:] = np.array([lr, rho, eps]).view(np.int64)
-    blas.run_jobs(row_job_address(), records)
+    else:
+        _update_in_parts(JOB_RMSPROP, (p, g, v), (lr, rho, eps), parts)
+
+
+def adam_in_parts(p, g, m, v, alpha, beta1, beta2, eps):
+    """:func:`npvae.fast.updates.adam_step` in parts on BLAS's threads where it pays, as
+    :func:`rmsprop_in_parts` (elementwise: the same bit for bit as one part)."""
+    parts = _update_parts((p, g, m, v))
+    if parts < 2:
+        updates.adam_step(p, g, m, v, alpha, beta1, beta2, eps)
+    else:
+        _update_in_parts(JOB_ADAM, (p, g, m, v), (alpha, beta1, beta2, eps), parts)

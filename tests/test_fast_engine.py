@@ -266,7 +266,7 @@ def test_group_count_follows_threads_batch_and_minimum_rows(monkeypatch):
 def test_fit_runs_its_steps_in_groups_by_default(monkeypatch):
     """Regression: fit holds BLAS at one thread; the default thread count must not read that 1."""
     fake = fake_blas(monkeypatch, threads=2)                 # a BLAS with 2 threads, on 2 cores
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "_CPUS", 2)
     monkeypatch.setattr(threads, "MIN_GROUP_ROWS", 1)
     _, fast = pair(np.float32, input_dim=784, latent_dim=2, hidden=(16,))
     seen, real_step = [], fast_engine.step.train_step

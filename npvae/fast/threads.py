@@ -40,6 +40,8 @@ __all__ = ["threads_for", "groups_for", "job_parts", "steps_context", "run_group
 #: S = 25 (by ~10%).
 MIN_GROUP_ROWS = 1024
 
+_CPUS = os.cpu_count() or 1      # asked once: threads_for runs on every step (~30 us a call)
+
 #: A one-group step's row passes are split (:func:`job_parts`) into parts of at least this many rows.
 MIN_JOB_ROWS = 100
 
@@ -54,7 +56,7 @@ def threads_for(engine):
     if threads is not None:
         return threads
     count = blas.get_threads()
-    return 1 if count is None else max(1, min(count, os.cpu_count() or 1))
+    return 1 if count is None else max(1, min(count, _CPUS))
 
 
 def groups_for(engine, B, S):

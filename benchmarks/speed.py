@@ -131,6 +131,13 @@ class Workload(NamedTuple):
 SEED = Workload()
 
 
+def warm_up_data(x, batch_size):
+    """The images of a warm-up epoch: two full batches and a last one of the size an epoch over
+    ``x`` ends with, so that a compiled step (JAX's) exists for every batch shape the timed
+    epochs take."""
+    return x[:2 * batch_size + len(x) % batch_size]
+
+
 def train_jax(x, S, epochs, threads, seed, clock, workload=SEED):
     """The JAX peer's run: a warm-up that compiles the step, then ``epochs`` timed epochs;
     returns their seconds and losses and the process's RSS after the warm-up (MB)."""
@@ -141,7 +148,7 @@ def train_jax(x, S, epochs, threads, seed, clock, workload=SEED):
     run = functools.partial(jv.train, batch_size=w.batch_size, mc_samples=S, objective=w.objective, seed=seed,
                             optimizer=jv.make_optimizer(w.optimizer, **dict(w.hyperparameters)),
                             activation=w.activation)
-    run(build(), x[:2 * w.batch_size], 1)    # compiles the step (XLA), outside the clock
+    run(build(), warm_up_data(x, w.batch_size), 1)    # compiles the steps (XLA), outside the clock
     rss0 = _rss_mb()
     model = build()
     clock.start()
@@ -159,7 +166,7 @@ def train_torch(x, S, epochs, threads, seed, clock, workload=SEED):
                               activation=w.activation)
     run = functools.partial(tv.train, batch_size=w.batch_size, mc_samples=S, objective=w.objective, seed=seed,
                             threads=threads, optimizer=tv.make_optimizer(w.optimizer, **dict(w.hyperparameters)))
-    run(build(), x[:2 * w.batch_size], 1)   # allocator warm-up
+    run(build(), warm_up_data(x, w.batch_size), 1)   # allocator warm-up
     rss0 = _rss_mb()
     model = build()
     clock.start()
@@ -175,7 +182,7 @@ def train_npvae(contender, x, S, epochs, seed, clock, workload=SEED):
     build = functools.partial(npvae.VAE, hidden=w.hidden, latent_dim=w.latent_dim, activation=w.activation,
                               dtype=dtype, backend=backend, seed=seed)
     run = functools.partial(npvae.fit, batch_size=w.batch_size, mc_samples=S, objective=w.objective)
-    run(build(), x[:2 * w.batch_size], epochs=1, optimizer=w.npvae_optimizer(), verbose=0)  # numba cache load
+    run(build(), warm_up_data(x, w.batch_size), epochs=1, optimizer=w.npvae_optimizer(), verbose=0)  # numba cache
     x = x.astype(dtype, copy=False)  # as fit would, outside the clock and the memory growth
     rss0 = _rss_mb()
     model = build()
@@ -401,7 +408,7 @@ def train_once(args, rep, c, S, script=__file__):
     the worker's result (with ``others``, the share of the machine others took) and the line
     that says how busy the machine was."""
     seen = []
-    for attempt in range(2):
+    for _ in range(2):
         with Meter(args.disturbed) as meter:
             res = spawn(args.threads, "--worker", "train", "--contender", c, "--S", S, "--epochs", args.epochs,
                         *_subset_args(args.subset), script=script)

@@ -255,7 +255,7 @@ def rates_section(record):
         if not measured:
             continue
         rate = spread(r["gflops"] for r in measured)[0]
-        out_shape = [batch * S // measured[0]["groups"], fan_in, fan_out]
+        out_shape = [batch // measured[0]["groups"] * S, fan_in, fan_out]      # a group's rows
         out_rate = spread(p[3] for r in measured for p in r["products"] if p[:3] == out_shape)[0]
         flops = epoch_flops(lay, n, S, batch=batch)
         if (NPVAE, S) in found:
@@ -315,7 +315,7 @@ def header(record):
             "`benchmarks/peers/jax_vae.py` (one jit-compiled step, Keras' Adam) and `torch_vae.py` "
             "(`torch.optim.Adam`), float32.  ",
             f"Threads: {T} for every contender (OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS={T}, torch.set_num_threads({T}), "
-            f"JAX pinned to {plural(T, 'CPU')}). Each run is a fresh process: a warm-up on {2 * w['batch_size']} images "
+            f"JAX pinned to {plural(T, 'CPU')}). Each run is a fresh process: a warm-up epoch of two or three batches "
             f"outside the clock, then {plural(settings['epochs'], 'timed epoch')}; "
             f"{plural(settings['repeats'], 'round')}, the contenders alternating in an order rotated each round.", ""]
 

@@ -296,6 +296,12 @@ def test_train_once_measures_a_disturbed_run_again_and_says_what_the_first_saw(m
     assert speed.rotation(["a", "b", "c"], 4) == ["b", "c", "a"]
 
 
+def test_the_warm_up_epoch_ends_with_a_batch_of_the_timed_epochs_last_size():
+    assert len(speed.warm_up_data(np.arange(400), 20)) == 40
+    assert len(speed.warm_up_data(np.arange(410), 20)) == 50          # 20, 20 and the last 10
+    assert len(speed.warm_up_data(np.arange(30), 20)) == 30
+
+
 # ---------------------------------------------------------------------------
 # benchmarks/speed_study.py: the report from a synthetic record (no training)
 # ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ for _path in (PEERS, REPO):
         sys.path.insert(0, str(_path))
 
 __all__ = ["BENCHMARKS", "REPO", "RESULTS", "PEERS", "cpu_name", "loadavg", "machine", "numpy_blas",
-           "library_versions", "gflops", "product", "gemm_rate", "gemm_rate_parallel", "step_flops",
+           "library_versions", "gflops", "product", "gemm_rate", "gemm_rate_parallel", "step_products", "step_flops",
            "epoch_flops", "load_mnist", "ess", "plural"]
 
 
@@ -174,20 +174,28 @@ def gemm_rate_parallel(rows, inner, cols, dtype, threads, reps=8):
 # --------------------------------------------------------------------------
 # FLOPs of training
 # --------------------------------------------------------------------------
-def step_flops(layers, batch, mc_samples):
-    """FLOPs (a multiply-add counts 2) of the dense layers' products in one training step.
+def step_products(layers, batch, mc_samples):
+    """The dense layers' matrix products in one training step, ``[(rows, inner, cols), ...]``
+    (each ``(rows, inner) @ (inner, cols)``), layer by layer.
 
     ``layers``: ``model.layer_shapes()``, ``(name, fan_in, fan_out)``; the encoder's layers
-    (``enc.*``) run on ``batch`` rows, the decoder's on ``batch * mc_samples``. Counted: the
-    forward product, and backward's dW and dX products, with no dX for the first layer (the
-    data needs no gradient). Bias, activation and loss kernels are not counted.
+    (``enc.*``) run on ``batch`` rows, the decoder's on ``batch * mc_samples``. Per layer of
+    ``rows`` rows: the forward product ``(rows, fan_in, fan_out)``, backward's dW
+    ``(fan_in, rows, fan_out)`` (``X^T dY``) and dX ``(rows, fan_out, fan_in)`` (``dY W^T``),
+    with no dX for the first layer (the data needs no gradient).
     """
-    total = 0.0
+    products = []
     for i, (name, fan_in, fan_out) in enumerate(layers):
         rows = batch if name.startswith("enc.") else batch * mc_samples
-        product_flops = 2.0 * rows * fan_in * fan_out
-        total += product_flops * (2 if i == 0 else 3)
-    return total
+        products += [(rows, fan_in, fan_out), (fan_in, rows, fan_out)] + ([(rows, fan_out, fan_in)] if i else [])
+    return products
+
+
+def step_flops(layers, batch, mc_samples):
+    """FLOPs (a multiply-add counts 2) of the dense layers' products in one training step
+    (:func:`step_products`: forward, dW and dX, no dX for the first layer). Bias, activation
+    and loss kernels are not counted."""
+    return sum(2.0 * rows * inner * cols for rows, inner, cols in step_products(layers, batch, mc_samples))
 
 
 def epoch_flops(layers, n, mc_samples, batch=100):

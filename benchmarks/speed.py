@@ -32,6 +32,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def _load_x(subset):
     return x if subset is None else x[:subset]
 
 
-class _EpochClock:
+class EpochClock:
     """Process CPU time at the end of each epoch: a file for ``npvae.fit(verbose=2)`` (one line
     per epoch) or a callback for the peer's ``train``."""
 
@@ -107,42 +108,97 @@ class _EpochClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def _train_jax(x, S, epochs, threads, seed, clock):
+class Workload(NamedTuple):
+    """What a training run trains, in the terms npvae and both peers take: the model
+    (784-``hidden``-``latent_dim``, the decoder mirrored, ``activation``), the batch, the
+    objective, and the optimizer: its name and hyperparameters (``((name, value), ...)``,
+    named as :mod:`npvae.optim`'s; each library's defaults where not given). The default is
+    the seed's: 784-256-2 relu, batch 100, ELBO, RMSprop with Keras' settings."""
+    hidden: tuple = (256,)
+    latent_dim: int = 2
+    activation: str = "relu"
+    batch_size: int = BATCH
+    objective: str = "elbo"
+    optimizer: str = "rmsprop"
+    hyperparameters: tuple = ()
+
+    def npvae_optimizer(self):
+        """A fresh :mod:`npvae.optim` optimizer."""
+        from npvae import optim
+        return optim.get_optimizer(self.optimizer, **dict(self.hyperparameters))
+
+
+SEED = Workload()
+
+
+def warm_up_data(x, batch_size):
+    """The images of a warm-up epoch: two full batches and a last one of the size an epoch over
+    ``x`` ends with, so that a compiled step (JAX's) exists for every batch shape the timed
+    epochs take."""
+    return x[:2 * batch_size + len(x) % batch_size]
+
+
+def train_jax(x, S, epochs, threads, seed, clock, workload=SEED):
+    """The JAX peer's run: a warm-up that compiles the step, then ``epochs`` timed epochs;
+    returns their seconds and losses and the process's RSS after the warm-up (MB)."""
     import jax_vae as jv
     jv.setup(threads)            # pinned to `threads` CPUs before jax is imported: XLA's pool follows
-    warm = jv.build_model(seed=seed)
-    jv.train(warm, x[:2 * BATCH], 1, mc_samples=S, seed=seed)   # compiles the step (XLA), outside the clock
+    w = workload
+    build = functools.partial(jv.build_model, hidden=w.hidden, latent_dim=w.latent_dim, seed=seed)
+    run = functools.partial(jv.train, batch_size=w.batch_size, mc_samples=S, objective=w.objective, seed=seed,
+                            optimizer=jv.make_optimizer(w.optimizer, **dict(w.hyperparameters)),
+                            activation=w.activation)
+    run(build(), warm_up_data(x, w.batch_size), 1)    # compiles the steps (XLA), outside the clock
     rss0 = _rss_mb()
-    model = jv.build_model(seed=seed)
+    model = build()
     clock.start()
-    _, history = jv.train(model, x, epochs, batch_size=BATCH, mc_samples=S, seed=seed, callback=clock)
+    _, history = run(model, x, epochs, callback=clock)
     return [r["seconds"] for r in history], [r["loss"] for r in history], rss0
 
 
-def _train_torch(x, S, epochs, threads, seed, clock):
+def train_torch(x, S, epochs, threads, seed, clock, workload=SEED):
+    """The PyTorch peer's run, as :func:`train_jax`."""
     import torch
     import torch_vae as tv
     torch.set_num_threads(threads)
-    warm = tv.build_model(seed=seed)
-    tv.train(warm, x[:2 * BATCH], 1, mc_samples=S, seed=seed, threads=threads)  # allocator warm-up
+    w = workload
+    build = functools.partial(tv.build_model, hidden=w.hidden, latent_dim=w.latent_dim, seed=seed,
+                              activation=w.activation)
+    run = functools.partial(tv.train, batch_size=w.batch_size, mc_samples=S, objective=w.objective, seed=seed,
+                            threads=threads, optimizer=tv.make_optimizer(w.optimizer, **dict(w.hyperparameters)))
+    run(build(), warm_up_data(x, w.batch_size), 1)   # allocator warm-up
     rss0 = _rss_mb()
-    model = tv.build_model(seed=seed)
+    model = build()
     clock.start()
-    history = tv.train(model, x, epochs, batch_size=BATCH, mc_samples=S, seed=seed, threads=threads, callback=clock)
+    history = run(model, x, epochs, callback=clock)
     return [r["seconds"] for r in history], [r["loss"] for r in history], rss0
 
 
-def _train_npvae(contender, x, S, epochs, seed, clock):
+def train_npvae(contender, x, S, epochs, seed, clock, workload=SEED):
+    """npvae's run (``contender``: "backend-dtype") through ``npvae.fit``, as :func:`train_jax`."""
     import npvae
     backend, dtype = contender.split("-")
-    warm = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
-    npvae.fit(warm, x[:2 * BATCH], epochs=1, batch_size=BATCH, mc_samples=S, verbose=0)  # numba cache load
+    w = workload
+    build = functools.partial(npvae.VAE, hidden=w.hidden, latent_dim=w.latent_dim, activation=w.activation,
+                              dtype=dtype, backend=backend, seed=seed)
+    run = functools.partial(npvae.fit, batch_size=w.batch_size, mc_samples=S, objective=w.objective)
+    run(build(), warm_up_data(x, w.batch_size), epochs=1, optimizer=w.npvae_optimizer(), verbose=0)  # numba cache
     x = x.astype(dtype, copy=False)  # as fit would, outside the clock and the memory growth
     rss0 = _rss_mb()
-    model = npvae.VAE(dtype=dtype, backend=backend, seed=seed)
+    model = build()
     clock.start()
-    history = npvae.fit(model, x, epochs=epochs, batch_size=BATCH, mc_samples=S, verbose=2, seed=seed, file=clock)
+    history = run(model, x, epochs=epochs, optimizer=w.npvae_optimizer(), verbose=2, seed=seed, file=clock)
     return list(history["seconds"]), list(history["loss"]), rss0
+
+
+def train_contender(contender, x, S, epochs, threads, seed, clock, workload=SEED):
+    """Train a fresh model of ``contender`` on ``x`` (after a warm-up outside the clock): the
+    timed epochs' seconds and losses, and the RSS after the warm-up (MB)."""
+    if contender.startswith("jax"):
+        return train_jax(x, S, epochs, threads, seed, clock, workload)
+    if contender.startswith("torch"):
+        return train_torch(x, S, epochs, threads, seed, clock, workload)
+    return train_npvae(contender, x, S, epochs, seed, clock, workload)
 
 
 def worker_train(contender, S, epochs, subset, threads, seed=0):
@@ -152,13 +208,8 @@ def worker_train(contender, S, epochs, subset, threads, seed=0):
         import jax_vae
         jax_vae.setup(threads)       # before anything (the data's loader included) imports jax
     x = _load_x(subset)
-    clock = _EpochClock()
-    if contender.startswith("jax"):
-        seconds, losses, rss0 = _train_jax(x, S, epochs, threads, seed, clock)
-    elif contender.startswith("torch"):
-        seconds, losses, rss0 = _train_torch(x, S, epochs, threads, seed, clock)
-    else:
-        seconds, losses, rss0 = _train_npvae(contender, x, S, epochs, seed, clock)
+    clock = EpochClock()
+    seconds, losses, rss0 = train_contender(contender, x, S, epochs, threads, seed, clock)
     maxrss = _maxrss_mb()
     lib = contender.split("-")[0] if contender.startswith(("torch", "jax")) else "numpy"
     rate = gemm_rate(*output_product(S), dtype="float32" if contender.endswith("32") else "float64", lib=lib)
@@ -291,6 +342,11 @@ def run_worker(args):
         res = worker_profile(args.S, args.steps, args.subset, args.threads)
     if isinstance(res, list):
         res = {"records": res}
+    print_result(res)
+
+
+def print_result(res):
+    """A worker's answer: the RESULT line that :func:`spawn` reads."""
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -307,9 +363,10 @@ def thread_env(threads):
     return env
 
 
-def spawn(threads, *argv):
-    """Run this script as a worker (``argv``) in a fresh process; its RESULT line as a dict."""
-    cmd = [sys.executable, os.path.abspath(__file__), *map(str, argv), "--threads", str(threads)]
+def spawn(threads, *argv, script=__file__):
+    """Run ``script`` (this one by default) as a worker (``argv``) in a fresh process with
+    ``threads`` threads (:func:`thread_env`); its RESULT line (:func:`print_result`) as a dict."""
+    cmd = [sys.executable, os.path.abspath(script), *map(str, argv), "--threads", str(threads)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads))
     if p.returncode != 0:
@@ -345,19 +402,31 @@ def _subset_args(subset):
     return ["--subset", subset] if subset else []
 
 
-def train_once(args, rep, c, S):
-    """One training run of contender ``c`` at ``S``, measured again (once) if others disturbed it;
-    returns the worker's result and the line that says how busy the machine was."""
-    for attempt in range(2):
+def train_once(args, rep, c, S, script=__file__):
+    """One training run of contender ``c`` at ``S`` (``script``'s worker "train", which takes
+    ``--contender --S --epochs --subset``), measured again (once) if others disturbed it; returns
+    the worker's result (with ``others``, the share of the machine others took) and the line
+    that says how busy the machine was."""
+    seen = []
+    for _ in range(2):
         with Meter(args.disturbed) as meter:
             res = spawn(args.threads, "--worker", "train", "--contender", c, "--S", S, "--epochs", args.epochs,
-                        *_subset_args(args.subset))
+                        *_subset_args(args.subset), script=script)
         res["others"] = meter.others or 0.0
-        line = (f"rep {rep} S={S} {c}: others took {res['others']:.0%} of the machine"
-                + (" (disturbed" + (", measured again)" if attempt == 0 else ", kept)") if meter.disturbed else ""))
+        seen.append(f"{res['others']:.0%}")
         if not meter.disturbed:
             break
+    line = f"rep {rep} S={S} {c}: others took {seen[-1]} of the machine"
+    if len(seen) == 2:
+        line += (f" (measured again: others took {seen[0]} of the first run"
+                 + ("; disturbed again, kept)" if meter.disturbed else ")"))
     return res, line
+
+
+def rotation(contenders, rep):
+    """The order of ``contenders`` in round ``rep``: rotated by ``rep``, so that each runs first in turn."""
+    k = rep % len(contenders)
+    return list(contenders[k:]) + list(contenders[:k])
 
 
 def measure_training(args):
@@ -366,8 +435,7 @@ def measure_training(args):
     for rep in range(args.repeats):
         for S in args.samples:
             m.gemm.setdefault(S, []).append(spawn(args.threads, "--worker", "gemm", "--S", S))
-            order = args.contenders[rep % len(args.contenders):] + args.contenders[:rep % len(args.contenders)]
-            for c in order:
+            for c in rotation(args.contenders, rep):
                 if c.startswith("numpy") and args.numpy_samples is not None and S not in args.numpy_samples:
                     continue
                 res, line = train_once(args, rep, c, S)

@@ -1,6 +1,7 @@
 """The benchmark tools: what the scripts share (benchmarks/_common.py), reports into figures
 (plot_speed.py), report sections and workers (speed.py), the sample-size study (sample_sizes.py),
-the SNR study (snr_vs_k.py), the end-to-end timing (end_to_end.py) and the host meter (hostload.py).
+the SNR study (snr_vs_k.py), the end-to-end timing (end_to_end.py), the host meter (hostload.py) and the
+speed of the study's workload (speed_study.py).
 
 How these tests import the scripts: ``benchmarks/`` is a folder of scripts, not a package (each
 runs as ``python benchmarks/x.py``, and its first import, ``import _common``, puts the repository
@@ -12,6 +13,7 @@ and ``benchmarks/peers/`` on ``sys.path``). Running a script puts its folder fir
 report lines) need only NumPy; they run with the rest of the suite in CI's full environment.
 """
 
+import argparse
 import concurrent.futures as cf
 import json
 import os
@@ -35,6 +37,7 @@ import plot_speed
 import sample_sizes as study
 import snr_vs_k
 import speed
+import speed_study
 
 REPORT = """# Training speed per epoch
 
@@ -57,7 +60,7 @@ Target: numba float32 at most 0.67x the peer at every S.
 """
 
 SCRIPTS = ["compare_peer", "end_to_end", "ll_throughput", "plot_speed", "posterior_gap", "sample_sizes", "snr_vs_k",
-           "speed"]
+           "speed", "speed_study"]
 
 
 # ---------------------------------------------------------------------------
@@ -253,6 +256,131 @@ def test_meter_counts_what_others_took_of_the_machine(monkeypatch):
     m2 = hostload.Meter()
     m2.others = 0.05
     assert not m2.disturbed and hostload.DISTURBED == 0.10
+
+
+def test_step_products_are_the_products_step_flops_counts():
+    import npvae
+    b, S = 20, 5
+    deep = npvae.VAE(input_dim=10, hidden=(6, 4), latent_dim=3, backend="numpy").layer_shapes()
+    products = _common.step_products(deep, b, S)
+    # forward, dW (X^T dY) and dX (dY W^T) per layer, no dX for the first: 7 layers, 20 products
+    assert products[:5] == [(b, 10, 6), (10, b, 6), (b, 6, 4), (6, b, 4), (b, 4, 6)]
+    assert products[-3:] == [(b * S, 6, 10), (6, b * S, 10), (b * S, 10, 6)] and len(products) == 20
+    assert _common.step_flops(deep, b, S) == sum(2.0 * m * k * n for m, k, n in products)
+
+
+def test_train_once_measures_a_disturbed_run_again_and_says_what_the_first_saw(monkeypatch):
+    shares = iter([0.30, 0.05])
+
+    class Meter:                                   # others took 30% of the first run, 5% of the second
+        def __init__(self, threshold):
+            self.threshold = threshold
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.others = next(shares)
+            self.disturbed = self.others > self.threshold
+
+    calls = []
+    monkeypatch.setattr(speed, "Meter", Meter)
+    monkeypatch.setattr(speed, "spawn",
+                        lambda threads, *argv, script: calls.append((argv, script)) or {"seconds": [1.0]})
+    args = argparse.Namespace(disturbed=0.1, threads=2, epochs=1, subset=400)
+    res, line = speed.train_once(args, 0, "numba-float32", 5, script="other.py")
+    assert [script for _, script in calls] == ["other.py", "other.py"] and calls[0][0][-2:] == ("--subset", 400)
+    assert res["others"] == 0.05
+    assert line == ("rep 0 S=5 numba-float32: others took 5% of the machine "
+                    "(measured again: others took 30% of the first run)")
+    assert speed.rotation(["a", "b", "c"], 4) == ["b", "c", "a"]
+
+
+def test_the_warm_up_epoch_ends_with_a_batch_of_the_timed_epochs_last_size():
+    assert len(speed.warm_up_data(np.arange(400), 20)) == 40
+    assert len(speed.warm_up_data(np.arange(410), 20)) == 50          # 20, 20 and the last 10
+    assert len(speed.warm_up_data(np.arange(30), 20)) == 30
+
+
+# ---------------------------------------------------------------------------
+# benchmarks/speed_study.py: the report from a synthetic record (no training)
+# ---------------------------------------------------------------------------
+def study_record():
+    """A record of 3 rounds: S = 1 with all three contenders (npvae's runs of two epochs), S = 50
+    without the PyTorch peer."""
+    seconds = {(1, "numba-float32"): [[1.9, 2.1], [3.0, 3.0], [2.4, 2.6]],      # per round medians 2, 3, 2.5
+               (1, "jax-float32"): [[4.0], [5.0], [6.0]], (1, "torch-float32"): [[3.0], [4.0], [10.0]],
+               (50, "numba-float32"): [[40.0], [44.0], [42.0]], (50, "jax-float32"): [[50.0], [40.0], [60.0]]}
+    runs = [dict(round=r, S=S, contender=c, seconds=secs[r], cpu=[2 * v for v in secs[r]],
+                 loss=[100.0 + r] * len(secs[r]), others=0.01, note=f"rep {r} S={S} {c}: others took 1% of the machine")
+            for (S, c), secs in seconds.items() for r in range(3)]
+    rates = [dict(round=r, S=S, groups=1, gflops=g, products=[[20 * S, 200, 784, 2 * g]])
+             for S in (1, 50) for r, g in enumerate((50.0, 70.0, 60.0))]
+    w = speed_study.workload()
+    return dict(command="python benchmarks/speed_study.py --repeats 3", started="2026-01-01 00:00:00",
+                finished="2026-01-01 01:00:00", machine="Some CPU, 2 logical CPUs", load_end="1.00/1.00/1.00",
+                libraries="numba 0.1", layers=[list(layer) for layer in speed_study.layers()],
+                settings=dict(threads=2, epochs=2, subset=None, n=60000, repeats=3, samples=[1, 50],
+                              contenders=list(speed_study.CONTENDERS), disturbed=0.1),
+                workload=dict(w._asdict(), hyperparameters=dict(w.hyperparameters)), runs=runs, rates=rates)
+
+
+def _row(report, title, S):
+    section = report.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {S} |"))
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def test_speed_study_report_takes_medians_over_rounds_and_the_ratio_round_by_round():
+    report = speed_study.build_report(study_record())
+    # npvae's rounds 2, 3, 2.5 (each the median of its epochs); torch (median 4) is the fastest peer,
+    # and the per-round ratios 2/3, 3/4, 2.5/10 have the median 0.67 (the ratio of the medians is 0.62)
+    assert _row(report, "Seconds per epoch", 1) == ["1", "2.50 [2.00-3.00]", "5.00 [4.00-6.00]", "4.00 [3.00-10.00]",
+                                                    "torch-float32", "0.67 [0.25-0.75]"]
+    assert _row(report, "Seconds per epoch", 50) == ["50", "42.00 [40.00-44.00]", "50.00 [40.00-60.00]", "-",
+                                                     "jax-float32", "0.80 [0.70-1.10]"]   # 40/50, 44/40, 42/60
+    assert _row(report, "CPU seconds per epoch", 1) == ["1", "5.00", "10.00", "8.00"]
+    flops = _common.epoch_flops(speed_study.layers(), 60000, 50, batch=20)
+    achieved = flops / 42.0 / 1e9
+    assert _row(report, "The products' rate and what npvae achieves", 50) == [
+        "50", "1", f"{_common.step_flops(speed_study.layers(), 20, 50) / 1e9:.3f}", f"{flops / 1e9:.1f}", "60.0",
+        "120.0", f"{achieved:.1f}", f"{achieved / 60.0:.0%}"]
+    assert _row(report, "Training loss of the timed epochs", 1) == ["1", "101.00", "101.00", "101.00"]
+    assert "Command: `python benchmarks/speed_study.py --repeats 3`" in report and "Some CPU" in report
+    assert "batch 20, IWAE bound, Adam (lr 0.001, beta1 0.99, beta2 0.999, epsilon 5e-06" in report
+    assert "- rep 2 S=50 jax-float32: others took 1% of the machine" in report
+
+
+def test_speed_study_report_only_redraws_the_report_from_the_json(tmp_path):
+    record = study_record()
+    (tmp_path / "study.json").write_text(json.dumps(record))
+    assert speed_study.main(["--report-only", "--out", str(tmp_path / "study.md")]) == 0
+    assert (tmp_path / "study.md").read_text() == speed_study.build_report(record)
+
+
+def test_speed_study_trains_burdas_workload_on_data_binarized_once(monkeypatch):
+    import npvae
+    w = speed_study.workload()
+    assert (w.hidden, w.latent_dim, w.activation, w.batch_size, w.objective) == ((200, 200), 50, "tanh", 20, "iwae")
+    assert npvae.protocol.is_burda_adam(w.npvae_optimizer(), 20) and w.npvae_optimizer().lr == 1e-3
+    grey = np.random.default_rng(1).random((50, 784)).astype(np.float32)
+    monkeypatch.setattr(speed_study, "load_mnist", lambda download: (grey, None))
+    x = speed_study.study_data(subset=30)
+    assert x.shape == (30, 784) and x.dtype == np.float32 and set(np.unique(x)) == {0.0, 1.0}
+    np.testing.assert_array_equal(x, speed_study.study_data(subset=50)[:30])      # one draw, whatever the subset
+    assert abs(x.mean() - grey[:30].mean()) < 0.01
+
+
+def test_speed_study_combines_the_products_rates_by_their_times(monkeypatch):
+    monkeypatch.setattr(speed_study, "step_groups", lambda S, threads: 1)
+    monkeypatch.setattr(speed_study, "gemm_rate", lambda rows, inner, cols, reps: float(rows))   # GFLOP/s = rows
+    res = speed_study.worker_rate(5, threads=2)
+    shapes = _common.step_products(speed_study.layers(), 20, 5)
+    flops = [2.0 * m * k * n for m, k, n in shapes]
+    assert res["groups"] == 1 and len(res["products"]) == len(set(shapes))
+    assert res["gflops"] == pytest.approx(sum(flops) / sum(f / 1e9 / m for f, (m, _, _) in zip(flops, shapes)) / 1e9)
+    assert speed_study.repo_relative([str(_common.REPO / "benchmarks" / "results" / "x.md"), "/tmp/y.md", "3"]) == [
+        "benchmarks/results/x.md", "/tmp/y.md", "3"]
 
 
 # ---------------------------------------------------------------------------

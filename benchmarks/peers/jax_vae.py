@@ -2,32 +2,37 @@
 
 Used only by the benchmarks (speed, and a check of the loss and gradients on npvae's weights);
 it does not import ``npvae``, and ``npvae`` never imports this module. The same model, loss and
-optimizer as ``torch_vae.py``:
+optimizers as ``torch_vae.py``:
 
-    x (B,784) -> Dense(hidden, relu)... -> mu, log_var (B,L)
+    x (B,784) -> Dense(hidden, act)... -> mu, log_var (B,L)
     z = mu + exp(log_var/2) * eps,  eps ~ N(0,I) of shape (B,S,L)
-    z -> Dense(hidden reversed, relu)... -> logits (B,S,784), Bernoulli likelihood from logits
+    z -> Dense(hidden reversed, act)... -> logits (B,S,784), Bernoulli likelihood from logits
 
-Weights: Keras glorot_uniform, biases zero. RMSprop with Keras 2 semantics (lr 1e-3, rho 0.9,
-eps 1e-7 outside the square root). The whole training step (loss, gradients by ``jax.grad``,
-the RMSprop update) is one ``jax.jit``-compiled function; noise comes from ``jax.random``.
+``act`` is relu (the default) or tanh. Weights: Keras glorot_uniform, biases zero. RMSprop
+with Keras 2 semantics (lr 1e-3, rho 0.9, eps 1e-7 outside the square root; the default) or
+Adam with Keras' (:class:`Adam`, npvae's too). The whole training step (loss, gradients by
+``jax.grad``, the optimizer's update) is one ``jax.jit``-compiled function; noise comes from
+``jax.random``.
 
 XLA's CPU thread pool takes its size from the CPUs the process may run on, not from an
 environment variable: call :func:`setup` (``os.sched_setaffinity`` to ``threads`` CPUs) before
 anything imports jax. ``python benchmarks/peers/jax_vae.py --threads T`` does.
 """
-import argparse
 import functools
 import json
 import math
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 from mnist_idx import load_mnist  # noqa: F401  (the peers' reader; main and the benchmarks use it)
+from peer_args import optimizer_settings, print_epoch, training_parser
 
 LOG_2PI = math.log(2.0 * math.pi)
+#: The hidden layers' activations (names of ``jax.nn`` / ``jax.numpy`` functions).
+ACTIVATIONS = ("relu", "tanh")
 _jax = None
 
 
@@ -79,20 +84,28 @@ def _n_hidden(params):
     return sum(1 for k in params if k.startswith("enc.") and k.endswith(".W") and k[4:-2].isdigit())
 
 
-def loss_fn(params, x, eps, objective="elbo"):
+def _activation(name):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {list(ACTIVATIONS)}, got {name!r}")
+    jax = setup()
+    return jax.nn.relu if name == "relu" else jax.numpy.tanh
+
+
+def loss_fn(params, x, eps, objective="elbo", activation="relu"):
     """Mean over the batch of the negative ELBO (analytic KL) or IWAE bound; eps (B, S, L)."""
     jax = setup()
     jnp = jax.numpy
+    act = _activation(activation)
     nh = _n_hidden(params)
     h = x
     for i in range(nh):
-        h = jax.nn.relu(h @ params[f"enc.{i}.W"] + params[f"enc.{i}.b"])
+        h = act(h @ params[f"enc.{i}.W"] + params[f"enc.{i}.b"])
     mu = h @ params["enc.mu.W"] + params["enc.mu.b"]
     log_var = h @ params["enc.logvar.W"] + params["enc.logvar.b"]
     z = mu[:, None, :] + jnp.exp(0.5 * log_var)[:, None, :] * eps
     h = z
     for i in range(nh):
-        h = jax.nn.relu(h @ params[f"dec.{i}.W"] + params[f"dec.{i}.b"])
+        h = act(h @ params[f"dec.{i}.W"] + params[f"dec.{i}.b"])
     logits = h @ params["dec.out.W"] + params["dec.out.b"]                  # (B, S, D)
     nll = jnp.sum(jax.nn.softplus(logits) - x[:, None, :] * logits, axis=-1)   # (B, S)
     if objective == "elbo":
@@ -104,31 +117,93 @@ def loss_fn(params, x, eps, objective="elbo"):
     return -jnp.mean(bound)
 
 
-@functools.lru_cache(maxsize=None)
-def make_step(mc_samples, latent_dim, objective="elbo", lr=1e-3, rho=0.9, epsilon=1e-7):
-    """The jit-compiled training step ``(params, v, x, key) -> (params, v, loss)``: noise from
-    ``key``, the loss and its gradient, Keras' RMSprop update. One per setting (cached), so
-    that a warm-up run compiles what the timed run uses."""
-    jax = setup()
-    jnp = jax.numpy
+class RMSprop(NamedTuple):
+    """RMSprop with Keras 2 semantics: ``v <- rho v + (1 - rho) g**2``,
+    ``p <- p - lr g / (sqrt(v) + epsilon)``, ``v`` started at 0. Hashable: a key of :func:`make_step`."""
+    lr: float = 1e-3
+    rho: float = 0.9
+    epsilon: float = 1e-7
 
-    def step(params, v, x, key):
+    def init(self, params):
+        """The state before the first step: ``{"v": zeros like params}``."""
+        jnp = setup().numpy
+        return {"v": {k: jnp.zeros_like(p) for k, p in params.items()}}
+
+    def update(self, params, grads, state):
+        """``(params, state)`` after one step on ``grads`` (traced inside the compiled step)."""
+        jnp = setup().numpy
+        v = {k: self.rho * state["v"][k] + (1.0 - self.rho) * grads[k] * grads[k] for k in params}
+        params = {k: params[k] - self.lr * grads[k] / (jnp.sqrt(v[k]) + self.epsilon) for k in params}
+        return params, {"v": v}
+
+
+class Adam(NamedTuple):
+    """Adam with Keras' semantics (npvae's ``optim.Adam``): at step ``t = 1, 2, ...``
+    ``m <- beta1 m + (1 - beta1) g``, ``v <- beta2 v + (1 - beta2) g**2``,
+    ``p <- p - alpha_t m / (sqrt(v) + epsilon)`` with ``alpha_t = lr sqrt(1 - beta2**t) /
+    (1 - beta1**t)`` (in float64, rounded to the parameters' dtype); moments started at 0.
+    Hashable: a key of :func:`make_step`."""
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    epsilon: float = 1e-7
+
+    def init(self, params):
+        """The state before the first step: ``{"m", "v": zeros like params, "t": 0}``."""
+        jnp = setup().numpy
+        zeros = lambda: {k: jnp.zeros_like(p) for k, p in params.items()}  # noqa: E731
+        return {"m": zeros(), "v": zeros(), "t": jnp.zeros((), jnp.int32)}
+
+    def update(self, params, grads, state):
+        """``(params, state)`` after one step on ``grads`` (traced inside the compiled step)."""
+        jnp = setup().numpy
+        t = state["t"] + 1
+        tf = t.astype(jnp.float64)
+        alpha = self.lr * jnp.sqrt(1.0 - self.beta2 ** tf) / (1.0 - self.beta1 ** tf)
+        m = {k: self.beta1 * state["m"][k] + (1.0 - self.beta1) * grads[k] for k in params}
+        v = {k: self.beta2 * state["v"][k] + (1.0 - self.beta2) * grads[k] * grads[k] for k in params}
+        params = {k: params[k] - alpha.astype(params[k].dtype) * m[k] / (jnp.sqrt(v[k]) + self.epsilon)
+                  for k in params}
+        return params, {"m": m, "v": v, "t": t}
+
+
+#: The optimizers by name, their hyperparameters named as npvae's.
+OPTIMIZERS = {"rmsprop": RMSprop, "adam": Adam}
+
+
+def make_optimizer(name="rmsprop", **hyperparameters):
+    """The ``optimizer`` argument of :func:`train`: an optimizer of :data:`OPTIMIZERS` with
+    ``hyperparameters`` (its defaults for those not given)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {name!r}")
+    return OPTIMIZERS[name](**hyperparameters)
+
+
+@functools.lru_cache(maxsize=None)
+def make_step(mc_samples, latent_dim, objective="elbo", optimizer=RMSprop(), activation="relu"):
+    """The jit-compiled training step ``(params, state, x, key) -> (params, state, loss)``:
+    noise from ``key``, the loss and its gradient, the optimizer's update (``state`` is
+    ``optimizer.init(params)`` before the first step). One per setting (cached: the optimizer
+    and its hyperparameters are part of the key), so that a warm-up run compiles what the
+    timed run uses."""
+    jax = setup()
+
+    def step(params, state, x, key):
         eps = jax.random.normal(key, (x.shape[0], mc_samples, latent_dim), dtype=x.dtype)
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, eps, objective)
-        v = {k: rho * v[k] + (1.0 - rho) * grads[k] * grads[k] for k in params}
-        params = {k: params[k] - lr * grads[k] / (jnp.sqrt(v[k]) + epsilon) for k in params}
-        return params, v, loss
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, eps, objective, activation)
+        params, state = optimizer.update(params, grads, state)
+        return params, state, loss
 
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def evaluate(params, x, mc_samples=1, objective="elbo", seed=0, chunk=None):
+def evaluate(params, x, mc_samples=1, objective="elbo", seed=0, chunk=None, activation="relu"):
     """Mean loss over ``x`` in chunks, with fresh noise from a seeded key."""
     jax = setup()
     jnp = jax.numpy
     latent = params["enc.mu.b"].shape[0]
     chunk = chunk or max(1, 20000 // mc_samples)
-    f = jax.jit(lambda p, xb, e: loss_fn(p, xb, e, objective))
+    f = jax.jit(lambda p, xb, e: loss_fn(p, xb, e, objective, activation))
     key = jax.random.PRNGKey(seed)
     total = 0.0
     for i in range(0, len(x), chunk):
@@ -140,20 +215,22 @@ def evaluate(params, x, mc_samples=1, objective="elbo", seed=0, chunk=None):
 
 
 def train(params, x_train, epochs, batch_size=100, mc_samples=1, objective="elbo", seed=0, x_val=None,
-          threads=None, dtype="float32", callback=None):
+          threads=None, dtype="float32", callback=None, optimizer=RMSprop(), activation="relu"):
     """Train; returns ``(params, history)``, a list of per-epoch dicts (epoch, loss, val_loss, seconds).
 
-    The last, smaller batch of an epoch is a step too (its own compiled shape), as in npvae.
+    ``optimizer``: :class:`RMSprop` (default, Keras' settings) or :class:`Adam`, e.g. from
+    :func:`make_optimizer`; ``activation``: the hidden layers', "relu" or "tanh". The last,
+    smaller batch of an epoch is a step too (its own compiled shape), as in npvae.
     """
     jax = setup(threads)
     jnp = jax.numpy
     params = {k: jnp.asarray(p, dtype=dtype) for k, p in params.items()}
-    v = {k: jnp.zeros_like(p) for k, p in params.items()}
+    state = optimizer.init(params)
     # batches are gathered in NumPy and handed to the compiled step: slicing a jax array with a
     # new Python start index would compile a new slice for every step
     x_train = np.ascontiguousarray(x_train, dtype=dtype)
     n = x_train.shape[0]
-    step = make_step(mc_samples, params["enc.mu.b"].shape[0], objective)
+    step = make_step(mc_samples, params["enc.mu.b"].shape[0], objective, optimizer, activation)
     order_rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed + 1)
     history = []
@@ -164,11 +241,12 @@ def train(params, x_train, epochs, batch_size=100, mc_samples=1, objective="elbo
         for i in range(0, n, batch_size):
             xb = x_train[perm[i:i + batch_size]]
             key, sub = jax.random.split(key)
-            params, v, loss = step(params, v, xb, sub)
+            params, state, loss = step(params, state, xb, sub)
             losses.append((loss, xb.shape[0]))
         total = sum(float(loss) * b for loss, b in losses)     # one sync at the end of the epoch
         seconds = time.perf_counter() - t0
-        val = None if x_val is None else evaluate(params, x_val, mc_samples, objective, seed + 2)
+        val = None if x_val is None else evaluate(params, x_val, mc_samples, objective, seed + 2,
+                                                  activation=activation)
         rec = {"epoch": epoch, "loss": total / n, "val_loss": val, "seconds": seconds}
         history.append(rec)
         if callback is not None:
@@ -177,24 +255,16 @@ def train(params, x_train, epochs, batch_size=100, mc_samples=1, objective="elbo
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="folder with MNIST *.gz IDX files")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256])
-    p.add_argument("--latent", type=int, default=2)
-    p.add_argument("--mc-samples", type=int, default=1)
-    p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
-    p.add_argument("--seed", type=int, default=0)
+    p = training_parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="CPUs the process (and XLA's pool) may use")
-    p.add_argument("--out", default=None, help="write {config, history} JSON here")
     a = p.parse_args(argv)
     jax = setup(a.threads)
     x_train, x_test = load_mnist(a.data)
     params = build_model(x_train.shape[1], a.hidden, a.latent, a.seed)
+    name, hyperparameters = optimizer_settings(a)
     _, history = train(params, x_train, a.epochs, a.batch_size, a.mc_samples, a.objective, a.seed, x_val=x_test,
-                       callback=lambda r: print(f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}  "
-                                                f"val_loss {r['val_loss']:.4f}  {r['seconds']:.2f}s", flush=True))
+                       callback=print_epoch, optimizer=make_optimizer(name, **hyperparameters),
+                       activation=a.activation)
     if a.out:
         config = dict(vars(a), peer="jax", jax_version=jax.__version__, cpus=len(os.sched_getaffinity(0)))
         with open(a.out, "w") as f:

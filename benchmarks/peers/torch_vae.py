@@ -3,17 +3,18 @@
 Used only by the benchmarks (accuracy and speed comparison); it deliberately
 does not import ``npvae``, and ``npvae`` must never import this module.
 
-    x (B,784) -> Dense(hidden, relu)... -> mu, log_var (B,L)
+    x (B,784) -> Dense(hidden, act)... -> mu, log_var (B,L)
     z = mu + exp(log_var/2) * eps,  eps ~ N(0,I) of shape (B,S,L)
-    z -> Dense(hidden reversed, relu)... -> logits (B,S,784), Bernoulli likelihood
+    z -> Dense(hidden reversed, act)... -> logits (B,S,784), Bernoulli likelihood
 
+``act`` is relu (the Keras example's, the default) or tanh (Burda et al.'s).
 Weights: Keras glorot_uniform, biases zero.  Optimizer: RMSprop(lr=1e-3,
-rho=0.9, eps=1e-7 outside the sqrt) as in Keras.  Random streams (all seeded
-from ``seed``): init -> seed, shuffling -> seed, training eps -> seed+1,
-validation eps -> seed+2 (re-seeded for every evaluation, so every epoch sees
-the same validation noise).
+rho=0.9, eps=1e-7 outside the sqrt) as in Keras (the default), or torch's Adam
+(:func:`adam`).  Random streams (all seeded from ``seed``): init -> seed,
+shuffling -> seed, training eps -> seed+1, validation eps -> seed+2 (re-seeded
+for every evaluation, so every epoch sees the same validation noise).
 """
-import argparse
+import functools
 import json
 import math
 import time
@@ -23,15 +24,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mnist_idx import load_mnist
+from peer_args import optimizer_settings, print_epoch, training_parser
 
-__all__ = ["VAE", "build_model", "rmsprop", "evaluate", "train", "load_mnist"]
+__all__ = ["VAE", "ACTIVATIONS", "build_model", "rmsprop", "adam", "OPTIMIZERS", "make_optimizer", "evaluate",
+           "train", "load_mnist"]
 
 LOG_2PI = math.log(2.0 * math.pi)
+#: The hidden layers' activations by name.
+ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
 
 
 class VAE(nn.Module):
-    def __init__(self, input_dim=784, hidden=(256,), latent_dim=2):
+    def __init__(self, input_dim=784, hidden=(256,), latent_dim=2, activation="relu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = ACTIVATIONS[activation]
         hidden = [hidden] if isinstance(hidden, int) else list(hidden)
         enc_sizes = [input_dim] + hidden
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(enc_sizes[:-1], enc_sizes[1:]))
@@ -45,13 +53,13 @@ class VAE(nn.Module):
     def encode(self, x):
         h = x
         for layer in self.encoder:
-            h = F.relu(layer(h))
+            h = self.activation(layer(h))
         return self.mu(h), self.log_var(h)
 
     def decode(self, z):
         h = z
         for layer in self.decoder:
-            h = F.relu(layer(h))
+            h = self.activation(layer(h))
         return self.out(h)  # logits
 
     def loss(self, x, mc_samples=1, objective="elbo", generator=None, eps=None):
@@ -80,8 +88,8 @@ class VAE(nn.Module):
         raise ValueError(f"unknown objective {objective!r}")
 
 
-def build_model(input_dim=784, hidden=(256,), latent_dim=2, seed=0):
-    model = VAE(input_dim, hidden, latent_dim)
+def build_model(input_dim=784, hidden=(256,), latent_dim=2, seed=0, activation="relu"):
+    model = VAE(input_dim, hidden, latent_dim, activation)
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.Linear):  # Keras glorot_uniform: U(-a, a), a = sqrt(6/(fan_in+fan_out))
@@ -108,9 +116,32 @@ def evaluate(model, x, mc_samples=1, objective="elbo", seed=0, chunk=None):
     return total / x.shape[0]
 
 
-def rmsprop(parameters):
-    """RMSprop with Keras' settings: lr 1e-3, rho (torch's alpha) 0.9, eps 1e-7 outside the root."""
-    return torch.optim.RMSprop(parameters, lr=1e-3, alpha=0.9, eps=1e-7)
+def rmsprop(parameters, lr=1e-3, rho=0.9, epsilon=1e-7):
+    """RMSprop with Keras' settings by default: lr 1e-3, rho (torch's alpha) 0.9, epsilon 1e-7
+    outside the root."""
+    return torch.optim.RMSprop(parameters, lr=lr, alpha=rho, eps=epsilon)
+
+
+def adam(parameters, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-7):
+    """torch's Adam, ``p -= lr * m_hat / (sqrt(v_hat) + epsilon)``, moments started at 0.
+
+    Keras' (and npvae's, and the JAX peer's) Adam adds its epsilon to ``sqrt(v)`` before the
+    bias correction, i.e. adds ``epsilon / sqrt(1 - beta2**t)`` to ``sqrt(v_hat)``: the same
+    hyperparameters give the same steps but for epsilon's weight, larger here in the first
+    steps (by 1 / sqrt(1 - beta2**t): 32 at t = 1, 1.02 at t = 3000 for beta2 = 0.999)."""
+    return torch.optim.Adam(parameters, lr=lr, betas=(beta1, beta2), eps=epsilon)
+
+
+#: The optimizers by name: functions of the parameters and the hyperparameters (named as npvae's).
+OPTIMIZERS = {"rmsprop": rmsprop, "adam": adam}
+
+
+def make_optimizer(name="rmsprop", **hyperparameters):
+    """The ``optimizer`` argument of :func:`train` for an optimizer of :data:`OPTIMIZERS` with
+    ``hyperparameters`` (its defaults for those not given)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {name!r}")
+    return functools.partial(OPTIMIZERS[name], **hyperparameters)
 
 
 def train(model, x_train, epochs, batch_size=100, mc_samples=1, objective="elbo", seed=0,
@@ -118,8 +149,9 @@ def train(model, x_train, epochs, batch_size=100, mc_samples=1, objective="elbo"
     """Train in place; return a list of per-epoch dicts (epoch, loss, val_loss, seconds).
 
     ``optimizer``: a function of the model's parameters that returns the torch optimizer to
-    train with (default :func:`rmsprop`); a caller that wants to look at the optimizer's state
-    passes one that keeps what it returns."""
+    train with (default :func:`rmsprop`; :func:`make_optimizer` makes one with other
+    settings); a caller that wants to look at the optimizer's state passes one that keeps
+    what it returns."""
     if threads:
         torch.set_num_threads(threads)
     model.to(dtype)
@@ -150,31 +182,21 @@ def train(model, x_train, epochs, batch_size=100, mc_samples=1, objective="elbo"
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="folder with MNIST *.gz IDX files")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256])
-    p.add_argument("--latent", type=int, default=2)
-    p.add_argument("--mc-samples", type=int, default=1)
-    p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p = training_parser(__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (None: torch's default)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="of the parameters and data")
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True) (off by default, like Keras/NumPy)")
-    p.add_argument("--out", default=None, help="write {config, history} JSON here")
     a = p.parse_args(argv)
 
     if a.flush_denormal:
         torch.set_flush_denormal(True)
     x_train, x_test = load_mnist(a.data)
-    model = build_model(x_train.shape[1], a.hidden, a.latent, a.seed)
+    model = build_model(x_train.shape[1], a.hidden, a.latent, a.seed, a.activation)
+    name, hyperparameters = optimizer_settings(a)
     history = train(model, x_train, a.epochs, a.batch_size, a.mc_samples, a.objective, a.seed,
-                    x_val=x_test, threads=a.threads, dtype=getattr(torch, a.dtype),
-                    callback=lambda r: print(
-                        f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}  val_loss {r['val_loss']:.4f}"
-                        f"  {r['seconds']:.2f}s", flush=True))
+                    x_val=x_test, threads=a.threads, dtype=getattr(torch, a.dtype), callback=print_epoch,
+                    optimizer=make_optimizer(name, **hyperparameters))
     if a.out:
         config = dict(vars(a), peer="torch", torch_version=torch.__version__,
                       num_threads=torch.get_num_threads())

@@ -736,3 +736,36 @@ def test_step_bytes_is_what_a_training_step_allocates(dtype, hidden, latent, B, 
                      for a in vars(ws.passes).values() if isinstance(a, np.ndarray))
     assert len(made) == threads.groups_for(model.engine, B, S)
     assert model.engine.step_bytes(B, S) == sum(ws.nbytes for ws in made) - jobs_bytes
+
+
+def test_negligible_importance_weights_are_dropped_and_the_rest_kept():
+    """A sample whose normalized weight is under eps**2 (often subnormal: slow products) gets no
+    gradient; every other entry stays as it was, bit for bit."""
+    from npvae.fast import step as fast_step
+    for dtype in (np.float32, np.float64):
+        eps2 = float(np.finfo(dtype).eps) ** 2
+        dbound = -0.05
+        w = np.array([[1.0, 0.5 * eps2, 2.0 * eps2, 1e-40 if dtype == np.float32 else 1e-310]], dtype)
+        dlog_w = (w * dtype(dbound)).astype(dtype)
+        kept = dlog_w.copy()
+        fast_step.negligible_weights(dlog_w, dtype(dbound))
+        assert dlog_w[0, 1] == 0 and dlog_w[0, 3] == 0
+        np.testing.assert_array_equal(dlog_w[0, [0, 2]], kept[0, [0, 2]])
+
+
+def test_a_training_step_leaves_no_subnormal_in_its_workspace():
+    """IWAE at many samples: samples with weights under the dtype's tiny are common; their rows
+    must not reach the decoder's backward products (subnormal rows there slow every product)."""
+    model = VAE(input_dim=20, hidden=(16,), latent_dim=3, activation="tanh", dtype=np.float32, backend="numba", seed=0)
+    for p in model.params.values():
+        p *= 8                                        # confident and spread out: weights from 1 down to ~0
+    rng = np.random.default_rng(0)
+    x = (rng.random((4, 20)) < 0.5).astype(np.float32)
+    eps = (3 * rng.standard_normal((4, 200, 3))).astype(np.float32)
+    model.engine.threads = 1
+    model.engine.loss_and_grads(x, eps, "iwae")
+    ws = model.engine.workspace(4, 200, grads=True, slot=0)
+    tiny = np.finfo(np.float32).tiny
+    assert np.any(ws.w_tilde < tiny)                  # the case this guards against happened
+    for a in [ws.hs, ws.row_w, ws.dz, *ws.dec_d]:
+        assert not np.any((a != 0) & (np.abs(a) < tiny))

@@ -53,11 +53,25 @@ from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
 from npvae.train import load_checkpoint  # noqa: E402
 
 RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.npz", "model.npz"
-#: Cells by name: (objective, estimator, k), cheapest first (the order of a run).
-CELLS = {"vae-k1": ("elbo", "standard", 1), "vae-k5": ("elbo", "standard", 5),
-         "iwae-k5": ("iwae", "standard", 5), "iwae-dreg-k5": ("iwae", "dreg", 5),
-         "vae-k50": ("elbo", "standard", 50), "iwae-k50": ("iwae", "standard", 50),
-         "iwae-dreg-k50": ("iwae", "dreg", 50)}
+
+
+def _cell(objective, k, estimator="standard", **extra):
+    """A cell's training settings: the objective, its estimator, ``k`` samples per image
+    (``mc_samples``) and the objective's own settings (``outer``, ``beta``)."""
+    return dict(objective=objective, estimator=estimator, k=k, **extra)
+
+
+#: Table 1's cells by name, cheapest first (the order of a run).
+CELLS = {"vae-k1": _cell("elbo", 1), "vae-k5": _cell("elbo", 5), "iwae-k5": _cell("iwae", 5),
+         "iwae-dreg-k5": _cell("iwae", 5, "dreg"), "vae-k50": _cell("elbo", 50), "iwae-k50": _cell("iwae", 50),
+         "iwae-dreg-k50": _cell("iwae", 50, "dreg")}
+#: The fixed-budget grid (Rainforth et al. 2018): 64 samples per image split M x K ways.
+BUDGET_CELLS = {"vae-64": _cell("elbo", 64), "iwae-64": _cell("iwae", 64),
+                "miwae-8x8": _cell("miwae", 64, outer=8), "miwae-4x16": _cell("miwae", 64, outer=4),
+                "ciwae-0.5": _cell("ciwae", 64, beta=0.5), "piwae-8x8": _cell("piwae", 64, outer=8)}
+#: The grids ``--grid`` runs: their cells, and the folder of their results under benchmarks/results.
+GRIDS = {"table1": (CELLS, "burda_table1"), "budget": (BUDGET_CELLS, "budget_grid")}
+ALL_CELLS = {**CELLS, **BUDGET_CELLS}
 #: Burda et al. (2016), Table 1, MNIST, one stochastic layer: test NLL (k = 5000) and active
 #: units after the whole schedule (3,280 epochs). DReG is not theirs.
 BURDA_TABLE1 = {"vae-k1": (86.76, 19), "vae-k5": (86.47, 20), "vae-k50": (86.35, 20),
@@ -114,9 +128,9 @@ def read_result(folder, name, seed, args):
     path = folder / RESULT
     if path.exists():
         return json.loads(path.read_text())
-    objective, estimator, k = CELLS[name]
-    return {"cell": cell_name(name, seed), "name": name, "objective": objective, "estimator": estimator,
-            "kl": "mc" if objective == "elbo" else None, "k": k, "seed": seed, "protocol": "burda",
+    spec = ALL_CELLS[name]
+    return {"cell": cell_name(name, seed), "name": name, **spec,
+            "kl": "mc" if spec["objective"] == "elbo" else None, "seed": seed, "protocol": "burda",
             "architecture": dict(ARCHITECTURE, input_dim=784, dtype="float32"), "k_ll": args.k,
             "test_images": None, "epochs_done": 0, "train_seconds": 0.0, "epoch_seconds": [], "stages": []}
 
@@ -124,10 +138,11 @@ def read_result(folder, name, seed, args):
 def train_epoch(folder, name, seed, epoch, x_train):
     """Train epoch ``epoch`` of a cell: fit resumes from the cell's checkpoint (fresh
     objects, as in a new process) and writes it at the epoch's end."""
-    objective, estimator, k = CELLS[name]
+    settings = dict(ALL_CELLS[name])
+    settings["mc_samples"] = settings.pop("k")
     model = new_model(seed)
-    history = npvae.fit(model, x_train, epochs=epoch, mc_samples=k, objective=objective, estimator=estimator,
-                        seed=seed, protocol="burda", checkpoint=folder / CHECKPOINT, resume=True, verbose=0)
+    history = npvae.fit(model, x_train, epochs=epoch, seed=seed, protocol="burda", checkpoint=folder / CHECKPOINT,
+                        resume=True, verbose=0, **settings)
     compress(folder / CHECKPOINT)
     return model, history.records[-1]
 
@@ -137,11 +152,12 @@ def evaluate_stage(model, stage, data, args):
     _, x_test, x_active = data
     t0 = time.perf_counter()
     ll = log_likelihood(model, x_test, k=args.k, seed=stage, progress=not args.quiet, file=sys.stderr)
-    elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", batch_size=500, rng=stage)
+    elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", batch_size=500, seed=stage)
+    iwae64 = evaluate_bound(model, x_test, mc_samples=64, objective="iwae", batch_size=100, seed=stage)
     active = protocol.active_units(model, x_active)
     record = ll.to_dict()
     record.update(nll=-ll.mean, test_elbo=-elbo["loss"], test_kl=elbo["kl"], posterior_gap=ll.mean + elbo["loss"],
-                  active_units=active.count, eval_seconds=time.perf_counter() - t0)
+                  test_iwae64=-iwae64["loss"], active_units=active.count, eval_seconds=time.perf_counter() - t0)
     return record
 
 
@@ -168,14 +184,16 @@ def run_cell(name, seed, data, args, deadline):
                 f"lr {record['lr']:.2g} {record['seconds']:.1f} s")
         if model is None:               # the stage's epochs were done before an interruption
             model = load_checkpoint(folder / CHECKPOINT)["model"]
-        record = dict(stage=stage, epochs=end, lr=protocol.learning_rate("burda", end, 1e-3),
-                      **evaluate_stage(model, stage, data, args))
+        record = dict(stage=stage, epochs=end, lr=protocol.learning_rate("burda", end, 1e-3))
+        if stage >= args.eval_from:
+            record.update(evaluate_stage(model, stage, data, args))
         result["stages"].append(record)
         model.save(folder / MODEL)
         compress(folder / MODEL)
         io.atomic_write_text(folder / RESULT, json.dumps(result, indent=1) + "\n")
-        log(f"{result['cell']}: stage {stage} (epoch {end}) NLL {record['nll']:.2f} (k={args.k}), ELBO "
-            f"{record['test_elbo']:.2f}, gap {record['posterior_gap']:.2f}, {record['active_units']} active units")
+        log(f"{result['cell']}: stage {stage} (epoch {end}) " + (
+            f"NLL {record['nll']:.2f} (k={args.k}), ELBO {record['test_elbo']:.2f}, gap {record['posterior_gap']:.2f}, "
+            f"{record['active_units']} active units" if "nll" in record else "not evaluated (--eval-from)"))
     return result
 
 
@@ -195,9 +213,25 @@ def _hours(seconds):
     return "n/a" if seconds is None else f"{seconds / 3600:.1f} h"
 
 
+def progress_table(results):
+    """Where each cell is: epochs and stages done, seconds per epoch, the hours to 3,280 epochs."""
+    lines = ["## Where each cell is", "", "| cell | epochs done | stages done | s / epoch | the rest to 3,280 epochs |",
+             "|---|---:|---:|---:|---:|"]
+    for r in results:
+        spe = seconds_per_epoch(r)
+        rest = None if spe is None else spe * (protocol.BURDA_EPOCHS - r["epochs_done"])
+        lines.append(f"| {r['cell']} | {r['epochs_done']} | {len(r['stages'])} of 8 | "
+                     f"{'n/a' if spe is None else f'{spe:.1f}'} | {_hours(rest)} |")
+    return lines
+
+
+def _ordered(results, cells):
+    order = {n: i for i, n in enumerate(cells)}
+    return sorted(results, key=lambda r: (order.get(r["name"], 99), r["seed"]))
+
+
 def report(results, command):
-    order = {n: i for i, n in enumerate(CELLS)}
-    results = sorted(results, key=lambda r: (order.get(r["name"], 99), r["seed"]))
+    results = _ordered(results, CELLS)
     lines = ["# Burda et al.'s Table 1 under their protocol, stage by stage", "",
              "MNIST, one stochastic layer (784-200-200-50, tanh), trained as Burda et al. (2016) "
              "trained it (`npvae.fit(..., protocol=\"burda\")`; `npvae/protocol.py` cites each choice). "
@@ -205,15 +239,9 @@ def report(results, command):
              "theirs is after all 3,280 epochs (Table 1, k = 5000). Gap: log-likelihood minus test ELBO. "
              "Active: units whose encoder mean varies over 500 training images by more than 0.01.", "",
              f"Command: `{command}`", ""]
-    lines += ["## Where each cell is", "", "| cell | epochs done | stages done | s / epoch | the rest to 3,280 epochs |",
-              "|---|---:|---:|---:|---:|"]
-    for r in results:
-        spe = seconds_per_epoch(r)
-        rest = None if spe is None else spe * (protocol.BURDA_EPOCHS - r["epochs_done"])
-        lines.append(f"| {r['cell']} | {r['epochs_done']} | {len(r['stages'])} of 8 | "
-                     f"{'n/a' if spe is None else f'{spe:.1f}'} | {_hours(rest)} |")
+    lines += progress_table(results)
     for stage, end in enumerate(protocol.BURDA_STAGE_ENDS):
-        rows = [(r, r["stages"][stage]) for r in results if len(r["stages"]) > stage]
+        rows = [(r, r["stages"][stage]) for r in results if len(r["stages"]) > stage and "nll" in r["stages"][stage]]
         if not rows:
             continue
         lines += ["", f"## Stage {stage}: epoch {end}, learning rate "
@@ -230,6 +258,69 @@ def report(results, command):
     lines += ["", "AIS on 500 test images at the last stage each cell reached: not yet run "
                   "(`--ais` adds AIS at the last stage reached).", ""]
     return "\n".join(lines)
+
+
+#: Rainforth et al. (2018), Table 1 (MNIST; mean +- s.d. over 4 runs after Burda's 3,280 epochs), by
+#: our cell name: IWAE-64, log p(x) (the IWAE bound with k = 5000) and -KL(Q||P) (= IWAE-64 - log
+#: p(x)), each (mean, s.d.). As transcribed from the paper by the reproducibility study
+#: madhubabuv/TightIWAE (README, "Original paper" rows; the same values quoted by pythae's
+#: benchmark and yoonholee/pytorch-vae): the paper's own text could not be read here.
+#: MIWAE(4, 16): only its log p(x), -84.56 (no s.d.), quoted by yoonholee/pytorch-vae.
+RAINFORTH = {"iwae-64": ((-86.11, 0.10), (-84.52, 0.02), (-1.59, 0.10)),
+             "piwae-8x8": ((-85.74, 0.07), (-84.46, 0.06), (-1.28, 0.09)),
+             "miwae-8x8": ((-85.69, 0.04), (-84.97, 0.10), (-0.72, 0.11)),
+             "ciwae-0.5": ((-86.08, 0.08), (-85.24, 0.08), (-0.84, 0.11)),
+             "vae-64": ((-86.69, 0.08), (-86.21, 0.19), (-0.47, 0.20)),
+             "miwae-4x16": (None, (-84.56, None), None)}
+
+
+def _theirs(value):
+    if value is None:
+        return "-"
+    mean, sd = value
+    return f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f}"
+
+
+def budget_report(results, command):
+    """The fixed-budget grid's report: per evaluated stage, each cell's IWAE-64, log-likelihood,
+    ELBO, posterior gap and active units (and the seeds' means)."""
+    results = _ordered(results, BUDGET_CELLS)
+    lines = ["# 64 samples per image, split M x K ways, under Burda et al.'s protocol", "",
+             "MNIST, Burda et al.'s architecture (784-200-200-50, tanh), trained with their protocol "
+             "(`npvae.fit(..., protocol=\"burda\")`: dynamic binarization, batch 20, Adam with their schedule of "
+             "stages) on 64 samples per image spent as: the VAE (the ELBO's mean over 64 samples, sampled KL), "
+             "IWAE (K = 64), MIWAE (M = 8 bounds of K = 8, and M = 4 of K = 16), CIWAE (beta = 0.5: half the ELBO, "
+             "half the IWAE bound, of the same 64 samples) and PIWAE (the decoder on the IWAE bound of all 64, the "
+             "encoder on MIWAE(8, 8)). On the test images, binarized once: IWAE-64 (the IWAE bound with 64 fresh "
+             "samples, one draw), log p(x) by importance sampling (k = 5000) with its Monte Carlo SE, the ELBO "
+             "(analytic KL, 10 samples), the posterior gap (log p(x) minus the ELBO: the mean KL(q || posterior), "
+             "the encoder's quality; Rainforth et al.'s -KL(Q||P) is IWAE-64 minus log p(x) instead) and the "
+             "active units.", "", f"Command: `{command}`", ""]
+    lines += progress_table(results)
+    for stage, end in enumerate(protocol.BURDA_STAGE_ENDS):
+        rows = [(r, r["stages"][stage]) for r in results if len(r["stages"]) > stage and "nll" in r["stages"][stage]]
+        if not rows:
+            continue
+        lines += ["", f"## Stage {stage}: epoch {end}", "",
+                  "| cell | IWAE-64 | log p(x) | MC SE | ELBO | gap | IWAE-64 - log p(x) | active | k-hat > 0.7 | "
+                  "theirs: IWAE-64 | log p(x) | -KL(Q‖P) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r, s in rows:
+            ll = -s["nll"]
+            iwae = s.get("test_iwae64")
+            lines.append(f"| {r['cell']} | {'-' if iwae is None else f'{iwae:.2f}'} | {ll:.2f} | "
+                         f"{s['log_likelihood_mc_se']:.3f} | {s['test_elbo']:.2f} | {s['posterior_gap']:.2f} | "
+                         f"{'-' if iwae is None else f'{iwae - ll:.2f}'} | {s['active_units']} | "
+                         f"{s.get('pareto_k_over_0.7', '-')} | "
+                         + " | ".join(_theirs(v) for v in RAINFORTH.get(r["name"], (None,) * 3)) + " |")
+    lines += ["", "Theirs: Rainforth et al. (2018), Table 1, as transcribed by the reproducibility study "
+              "madhubabuv/TightIWAE (the paper's text could not be read here): mean ± s.d. over 4 runs after all "
+              "3,280 epochs of Burda's schedule, so not comparable to a cell before its last stage. Other "
+              "differences: their CIWAE's ELBO part is the single-sample VAE bound (beta ELBO(K = 1) + (1 - beta) "
+              "IWAE(K = 64), per the reproduction), ours the ELBO's mean over the same 64 samples; their PIWAE "
+              "trains the encoder and the decoder with two Adam optimizers, ours one over both (the same "
+              "per-parameter update, as Adam's is elementwise); their VAE column is trained with K = 1 in the "
+              "reproduction but listed as MIWAE(64, 1) elsewhere: ours spends the 64 samples as the ELBO's mean.", ""]
+    return "\n".join(lines) + "\n"
 
 
 def gains(rows):
@@ -251,10 +342,14 @@ def gains(rows):
 # ----------------------------------------------------------------------------------------
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cells", nargs="+", choices=tuple(CELLS), default=list(CELLS),
-                   help="cells to run, in this order (default all, cheapest first)")
+    p.add_argument("--grid", choices=tuple(GRIDS), default="table1",
+                   help="table1: Burda et al.'s Table 1; budget: 64 samples split M x K ways (Rainforth et al.)")
+    p.add_argument("--cells", nargs="+", choices=tuple(ALL_CELLS), default=None,
+                   help="cells to run, in this order (default: all of the grid's, cheapest first)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--max-stage", type=int, choices=range(8), default=7, help="the last stage to reach (0-7)")
+    p.add_argument("--eval-from", type=int, choices=range(8), default=0,
+                   help="evaluate (log-likelihood, bounds, active units) at the ends of this stage and later only")
     p.add_argument("--hours", type=float, default=None, help="stop at the first epoch's end after this time")
     p.add_argument("--k", type=int, default=5000, help="importance samples of the log-likelihood")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images")
@@ -265,7 +360,8 @@ def build_parser():
     p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per image")
     p.add_argument("--ais-steps", type=int, default=200, help="AIS temperatures")
     p.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
-    p.add_argument("--out", default=str(_common.RESULTS / "burda_table1"))
+    p.add_argument("--out", default=None, help="the grid's folder (default: benchmarks/results/burda_table1 or "
+                   "budget_grid); the report is <out>.md")
     p.add_argument("--report-only", action="store_true", help="write <out>.md from the cells' result.json")
     p.add_argument("--quiet", action="store_true", help="no progress of the log-likelihood")
     return p
@@ -273,6 +369,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cells, folder = GRIDS[args.grid]
+    args.cells = args.cells or list(cells)
+    args.out = args.out or str(_common.RESULTS / folder)
     # the command that trains the cells (a --report-only redraw records the run's command)
     command = "python benchmarks/burda_table1.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
@@ -282,7 +381,7 @@ def main(argv=None):
             return status
         if args.ais:
             run_ais(args)
-    text = report(read_results(args.out), command)
+    text = (report if args.grid == "table1" else budget_report)(read_results(args.out), command)
     io.atomic_write_text(Path(args.out).with_suffix(".md"), text)
     log(f"report: {Path(args.out).with_suffix('.md')}")
     return 0

@@ -241,3 +241,26 @@ def test_the_runner_stops_at_its_time_budget_then_adds_ais_at_the_last_stage(tmp
         result = json.loads((Path(out) / "cells" / cell / "result.json").read_text())
         assert result["ais"]["method"] == "ais" and result["ais"]["n"] == 3 and result["ais"]["chains"] == 2
         assert result["ais"]["stage"] == len(result["stages"]) - 1
+
+
+def test_the_budget_grid_trains_each_split_of_the_samples_and_evaluates_from_its_stage(tmp_path):
+    """``--grid budget``: each cell trains with its own objective settings (MIWAE's and PIWAE's
+    ``outer``, CIWAE's ``beta``) on 64 samples per image; stages before ``--eval-from`` are
+    recorded unevaluated, and the report shows the evaluated ones with IWAE-64."""
+    import json
+    from pathlib import Path
+    bt = _runner()
+    out = tmp_path / "budget"
+    args = ["--grid", "budget", "--cells", "miwae-4x16", "ciwae-0.5", "piwae-8x8", "--max-stage", "1", "--eval-from",
+            "1", "--k", "50", "--synthetic", "300", "--train-subset", "40", "--test-subset", "50", "--quiet",
+            "--out", str(out)]
+    assert bt.main(args) == 0
+    for cell, setting in (("miwae-4x16", {"outer": 4}), ("ciwae-0.5", {"beta": 0.5}), ("piwae-8x8", {"outer": 8})):
+        result = json.loads((out / "cells" / f"{cell}-seed0" / "result.json").read_text())
+        assert result["k"] == 64 and all(result[k] == v for k, v in setting.items())
+        first, second = result["stages"]
+        assert "nll" not in first and first["epochs"] == 1
+        assert np.isfinite(second["nll"]) and second["test_iwae64"] >= second["test_elbo"] - 1.0
+    text = Path(str(out) + ".md").read_text()
+    assert "## Stage 1: epoch 4" in text and "## Stage 0" not in text and "| piwae-8x8-seed0 |" in text
+    assert "python benchmarks/burda_table1.py --grid budget" in text

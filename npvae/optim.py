@@ -229,7 +229,10 @@ class Optimizer:
             A fused update to use instead of the NumPy ufuncs: ``update(p, g, slots)``
             updates one parameter ``p`` and its state ``slots`` (``{slot: array}``) in
             place, flush included, and returns True, or returns False to leave that
-            parameter to the ufuncs. It must give the ufuncs' result bit for bit. The
+            parameter to the ufuncs. It must give the ufuncs' result bit for bit. If it
+            has an attribute ``all``, ``update.all(params, grads, state)`` (``state``:
+            ``{slot: {name: array}}``) is tried first: it updates every parameter at once and
+            returns True, or returns False, having written nothing. The
             engine that computed ``grads`` offers one from :meth:`fused_spec`
             (:meth:`npvae.engines.Engine.optimizer_update`: None for the NumPy
             engine, one kernel pass per parameter for the numba engine, for all three
@@ -254,6 +257,9 @@ class Optimizer:
         if not self._built:
             self._build(params)
         self.iterations += 1
+        update_all = getattr(update, "all", None)
+        if update_all is not None and update_all(params, grads, self._state):
+            return
         for key, p in params.items():
             slots = {s: self._state[s][key] for s in self._state}
             if update is not None and update(p, grads[key], slots):

@@ -470,7 +470,7 @@ def test_fit_float32_with_jobs_gives_the_history_without(monkeypatch, blas_on_tw
                 m.setattr(jobs, "MIN_JOB_ELEMENTS", 1000)   # the optimizer's step in parts too
             x = np.random.default_rng(0).random((60, 784)).astype(np.float32)
             histories.append(npvae.fit(model, x, epochs=2, batch_size=30, mc_samples=8, verbose=0))
-        assert (parts == 1) == (not calls) and (parts == 1 or [6, 6] in calls)
+        assert (parts == 1) == (not calls) and (parts == 1 or [jobs.JOB_UPDATE_TABLE] * 2 in calls)
     for a, b in zip(*histories):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
 
@@ -550,6 +550,53 @@ def test_adam_step_in_parts_is_bit_identical(monkeypatch, blas_on_two_threads):
     with blas.single_threaded():                       # BLAS on 1 thread: one part, no jobs
         jobs.adam_in_parts(p, g, m, v, 1e-3, 0.99, 0.999, 5e-6)
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+@pytest.mark.parametrize("in_parts", [False, True])
+def test_the_update_of_all_parameters_at_once_is_each_ones_bit_for_bit(monkeypatch, request, name, in_parts):
+    """The numba engine's ``update.all`` (one pass over a table of every parameter, in parts on
+    BLAS's threads) against the same optimizer stepping each parameter alone, over steps in which
+    the gradient arrays stay (the kept table) and change (a new one)."""
+    from npvae.fast import jobs
+    if in_parts:
+        if not blas.jobs_available():
+            pytest.skip("NumPy's BLAS here is not an OpenBLAS with a thread server")
+        request.getfixturevalue("blas_on_two_threads")
+        monkeypatch.setattr(jobs, "MIN_JOB_ELEMENTS", 64)
+    calls = counting_jobs(monkeypatch)
+    model = VAE(input_dim=30, hidden=(17, 9), latent_dim=3, dtype=np.float32, backend="numba", seed=0)
+    other = VAE(input_dim=30, hidden=(17, 9), latent_dim=3, dtype=np.float32, backend="numba", seed=0)
+    one, each = npvae.optim.get_optimizer(name, lr=1e-2), npvae.optim.get_optimizer(name, lr=1e-2)
+    update_one, update_each = model.engine.optimizer_update(one), other.engine.optimizer_update(each)
+    assert update_one.all is not None
+    del update_each.all                               # the per-parameter route
+    rng = np.random.default_rng(0)
+    grads = {k: rng.standard_normal(p.shape).astype(np.float32) for k, p in model.params.items()}
+    for step in range(4):
+        if step == 2:                                 # new gradient arrays: a new table
+            grads = {k: g.copy() for k, g in grads.items()}
+        for g in grads.values():
+            g *= np.float32(0.9)
+        one.step(model.params, grads, update=update_one)
+        each.step(other.params, grads, update=update_each)
+        for k in model.params:
+            np.testing.assert_array_equal(model.params[k], other.params[k])
+        for slot in one._state:
+            for k in model.params:
+                np.testing.assert_array_equal(one._state[slot][k], each._state[slot][k])
+    table_calls = [c for c in calls if c[0] == jobs.JOB_UPDATE_TABLE]
+    assert len(table_calls) == (4 if in_parts else 0)
+
+
+def test_the_update_of_all_parameters_leaves_float64_gradients_to_each_parameter():
+    model = VAE(input_dim=8, hidden=(5,), latent_dim=2, dtype=np.float32, backend="numba", seed=0)
+    opt = npvae.optim.get_optimizer("adam")
+    update = model.engine.optimizer_update(opt)
+    grads = {k: np.ones(p.shape) for k, p in model.params.items()}          # float64
+    opt.iterations += 1
+    assert update.all(model.params, grads, {s: {k: np.zeros_like(p) for k, p in model.params.items()}
+                                            for s in ("m", "v")}) is False
 
 
 # --------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from . import bernoulli, blas, dense, updates
 from ._jit import JIT, inline_kernel, kernel, literal_unroll, numba
 
 __all__ = ["JOB_FIELDS", "JOB_BERNOULLI", "JOB_NARROW_FORWARD", "JOB_SCALE_ROWS", "JOB_WEIGHTED_BIAS",
-           "JOB_NARROW_BACKWARD", "JOB_RMSPROP", "JOB_ADAM", "job_records", "row_job_address", "Jobs",
-           "SERIAL", "rmsprop_in_parts", "adam_in_parts", "MIN_JOB_ELEMENTS"]
+           "JOB_NARROW_BACKWARD", "JOB_RMSPROP", "JOB_ADAM", "JOB_UPDATE_TABLE", "UPDATE_RULES", "job_records",
+           "row_job_address", "Jobs", "SERIAL", "rmsprop_in_parts", "adam_in_parts", "update_table", "update_rows",
+           "MIN_JOB_ELEMENTS"]
 
 #: int64 fields of a job record: ``[op, r0, r1, n, f, k, flag, address x 9]`` (:func:`job_records`).
 JOB_FIELDS = 16
@@ -46,8 +47,14 @@ JOB_FIELDS = 16
 #:   ``lr``, ``rho``, ``eps`` as float64 in fields 13-15.
 #: * ``JOB_ADAM``: p (n,), g (n,), m (n,), v (n,) (:func:`npvae.fast.updates.adam_step` on elements ``r0:r1``);
 #:   ``alpha``, ``beta1``, ``beta2``, ``eps`` as float64 in fields 12-15.
+#: * ``JOB_UPDATE_TABLE``: the optimizer's update of many parameters at once, elements ``r0:r1`` of
+#:   their concatenation (:func:`update_rows`); ``f`` parameters listed by the int64 table
+#:   ``(f, 5)`` at address 7, ``flag`` the rule (:data:`UPDATE_RULES`), its scalars as float64
+#:   in the last fields (Adam's four in 12-15, RMSprop's three in 13-15).
 (JOB_BERNOULLI, JOB_NARROW_FORWARD, JOB_SCALE_ROWS, JOB_WEIGHTED_BIAS, JOB_NARROW_BACKWARD, JOB_RMSPROP,
- JOB_ADAM) = range(1, 8)
+ JOB_ADAM, JOB_UPDATE_TABLE) = range(1, 9)
+#: The rules :func:`update_table` runs, by the code of a record's ``flag``.
+UPDATE_RULES = {"adam": 1, "rmsprop": 2}
 
 
 @kernel
@@ -104,6 +111,10 @@ def _row_job(rec_address):
         p, g, m, v = _f32_at(rec[7], (n,)), _f32_at(rec[8], (n,)), _f32_at(rec[9], (n,)), _f32_at(rec[10], (n,))
         scalars = _carray(_f64_ptr(rec_address), (JOB_FIELDS,))
         updates.adam_step(p[r0:r1], g[r0:r1], m[r0:r1], v[r0:r1], scalars[12], scalars[13], scalars[14], scalars[15])
+    elif op == JOB_UPDATE_TABLE:
+        scalars = _carray(_f64_ptr(rec_address), (JOB_FIELDS,))
+        update_rows(_carray(_i64_ptr(rec[7]), (f, 5)), r0, r1, flag, scalars[12], scalars[13], scalars[14],
+                    scalars[15])
 
 
 _row_job_cfunc = None      # the compiled cfunc; False if compiling it failed
@@ -296,3 +307,62 @@ def adam_in_parts(p, g, m, v, alpha, beta1, beta2, eps):
         updates.adam_step(p, g, m, v, alpha, beta1, beta2, eps)
     else:
         _update_in_parts(JOB_ADAM, (p, g, m, v), (alpha, beta1, beta2, eps), parts)
+
+
+# --------------------------------------------------------------------------
+# The optimizer's update of every parameter at once
+# --------------------------------------------------------------------------
+@kernel
+def update_rows(table, r0, r1, rule, a, b, c, d):
+    """Elements ``r0:r1`` of the concatenated parameters listed in ``table`` (int64, ``(n, 5)``:
+    each row a parameter's size and the addresses of its float32 ``p``, ``g`` and first and
+    second slot), updated by ``rule`` (:data:`UPDATE_RULES`): Adam's step
+    (:func:`npvae.fast.updates.adam_step`, scalars ``alpha, beta1, beta2, eps``) or RMSprop's
+    (:func:`npvae.fast.updates.rmsprop_step`, scalars ``lr, rho, eps`` in ``b, c, d``).
+    Elementwise: any split of the elements gives the one-part result bit for bit."""
+    offset = 0
+    for i in range(table.shape[0]):
+        size = table[i, 0]
+        lo, hi = max(r0 - offset, 0), min(r1 - offset, size)
+        if lo < hi:
+            p, g, s1 = _f32_at(table[i, 1], (size,)), _f32_at(table[i, 2], (size,)), _f32_at(table[i, 3], (size,))
+            if rule == 1:
+                updates.adam_step(p[lo:hi], g[lo:hi], s1[lo:hi], _f32_at(table[i, 4], (size,))[lo:hi], a, b, c, d)
+            else:
+                updates.rmsprop_step(p[lo:hi], g[lo:hi], s1[lo:hi], b, c, d)
+        offset += size
+
+
+def update_table(rule, arrays, scalars):
+    """The update ``rule`` ("adam", "rmsprop") of every parameter at once: ``arrays`` a list of
+    ``(p, g, slot, ...)`` per parameter (all C-contiguous float32, the slots in the rule's order),
+    ``scalars`` the rule's (:class:`npvae.optim.FusedSpec`). In parts on BLAS's threads as
+    :func:`rmsprop_in_parts` (the parts cut the concatenated elements evenly), else in one call:
+    either way one pass, bit for bit the update of each parameter alone. Returns the table (int64
+    ``(n, 5)``, the arrays' sizes and addresses), which is valid while the arrays live."""
+    table = np.zeros((len(arrays), 5), np.int64)
+    for i, group in enumerate(arrays):
+        table[i, 0] = group[0].size
+        for j, a in enumerate(group):
+            table[i, 1 + j] = a.ctypes.data
+    run_table(rule, table, scalars)
+    return table
+
+
+def run_table(rule, table, scalars):
+    """Run :func:`update_rows` over a table made by :func:`update_table` (whose arrays are alive)."""
+    total = int(table[:, 0].sum())
+    code = UPDATE_RULES[rule]
+    values = (0.0,) * (4 - len(scalars)) + tuple(float(v) for v in scalars)
+    parts = 1
+    if total >= 2 * MIN_JOB_ELEMENTS and blas.jobs_available() and row_job_address() is not None:
+        parts = min(blas.current_threads() or 1, total // MIN_JOB_ELEMENTS)
+    if parts < 2:
+        update_rows(table, 0, total, code, *values)
+        return
+    records = np.zeros((parts, JOB_FIELDS), np.int64)
+    for j in range(parts):
+        records[j, :8] = (JOB_UPDATE_TABLE, total * j // parts, total * (j + 1) // parts, total, len(table), 0, code,
+                          table.ctypes.data)
+    records[:, 12:] = np.array(values, np.float64).view(np.int64)
+    blas.run_jobs(row_job_address(), records)

@@ -323,6 +323,42 @@ def budget_report(results, command):
     return "\n".join(lines) + "\n"
 
 
+def plot_stages(results, out, theirs=None):
+    """``<out>.png``: each cell's test NLL and active units at the end of every evaluated stage,
+    against the epochs (log scale), with ``theirs`` (``{name: (nll, active)}``, after 3,280 epochs)
+    as marks at the right edge. Returns the path, or None without matplotlib or evaluated stages."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        log("matplotlib not installed: the figure is skipped")
+        return None
+    rows = [(r, [s for s in r["stages"] if "nll" in s]) for r in results]
+    rows = [(r, stages) for r, stages in rows if stages]
+    if not rows:
+        return None
+    fig = Figure(figsize=(10, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for r, stages in rows:
+        epochs = [s["epochs"] for s in stages]
+        for ax, key in zip(axes, ("nll", "active_units")):
+            line, = ax.plot(epochs, [s[key] for s in stages], "o-", label=r["cell"])
+            if theirs and r["name"] in theirs:
+                ax.plot([protocol.BURDA_EPOCHS], [theirs[r["name"]][0 if key == "nll" else 1]], "*", ms=10,
+                        color=line.get_color())
+    for ax, title in zip(axes, ("test NLL (IS, k = 5000), nats", "active units")):
+        ax.set_xscale("log")
+        ax.set_xlabel("epochs (ends of Burda's stages)")
+        ax.set_title(title + ("; ★ Burda et al., 3,280 epochs" if theirs else ""), fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(out).with_suffix(".png")
+    fig.savefig(path)
+    return path
+
+
 def gains(rows):
     """The IWAE-VAE gain and DReG's lead at each k of a stage (NLL differences, nats)."""
     nll = {r["name"]: s["nll"] for r, s in rows if r["seed"] == rows[0][0]["seed"]}
@@ -381,7 +417,12 @@ def main(argv=None):
             return status
         if args.ais:
             run_ais(args)
-    text = (report if args.grid == "table1" else budget_report)(read_results(args.out), command)
+    results = read_results(args.out)
+    text = (report if args.grid == "table1" else budget_report)(results, command)
+    figure = plot_stages(_ordered(results, ALL_CELLS), args.out,
+                         {n: v for n, v in BURDA_TABLE1.items()} if args.grid == "table1" else None)
+    if figure is not None:
+        text += f"\n![NLL and active units against epochs]({figure.name})\n"
     io.atomic_write_text(Path(args.out).with_suffix(".md"), text)
     log(f"report: {Path(args.out).with_suffix('.md')}")
     return 0

@@ -131,6 +131,18 @@ def _check_bool(name: str, value) -> bool:
 # Base class
 # ----------------------------------------------------------------------------------------
 
+def _fingerprint(params, grads):
+    """What :meth:`Optimizer.step` checked its arguments by: the same key order, and per key the
+    same parameter and gradient objects with the same shape, dtype and writability (None for
+    anything that is not a dict of arrays: then the full check runs and says what is wrong)."""
+    try:
+        return (tuple(params), tuple(grads),
+                tuple((id(p), p.shape, p.dtype, p.flags.writeable) for p in params.values()),
+                tuple((id(g), g.shape, g.dtype) for g in grads.values()))
+    except AttributeError:
+        return None
+
+
 class Optimizer:
     """Base class: validation, lazy state allocation, flushing and state dicts.
 
@@ -155,6 +167,7 @@ class Optimizer:
         # _state[slot][param] -> array with the param's shape and dtype
         self._state: Dict[str, Dict[str, np.ndarray]] = {s: {} for s in self._slot_names()}
         self._built = False
+        self._checked, self._checked_arrays = None, None   # what step last checked (_fingerprint)
         # flat buffers shared by all params of one dtype; views are taken per param so
         # the memory cost is one largest-parameter-sized array, not one per parameter
         self._scratch: Dict[np.dtype, np.ndarray] = {}
@@ -253,9 +266,12 @@ class Optimizer:
         ``np.finfo(dtype).tiny`` in magnitude are flushed to 0 (see the module
         docstring).
         """
-        self._check_params_grads(params, grads)
+        seen = _fingerprint(params, grads)
+        if seen is None or seen != self._checked:    # the same arrays as the last step's: checked then
+            self._check_params_grads(params, grads)
         if not self._built:
             self._build(params)
+        self._checked, self._checked_arrays = seen, (params, grads)      # (kept alive: their ids stay theirs)
         self.iterations += 1
         update_all = getattr(update, "all", None)
         if update_all is not None and update_all(params, grads, self._state):

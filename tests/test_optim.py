@@ -608,3 +608,24 @@ def test_module_imports_with_only_numpy_and_the_standard_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+def test_a_repeated_step_skips_no_check_that_could_fail(name):
+    """step checks its arguments once per set of arrays (the same arrays again: checked then);
+    a new array, a changed shape or a parameter made read-only is checked again."""
+    from npvae.optim import get_optimizer
+    opt = get_optimizer(name)
+    params = {"w": np.ones((3, 2)), "b": np.zeros(2)}
+    grads = {"w": np.full((3, 2), 0.1), "b": np.full(2, 0.1)}
+    opt.step(params, grads)
+    opt.step(params, grads)
+    with pytest.raises(ValueError, match=r"grads\['b'\]: expected the shape"):
+        opt.step(params, {"w": grads["w"], "b": np.zeros(3)})
+    params["b"].flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\['b'\]: expected a writable array"):
+        opt.step(params, grads)
+    params["b"].flags.writeable = True
+    grads["w"].shape = (2, 3)
+    with pytest.raises(ValueError, match=r"grads\['w'\]: expected the shape"):
+        opt.step(params, grads)

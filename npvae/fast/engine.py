@@ -54,7 +54,7 @@ FUSED_UPDATES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 class _AllAtOnce:
     """``update.all`` of :meth:`NumbaEngine.optimizer_update` (see :meth:`npvae.optim.Optimizer.step`):
     every float32 parameter updated in one pass over a table of their addresses
-    (:func:`npvae.fast.jobs.update_table`), in parts on BLAS's threads: one call a step instead
+    (:class:`npvae.fast.jobs.UpdateTable`), in parts on BLAS's threads: one call a step instead
     of one per parameter, both cores on the update's memory traffic. The table is kept, with the
     arrays it points into, while the same arrays come back (the next step's); anything not
     C-contiguous float32 leaves the step to the per-parameter update."""
@@ -65,15 +65,18 @@ class _AllAtOnce:
 
     def __call__(self, params, grads, state):
         spec = self.optimizer.fused_spec()
-        groups = [(p, grads[name], *(state[slot][name] for slot in spec.slots)) for name, p in params.items()]
-        key = tuple(id(a) for group in groups for a in group)
+        names = tuple(params)
+        key = (names, tuple(map(id, params.values())), tuple(map(id, map(grads.__getitem__, names))),
+               *(tuple(map(id, map(state[slot].__getitem__, names))) for slot in spec.slots))
         if key == self._key:
-            jobs.run_table(spec.rule, self._table, spec.scalars)
+            self._table.run(spec.scalars)
             return True
+        groups = [(p, grads[name], *(state[slot][name] for slot in spec.slots)) for name, p in params.items()]
         if not all(a.dtype == np.float32 and a.flags.c_contiguous for group in groups for a in group):
             return False
-        self._table = jobs.update_table(spec.rule, groups, spec.scalars)
+        self._table = jobs.UpdateTable(spec.rule, groups)
         self._key, self._arrays = key, groups             # the arrays stay alive with the table
+        self._table.run(spec.scalars)
         return True
 
 

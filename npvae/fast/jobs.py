@@ -27,7 +27,7 @@ from ._jit import JIT, inline_kernel, kernel, literal_unroll, numba
 
 __all__ = ["JOB_FIELDS", "JOB_BERNOULLI", "JOB_NARROW_FORWARD", "JOB_SCALE_ROWS", "JOB_WEIGHTED_BIAS",
            "JOB_NARROW_BACKWARD", "JOB_RMSPROP", "JOB_ADAM", "JOB_UPDATE_TABLE", "UPDATE_RULES", "job_records",
-           "row_job_address", "Jobs", "SERIAL", "rmsprop_in_parts", "adam_in_parts", "update_table", "update_rows",
+           "row_job_address", "Jobs", "SERIAL", "rmsprop_in_parts", "adam_in_parts", "UpdateTable", "update_rows",
            "MIN_JOB_ELEMENTS"]
 
 #: int64 fields of a job record: ``[op, r0, r1, n, f, k, flag, address x 9]`` (:func:`job_records`).
@@ -53,7 +53,7 @@ JOB_FIELDS = 16
 #:   in the last fields (Adam's four in 12-15, RMSprop's three in 13-15).
 (JOB_BERNOULLI, JOB_NARROW_FORWARD, JOB_SCALE_ROWS, JOB_WEIGHTED_BIAS, JOB_NARROW_BACKWARD, JOB_RMSPROP,
  JOB_ADAM, JOB_UPDATE_TABLE) = range(1, 9)
-#: The rules :func:`update_table` runs, by the code of a record's ``flag``.
+#: The rules :class:`UpdateTable` runs, by the code of a record's ``flag``.
 UPDATE_RULES = {"adam": 1, "rmsprop": 2}
 
 
@@ -333,36 +333,38 @@ def update_rows(table, r0, r1, rule, a, b, c, d):
         offset += size
 
 
-def update_table(rule, arrays, scalars):
-    """The update ``rule`` ("adam", "rmsprop") of every parameter at once: ``arrays`` a list of
+class UpdateTable:
+    """The update ``rule`` ("adam", "rmsprop") of many parameters at once: ``arrays`` a list of
     ``(p, g, slot, ...)`` per parameter (all C-contiguous float32, the slots in the rule's order),
-    ``scalars`` the rule's (:class:`npvae.optim.FusedSpec`). In parts on BLAS's threads as
-    :func:`rmsprop_in_parts` (the parts cut the concatenated elements evenly), else in one call:
-    either way one pass, bit for bit the update of each parameter alone. Returns the table (int64
-    ``(n, 5)``, the arrays' sizes and addresses), which is valid while the arrays live."""
-    table = np.zeros((len(arrays), 5), np.int64)
-    for i, group in enumerate(arrays):
-        table[i, 0] = group[0].size
-        for j, a in enumerate(group):
-            table[i, 1 + j] = a.ctypes.data
-    run_table(rule, table, scalars)
-    return table
+    listed in a table of their sizes and addresses (int64 ``(n, 5)``), which stays valid while
+    the arrays live (the caller keeps them). :meth:`run` makes one step with the rule's
+    ``scalars`` (:class:`npvae.optim.FusedSpec`): in parts on BLAS's threads as
+    :func:`rmsprop_in_parts` (the parts cut the concatenated elements evenly), else in one call;
+    either way one pass, bit for bit the update of each parameter alone."""
 
+    def __init__(self, rule, arrays):
+        self.code = UPDATE_RULES[rule]
+        self.table = np.zeros((len(arrays), 5), np.int64)
+        for i, group in enumerate(arrays):
+            self.table[i, 0] = group[0].size
+            for j, a in enumerate(group):
+                self.table[i, 1 + j] = a.ctypes.data
+        self.total = int(self.table[:, 0].sum())
+        self._records = {}                        # parts -> the job records (scalars written per run)
 
-def run_table(rule, table, scalars):
-    """Run :func:`update_rows` over a table made by :func:`update_table` (whose arrays are alive)."""
-    total = int(table[:, 0].sum())
-    code = UPDATE_RULES[rule]
-    values = (0.0,) * (4 - len(scalars)) + tuple(float(v) for v in scalars)
-    parts = 1
-    if total >= 2 * MIN_JOB_ELEMENTS and blas.jobs_available() and row_job_address() is not None:
-        parts = min(blas.current_threads() or 1, total // MIN_JOB_ELEMENTS)
-    if parts < 2:
-        update_rows(table, 0, total, code, *values)
-        return
-    records = np.zeros((parts, JOB_FIELDS), np.int64)
-    for j in range(parts):
-        records[j, :8] = (JOB_UPDATE_TABLE, total * j // parts, total * (j + 1) // parts, total, len(table), 0, code,
-                          table.ctypes.data)
-    records[:, 12:] = np.array(values, np.float64).view(np.int64)
-    blas.run_jobs(row_job_address(), records)
+    def run(self, scalars):
+        values = (0.0,) * (4 - len(scalars)) + tuple(float(v) for v in scalars)
+        parts = 1
+        if self.total >= 2 * MIN_JOB_ELEMENTS and blas.jobs_available() and row_job_address() is not None:
+            parts = min(blas.current_threads() or 1, self.total // MIN_JOB_ELEMENTS)
+        if parts < 2:
+            update_rows(self.table, 0, self.total, self.code, *values)
+            return
+        records = self._records.get(parts)
+        if records is None:
+            records = self._records[parts] = np.zeros((parts, JOB_FIELDS), np.int64)
+            for j in range(parts):
+                records[j, :8] = (JOB_UPDATE_TABLE, self.total * j // parts, self.total * (j + 1) // parts,
+                                  self.total, len(self.table), 0, self.code, self.table.ctypes.data)
+        records[:, 12:] = np.array(values, np.float64).view(np.int64)
+        blas.run_jobs(row_job_address(), records)

@@ -684,3 +684,24 @@ def test_forward_only_nll_equals_the_nll_of_the_pass_with_gradient(rng, dtype, a
     np.testing.assert_array_equal(got, want)                # the same terms, the same float64 sums
     if dtype == np.float32:
         np.testing.assert_array_equal(kept, logits)         # float32 reads the logits only
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_binary_first_layer_equals_the_dense_products(rng, dtype):
+    """On binary data the encoder's first layer sums the weight rows of the ones: x @ W and
+    x.T @ d as BLAS computes them, up to the order of the additions (an all-zero row included)."""
+    x = (rng.random((7, 30)) < 0.2).astype(dtype)
+    x[3] = 0
+    W, d = rng.standard_normal((30, 9)).astype(dtype), rng.standard_normal((7, 9)).astype(dtype)
+    cols, counts = np.empty((7, 30), np.int32), np.empty(7, np.int32)
+    assert dense.binary_rows(x, cols, counts)
+    assert counts.tolist() == x.sum(1).astype(int).tolist() and counts[3] == 0
+    out, dW = np.full((7, 9), np.nan, dtype), np.full((30, 9), np.nan, dtype)
+    dense.binary_product(cols, counts, W, out)
+    dense.binary_weight_grad(cols, counts, d, dW)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(out, x @ W, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dW, x.T @ d, rtol=tol, atol=tol)
+    assert np.all(out[3] == 0) and np.all(dW[x.sum(0) == 0] == 0)
+    x[5, 4] = 0.5                                       # one gray value: not binary, the dense product
+    assert not dense.binary_rows(x, cols, counts)

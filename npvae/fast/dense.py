@@ -22,7 +22,8 @@ from ._jit import inline_kernel, kernel, reassoc_kernel, wide_vectors
 
 __all__ = ["RELU", "TANH", "IDENTITY", "ACT_CODES", "bias_act_forward", "act_backward", "act_backward_rows",
            "bias_grad", "weighted_bias_grad", "scale_rows_into", "NARROW_INPUT",
-           "narrow_dense_act_forward", "narrow_dense_act_backward", "narrow_forward_rows"]
+           "narrow_dense_act_forward", "narrow_dense_act_backward", "narrow_forward_rows", "binary_rows",
+           "binary_product", "binary_weight_grad"]
 
 RELU, TANH, IDENTITY = 0, 1, 2
 #: Activation name -> code for :func:`bias_act_forward` / :func:`act_backward`.
@@ -336,3 +337,63 @@ def _dot_f64(a, b):
     for j in range(a.shape[0]):
         acc += np.float64(a[j]) * np.float64(b[j])
     return acc
+
+
+# --------------------------------------------------------------------------
+# The encoder's first layer on binary data: a sum of the weight rows of the ones
+# --------------------------------------------------------------------------
+@kernel
+def binary_rows(x, cols, counts):
+    """Where each row of ``x`` (N, D) is 1: ``cols[i, :counts[i]]`` (int32, increasing), and
+    True; or False, with ``cols`` and ``counts`` unspecified, as soon as an entry is neither
+    0 nor 1 (then the layer takes the dense product)."""
+    n, d = x.shape
+    zero, one = x.dtype.type(0.0), x.dtype.type(1.0)
+    for i in range(n):
+        c = 0
+        for j in range(d):
+            v = x[i, j]
+            if v == one:
+                cols[i, c] = j
+                c += 1
+            elif v != zero:
+                return False
+        counts[i] = c
+    return True
+
+
+@kernel
+def binary_product(cols, counts, W, out):
+    """``out = x @ W`` for a binary ``x`` given by :func:`binary_rows`: each row the sum of the
+    rows of ``W`` where ``x`` is 1, in increasing order (equal to BLAS's product up to the order
+    of the additions; exact zeros where a row of ``x`` is all 0)."""
+    wide_vectors()
+    f = W.shape[1]
+    zero = out.dtype.type(0.0)
+    for i in range(out.shape[0]):
+        row = out[i]
+        for k in range(f):
+            row[k] = zero
+        for c in range(counts[i]):
+            w = W[cols[i, c]]
+            for k in range(f):
+                row[k] += w[k]
+
+
+@kernel
+def binary_weight_grad(cols, counts, d, dW):
+    """``dW = x.T @ d`` for a binary ``x`` given by :func:`binary_rows`: row ``j`` of ``dW`` the
+    sum of the rows of ``d`` whose ``x`` has a 1 in column ``j`` (rows in increasing order;
+    exact zeros where the column is all 0)."""
+    wide_vectors()
+    f = dW.shape[1]
+    zero = dW.dtype.type(0.0)
+    for j in range(dW.shape[0]):
+        for k in range(f):
+            dW[j, k] = zero
+    for i in range(d.shape[0]):
+        di = d[i]
+        for c in range(counts[i]):
+            row = dW[cols[i, c]]
+            for k in range(f):
+                row[k] += di[k]

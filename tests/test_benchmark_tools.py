@@ -971,3 +971,22 @@ def test_grid_ais_verdict_says_whether_a_difference_holds_beyond_two_se():
     assert "does not hold" in grid_ais._verdict("iwae-dreg", "iwae", 5, (0.4, 0.1), (0.1, 0.1))
     assert "neither beyond 2 SE" in grid_ais._verdict("iwae-dreg", "iwae", 5, (0.1, 0.1), (0.1, 0.1))
     assert grid_ais.paired(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 0.0])) == (2.0, 1.0 / np.sqrt(3))
+
+
+# --------------------------------------------------------------------------
+# ll_vs_k.py: the importance-sampled log-likelihood against k
+# --------------------------------------------------------------------------
+def test_ll_vs_k_estimates_each_k_from_disjoint_blocks_and_pairs_the_reference():
+    import ll_vs_k
+    rng = np.random.default_rng(0)
+    flat = np.full((4, 12), -3.0)                         # equal weights: every k gives log w exactly
+    est = ll_vs_k.block_estimates(flat, [1, 3, 12], reference=np.full(4, -1.0))
+    for k in (1, 3, 12):
+        assert est[k][0] == pytest.approx(-3.0) and est[k][2] == pytest.approx(2.0) and est[k][3] == 0
+    lw = rng.standard_normal((50, 600)) * 2.0
+    est = ll_vs_k.block_estimates(lw, [1, 10, 100, 600], reference=np.zeros(50))
+    means = [est[k][0] for k in (1, 10, 100, 600)]
+    assert means == sorted(means)                         # the bound rises with k (Burda et al.)
+    one = lw[:, :10]
+    by_hand = np.mean([np.log(np.exp(one[i]).mean()) for i in range(50)])
+    assert ll_vs_k.block_estimates(one, [10], np.zeros(50))[10][0] == pytest.approx(by_hand)

@@ -1,0 +1,168 @@
+"""The importance-sampled log-likelihood against its number of samples k, beside AIS.
+
+The IWAE bound with k samples, ``E[log (1/k) sum_i w_i]``, rises with k toward log p(x); the
+study quotes it at k = 5000 as "the log-likelihood". This script shows how far from converged
+that is on a trained model: for each image, ``--k-max`` log weights from the encoder
+(``engine.log_weights``), and for each k the mean over disjoint blocks of k of them of
+``log (1/k) sum_i w_i`` (the same expectation as one k-sample estimate, with less spread), then
+the mean over the images with its SE over them; beside it AIS (``npvae.log_likelihood(method=
+"ais")``, a stochastic lower bound too, usually tighter) on the same images.
+
+    python benchmarks/ll_vs_k.py
+
+writes ``benchmarks/results/ll_vs_k.md``, ``.json`` and ``.png`` (``--out``). The model is
+Burda et al.'s VAE (k = 1) of ``benchmarks/results/burda_table1`` at the last stage it reached
+(``--model``), the test images binarized once with that study's seed.
+"""
+
+import _common  # noqa: F401  (first: this checkout's npvae on sys.path)
+
+import argparse
+import json
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from _common import REPO, RESULTS, load_mnist, machine
+
+import npvae
+from npvae import io
+from npvae.datasets import binarize
+from npvae.evaluate import log_likelihood
+
+MODEL = RESULTS / "burda_table1" / "cells" / "vae-k1-seed0" / "model.npz"
+EVAL_SEED = 123                       # burda_table1's binarization of the test images
+
+
+def log_weights(model, x, k_max, seed, chunk=200):
+    """``(n, k_max)`` float64 log weights of each image, ``k_max`` draws from the encoder."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(x), k_max))
+    per = max(1, 20000 // k_max)                     # images per call: ~20,000 rows
+    for i in range(0, len(x), per):
+        xb = x[i:i + per]
+        for j in range(0, k_max, chunk):
+            eps = model.sample_eps(len(xb), min(chunk, k_max - j), rng)
+            out[i:i + per, j:j + eps.shape[1]] = model.engine.log_weights(xb, eps)
+    return out
+
+
+def block_estimates(lw, ks, reference):
+    """Per k: ``(mean, se, gap, gap_se)``: the mean over the images of each image's mean over
+    disjoint blocks of k of ``log mean exp`` of the block's log weights, its SE over the images,
+    and ``reference`` (per image) minus it, with the SE of that paired difference."""
+    n, k_max = lw.shape
+    out = {}
+    for k in ks:
+        blocks = lw[:, :k_max // k * k].reshape(n, k_max // k, k)
+        m = blocks.max(axis=2, keepdims=True)
+        per_block = (m + np.log(np.exp(blocks - m).mean(axis=2, keepdims=True)))[..., 0]
+        per_image = per_block.mean(axis=1)
+        gap = reference - per_image
+        out[k] = (float(per_image.mean()), float(per_image.std(ddof=1) / np.sqrt(n)), float(gap.mean()),
+                  float(gap.std(ddof=1) / np.sqrt(n)))
+    return out
+
+
+def plot(data, out):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("matplotlib not installed: the figure is skipped", file=sys.stderr)
+        return None
+    fig = Figure(figsize=(6, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ks = [int(k) for k in data["is"]]
+    mean = np.array([data["is"][str(k)][0] for k in ks])
+    se = np.array([data["is"][str(k)][1] for k in ks])     # the images' spread: the band
+    ax.plot(ks, mean, "o-", label="importance sampling, k samples")
+    ax.fill_between(ks, mean - 2 * se, mean + 2 * se, alpha=0.2)
+    ais = data["ais"]
+    ax.axhline(ais["mean"], color="C3", ls="--", label=f"AIS ({ais['chains']} chains, {ais['steps']} steps)")
+    ax.axhspan(ais["mean"] - 2 * ais["se"], ais["mean"] + 2 * ais["se"], color="C3", alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (importance samples per image)")
+    ax.set_ylabel("mean log p(x) estimate, nats")
+    ax.set_title(f"{data['n']} test images; bands: ±2 SE over the images", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out).with_suffix(".png")
+    fig.savefig(path)
+    return path
+
+
+def report(data, figure):
+    ks = [int(k) for k in data["is"]]
+    ais = data["ais"]
+    lines = ["# The importance-sampled log-likelihood against k, beside AIS", "",
+             f"Command: `{data['command']}`", "",
+             f"Date: {data['date']}. Machine: {data['machine']}.", "",
+             f"Model: `{data['model']}` ({data['model_note']}). Images: the first {data['n']} test images, "
+             f"binarized once (seed {EVAL_SEED}, as `burda_table1.py`). For each image {data['k_max']} log weights "
+             "from the encoder; for each k the mean over disjoint blocks of k of the block's log-mean-exp (the "
+             "expectation of one k-sample estimate, the IWAE bound with k samples), then the mean over images and "
+             "its SE over them. AIS: `npvae.log_likelihood(method=\"ais\")` on the same images, "
+             f"{ais['chains']} chains, {ais['steps']} annealing steps. Both are stochastic lower bounds of log p(x) "
+             "in expectation.", "",
+             "| k | mean log p(x) estimate | SE over images | AIS minus this (paired SE) |", "|---:|---:|---:|---:|"]
+    for k in ks:
+        mean, se, gap, gap_se = data["is"][str(k)]
+        lines.append(f"| {k} | {mean:.2f} | {se:.2f} | {gap:+.2f} ({gap_se:.2f}) |")
+    lines += ["", f"AIS: {ais['mean']:.2f} (SE over images {ais['se']:.2f}, Monte Carlo SE {ais['mc_se']:.3f}).", ""]
+    if figure is not None:
+        lines += [f"![log p(x) against k]({figure.name})", ""]
+    return "\n".join(lines)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=str(MODEL), help="an npvae model file")
+    p.add_argument("--n", type=int, default=500, help="test images (the first n)")
+    p.add_argument("--k-max", type=int, default=5000, help="log weights per image")
+    p.add_argument("--ais-chains", type=int, default=16)
+    p.add_argument("--ais-steps", type=int, default=200)
+    p.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
+    p.add_argument("--out", default=str(RESULTS / "ll_vs_k"), help="OUT.md, OUT.json and OUT.png")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    model_path = Path(args.model).resolve()
+    model = npvae.load(model_path)
+    x = binarize(load_mnist(args.data)[1][:args.n], "dynamic", np.random.default_rng(EVAL_SEED))
+    lw = log_weights(model, x.astype(model.dtype), args.k_max, seed=0)
+    ks = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if k <= args.k_max]
+    ais = log_likelihood(model, x.astype(model.dtype), method="ais", chains=args.ais_chains, steps=args.ais_steps,
+                         seed=1, progress=True, file=sys.stderr)
+    estimates = block_estimates(lw, ks, np.asarray(ais.per_example, dtype=np.float64))
+    note = "a model file"
+    result = model_path.parent / "result.json"
+    if result.exists():
+        r = json.loads(result.read_text())
+        last = r["stages"][-1]                     # the staged runner saves model.npz at each stage's end
+        note = f"{r['cell']} at the end of stage {last['stage']} of Burda's schedule (epoch {last['epochs']})"
+    shown = model_path.relative_to(REPO) if REPO in model_path.parents else model_path.name
+    data = {"command": "python benchmarks/ll_vs_k.py " + " ".join(shlex.quote(a) for a in argv),
+            "date": f"{datetime.now():%Y-%m-%d %H:%M}", "machine": machine(load=True), "model": str(shown),
+            "model_note": note, "n": args.n, "k_max": args.k_max,
+            "is": {str(k): v for k, v in estimates.items()},
+            "ais": {"mean": ais.mean, "se": ais.se, "mc_se": ais.mc_se, "chains": args.ais_chains,
+                    "steps": args.ais_steps}}
+    out = Path(args.out)
+    io.atomic_write_text(out.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
+    io.atomic_write_text(out.with_suffix(".md"), report(data, plot(data, out)))
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,3 +62,16 @@ def peak_while(f):
     finally:
         tracemalloc.stop()
     return None, 0
+
+
+def burda_iwae_case(backend):
+    """Burda et al.'s architecture (tanh, float32) with small random biases, a batch of 20 binary
+    images, its noise for S = 5 and the engine's IWAE bound on them: what the peers' tanh losses
+    are held equal to. Returns ``(model, x, eps, bound)``."""
+    model = small_model(input_dim=784, hidden=(200, 200), latent_dim=50, activation="tanh", seed=0,
+                        dtype=np.float32, backend=backend, bias_scale=0.1)
+    rng = np.random.default_rng(7)
+    x = (rng.random((20, 784)) < 0.3).astype(np.float32)
+    eps = model.sample_eps(20, 5, rng)
+    bound, _ = model.engine.loss_and_grads(x, eps, "iwae")
+    return model, x, eps, bound

@@ -15,7 +15,7 @@ import _common  # noqa: E402,F401  (benchmarks/peers on sys.path)
 import jax_vae  # noqa: E402
 
 import npvae  # noqa: E402
-from _helpers import BACKENDS, small_model  # noqa: E402
+from _helpers import BACKENDS, burda_iwae_case  # noqa: E402
 
 
 @pytest.mark.parametrize("objective,hidden,S", [("elbo", (16,), 1), ("iwae", (16, 8), 4), ("elbo", (8,), 3)])
@@ -49,12 +49,7 @@ def test_peer_trains_with_its_compiled_rmsprop_step():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tanh_peer_loss_equals_npvaes_engine_iwae_loss_on_the_same_weights(backend):
     jnp = jax_vae.setup().numpy
-    model = small_model(input_dim=784, hidden=(200, 200), latent_dim=50, activation="tanh", seed=0,
-                        dtype=np.float32, backend=backend, bias_scale=0.1)
-    rng = np.random.default_rng(7)
-    x = (rng.random((20, 784)) < 0.3).astype(np.float32)
-    eps = model.sample_eps(20, 5, rng)
-    bound, _ = model.engine.loss_and_grads(x, eps, "iwae")
+    model, x, eps, bound = burda_iwae_case(backend)
     params = {k: jnp.asarray(v) for k, v in model.params.items()}
     peer_loss = float(jax_vae.loss_fn(params, jnp.asarray(x), jnp.asarray(eps), "iwae", "tanh"))
     assert peer_loss == pytest.approx(bound.loss, rel=1e-5)

@@ -15,7 +15,7 @@ import compare_peer  # noqa: E402
 import speed  # noqa: E402
 import torch_vae  # noqa: E402
 
-from _helpers import BACKENDS, small_model  # noqa: E402
+from _helpers import BACKENDS, burda_iwae_case  # noqa: E402
 
 
 @pytest.mark.parametrize("hidden,S", [((16,), 1), ((16, 8), 4)])
@@ -52,12 +52,7 @@ def test_speeds_drift_run_reads_the_peers_running_averages_without_patching_torc
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tanh_peer_loss_equals_npvaes_engine_iwae_loss_on_the_same_weights(backend):
-    model = small_model(input_dim=784, hidden=(200, 200), latent_dim=50, activation="tanh", seed=0,
-                        dtype=np.float32, backend=backend, bias_scale=0.1)
-    rng = np.random.default_rng(7)
-    x = (rng.random((20, 784)) < 0.3).astype(np.float32)
-    eps = model.sample_eps(20, 5, rng)
-    bound, _ = model.engine.loss_and_grads(x, eps, "iwae")
+    model, x, eps, bound = burda_iwae_case(backend)
     peer = torch_vae.build_model(hidden=(200, 200), latent_dim=50, activation="tanh")
     compare_peer.copy_weights(model, peer, torch)
     with torch.no_grad():

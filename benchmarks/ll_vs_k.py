@@ -121,8 +121,8 @@ def report(data, figure):
     k_top, k_prev = ks[-1], ks[-2] if len(ks) > 1 else None
     _, _, gap, gap_se = data["is"][str(k_top)]
     verdict = "within" if abs(gap) <= 2 * gap_se else "beyond"
-    lines += [f"At k = {k_top} the importance-sampled estimate is {gap:+.2f} ± {gap_se:.2f} nats from AIS on these "
-              f"images ({verdict} 2 SE of the paired difference)" + (
+    lines += [f"At k = {k_top}, AIS minus the importance-sampled estimate is {gap:+.2f} ± {gap_se:.2f} nats on these "
+              f"images ({verdict} 2 SE of zero)" + (
                   f"; from k = {k_prev} to {k_top} it still rose by "
                   f"{data['is'][str(k_top)][0] - data['is'][str(k_prev)][0]:.2f} nats" if k_prev else "") +
               ". AIS too is a lower bound in expectation, so this says how far IS is below AIS, not below "
@@ -169,7 +169,7 @@ def main(argv=None):
         last = r["stages"][-1]                     # the staged runner saves model.npz at each stage's end
         note = f"{r['cell']} at the end of stage {last['stage']} of Burda's schedule (epoch {last['epochs']})"
     shown = model_path.relative_to(REPO) if REPO in model_path.parents else model_path.name
-    data = {"command": "python benchmarks/ll_vs_k.py " + " ".join(shlex.quote(a) for a in argv),
+    data = {"command": " ".join(["python benchmarks/ll_vs_k.py", *map(shlex.quote, argv)]),
             "date": f"{datetime.now():%Y-%m-%d %H:%M}", "machine": machine(load=True), "model": str(shown),
             "model_note": note, "n": args.n, "k_max": args.k_max,
             "is": {str(k): v for k, v in estimates.items()},

@@ -77,10 +77,19 @@ def cell_name(M, K):
 
 
 def grid(args, batch):
-    """The (M, K) cells of a batch size: every pair whose ``batch * M * K`` rows fit
+    """The (M, K) cells a run measures at a batch size: every pair whose ``batch * M * K`` rows fit
     ``--max-draw-rows``, cheapest first (so that an interrupted run has the small grid whole)."""
-    cells = [(M, K) for M in args.M for K in args.K if batch * M * K <= args.max_draw_rows]
+    return cheapest_first((M, K) for M in args.M for K in args.K if batch * M * K <= args.max_draw_rows)
+
+
+def cheapest_first(cells):
     return sorted(cells, key=lambda mk: (mk[0] * mk[1], mk[1]))
+
+
+def shown(by_mk, args):
+    """The (M, K) cells of ``--M`` x ``--K`` that a report shows: those measured (by this run or an
+    earlier one, whatever its ``--max-draw-rows``), cheapest first."""
+    return cheapest_first((M, K) for M in args.M for K in args.K if cell_name(M, K) in by_mk)
 
 
 def fingerprint(model):
@@ -205,13 +214,13 @@ def bound(value, limit):
     return f"< {limit:.2g}" if value < limit else f"{value:.3g}"
 
 
-def cell_table(by_mk, ess, estimator, args, batch):
-    """One estimator's cells of one (point, batch): a row per (M, K)."""
+def cell_table(by_mk, ess, estimator, args):
+    """One estimator's cells of one (point, batch): a row per (M, K) measured."""
     qs = " / ".join(f"{q:.0%}" for q in QUANTILES)
     head = ["M", "K", "ESS", "R"] + [f"{p} {h}" for p in ("q", "p") for h in ("norm [95%]", "median", qs, "< floor")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for M, K in grid(args, batch):
-        c = by_mk.get(cell_name(M, K), {}).get(estimator)
+    for M, K in shown(by_mk, args):
+        c = by_mk[cell_name(M, K)].get(estimator)
         if c is None:
             continue
         limit = 3 * c["floor"]
@@ -261,13 +270,13 @@ def write_report(data, args, command, out):
             lines += [f"## At fixed parameters (the {point} point), {what}", "",
                       f"The point: {info['description']}. Data binarized once (`burda_table1.py`'s seed {EVAL_SEED}).",
                       ""]
-            dropped = [cell_name(M, K) for M in args.M for K in args.K if batch * M * K > args.max_draw_rows]
-            if dropped:
-                lines += [f"Not measured (more than {args.max_draw_rows} decoder rows a draw): M x K = "
-                          f"{', '.join(dropped)}.", ""]
+            missing = [cell_name(M, K) for M in args.M for K in args.K if cell_name(M, K) not in data["cells"][key]]
+            if missing:
+                lines += [f"Not measured: M x K = {', '.join(missing)} (their decoder rows a draw, {batch} x M x K, "
+                          "over the run's `--max-draw-rows`).", ""]
             lines += ["Slopes:", ""] + slope_table(data["cells"][key], args)
             for e in args.estimators:
-                lines += [f"### {e}", ""] + cell_table(data["cells"][key], data["ess"].get(key, {}), e, args, batch)
+                lines += [f"### {e}", ""] + cell_table(data["cells"][key], data["ess"].get(key, {}), e, args)
     notes = Path(str(out) + "_notes.md")
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]

@@ -840,7 +840,13 @@ def test_snr_vs_mk_runs_resumes_and_refuses_a_changed_point(tmp_path, capsys, mo
     out = tmp_path / "mk"
     argv = ["--M", "1", "2", "--K", "1", "2", "--points", "init", "--hidden", "16", "--latent-dim", "4",
             "--repeats", "10", "--max-repeats", "40", "--fit-from", "1", "--out", str(out)]
-    assert snr_vs_mk.main(argv) == 0
+    assert snr_vs_mk.main(argv + ["--max-draw-rows", "2"]) == 0             # 2 x 2 rows a draw left out
+    assert set(json.loads(Path(str(out) + ".json").read_text())["cells"]["init/B1"]) == {"1x1", "1x2", "2x1"}
+    assert "Not measured: M x K = 2x2" in Path(str(out) + ".md").read_text()
+    capsys.readouterr()
+    assert snr_vs_mk.main(argv) == 0                            # resumed: the missing cell only
+    printed = capsys.readouterr().out
+    assert printed.count("M=") == 2 and "init/B1 M=2 K=2 dreg" in printed
     data = json.loads(Path(str(out) + ".json").read_text())
     by_mk = data["cells"]["init/B1"]
     assert set(by_mk) == {"1x1", "1x2", "2x1", "2x2"} and set(data["ess"]["init/B1"]) == {"1", "2"}
@@ -898,7 +904,7 @@ def test_snr_vs_mk_slopes_follow_the_grid_leave_out_the_floor_and_sit_beside_the
     assert "| theorem, against M | +0.5 | +0.5 |" in text and "| theorem, against K | -0.5 | +0.5 |" in text
     assert "| against K at M = 1 | -0.50 (2; floor at K = 64) | +0.50 (3) |" in text
     assert "| against M at K = 64 | no fit: floor at M = 1 | +0.50 (2) |" in text
-    table = "\n".join(snr_vs_mk.cell_table(by_mk, {"64": 30.0}, "standard", args, batch=1))
+    table = "\n".join(snr_vs_mk.cell_table(by_mk, {"64": 30.0}, "standard", args))
     row = next(line for line in table.splitlines() if line.startswith("| 1 | 64 |")).split(" | ")
     assert row[2:5] == ["30.0", "100", "1.25 [1.1, 1.4] **floor**"] and row[6] == "0.625 / 0.875 / 1.25 / 2.5"
     assert "floor" not in next(line for line in table.splitlines() if line.startswith("| 4 | 16 |"))

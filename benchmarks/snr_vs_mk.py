@@ -46,6 +46,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -147,41 +148,62 @@ def measure(model, x, M, K, estimator, args):
 # --------------------------------------------------------------------------
 # Slopes
 # --------------------------------------------------------------------------
-def fit(by_mk, estimator, part, along, fixed, values):
-    """The log-log slope of the corrected norm SNR of ``part`` against ``along`` (``"M"`` or ``"K"``)
-    at ``fixed`` of the other, over ``values`` of ``along``, leaving out the cells at the floor.
+class Fit(NamedTuple):
+    """The log-log slopes of one line of the grid (nan under two cells), the norm's standard error
+    (:func:`slope_se`), the values of M or K they used and those whose cell is at the floor (left
+    out)."""
+    norm: float
+    median: float
+    used: list
+    floor: list
+    norm_se: float = math.nan
 
-    Returns ``(slope, used, floor)``: the slope (nan under two cells), the values of ``along`` it
-    used and those whose cell is at the floor."""
+
+def slope_se(xs, values, highs):
+    """Standard error of the least-squares slope of ``log(value)`` against ``log(x)`` from the cells'
+    own noise: each ``log(value)`` with the standard deviation ``(high - value) / 1.96 / value``
+    (``high``, the upper end of its 95% jackknife interval), the cells independent (their draws are
+    seeded apart); the spread of the points about the line is not in it."""
+    x = np.log(np.asarray(xs, dtype=float))
+    sd = (np.asarray(highs, dtype=float) - np.asarray(values, dtype=float)) / 1.959964 / np.asarray(values)
+    dx = x - x.mean()
+    if len(x) < 2 or not np.isfinite(sd).all() or not (dx ** 2).sum():
+        return math.nan
+    return float(math.sqrt(np.sum(dx ** 2 * sd ** 2)) / np.sum(dx ** 2))
+
+
+def fit(by_mk, estimator, part, along, fixed, values):
+    """The log-log slopes of the corrected norm and median SNR of ``part`` against ``along`` (``"M"``
+    or ``"K"``) at ``fixed`` of the other, over ``values`` of ``along``, leaving out the cells at the
+    floor; a :class:`Fit`."""
     used, floor = [], []
     for v in values:
         M, K = (v, fixed) if along == "M" else (fixed, v)
         c = by_mk.get(cell_name(M, K), {}).get(estimator)
         if c is None:
             continue
-        if at_floor(c, part):
-            floor.append(v)
-        else:
-            used.append((v, c[part]["norm_snr_corrected"]))
-    return slope([v for v, _ in used], [s for _, s in used]), [v for v, _ in used], floor
+        (floor if at_floor(c, part) else used).append((v, c[part]))
+    xs, norms = [v for v, _ in used], [s["norm_snr_corrected"] for _, s in used]
+    return Fit(slope(xs, norms), slope(xs, [s["median_snr_corrected"] for _, s in used]), xs,
+               [v for v, _ in floor], slope_se(xs, norms, [s["norm_snr_ci"][1] for _, s in used]))
 
 
 def fits(by_mk, args):
-    """Every slope of one (point, batch): ``{(estimator, part): {"M": {K: fit}, "K": {M: fit}}}``
-    (:func:`fit`'s triples), against M over every M, against K over ``K >= --fit-from``."""
+    """Every slope of one (point, batch): ``{(estimator, part): {"M": {K: Fit}, "K": {M: Fit}}}``
+    (:func:`fit`), against M over every M, against K over ``K >= --fit-from``."""
     Ks = [K for K in sorted(args.K) if K >= args.fit_from]
     return {(e, part): {"M": {K: fit(by_mk, e, part, "M", K, sorted(args.M)) for K in sorted(args.K)},
                         "K": {M: fit(by_mk, e, part, "K", M, Ks) for M in sorted(args.M)}}
             for e in args.estimators for part in PARTS}
 
 
-def slope_text(triple, unit):
-    """``"+0.49 (4)"``, with the cells at the floor named: ``"-0.45 (2; floor at K = 64, 256)"``."""
-    s, used, floor = triple
-    at = f"floor at {unit} = {', '.join(map(str, floor))}" if floor else ""
-    if len(used) < 2:
+def slope_text(f, unit):
+    """A :class:`Fit` as ``"+0.49 ± 0.01 / +0.47 (4)"`` (norm ± its SE / median, cells fitted), with
+    the cells at the floor named: ``"-0.45 ± 0.02 / -0.44 (2; floor at K = 64, 256)"``."""
+    at = f"floor at {unit} = {', '.join(map(str, f.floor))}" if f.floor else ""
+    if len(f.used) < 2:
         return "no fit" + (f": {at}" if at else "")
-    return f"{s:+.2f} ({len(used)}{'; ' + at if at else ''})"
+    return f"{f.norm:+.2f} ± {f.norm_se:.2f} / {f.median:+.2f} ({len(f.used)}{'; ' + at if at else ''})"
 
 
 def exponent(value, part, estimator):
@@ -201,9 +223,38 @@ def slope_table(by_mk, args):
     lines.append("| theorem, against K | " + " | ".join(exponent(THEORY[c][1], c[1], c[0]) for c in cols) + " |")
     lines += [f"| against K at M = {M} | " + " | ".join(slope_text(f[c]["K"][M], "K") for c in cols) + " |"
               for M in sorted(args.M)]
-    return lines + ["", f"Slopes of log(norm SNR): against M over every M of the row's K, against K over "
-                    f"K >= {args.fit_from} at the row's M; (n) the cells fitted; cells at the floor left out "
-                    "and named.", ""]
+    return lines + ["", f"Slopes of log(SNR), norm ± SE / median: against M over every M of the row's K, against "
+                    f"K over K >= {args.fit_from} at the row's M; (n) the cells fitted; cells at the floor left out "
+                    "and named. SE: from the cells' jackknife intervals alone (the measurement noise), not from "
+                    "the points' spread about the line, which includes the curvature of a rate not yet "
+                    "asymptotic.", ""]
+
+
+def slope_list(fits):
+    """Norm slopes in a row, ``"+0.50, +0.49*, ·"`` (``*``: cells at the floor left out, ``·``: no fit)."""
+    return ", ".join(f"{f.norm:+.2f}" + ("*" if f.floor else "") if len(f.used) >= 2 else "·" for f in fits)
+
+
+def summary_table(data, args):
+    """Every (point, batch)'s norm-SNR slopes in one table: a row per estimator and network, the
+    slopes against M (at each K) and against K (at each M) in order, beside the theorem's."""
+    lines = [f"| point | estimator | network | against M, at K = {', '.join(map(str, sorted(args.K)))} | theorem "
+             f"| against K (K >= {args.fit_from}), at M = {', '.join(map(str, sorted(args.M)))} | theorem |",
+             "|---|---|---|---|---|---|---|"]
+    for point in args.points:
+        for batch in args.batches:
+            key = f"{point}/B{batch}"
+            if key not in data["cells"]:
+                continue
+            f = fits(data["cells"][key], args)
+            for e in args.estimators:
+                for part in PARTS:
+                    m, k = THEORY[(e, part)]
+                    lines.append(f"| {key} | {e} | {part} | {slope_list(f[(e, part)]['M'].values())} | "
+                                 f"{exponent(m, part, e)} | {slope_list(f[(e, part)]['K'].values())} | "
+                                 f"{exponent(k, part, e)} |")
+    return lines + ["", "Norm SNR slopes, as in each section's table (B1: one data point); `*`: cells at the floor "
+                    "left out of that fit; `·`: no fit (under two cells above the floor).", ""]
 
 
 # --------------------------------------------------------------------------
@@ -260,6 +311,7 @@ def write_report(data, args, command, out):
              "bound. The slopes leave such cells out. ESS: median over the examples of the mean effective sample "
              "size of K importance weights (one group). DReG's decoder gradient is the standard estimator's, and "
              "the two estimators of a cell share their draws: their decoder columns agree where R does.", ""]
+    lines += ["## The slopes beside the theorem", ""] + summary_table(data, args)
     for point in args.points:
         info = data["points"].get(point)
         for batch in args.batches:
@@ -323,7 +375,7 @@ def plot(data, args, out):
                         k = np.array([anchor[0], max(args.K)], dtype=float)
                         ax.plot(k, anchor[1] * (k / anchor[0]) ** exp, "--", color="gray", lw=1,
                                 label=f"K^{exp:+.1f} (theorem)")
-            log_axes(ax, f"{key} {e}: {part}, fixed parameters (▽: at the floor)", "norm SNR (corrected)")
+            log_axes(ax, f"{key}, {e}: {part} (▽: at the floor)", "norm SNR, fixed parameters")
             ax.legend(fontsize=7)
     return save_figure(fig, out)
 

@@ -878,7 +878,8 @@ def _mk_cell(q, p, share=0.0):
     """A measured MIWAE cell: encoder norm SNR ``q`` (``share`` of its coordinates under the floor),
     decoder ``p``, R = 100 (floor 3 / sqrt(R) = 0.3)."""
     cell = _k_cell(q, share=share)
-    cell["decoder"] = dict(cell["encoder"], norm_snr_corrected=p, median_snr_corrected=p, share_below_floor=0.0)
+    cell["decoder"] = dict(cell["encoder"], norm_snr_corrected=p, median_snr_corrected=p, share_below_floor=0.0,
+                           norm_snr_ci=[0.9 * p, 1.1 * p])
     for part in ("encoder", "decoder"):
         s = cell[part]["median_snr_corrected"]
         cell[part]["quantiles"] = {str(v): s * f for v, f in zip(snr_vs_k.QUANTILES, (0.5, 0.7, 1.0, 2.0))}
@@ -896,14 +897,21 @@ def test_snr_vs_mk_slopes_follow_the_grid_leave_out_the_floor_and_sit_beside_the
     by_mk["1x64"]["standard"] = _mk_cell(10 / 8, 8.0, share=0.44)
     f = snr_vs_mk.fits(by_mk, args)
     enc, dec = f[("standard", "encoder")], f[("standard", "decoder")]
-    assert enc["M"][1][0] == pytest.approx(0.5) and enc["M"][1][1] == [1, 4, 16]
-    assert enc["K"][1][0] == pytest.approx(-0.5) and enc["K"][1][1:] == ([4, 16], [64])    # K >= 4, 64 at the floor
-    assert dec["K"][1][0] == pytest.approx(0.5) and dec["K"][1][1] == [4, 16, 64]           # per network
-    assert np.isnan(enc["M"][64][0]) and enc["M"][64][1:] == ([4], [1])
+    assert enc["M"][1].norm == pytest.approx(0.5) and enc["M"][1].used == [1, 4, 16]
+    assert enc["M"][1].median == pytest.approx(0.5)
+    assert enc["K"][1].norm == pytest.approx(-0.5) and (enc["K"][1].used, enc["K"][1].floor) == ([4, 16], [64])
+    assert dec["K"][1].norm == pytest.approx(0.5) and dec["K"][1].used == [4, 16, 64]          # per network
+    assert np.isnan(enc["M"][64].norm) and (enc["M"][64].used, enc["M"][64].floor) == ([4], [1])
     text = "\n".join(snr_vs_mk.slope_table(by_mk, args))
     assert "| theorem, against M | +0.5 | +0.5 |" in text and "| theorem, against K | -0.5 | +0.5 |" in text
-    assert "| against K at M = 1 | -0.50 (2; floor at K = 64) | +0.50 (3) |" in text
-    assert "| against M at K = 64 | no fit: floor at M = 1 | +0.50 (2) |" in text
+    # the slopes' SE from the cells' intervals (each +10% of the value: a log SD of 0.1 / 1.96), two cells
+    # a factor 4 apart: sqrt(2) SD / log(4)
+    assert enc["K"][1].norm_se == pytest.approx(0.1 / 1.959964 * np.sqrt(2) / np.log(4))
+    assert "| against K at M = 1 | -0.50 ± 0.05 / -0.50 (2; floor at K = 64) | +0.50 ± 0.03 / +0.50 (3) |" in text
+    assert "| against M at K = 64 | no fit: floor at M = 1 | +0.50 ± 0.05 / +0.50 (2) |" in text
+    summary = snr_vs_mk.summary_table({"cells": {"init/B1": by_mk}}, argparse.Namespace(**vars(args), points=["init"],
+                                                                                        batches=[1]))
+    assert "| init/B1 | standard | encoder | +0.50, +0.50, +0.50, · | +0.5 | -0.50*, -0.50, -0.50 | -0.5 |" in summary
     table = "\n".join(snr_vs_mk.cell_table(by_mk, {"64": 30.0}, "standard", args))
     row = next(line for line in table.splitlines() if line.startswith("| 1 | 64 |")).split(" | ")
     assert row[2:5] == ["30.0", "100", "1.25 [1.1, 1.4] **floor**"] and row[6] == "0.625 / 0.875 / 1.25 / 2.5"

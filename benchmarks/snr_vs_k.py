@@ -49,10 +49,13 @@ from _common import RESULTS, load_mnist, machine
 import npvae
 from npvae import io
 from npvae.diagnostics import gradient_snr
+from npvae.params import NETWORKS
 
 #: (name, objective, kl, estimator) of the gradient estimators compared.
 ESTIMATORS = [("iwae-standard", "iwae", "analytic", "standard"), ("iwae-stl", "iwae", "analytic", "stl"),
               ("iwae-dreg", "iwae", "analytic", "dreg"), ("elbo", "elbo", "analytic", "standard")]
+#: The two networks, as gradient_snr's summaries name them.
+PARTS = tuple(part for part, _ in NETWORKS)
 #: Draws a cell takes at least, whatever its row budget (the floor is then 1/sqrt(20) = 0.22).
 MIN_REPEATS = 20
 #: A network is at the floor where more than this share of its coordinates has an SNR under
@@ -103,27 +106,68 @@ def at_floor(cell, part):
 def measure(model, x, K, estimator, args, seed):
     """One cell: SNR summaries at the smallest R that lifts the floor below what it reports."""
     _, objective, kl, est = next(e for e in ESTIMATORS if e[0] == estimator)
-    # at most --max-rows decoder rows per cell (x K samples x R draws), at least --repeats draws
-    by_rows = int(args.max_rows // (len(x) * K))
+    return measure_snr(model, x, K, objective, kl, est, args, seed=[seed, K])
+
+
+#: The per-coordinate quantiles of the corrected SNR a cell keeps (:func:`measure_snr`); the
+#: FLOOR_SHARE one is the coordinate the floor rule's share looks at.
+QUANTILES = (0.1, FLOOR_SHARE, 0.5, 0.9)
+
+
+def measure_snr(model, x, mc_samples, objective, kl, estimator, args, seed, aim_share=False):
+    """One cell's SNR summaries (:func:`npvae.diagnostics.gradient_snr` with ``mc_samples``
+    samples, ``objective`` (a name or an instance), ``kl`` and ``estimator``) at the smallest R
+    that lifts the noise floor below what it reports.
+
+    R starts at ``args.repeats`` and is raised (up to ``args.max_repeats`` and ``args.max_rows``
+    decoder rows, ``len(x) x mc_samples`` a draw, never under :data:`MIN_REPEATS`) while a network
+    is :func:`at_floor`: to ``9 / SNR^2`` (with a margin) for the smallest of its median and norm
+    SNR (and, with ``aim_share``, of the corrected SNR of its :data:`FLOOR_SHARE` quantile of
+    coordinates, which the share rule looks at), at least twice the last R. Each R is a fresh
+    measurement seeded ``[*seed, R]``. Returns the cell: ``repeats``, ``floor``, ``at_floor``,
+    ``seconds`` and ``cpu_seconds`` (of the measurements at every R tried) and, per network, the
+    summaries and ``quantiles`` (:data:`QUANTILES` of the corrected per-coordinate SNR).
+    """
+    by_rows = int(args.max_rows // (len(x) * mc_samples))
     limit = max(MIN_REPEATS, min(args.max_repeats, by_rows))
     repeats = max(MIN_REPEATS, min(args.repeats, by_rows))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while True:
-        r = gradient_snr(model, x, mc_samples=K, objective=objective, kl=kl, estimator=est, repeats=repeats,
-                         seed=[seed, K, repeats])
-        smallest = min(min(r.summary[p]["norm_snr_corrected"], r.summary[p]["median_snr_corrected"] or math.inf)
-                       for p in ("encoder", "decoder"))
-        enough = not any(at_floor({"floor": r.floor, **r.summary}, p) for p in ("encoder", "decoder"))
+        r = gradient_snr(model, x, mc_samples=mc_samples, objective=objective, kl=kl, estimator=estimator,
+                         repeats=repeats, seed=[*seed, repeats])
+        quantiles = {part: coordinate_quantiles(r.snr_corrected, prefix) for part, prefix in NETWORKS}
+        smallest = min(min(r.summary[p]["norm_snr_corrected"], r.summary[p]["median_snr_corrected"] or math.inf,
+                           (quantiles[p][str(FLOOR_SHARE)] or math.inf) if aim_share else math.inf)
+                       for p in PARTS)
+        enough = not any(at_floor({"floor": r.floor, **r.summary}, p) for p in PARTS)
         if enough or repeats >= limit:
             break
         want = 9.0 / max(smallest, 1e-9) ** 2
         repeats = int(min(limit, max(2 * repeats, math.ceil(want * 1.2))))
-    cell = {"repeats": repeats, "floor": r.floor, "at_floor": not enough, "seconds": time.perf_counter() - t0}
-    for part in ("encoder", "decoder"):
+    cell = {"repeats": repeats, "floor": r.floor, "at_floor": not enough, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0}
+    for part in PARTS:
         s = r.summary[part]
         cell[part] = {k: s[k] for k in ("median_snr", "median_snr_corrected", "norm_snr", "norm_snr_corrected",
                                         "norm_snr_ci", "share_below_floor")}
+        cell[part]["quantiles"] = quantiles[part]
     return cell
+
+
+def coordinate_quantiles(snr, prefix):
+    """:data:`QUANTILES` of the per-coordinate SNRs ``snr`` (a dict by parameter name) of the
+    parameters named ``prefix...``, over the coordinates where it is defined; keyed by ``str(q)``."""
+    values = np.concatenate([v.ravel() for name, v in snr.items() if name.startswith(prefix)])
+    values = values[~np.isnan(values)]
+    return {str(q): float(np.quantile(values, q)) if values.size else math.nan for q in QUANTILES}
+
+
+def to_measure(cell, args, rows):
+    """Whether a stored cell is measured (again): it is absent, or, with ``--redo-floor``, a network
+    of it is at the floor and the budget now allows more draws than it had (``rows``: decoder rows a
+    draw)."""
+    return cell is None or bool(args.redo_floor and any(at_floor(cell, p) for p in PARTS)
+                                and cell["repeats"] < min(args.max_repeats, args.max_rows // rows))
 
 
 def slope(Ks, values):
@@ -135,17 +179,20 @@ def slope(Ks, values):
     return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
 
 
-def compute_line(data):
-    """The one-thread seconds of the kept measurements, summed over the cells (and per setting)."""
+def compute_line(data, field="seconds"):
+    """The one-thread seconds of the kept measurements, summed over the cells (and per setting):
+    ``field`` ``"seconds"`` (wall) or ``"cpu_seconds"`` (the process's CPU time, for a machine
+    shared with other jobs)."""
     seconds = {}
     for key, by_k in data["cells"].items():
         for cells in by_k.values():
             for c in cells.values():
-                if isinstance(c, dict) and "seconds" in c:
-                    seconds[key] = seconds.get(key, 0.0) + c["seconds"]
+                if isinstance(c, dict) and field in c:
+                    seconds[key] = seconds.get(key, 0.0) + c[field]
     total = sum(seconds.values())
     parts = ", ".join(f"{k} {v / 3600:.2f}" for k, v in sorted(seconds.items()))
-    return (f"Compute: the kept measurements took {total / 3600:.1f} hours of one core ({parts}); a cell "
+    unit = "CPU hours" if field == "cpu_seconds" else "hours of one core"
+    return (f"Compute: the kept measurements took {total / 3600:.1f} {unit} ({parts}); a cell "
             "measured again counts its last measurement only, and the trained points' training is not counted.")
 
 
@@ -257,21 +304,14 @@ def plot(data, args, out):
                 floor = [(K, max(x, 3 * c["floor"])) for K, x, c in zip(Ks, v, cells) if at_floor(c, part)]
                 if floor:        # at the noise floor: a bound, drawn at its value or 3 / sqrt(R) if under
                     ax.plot(*zip(*floor), "v", ms=7, mfc="none", color=line.get_color())
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_title(f"{key}: {part}, fixed parameters (▽: at the floor)", fontsize=9)
-            ax.set_xlabel("K")
-            ax.grid(True, which="both", alpha=0.3)
+            log_axes(ax, f"{key}: {part}, fixed parameters (▽: at the floor)")
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(str(out) + ".png")
-    fig.savefig(path)
-    return path
+    return save_figure(fig, out)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="snr_vs_k.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--K", type=int, nargs="+", default=[1, 3, 10, 30, 100, 300, 1000, 3000],
                    help="importance samples")
@@ -280,41 +320,98 @@ def build_parser():
     p.add_argument("--batches", type=int, nargs="+", default=[1, 100], help="examples per gradient")
     p.add_argument("--estimators", nargs="+", default=[e for e, *_ in ESTIMATORS],
                    choices=[e for e, *_ in ESTIMATORS], help="gradient estimators compared")
-    p.add_argument("--repeats", type=int, default=100,
-                   help="gradient draws to start with (fewer, down to 20, where --max-rows would be spent)")
-    p.add_argument("--max-repeats", type=int, default=2000, help="gradient draws a cell may raise R to")
-    p.add_argument("--max-rows", type=float, default=1e7,
-                   help="decoder rows (examples x K x draws) a cell may spend raising R")
     p.add_argument("--fit-from", type=int, default=30, help="fit slopes over K >= this")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="the models' dtype")
     p.add_argument("--train-epochs", type=int, default=50, help="epochs of the trained points")
     p.add_argument("--iwae-samples", type=int, default=5, help="S of the IWAE-trained point")
     p.add_argument("--models", default=str(RESULTS / "snr_vs_k_models"),
                    help="where the points' models are kept (not committed)")
+    add_measure_arguments(p, max_repeats=2000, max_rows=1e7, threads=None, out=RESULTS / "snr_vs_k")
+    return p
+
+
+def add_measure_arguments(p, max_repeats, max_rows, threads, out):
+    """The options of the draws R, the data, the threads and the output that the SNR scripts share,
+    with their defaults."""
+    p.add_argument("--repeats", type=int, default=100,
+                   help="gradient draws to start with (fewer, down to 20, where --max-rows would be spent)")
+    p.add_argument("--max-repeats", type=int, default=max_repeats, help="gradient draws a cell may raise R to")
+    p.add_argument("--max-rows", type=float, default=max_rows,
+                   help="decoder rows (examples x samples x draws) a cell may spend raising R")
     p.add_argument("--data", help="folder holding MNIST (None: $NPVAE_DATA, then the user cache)")
-    p.add_argument("--threads", type=int, default=None, help="threads of the numba engine")
-    p.add_argument("--out", default=str(RESULTS / "snr_vs_k"), help="OUT.md, OUT.json (the cells) and OUT.png")
+    p.add_argument("--threads", type=int, default=threads, help="threads of the numba engine")
+    p.add_argument("--out", default=str(out), help="OUT.md, OUT.json (the cells) and OUT.png")
     p.add_argument("--report-only", action="store_true", help="redraw the report from OUT.json")
     p.add_argument("--redo-floor", action="store_true",
                    help="measure again the cells left at the floor, where a larger --max-repeats/--max-rows "
                         "now allows more draws")
-    return p
+
+
+def parse(p, argv, positive):
+    """``args``, checked (the integer lists named in ``positive`` at least 1, the draws), the
+    command that made them (``--report-only`` left out) and the kept cells of ``OUT.json``."""
+    args = p.parse_args(argv)
+    for name in positive:
+        values = getattr(args, name)
+        if min(values) < 1:
+            p.error(f"--{name}: expected integers >= 1, got {values}")
+    if args.repeats < 2 or args.max_repeats < args.repeats:
+        p.error(f"--repeats: expected 2 <= repeats <= max-repeats, got {args.repeats} and {args.max_repeats}")
+    command = f"python benchmarks/{p.prog} " + " ".join(shlex.quote(a) for a in (
+        sys.argv[1:] if argv is None else argv) if a != "--report-only")
+    store = Path(str(args.out) + ".json")
+    data = json.loads(store.read_text()) if store.exists() else {"cells": {}}
+    data["command"] = command
+    return args, command, data
+
+
+def keep(data, args):
+    """Write the cells to ``OUT.json`` (atomically: an interrupted run keeps the last cell)."""
+    io.atomic_write_text(Path(str(args.out) + ".json"), json.dumps(data, indent=1) + "\n")
+
+
+def fill(data, cells, args, rows, label, measure):
+    """Measure the estimators (``args.estimators``) of ``cells`` that :func:`to_measure` asks for
+    (``rows`` decoder rows a draw) by ``measure(estimator)``; print each one and keep the cells."""
+    for e in args.estimators:
+        if to_measure(cells.get(e), args, rows):
+            c = cells[e] = measure(e)
+            print(f"{label} {e}: R={c['repeats']} q {c['encoder']['norm_snr_corrected']:.3g} "
+                  f"p {c['decoder']['norm_snr_corrected']:.3g}{' (floor)' if c['at_floor'] else ''} "
+                  f"{c['seconds']:.0f} s, {c['cpu_seconds']:.0f} CPU s", flush=True)
+            keep(data, args)
+
+
+def finish(data, args, command, write_report):
+    """Keep the cells, write the report (``write_report(data, args, command, out)``); returns 0."""
+    keep(data, args)
+    write_report(data, args, command, Path(args.out))
+    print(f"wrote {args.out}.md")
+    return 0
+
+
+def log_axes(ax, title, ylabel=None):
+    """A log-log panel of SNR against K: its title, labels, grid and legend."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("K")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def save_figure(fig, out):
+    """Lay out ``fig`` and save it as ``OUT.png``; returns the path."""
+    fig.tight_layout()
+    path = Path(str(out) + ".png")
+    fig.savefig(path)
+    return path
 
 
 def main(argv=None):
     p = build_parser()
-    args = p.parse_args(argv)
-    for name in ("K", "batches"):
-        if min(getattr(args, name)) < 1:
-            p.error(f"--{name.lower()}: expected integers >= 1, got {getattr(args, name)}")
-    if args.repeats < 2 or args.max_repeats < args.repeats:
-        p.error(f"--repeats: expected 2 <= repeats <= max-repeats, got {args.repeats} and {args.max_repeats}")
-    command = "python benchmarks/snr_vs_k.py " + " ".join(shlex.quote(a) for a in (
-        sys.argv[1:] if argv is None else argv) if a != "--report-only")
-    out = Path(args.out)
-    store = Path(str(out) + ".json")
-    data = json.loads(store.read_text()) if store.exists() else {"cells": {}}
-    data["command"] = command
+    args, command, data = parse(p, argv, ("K", "batches"))
     if not args.report_only:
         x_train, x_test = load_mnist(args.data)
         Path(args.models).mkdir(parents=True, exist_ok=True)
@@ -329,22 +426,9 @@ def main(argv=None):
                     cells = data["cells"].setdefault(key, {}).setdefault(str(K), {})
                     if "ess" not in cells:
                         cells["ess"] = median_ess(model, x, K, np.random.default_rng([K, 99]))
-                    for e in args.estimators:
-                        if e in cells and not (args.redo_floor and any(at_floor(cells[e], p)
-                                                                           for p in ("encoder", "decoder"))
-                                               and cells[e]["repeats"] < min(args.max_repeats,
-                                                                             args.max_rows // (batch * K))):
-                            continue
-                        cells[e] = measure(model, x, K, e, args, seed=batch)
-                        c = cells[e]
-                        print(f"{key} K={K} {e}: R={c['repeats']} q {c['encoder']['norm_snr_corrected']:.3g} "
-                              f"p {c['decoder']['norm_snr_corrected']:.3g}{' (floor)' if c['at_floor'] else ''} "
-                              f"{c['seconds']:.0f} s", flush=True)
-                        io.atomic_write_text(store, json.dumps(data, indent=1) + "\n")
-    io.atomic_write_text(store, json.dumps(data, indent=1) + "\n")
-    write_report(data, args, command, out)
-    print(f"wrote {out}.md")
-    return 0
+                    fill(data, cells, args, batch * K, f"{key} K={K}",
+                         lambda e: measure(model, x, K, e, args, seed=batch))
+    return finish(data, args, command, write_report)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The benchmark tools: what the scripts share (benchmarks/_common.py), reports into figures
 (plot_speed.py), report sections and workers (speed.py), the sample-size study (sample_sizes.py),
-the SNR study (snr_vs_k.py), the end-to-end timing (end_to_end.py), the host meter (hostload.py) and the
+the SNR studies (snr_vs_k.py, snr_vs_mk.py), the end-to-end timing (end_to_end.py), the host meter (hostload.py) and the
 speed of the study's workload (speed_study.py).
 
 How these tests import the scripts: ``benchmarks/`` is a folder of scripts, not a package (each
@@ -36,6 +36,7 @@ import mnist_idx
 import plot_speed
 import sample_sizes as study
 import snr_vs_k
+import snr_vs_mk
 import speed
 import speed_study
 
@@ -60,7 +61,7 @@ Target: numba float32 at most 0.67x the peer at every S.
 """
 
 SCRIPTS = ["compare_peer", "end_to_end", "ll_throughput", "plot_speed", "posterior_gap", "sample_sizes", "snr_vs_k",
-           "speed", "speed_study"]
+           "snr_vs_mk", "speed", "speed_study"]
 
 
 # ---------------------------------------------------------------------------
@@ -832,6 +833,91 @@ def test_snr_vs_k_compute_line_sums_the_kept_measurements_per_setting():
     line = snr_vs_k.compute_line(data)
     assert line.startswith("Compute: the kept measurements took 2.0 hours of one core "
                            "(init/B1 1.00, iwae/B100 1.00)")
+
+
+def test_snr_vs_mk_runs_resumes_and_refuses_a_changed_point(tmp_path, capsys, monkeypatch, mnist_dir):
+    monkeypatch.setenv("NPVAE_DATA", str(mnist_dir))
+    out = tmp_path / "mk"
+    argv = ["--M", "1", "2", "--K", "1", "2", "--points", "init", "--hidden", "16", "--latent-dim", "4",
+            "--repeats", "10", "--max-repeats", "40", "--fit-from", "1", "--out", str(out)]
+    assert snr_vs_mk.main(argv + ["--max-draw-rows", "2"]) == 0             # 2 x 2 rows a draw left out
+    assert set(json.loads(Path(str(out) + ".json").read_text())["cells"]["init/B1"]) == {"1x1", "1x2", "2x1"}
+    assert "Not measured: M x K = 2x2" in Path(str(out) + ".md").read_text()
+    capsys.readouterr()
+    assert snr_vs_mk.main(argv) == 0                            # resumed: the missing cell only
+    printed = capsys.readouterr().out
+    assert printed.count("M=") == 2 and "init/B1 M=2 K=2 dreg" in printed
+    data = json.loads(Path(str(out) + ".json").read_text())
+    by_mk = data["cells"]["init/B1"]
+    assert set(by_mk) == {"1x1", "1x2", "2x1", "2x2"} and set(data["ess"]["init/B1"]) == {"1", "2"}
+    for cell in (c for mk in by_mk.values() for c in mk.values()):
+        assert 20 <= cell["repeats"] <= 40
+        assert cell["at_floor"] == any(snr_vs_k.at_floor(cell, p) for p in snr_vs_k.PARTS)
+        q = cell["encoder"]["quantiles"]
+        assert list(q) == [str(v) for v in snr_vs_k.QUANTILES] and q["0.1"] <= q["0.5"] <= q["0.9"]
+        assert q["0.5"] == pytest.approx(cell["encoder"]["median_snr_corrected"])
+    # DReG changes the encoder's gradient only, and the estimators of a cell share their draws
+    same_r = [mk for mk in by_mk.values() if mk["standard"]["repeats"] == mk["dreg"]["repeats"]]
+    assert all(mk["standard"]["decoder"] == mk["dreg"]["decoder"] for mk in same_r)
+    report = Path(str(out) + ".md").read_text()
+    assert "## At fixed parameters (the init point), one data point (test image 0)" in report
+    assert "784-16-4 (tanh, float32) at its initialization" in report
+    assert "| theorem, against K | -0.5 | +0.5 |" in report
+    assert Path(str(out) + ".png").exists()
+    capsys.readouterr()
+    assert snr_vs_mk.main(argv) == 0                            # resumed: nothing measured again
+    assert "M=" not in capsys.readouterr().out
+    data["points"]["init"]["sha256"] = "0" * 64                 # cells measured at another model
+    Path(str(out) + ".json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit):
+        snr_vs_mk.main(argv)
+    assert "the init point's model is not the one" in capsys.readouterr().err
+
+
+def _mk_cell(q, p, share=0.0):
+    """A measured MIWAE cell: encoder norm SNR ``q`` (``share`` of its coordinates under the floor),
+    decoder ``p``, R = 100 (floor 3 / sqrt(R) = 0.3)."""
+    cell = _k_cell(q, share=share)
+    cell["decoder"] = dict(cell["encoder"], norm_snr_corrected=p, median_snr_corrected=p, share_below_floor=0.0,
+                           norm_snr_ci=[0.9 * p, 1.1 * p])
+    for part in ("encoder", "decoder"):
+        s = cell[part]["median_snr_corrected"]
+        cell[part]["quantiles"] = {str(v): s * f for v, f in zip(snr_vs_k.QUANTILES, (0.5, 0.7, 1.0, 2.0))}
+    return cell
+
+
+def test_snr_vs_mk_slopes_follow_the_grid_leave_out_the_floor_and_sit_beside_the_theorem():
+    args = argparse.Namespace(M=[1, 4, 16], K=[1, 4, 16, 64], fit_from=4, estimators=["standard"],
+                              max_draw_rows=256)
+    # the theorem's rates exactly: encoder sqrt(M / K), decoder sqrt(M K); (M, K) = (1, 64) at the floor by
+    # its share of coordinates, (16, 64) not measured (16 x 64 rows a draw > 256)
+    by_mk = {snr_vs_mk.cell_name(M, K): {"standard": _mk_cell(10 * np.sqrt(M / K), np.sqrt(M * K))}
+             for M, K in snr_vs_mk.grid(args, batch=1)}
+    assert snr_vs_mk.cell_name(16, 64) not in by_mk and snr_vs_mk.grid(args, 1)[0] == (1, 1)
+    by_mk["1x64"]["standard"] = _mk_cell(10 / 8, 8.0, share=0.44)
+    f = snr_vs_mk.fits(by_mk, args)
+    enc, dec = f[("standard", "encoder")], f[("standard", "decoder")]
+    assert enc["M"][1].norm == pytest.approx(0.5) and enc["M"][1].used == [1, 4, 16]
+    assert enc["M"][1].median == pytest.approx(0.5)
+    assert enc["K"][1].norm == pytest.approx(-0.5) and (enc["K"][1].used, enc["K"][1].floor) == ([4, 16], [64])
+    assert dec["K"][1].norm == pytest.approx(0.5) and dec["K"][1].used == [4, 16, 64]          # per network
+    assert np.isnan(enc["M"][64].norm) and (enc["M"][64].used, enc["M"][64].floor) == ([4], [1])
+    text = "\n".join(snr_vs_mk.slope_table(by_mk, args))
+    assert "| theorem, against M | +0.5 | +0.5 |" in text and "| theorem, against K | -0.5 | +0.5 |" in text
+    # the slopes' SE from the cells' intervals (each +10% of the value: a log SD of 0.1 / 1.96), two cells
+    # a factor 4 apart: sqrt(2) SD / log(4)
+    assert enc["K"][1].norm_se == pytest.approx(0.1 / 1.959964 * np.sqrt(2) / np.log(4))
+    assert "| against K at M = 1 | -0.50 ± 0.05 / -0.50 (2; floor at K = 64) | +0.50 ± 0.03 / +0.50 (3) |" in text
+    assert "| against M at K = 64 | no fit: floor at M = 1 | +0.50 ± 0.05 / +0.50 (2) |" in text
+    summary = snr_vs_mk.summary_table({"cells": {"init/B1": by_mk}}, argparse.Namespace(**vars(args), points=["init"],
+                                                                                        batches=[1]))
+    assert "| init/B1 | standard | encoder | +0.50, +0.50, +0.50, · | +0.5 | -0.50*, -0.50, -0.50 | -0.5 |" in summary
+    table = "\n".join(snr_vs_mk.cell_table(by_mk, {"64": 30.0}, "standard", args))
+    row = next(line for line in table.splitlines() if line.startswith("| 1 | 64 |")).split(" | ")
+    assert row[2:5] == ["30.0", "100", "1.25 [1.1, 1.4] **floor**"] and row[6] == "0.625 / 0.875 / 1.25 / 2.5"
+    assert "floor" not in next(line for line in table.splitlines() if line.startswith("| 4 | 16 |"))
+    # DReG's encoder has no published exponent against K
+    assert snr_vs_mk.exponent(snr_vs_mk.THEORY[("dreg", "encoder")][1], "encoder", "dreg") == "rises (Tucker et al.)"
 
 
 def test_end_to_end_alternates_measures_disturbed_runs_again_resumes_and_reports(tmp_path, monkeypatch):

@@ -34,10 +34,14 @@ log-log slopes are fitted against M at each K (over every M) and against K at ea
 ``K >= --fit-from``), and set beside the theorem's exponents.
 
     python benchmarks/snr_vs_mk.py --points init vae-k1 iwae-s5
+    python benchmarks/snr_vs_mk.py --points init vae-k1 iwae-s5 --K 1 4 16 64 256 1024 --max-draw-rows 1024
+    python benchmarks/snr_vs_mk.py --points init vae-k1 iwae-s5 --batches 10 --K 1 4 16 64 256 1024 \
+        --max-draw-rows 640 --max-repeats 3000
 
-writes ``benchmarks/results/snr_vs_mk.md``, ``.json`` and ``.png`` (``--out``); finished cells are
-kept in the JSON and not measured again (resumable); ``OUT_notes.md``, where it exists, is
-appended to the report.
+made the committed results (the grid, then K = 1024 at M = 1, then a minibatch of 10). A run writes
+``benchmarks/results/snr_vs_mk.md``, ``.json`` and ``.png`` (``--out``); finished cells are kept in
+the JSON and not measured again (resumable), and the report shows every measured cell of ``--M`` x
+``--K``, whichever run measured it; ``OUT_notes.md``, where it exists, is appended to the report.
 """
 
 import argparse
@@ -164,10 +168,12 @@ def slope_se(xs, values, highs):
     own noise: each ``log(value)`` with the standard deviation ``(high - value) / 1.96 / value``
     (``high``, the upper end of its 95% jackknife interval), the cells independent (their draws are
     seeded apart); the spread of the points about the line is not in it."""
+    if len(xs) < 2:
+        return math.nan
     x = np.log(np.asarray(xs, dtype=float))
     sd = (np.asarray(highs, dtype=float) - np.asarray(values, dtype=float)) / 1.959964 / np.asarray(values)
     dx = x - x.mean()
-    if len(x) < 2 or not np.isfinite(sd).all() or not (dx ** 2).sum():
+    if not np.isfinite(sd).all() or not (dx ** 2).sum():
         return math.nan
     return float(math.sqrt(np.sum(dx ** 2 * sd ** 2)) / np.sum(dx ** 2))
 
@@ -203,7 +209,7 @@ def slope_text(f, unit):
     at = f"floor at {unit} = {', '.join(map(str, f.floor))}" if f.floor else ""
     if len(f.used) < 2:
         return "no fit" + (f": {at}" if at else "")
-    return f"{f.norm:+.2f} ± {f.norm_se:.2f} / {f.median:+.2f} ({len(f.used)}{'; ' + at if at else ''})"
+    return f"{f.norm:+.2f} ± {f.norm_se:.1g} / {f.median:+.2f} ({len(f.used)}{'; ' + at if at else ''})"
 
 
 def exponent(value, part, estimator):
@@ -304,8 +310,9 @@ def write_report(data, args, command, out):
              "with its 95% jackknife interval, *median* and the quantiles over its coordinates, all bias-corrected "
              "for the noise floor (`npvae.diagnostics.gradient_snr`). R was raised until `3 / sqrt(R)` was below "
              "the smallest of the median, the norm and the corrected SNR of the network's lower "
-             f"{FLOOR_SHARE:.0%} of coordinates, up to {args.max_repeats} draws and {args.max_rows:.0e} decoder "
-             "rows a cell (snr_vs_k.py's rule, imported). **floor** marks a network at the noise floor: median or "
+             f"{FLOOR_SHARE:.0%} of coordinates, within the run's budget of draws (this command's: "
+             f"{args.max_repeats} draws and {args.max_rows:.0e} decoder rows a cell; each cell's R is in its "
+             "table), by snr_vs_k.py's rule, imported. **floor** marks a network at the noise floor: median or "
              f"norm under `3 / sqrt(R)`, or more than {FLOOR_SHARE:.0%} of its coordinates under it (*< floor*, "
              "the share); its values are then bounds, and `< x` is a value under `x = 3 / sqrt(R)`, an upper "
              "bound. The slopes leave such cells out. ESS: median over the examples of the mean effective sample "
@@ -337,45 +344,51 @@ def write_report(data, args, command, out):
 
 
 def plot(data, args, out):
-    """SNR against K, a line per M; a row per (point, batch, estimator), the encoder and the decoder
-    side by side; cells at the floor as open triangles; the theorem's K slope as a dashed guide
-    through the M = 1 line."""
+    """SNR against K, a line per M (the colour), a row per (point, estimator), the encoder and the
+    decoder side by side: the smallest batch solid, a larger one (a minibatch) thin and dotted; cells
+    at the floor as open triangles; the theorem's K slope as a dashed guide through the smallest
+    batch's M = 1 line."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    rows = [(f"{p}/B{b}", e) for p in args.points for b in args.batches for e in args.estimators
-            if f"{p}/B{b}" in data["cells"]]
+    rows = [(p, e) for p in args.points for e in args.estimators
+            if any(f"{p}/B{b}" in data["cells"] for b in args.batches)]
     if not rows:
         return None
-    fig = Figure(figsize=(9, 3.1 * len(rows)), dpi=100)
+    fig = Figure(figsize=(9, 3.3 * len(rows)), dpi=100)
     FigureCanvasAgg(fig)
-    for i, (key, e) in enumerate(rows):
-        by_mk = data["cells"][key]
+    colours = {M: f"C{i}" for i, M in enumerate(sorted(args.M))}
+    for i, (point, e) in enumerate(rows):
+        keys = [(b, f"{point}/B{b}") for b in sorted(args.batches) if f"{point}/B{b}" in data["cells"]]
         for j, part in enumerate(PARTS):
             ax = fig.add_subplot(len(rows), 2, 2 * i + j + 1)
-            for M in sorted(args.M):
-                cells = [(K, by_mk.get(cell_name(M, K), {}).get(e)) for K in sorted(args.K)]
-                cells = [(K, c) for K, c in cells if c]
-                if not cells:
-                    continue
-                Ks = [K for K, _ in cells]
-                v = [max(c[part]["norm_snr_corrected"], 3 * c["floor"]) if at_floor(c, part)
-                     else c[part]["norm_snr_corrected"] for _, c in cells]
-                line, = ax.plot(Ks, v, "o-", ms=3, label=f"M = {M}")
-                floor = [(K, x) for (K, c), x in zip(cells, v) if at_floor(c, part)]
-                if floor:        # a bound: drawn at its value, or at 3 / sqrt(R) where under it
-                    ax.plot(*zip(*floor), "v", ms=8, mfc="none", color=line.get_color())
-                exp = THEORY[(e, part)][1]
-                if M == min(args.M) and exp is not None:
-                    anchor = next(((K, x) for (K, c), x in zip(cells, v)
-                                   if K >= args.fit_from and not at_floor(c, part)), None)
-                    if anchor:
-                        k = np.array([anchor[0], max(args.K)], dtype=float)
-                        ax.plot(k, anchor[1] * (k / anchor[0]) ** exp, "--", color="gray", lw=1,
-                                label=f"K^{exp:+.1f} (theorem)")
-            log_axes(ax, f"{key}, {e}: {part} (▽: at the floor)", "norm SNR, fixed parameters")
+            for n, (batch, key) in enumerate(keys):
+                for M in sorted(args.M):
+                    cells = [(K, data["cells"][key].get(cell_name(M, K), {}).get(e)) for K in sorted(args.K)]
+                    cells = [(K, c) for K, c in cells if c]
+                    if not cells:
+                        continue
+                    Ks = [K for K, _ in cells]
+                    v = [max(c[part]["norm_snr_corrected"], 3 * c["floor"]) if at_floor(c, part)
+                         else c[part]["norm_snr_corrected"] for _, c in cells]
+                    ax.plot(Ks, v, "o-" if n == 0 else "o:", ms=3 if n == 0 else 2, lw=1.5 if n == 0 else 1,
+                            color=colours[M], label=f"M = {M}" if n == 0 else None)
+                    floor = [(K, x) for (K, c), x in zip(cells, v) if at_floor(c, part)]
+                    if floor:        # a bound: drawn at its value, or at 3 / sqrt(R) where under it
+                        ax.plot(*zip(*floor), "v", ms=8, mfc="none", color=colours[M])
+                    exp = THEORY[(e, part)][1]
+                    if n == 0 and M == min(args.M) and exp is not None:
+                        anchor = next(((K, x) for (K, c), x in zip(cells, v)
+                                       if K >= args.fit_from and not at_floor(c, part)), None)
+                        if anchor:
+                            k = np.array([anchor[0], max(args.K)], dtype=float)
+                            ax.plot(k, anchor[1] * (k / anchor[0]) ** exp, "--", color="gray", lw=1,
+                                    label=f"K^{exp:+.1f} (theorem)")
+            dotted = ", ".join(f"B = {b}" for b, _ in keys[1:])
+            title = f"{point}, {e}: {part} (B = {keys[0][0]}{'; dotted: ' + dotted if dotted else ''}; ▽: floor)"
+            log_axes(ax, title, "norm SNR, fixed parameters")
             ax.legend(fontsize=7)
     return save_figure(fig, out)
 

@@ -863,7 +863,7 @@ def test_snr_vs_mk_runs_resumes_and_refuses_a_changed_point(tmp_path, capsys, mo
     assert "## At fixed parameters (the init point), one data point (test image 0)" in report
     assert "784-16-4 (tanh, float32) at its initialization" in report
     assert "| theorem, against K | -0.5 | +0.5 |" in report
-    assert Path(str(out) + ".png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+    assert Path(str(out) + ".png").exists() == _has("matplotlib")
     capsys.readouterr()
     assert snr_vs_mk.main(argv) == 0                            # resumed: nothing measured again
     assert "M=" not in capsys.readouterr().out

@@ -265,11 +265,18 @@ def _update_parts(arrays):
     (1 while a step runs in groups, :func:`npvae.fast.blas.single_threaded`), with at least
     :data:`MIN_JOB_ELEMENTS` each; 1 (the calling thread) unless all are C-contiguous
     float32, :func:`npvae.fast.blas.jobs_available` and the job function compiled."""
-    p = arrays[0]
-    if not (all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays) and p.size >= 2 * MIN_JOB_ELEMENTS
-            and blas.jobs_available()):
+    if not all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
         return 1
-    parts = min(blas.current_threads() or 1, p.size // MIN_JOB_ELEMENTS)
+    return _parts_for(arrays[0].size)
+
+
+def _parts_for(size):
+    """Parts an elementwise job over ``size`` float32 elements runs in (the rule of
+    :func:`_update_parts` and :meth:`UpdateTable.run`): BLAS's current threads, at most one
+    per :data:`MIN_JOB_ELEMENTS`; 1 below two of those, or where jobs cannot run."""
+    if size < 2 * MIN_JOB_ELEMENTS or not blas.jobs_available():
+        return 1
+    parts = min(blas.current_threads() or 1, size // MIN_JOB_ELEMENTS)
     return parts if parts > 1 and row_job_address() is not None else 1
 
 
@@ -354,9 +361,7 @@ class UpdateTable:
 
     def run(self, scalars):
         values = (0.0,) * (4 - len(scalars)) + tuple(float(v) for v in scalars)
-        parts = 1
-        if self.total >= 2 * MIN_JOB_ELEMENTS and blas.jobs_available() and row_job_address() is not None:
-            parts = min(blas.current_threads() or 1, self.total // MIN_JOB_ELEMENTS)
+        parts = _parts_for(self.total)
         if parts < 2:
             update_rows(self.table, 0, self.total, self.code, *values)
             return

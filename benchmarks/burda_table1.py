@@ -238,6 +238,11 @@ def report(results, command):
              "NLL: minus the importance-sampled log-likelihood on the test images, binarized once; "
              "theirs is after all 3,280 epochs (Table 1, k = 5000). Gap: log-likelihood minus test ELBO. "
              "Active: units whose encoder mean varies over 500 training images by more than 0.01.", "",
+             "Their numbers: the NLLs of Burda et al.'s Table 1 (one stochastic layer, dynamic binarization) as "
+             "the replication nbip/IWAE quotes them (its README); the paper's own text could not be read here. "
+             "Their active units (19, 20, 20 for the VAE at k = 1, 5, 50; 22, 25 for IWAE at k = 5, 50) are from "
+             "the study issue's reading of the paper, not checked here: no readable copy or replication lists them.",
+             "",
              f"Command: `{command}`", ""]
     lines += progress_table(results)
     for stage, end in enumerate(protocol.BURDA_STAGE_ENDS):
@@ -260,9 +265,9 @@ def report(results, command):
     return "\n".join(lines)
 
 
-#: Rainforth et al. (2018), Table 1 (MNIST; mean +- s.d. over 4 runs after Burda's 3,280 epochs), by
+#: Rainforth et al. (2018), Table 1 (MNIST; averages over 4 runs after Burda's 3,280 epochs, +- as given), by
 #: our cell name: IWAE-64, log p(x) (the IWAE bound with k = 5000) and -KL(Q||P) (= IWAE-64 - log
-#: p(x)), each (mean, s.d.). As transcribed from the paper by the reproducibility study
+#: p(x)), each (mean, +-). As transcribed from the paper by the reproducibility study
 #: madhubabuv/TightIWAE (README, "Original paper" rows; the same values quoted by pythae's
 #: benchmark and yoonholee/pytorch-vae): the paper's own text could not be read here.
 #: MIWAE(4, 16): only its log p(x), -84.56 (no s.d.), quoted by yoonholee/pytorch-vae.
@@ -313,8 +318,12 @@ def budget_report(results, command):
                          f"{s.get('pareto_k_over_0.7', '-')} | "
                          + " | ".join(_theirs(v) for v in RAINFORTH.get(r["name"], (None,) * 3)) + " |")
     lines += ["", "Theirs: Rainforth et al. (2018), Table 1, as transcribed by the reproducibility study "
-              "madhubabuv/TightIWAE (the paper's text could not be read here): mean ± s.d. over 4 runs after all "
-              "3,280 epochs of Burda's schedule, so not comparable to a cell before its last stage. Other "
+              "madhubabuv/TightIWAE (the paper's text could not be read here): averages over 4 runs after all "
+              "3,280 epochs of Burda's schedule, ± as given there (per that study), so not comparable to a cell before its last "
+              "stage. A second source, pythae's reproducibility benchmark, quotes the same log p(x) for IWAE, "
+              "PIWAE(8, 8) and MIWAE(8, 8), but a CIWAE at beta = 0.05 (-84.57 ± 0.09) where TightIWAE's column "
+              "reads beta = 0.5 (-85.24): the CIWAE column's beta, the VAE column's settings and MIWAE(4, 16) "
+              "(-84.56, quoted by yoonholee/pytorch-vae) rest on one secondary source each. Other "
               "differences: their CIWAE's ELBO part is the single-sample VAE bound (beta ELBO(K = 1) + (1 - beta) "
               "IWAE(K = 64), per the reproduction), ours the ELBO's mean over the same 64 samples; their PIWAE "
               "trains the encoder and the decoder with two Adam optimizers, ours one over both (the same "

@@ -230,7 +230,8 @@ def _ordered(results, cells):
     return sorted(results, key=lambda r: (order.get(r["name"], 99), r["seed"]))
 
 
-def report(results, command):
+def report(results, command, checks=None):
+    checks = checks or {}
     results = _ordered(results, CELLS)
     lines = ["# Burda et al.'s Table 1 under their protocol, stage by stage", "",
              "MNIST, one stochastic layer (784-200-200-50, tanh), trained as Burda et al. (2016) "
@@ -260,8 +261,7 @@ def report(results, command):
                          f"{s['posterior_gap']:.2f} | {s['active_units']} | {'-' if theirs is None else theirs[1]} | "
                          f"{s['ess_median']:.1f} | {s.get('pareto_k_over_0.7', '-')} |")
         lines += [""] + gains(rows)
-    lines += ["", "AIS on 500 test images at the last stage each cell reached: not yet run "
-                  "(`--ais` adds AIS at the last stage reached).", ""]
+    lines += ais_section(results, checks)
     return "\n".join(lines)
 
 
@@ -286,7 +286,7 @@ def _theirs(value):
     return f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f}"
 
 
-def budget_report(results, command):
+def budget_report(results, command, checks=None):
     """The fixed-budget grid's report: per evaluated stage, each cell's IWAE-64, log-likelihood,
     ELBO, posterior gap and active units (and the seeds' means)."""
     results = _ordered(results, BUDGET_CELLS)
@@ -329,6 +329,7 @@ def budget_report(results, command):
               "trains the encoder and the decoder with two Adam optimizers, ours one over both (the same "
               "per-parameter update, as Adam's is elementwise); their VAE column is trained with K = 1 in the "
               "reproduction but listed as MIWAE(64, 1) elsewhere: ours spends the 64 samples as the ELBO's mean.", ""]
+    lines += ais_section(results, checks or {})
     return "\n".join(lines) + "\n"
 
 
@@ -400,10 +401,13 @@ def build_parser():
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images")
     p.add_argument("--train-subset", type=int, default=None, help=argparse.SUPPRESS)     # tests
     p.add_argument("--synthetic", type=int, default=0, help=argparse.SUPPRESS)           # tests
-    p.add_argument("--ais", action="store_true", help="also AIS on --ais-images test images at the last stage reached")
+    p.add_argument("--ais", action="store_true",
+                   help="at the last stage each cell reached: AIS and IS on --ais-images test images, BDMC (ais.json)")
     p.add_argument("--ais-images", type=int, default=500, help="test images AIS evaluates")
     p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per image")
     p.add_argument("--ais-steps", type=int, default=200, help="AIS temperatures")
+    p.add_argument("--bdmc-images", type=int, default=50,
+                   help="images simulated from each model for BDMC beside --ais (0: none)")
     p.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
     p.add_argument("--out", default=None, help="the grid's folder (default: benchmarks/results/burda_table1 or "
                    "budget_grid); the report is <out>.md")
@@ -427,7 +431,7 @@ def main(argv=None):
         if args.ais:
             run_ais(args)
     results = read_results(args.out)
-    text = (report if args.grid == "table1" else budget_report)(results, command)
+    text = (report if args.grid == "table1" else budget_report)(results, command, read_ais(args.out))
     figure = plot_stages(_ordered(results, ALL_CELLS), args.out,
                          {n: v for n, v in BURDA_TABLE1.items()} if args.grid == "table1" else None)
     if figure is not None:
@@ -437,23 +441,92 @@ def main(argv=None):
     return 0
 
 
+#: Seeds (with the cell's seed) of the last stage's AIS, of IS on the same images, and of BDMC.
+AIS_SEED, AIS_IS_SEED, BDMC_SEED = 25, 26, 27
+AIS = "ais.json"
+
+
+def _paired(a, b):
+    """Mean of ``a - b`` over the images and its SE over them (ddof=1)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+
+
 def run_ais(args):
-    """AIS (:func:`npvae.log_likelihood` with ``method="ais"``) on the model of the last stage
-    each cell reached, on the first ``--ais-images`` test images (binarized as the IS numbers'
-    test images), recorded as the cell's ``ais`` with the stage it is of."""
+    """The check of the last stage each cell reached (:func:`npvae.log_likelihood`, ``cells/<cell>/ais.json``):
+    AIS on the first ``--ais-images`` test images (binarized as the IS numbers' test images),
+    IS with ``--k`` samples on the same images (paired: AIS minus IS per image, its mean and SE),
+    and BDMC (:func:`npvae.ais.bdmc`) on ``--bdmc-images`` images simulated from the model at the
+    same chain settings: the forward/reverse gap bounds how far AIS of that length is from log p(x).
+    A file of its own, so a cell that trains meanwhile in another process loses nothing; a stage
+    checked already with the same settings is skipped (a rerun continues)."""
+    from npvae.ais import bdmc
     images = args.ais_images
     _, x_test, _ = load_data(args)
+    x = x_test[:images]
     for seed in args.seeds:
         for name in args.cells:
             folder = Path(args.out) / "cells" / cell_name(name, seed)
             if not (folder / MODEL).exists():
                 continue
-            result = json.loads((folder / RESULT).read_text())
+            stage = len(json.loads((folder / RESULT).read_text())["stages"]) - 1
+            settings = dict(stage=stage, epochs=protocol.BURDA_STAGE_ENDS[stage], images=int(x.shape[0]),
+                            chains=args.ais_chains, steps=args.ais_steps, k=args.k, bdmc_images=args.bdmc_images)
+            done = json.loads((folder / AIS).read_text()) if (folder / AIS).exists() else []
+            if any(all(r.get(key) == v for key, v in settings.items()) for r in done):
+                continue
             model = npvae.load(folder / MODEL)
-            ais = log_likelihood(model, x_test[:images], method="ais", chains=args.ais_chains, steps=args.ais_steps,
-                                 progress=not args.quiet, file=sys.stderr)
-            result["ais"] = dict(ais.to_dict(), stage=len(result["stages"]) - 1)
-            io.atomic_write_text(folder / RESULT, json.dumps(result, indent=1) + "\n")
+            t0 = time.perf_counter()
+            ais = log_likelihood(model, x, method="ais", chains=args.ais_chains, steps=args.ais_steps,
+                                 seed=[seed, AIS_SEED], progress=not args.quiet, file=sys.stderr)
+            is_ = log_likelihood(model, x, k=args.k, seed=[seed, AIS_IS_SEED], progress=not args.quiet, file=sys.stderr)
+            diff, diff_se = _paired(ais.per_example, is_.per_example)
+            record = dict(settings, ais=ais.to_dict(), is_log_likelihood=is_.mean, is_mc_se=is_.mc_se,
+                          ais_minus_is=diff, ais_minus_is_se=diff_se)
+            if args.bdmc_images:
+                bd = bdmc(model, args.bdmc_images, chains=args.ais_chains, steps=args.ais_steps,
+                          seed=[seed, BDMC_SEED], progress=not args.quiet, file=sys.stderr)
+                record["bdmc"] = bd.to_dict()
+            record["seconds"] = time.perf_counter() - t0
+            done.append(record)
+            io.atomic_write_text(folder / AIS, json.dumps(done, indent=1) + "\n")
+            log(f"{cell_name(name, seed)}: stage {stage} AIS {ais.mean:.2f} ± {ais.se:.2f}, IS {is_.mean:.2f}, "
+                f"AIS - IS {diff:.2f} ± {diff_se:.2f}" + (f", BDMC gap {record['bdmc']['gap']:.2f}" if "bdmc" in record else ""))
+
+
+def read_ais(out):
+    """``{cell: the last record of its ais.json}`` (the latest check of each cell)."""
+    checks = {}
+    for path in sorted((Path(out) / "cells").glob(f"*/{AIS}")):
+        records = json.loads(path.read_text())
+        if records:
+            checks[path.parent.name] = records[-1]
+    return checks
+
+
+def ais_section(results, checks):
+    """The report's section on AIS at the last stage checked: AIS and IS on the same images, paired,
+    and the BDMC gap on simulated images."""
+    lines = ["", "## AIS at the last stage checked", ""]
+    rows = [(r, checks[r["cell"]]) for r in results if r["cell"] in checks]
+    if not rows:
+        return lines + ["Not yet run (`--ais` adds AIS, IS on the same images and BDMC at the last stage each "
+                        "cell reached).", ""]
+    lines += ["AIS (`npvae.log_likelihood(method=\"ais\")`: chains per image, annealing steps) on the first test "
+              "images; IS with k samples on the same images; AIS - IS per image, its mean and SE over the images; "
+              "BDMC on images simulated from the model, same chains and steps: the mean gap between the reverse "
+              "(upper) and forward (lower) bounds, how far AIS of that length may be from log p(x) on such images.",
+              "", "| cell | epoch | images | chains x steps | AIS log p(x) | SE | IS (k) | AIS - IS | acceptance | "
+              "BDMC gap (max), images |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r, c in rows:
+        a = c["ais"]
+        bd = c.get("bdmc")
+        lines.append(f"| {r['cell']} | {c['epochs']} | {c['images']} | {c['chains']} x {c['steps']} | "
+                     f"{a['log_likelihood']:.2f} | {a['log_likelihood_se']:.2f} | {c['is_log_likelihood']:.2f} "
+                     f"({c['k']}) | {c['ais_minus_is']:+.2f} ± {c['ais_minus_is_se']:.2f} | "
+                     f"{a['acceptance_mean']:.2f} | "
+                     + ("-" if bd is None else f"{bd['gap']:.2f} ({bd['gap_max']:.2f}), {bd['n']}") + " |")
+    return lines + [""]
 
 
 def train_cells(args):

@@ -236,11 +236,28 @@ def test_the_runner_stops_at_its_time_budget_then_adds_ais_at_the_last_stage(tmp
     out = str(tmp_path / "t")
     assert bt.main(TINY + ["--out", out, "--hours", "0"]) == 0
     assert "time budget of 0.0 h spent" in capsys.readouterr().err
-    assert bt.main(TINY + ["--out", out, "--ais", "--ais-images", "3", "--ais-chains", "2", "--ais-steps", "5"]) == 0
+    ais_args = TINY + ["--out", out, "--ais", "--ais-images", "3", "--ais-chains", "2", "--ais-steps", "5",
+                       "--bdmc-images", "2"]
+    assert bt.main(ais_args) == 0
     for cell in ("vae-k1-seed0", "iwae-k5-seed0"):
         result = json.loads((Path(out) / "cells" / cell / "result.json").read_text())
-        assert result["ais"]["method"] == "ais" and result["ais"]["n"] == 3 and result["ais"]["chains"] == 2
-        assert result["ais"]["stage"] == len(result["stages"]) - 1
+        assert "ais" not in result                     # its own file: a cell training meanwhile loses nothing
+        (check,) = json.loads((Path(out) / "cells" / cell / "ais.json").read_text())
+        assert check["stage"] == len(result["stages"]) - 1 and check["images"] == 3 and check["k"] == 50
+        assert check["ais"]["method"] == "ais" and check["ais"]["n"] == 3 and check["ais"]["chains"] == 2
+        assert check["bdmc"]["n"] == 2 and check["bdmc"]["upper"] >= check["bdmc"]["lower"] - 5.0
+        # paired on the same images: AIS - IS is the difference of the two means
+        assert check["ais_minus_is"] == pytest.approx(check["ais"]["log_likelihood"] - check["is_log_likelihood"],
+                                                      abs=1e-9)
+    text = Path(out + ".md").read_text()
+    assert "## AIS at the last stage checked" in text and "| vae-k1-seed0 | " in text.split("## AIS")[1]
+    # a rerun with the same settings checks nothing again; other settings add a record
+    capsys.readouterr()
+    assert bt.main(ais_args) == 0
+    assert "AIS" not in capsys.readouterr().err.replace("## AIS", "")
+    assert bt.main(ais_args[:-1] + ["0"]) == 0
+    records = json.loads((Path(out) / "cells" / "vae-k1-seed0" / "ais.json").read_text())
+    assert len(records) == 2 and "bdmc" not in records[1]
 
 
 def test_the_budget_grid_trains_each_split_of_the_samples_and_evaluates_from_its_stage(tmp_path):

@@ -12,12 +12,15 @@ the mean over the images with its SE over them; beside it AIS (``npvae.log_likel
 
 writes ``benchmarks/results/ll_vs_k.md``, ``.json`` and ``.png`` (``--out``). The model is
 Burda et al.'s VAE (k = 1) of ``benchmarks/results/burda_table1`` at the last stage it reached
-(``--model``), the test images binarized once with that study's seed.
+(``--model``), the test images binarized once with that study's seed. That file is replaced
+at the cell's next stage, so the run keeps the model its numbers are of as ``<out>_model.npz``
+(its SHA-256 in the ``.json``); ``--model benchmarks/results/ll_vs_k_model.npz`` makes them again.
 """
 
 import _common  # noqa: F401  (first: this checkout's npvae on sys.path)
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -146,6 +149,32 @@ def build_parser():
     return p
 
 
+def pin_model(model_path, out):
+    """Keep the model the numbers are of beside them, as ``<out>_model.npz`` (a staged cell's
+    ``model.npz`` is replaced at its next stage's end): ``(note, path shown, sha256)``. Given that
+    copy itself, the note of the run that made it is kept (the same file by its digest)."""
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    copy = out.parent / (out.name + "_model.npz")
+    note = "a model file"
+    result = model_path.parent / "result.json"
+    if result.exists():
+        r = json.loads(result.read_text())
+        last = r["stages"][-1]                     # the staged runner saves model.npz at each stage's end
+        note = (f"a copy of {r['cell']}'s model at the end of stage {last['stage']} of Burda's schedule "
+                f"(epoch {last['epochs']})")
+    elif model_path == copy.resolve() and out.with_suffix(".json").exists():
+        before = json.loads(out.with_suffix(".json").read_text())
+        if before.get("model_sha256") == digest:
+            note = before["model_note"]
+    if model_path != copy.resolve():
+        with np.load(model_path, allow_pickle=False) as f:
+            io.atomic_savez(copy, {k: f[k] for k in f.files}, compress=True)
+        digest = hashlib.sha256(copy.read_bytes()).hexdigest()      # of the kept file
+    copy = copy.resolve()
+    shown = copy.relative_to(REPO) if REPO in copy.parents else copy.name
+    return note, shown, digest
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -162,16 +191,10 @@ def main(argv=None):
     ais = log_likelihood(model, x.astype(model.dtype), method="ais", chains=args.ais_chains, steps=args.ais_steps,
                          seed=1, progress=True, file=sys.stderr)
     estimates = block_estimates(lw, ks, np.asarray(ais.per_example, dtype=np.float64))
-    note = "a model file"
-    result = model_path.parent / "result.json"
-    if result.exists():
-        r = json.loads(result.read_text())
-        last = r["stages"][-1]                     # the staged runner saves model.npz at each stage's end
-        note = f"{r['cell']} at the end of stage {last['stage']} of Burda's schedule (epoch {last['epochs']})"
-    shown = model_path.relative_to(REPO) if REPO in model_path.parents else model_path.name
+    note, shown, digest = pin_model(model_path, out)
     data = {"command": " ".join(["python benchmarks/ll_vs_k.py", *map(shlex.quote, argv)]),
             "date": f"{datetime.now():%Y-%m-%d %H:%M}", "machine": machine(load=True), "model": str(shown),
-            "model_note": note, "n": args.n, "k_max": args.k_max,
+            "model_note": note, "model_sha256": digest, "n": args.n, "k_max": args.k_max,
             "is": {str(k): v for k, v in estimates.items()},
             "ais": {"mean": ais.mean, "se": ais.se, "mc_se": ais.mc_se, "chains": args.ais_chains,
                     "steps": args.ais_steps}}

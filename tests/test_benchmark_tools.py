@@ -1076,3 +1076,26 @@ def test_ll_vs_k_estimates_each_k_from_disjoint_blocks_and_pairs_the_reference()
     one = lw[:, :10]
     by_hand = np.mean([np.log(np.exp(one[i]).mean()) for i in range(50)])
     assert ll_vs_k.block_estimates(one, [10], np.zeros(50))[10][0] == pytest.approx(by_hand)
+
+
+def test_ll_vs_k_keeps_the_model_its_numbers_are_of(tmp_path):
+    """A staged cell's model.npz is replaced at its next stage: the run keeps a copy beside its
+    results, described from the cell's result.json; given that copy, the note is kept by digest."""
+    import json
+    import ll_vs_k
+    import npvae
+    cell = tmp_path / "cells" / "vae-k1-seed0"
+    cell.mkdir(parents=True)
+    npvae.VAE(hidden=(8,), latent_dim=2, seed=0).save(cell / "model.npz")
+    (cell / "result.json").write_text(json.dumps({"cell": "vae-k1-seed0", "stages": [{"stage": 0, "epochs": 1}]}))
+    out = tmp_path / "ll_vs_k"
+    note, shown, digest = ll_vs_k.pin_model((cell / "model.npz").resolve(), out)
+    copy = tmp_path / "ll_vs_k_model.npz"
+    assert "vae-k1-seed0" in note and "stage 0" in note and "(epoch 1)" in note and shown == "ll_vs_k_model.npz"
+    kept, original = npvae.load(copy), npvae.load(cell / "model.npz")
+    x = np.random.default_rng(0).random((3, 784))
+    np.testing.assert_array_equal(kept.encode(x)[0], original.encode(x)[0])
+    out.with_suffix(".json").write_text(json.dumps({"model_note": note, "model_sha256": digest}))
+    assert ll_vs_k.pin_model(copy.resolve(), out) == (note, shown, digest)
+    (cell / "model.npz").unlink()
+    assert ll_vs_k.pin_model(copy.resolve(), out)[0] == note      # the copy stands alone

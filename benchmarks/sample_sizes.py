@@ -17,8 +17,9 @@ the test images:
   (``npvae.diagnostics.gradient_snr``, median over coordinates) with the cell's S and
   objective, at each cell's own (trained) parameters and at the initialization. Across S this
   compares different trained models, not S at fixed parameters (``snr_vs_k.py`` measures that).
-  A median at the noise floor (under ``3 / sqrt(R)`` with R draws, or more than half of the
-  coordinates under it) is reported as an upper bound (:func:`snr_at_floor`).
+  A median at the noise floor (under ``3 / sqrt(R)`` with R draws, or more than a quarter of
+  the coordinates under it: ``npvae.diagnostics.at_noise_floor``) is reported as an upper bound
+  (:func:`snr_at_floor`).
 
 Objectives: ``elbo``, ``iwae`` and ``iwae-dreg`` (the IWAE bound trained with the DReG
 estimator of Tucker et al. 2018). ``--binarize dynamic`` trains on a fresh Bernoulli draw of
@@ -99,7 +100,7 @@ from _common import machine, plural  # noqa: E402
 
 import npvae  # noqa: E402
 from npvae import io  # noqa: E402
-from npvae.diagnostics import gradient_snr  # noqa: E402
+from npvae.diagnostics import FLOOR_SHARE, at_noise_floor, gradient_snr  # noqa: E402
 from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
 
 RESULT = "result.json"
@@ -480,26 +481,23 @@ def _hms(seconds):
 SNR_METRICS = {"snr_encoder": ("snr_summary", "encoder"), "snr_decoder": ("snr_summary", "decoder"),
                "snr_encoder_init": ("snr_summary_init", "encoder"),
                "snr_decoder_init": ("snr_summary_init", "decoder")}
-#: A median SNR is at the noise floor where more than this share of the coordinates is under
-#: ``3 / sqrt(R)``: the median is then one of those unmeasured coordinates.
-SNR_FLOOR_SHARE = 0.5
 
 
 def snr_at_floor(result, metric):
     """``(at_floor, limit)``: whether a cell's median SNR ``metric`` is at the noise floor, and
     the floor ``3 / sqrt(R)`` of its R gradient draws.
 
-    At the floor, the median is under ``3 / sqrt(R)`` or more than :data:`SNR_FLOOR_SHARE` of
-    the coordinates are (``share_below_floor``, which cells of the first grid did not store: for
-    them the median alone decides): the value is an upper bound, not a measurement.
+    At the floor (:func:`npvae.diagnostics.at_noise_floor`, the one rule of every SNR report), the
+    median is under ``3 / sqrt(R)`` or more than :data:`npvae.diagnostics.FLOOR_SHARE` of the
+    coordinates are (``share_below_floor``, which cells of the first grid did not store: for them
+    the median alone decides): the value is an upper bound, not a measurement.
     """
     key, part = SNR_METRICS[metric]
     summary = result.get(key, {}).get(part, {})
     repeats = result.get("settings", {}).get("snr_repeats")
-    limit = 3 * summary["floor"] if "floor" in summary else (3 / np.sqrt(repeats) if repeats else np.nan)
+    floor = summary["floor"] if "floor" in summary else (1 / np.sqrt(repeats) if repeats else np.nan)
     median = summary.get("median_snr", result.get(metric, np.nan))
-    share = summary.get("share_below_floor", np.nan)
-    return bool(median < limit or share > SNR_FLOOR_SHARE), float(limit)
+    return at_noise_floor(floor, summary.get("share_below_floor", np.nan), median), float(3 * floor)
 
 
 def aggregate(results):
@@ -561,15 +559,17 @@ def setup_line(args, results):
         f"SNR: median over the coordinates of |mean| / std of the minibatch gradient ({args.snr_batch} training "
         f"images, {args.snr_repeats} draws of eps, {estimator}), at each cell's own (trained) parameters and at "
         "the initialization: across S these are different models, not S at fixed parameters (that is "
-        "`snr_vs_k.py`). A median under the noise floor 3 / sqrt(R) (R draws), or with more than half of the "
-        "coordinates under it, is an upper bound, not a value (shown as `< floor`), and is read as no trend. "
+        "`snr_vs_k.py`). A median under the noise floor 3 / sqrt(R) (R draws) is an upper bound "
+        f"(shown as `< floor`); one with more than {FLOOR_SHARE:.0%} of the coordinates under the floor is not a "
+        "measurement either (marked `†`): neither is read as a trend. "
         "Seconds per epoch: median over epochs, one worker per cell, on a machine shared with "
         "other jobs (compare ratios, not absolute times).")
 
 
 def metrics_table(agg):
-    """The table of every (objective, S); a median SNR at the noise floor in every seed's cell is
-    shown as ``< 3/sqrt(R)``, in some of them with a mark and a footnote."""
+    """The table of every (objective, S); a median SNR at the noise floor in every seed's cell, with
+    the mean under ``3/sqrt(R)``, is shown as ``< 3/sqrt(R)``; at the floor in some cells, or by the
+    share of coordinates under it alone, it is shown with a mark and a footnote."""
     head = ["objective", "S", "n"] + [label for _, label, _ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     bounded = marked = False
@@ -578,7 +578,7 @@ def metrics_table(agg):
         for m, _, _ in METRICS:
             text = _fmt(*row[m][:2], DIGITS.get(m, 2))
             at_floor, limit = row.get("at_floor", {}).get(m, (0, np.nan))
-            if at_floor and at_floor == row[m][2]:
+            if at_floor and at_floor == row[m][2] and row[m][0] < limit:
                 text, bounded = f"< {limit:.2f}", True
             elif at_floor:
                 text, marked = f"{text} †{at_floor}", True
@@ -586,11 +586,12 @@ def metrics_table(agg):
         lines.append("| " + " | ".join(cells) + " |")
     notes = [""] if bounded or marked else []
     if bounded:
-        notes.append("SNR `< x`: in every seed's cell the median is at the noise floor x = 3 / sqrt(R) (under it, or "
-                     "more than half of the coordinates under it): an upper bound, not a value.")
+        notes.append("SNR `< x`: in every seed's cell the median is at the noise floor x = 3 / sqrt(R) and their "
+                     "mean under it: an upper bound, not a value.")
     if marked:
-        notes.append("SNR `†n`: n of the seeds' cells are at the noise floor there, so the mean is partly made of "
-                     "upper bounds.")
+        notes.append("SNR `†n`: n of the seeds' cells are at the noise floor there (the median under 3 / sqrt(R), "
+                     f"or more than {FLOOR_SHARE:.0%} of the coordinates under it), so the mean is made, in part or "
+                     "(n = every seed) in whole, of values that are not measurements: no trend is read from it.")
     return lines + notes + [""]
 
 

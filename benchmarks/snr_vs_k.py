@@ -48,7 +48,7 @@ from _common import RESULTS, load_mnist, machine
 
 import npvae
 from npvae import io
-from npvae.diagnostics import gradient_snr
+from npvae.diagnostics import FLOOR_SHARE, at_noise_floor, gradient_snr
 from npvae.params import NETWORKS
 
 #: (name, objective, kl, estimator) of the gradient estimators compared.
@@ -58,12 +58,6 @@ ESTIMATORS = [("iwae-standard", "iwae", "analytic", "standard"), ("iwae-stl", "i
 PARTS = tuple(part for part, _ in NETWORKS)
 #: Draws a cell takes at least, whatever its row budget (the floor is then 1/sqrt(20) = 0.22).
 MIN_REPEATS = 20
-#: A network is at the floor where more than this share of its coordinates has an SNR under
-#: 3 / sqrt(R). A quarter: the median and the norm SNR are then read only where the lower quartile
-#: of the coordinates is measured, so that neither is set by, or within the noise of, coordinates
-#: the R draws cannot resolve, whose bias correction holds only on average (a share near a half,
-#: e.g. 44% at R = 20, leaves the median itself next to the floor).
-FLOOR_SHARE = 0.25
 #: Published asymptotic slopes of the SNR against K (log-log), where they exist.
 PUBLISHED = {("iwae-standard", "encoder"): -0.5, ("iwae-standard", "decoder"): 0.5,
              ("elbo", "encoder"): 0.5, ("elbo", "decoder"): 0.5}
@@ -98,9 +92,8 @@ def at_floor(cell, part):
     its corrected median or norm SNR under ``3 / sqrt(R)``, or more than :data:`FLOOR_SHARE` of
     its coordinates under it. Its SNRs are then bounds, not values: marked, and left out of the
     slopes."""
-    s, limit = cell[part], 3 * cell["floor"]
-    return bool(s["median_snr_corrected"] < limit or s["norm_snr_corrected"] < limit
-                or s["share_below_floor"] > FLOOR_SHARE)
+    s = cell[part]
+    return at_noise_floor(cell["floor"], s["share_below_floor"], s["median_snr_corrected"], s["norm_snr_corrected"])
 
 
 def measure(model, x, K, estimator, args, seed):

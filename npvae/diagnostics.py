@@ -31,7 +31,25 @@ from . import _validate as check
 from . import objectives as obj
 from .params import NETWORKS
 
-__all__ = ["gradient_snr", "GradientSNR"]
+__all__ = ["gradient_snr", "GradientSNR", "FLOOR_SHARE", "at_noise_floor"]
+
+#: A network's SNR summary is at the noise floor where more than this share of its coordinates has
+#: an SNR under ``3 / sqrt(R)``. A quarter: the median and the norm SNR are then read only where the
+#: lower quartile of the coordinates is measured, so that neither is set by, or within the noise of,
+#: coordinates the R draws cannot resolve, whose bias correction holds only on average (a share
+#: near a half, e.g. 44% at R = 20, leaves the median itself next to the floor). The one rule of
+#: every report that reads SNRs (:func:`at_noise_floor`).
+FLOOR_SHARE = 0.25
+
+
+def at_noise_floor(floor, share_below_floor, *snrs):
+    """Whether a network's SNR summary is at the noise floor: any of ``snrs`` (the summaries a
+    report reads, e.g. the median and the norm SNR) under ``3 * floor`` (``floor = 1 / sqrt(R)``),
+    or more than :data:`FLOOR_SHARE` of its coordinates under it (``share_below_floor``; NaN where
+    a summary did not store it: the SNRs alone decide). Its SNRs are then upper bounds, not
+    measurements, and belong in no trend or fit."""
+    limit = 3.0 * floor
+    return bool(any(v < limit for v in snrs) or share_below_floor > FLOOR_SHARE)
 
 
 class GradientSNR(NamedTuple):

@@ -717,7 +717,9 @@ def test_a_median_snr_at_the_noise_floor_is_shown_as_a_bound():
     by_share = _snr_cell("iwae", 25, 1, 0.45, 0.55)             # the median above 0.42, most coordinates under
     assert study.snr_at_floor(under, "snr_encoder") == (True, pytest.approx(3 / np.sqrt(50)))
     assert study.snr_at_floor(by_share, "snr_encoder")[0]
-    assert not study.snr_at_floor(_snr_cell("iwae", 5, 0, 0.45, 0.4), "snr_encoder")[0]
+    assert not study.snr_at_floor(_snr_cell("iwae", 5, 0, 0.45, 0.2), "snr_encoder")[0]
+    # the one rule of every SNR report: more than a quarter of the coordinates under the floor
+    assert study.snr_at_floor(_snr_cell("iwae", 5, 0, 0.45, 0.3), "snr_encoder")[0]
     assert not study.snr_at_floor(under, "snr_decoder")[0]
     # a cell of the first grid stored no floor summary: its median and R decide
     old = {"snr_encoder": 0.3, "settings": {"snr_repeats": 50}, "snr_summary": {"encoder": {"median_snr": 0.3}}}
@@ -733,6 +735,11 @@ def test_a_median_snr_at_the_noise_floor_is_shown_as_a_bound():
     assert "SNR `< x`: in every seed's cell" in table and "SNR `†n`: n of the seeds' cells" in table
     clean = "\n".join(study.metrics_table(study.aggregate([_snr_cell("iwae", 5, 1, 1.1, 0.1)])))
     assert "<" not in clean and "†" not in clean
+    # every seed flagged by the share of coordinates alone, the medians above the floor: not "< 0.42",
+    # which the medians contradict, but the values marked as no measurement
+    shares = [_snr_cell("iwae", 1, 0, 0.9, 0.3), _snr_cell("iwae", 1, 1, 1.0, 0.4)]
+    row = [line.split(" | ") for line in study.metrics_table(study.aggregate(shares)) if line.startswith("| iwae")][0]
+    assert row[col] == "0.95 ± 0.07 †2"
 
 
 def test_the_setup_says_each_cells_own_parameters_not_fixed_ones():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npvae.diagnostics import GradientSNR, gradient_snr
+from npvae.diagnostics import FLOOR_SHARE, GradientSNR, at_noise_floor, gradient_snr
 
 from _helpers import small_model  # noqa: E402
 
@@ -215,3 +215,19 @@ def test_repr_summarizes_instead_of_printing_every_coordinate():
     n_enc = r.summary["encoder"]["n_params"]
     assert f"encoder: {n_enc:,} coordinates, median SNR {r.summary['encoder']['median_snr']:.3g}" in text
     assert "decoder: " in text and str(r) == text
+
+
+def test_the_noise_floor_rule_reads_the_snrs_and_the_share_of_coordinates_under_it():
+    floor = 1 / np.sqrt(100)                                  # R = 100: 3 x floor = 0.3
+    assert at_noise_floor(floor, 0.0, 0.29)                   # a summary under 3 / sqrt(R)
+    assert at_noise_floor(floor, 0.0, 5.0, 0.29)              # any of those read
+    assert not at_noise_floor(floor, FLOOR_SHARE, 0.31, 5.0)  # a quarter under it is still read
+    assert at_noise_floor(floor, FLOOR_SHARE + 0.01, 5.0)     # more than a quarter: a bound
+    assert not at_noise_floor(floor, float("nan"), 0.31)      # no share stored: the SNRs decide
+    m = small_model(seed=0)
+    x = np.random.default_rng(0).random((4, m.input_dim))
+    res = gradient_snr(m, x, mc_samples=2, objective="iwae", repeats=20, seed=0)
+    for part in ("encoder", "decoder"):
+        s = res.summary[part]
+        assert at_noise_floor(s["floor"], s["share_below_floor"], s["median_snr"]) == bool(
+            s["median_snr"] < 3 * s["floor"] or s["share_below_floor"] > FLOOR_SHARE)

@@ -282,3 +282,4 @@ def test_the_budget_grid_trains_each_split_of_the_samples_and_evaluates_from_its
     assert "## Stage 1: epoch 4" in text and "## Stage 0" not in text and "| piwae-8x8-seed0 |" in text
     assert "python benchmarks/burda_table1.py --grid budget" in text
     assert Path(str(out) + ".png").stat().st_size > 0 and "![NLL and active units against epochs](budget.png)" in text
+    assert Path(str(out) + "_split.png").stat().st_size > 0 and "![What each split buys](budget_split.png)" in text

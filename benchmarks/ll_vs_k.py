@@ -53,6 +53,29 @@ def log_weights(model, x, k_max, seed, chunk=200):
     return out
 
 
+#: k of the tables: the main run's up to ``--k-max``, the deep run's up to ``--deep-k-max``.
+KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+
+def deep_run(model, x, args):
+    """The curve to ``--deep-k-max`` on the first ``--deep-n`` images, once per seed of
+    ``--deep-seeds`` (independent log weights), each against one AIS run on those images: how
+    far k = 5000 is from k = 10^5, and how much one k-sample estimate moves from seed to seed."""
+    ais = log_likelihood(model, x, method="ais", chains=args.ais_chains, steps=args.ais_steps, seed=2,
+                         progress=True, file=sys.stderr)
+    reference = np.asarray(ais.per_example, dtype=np.float64)
+    ks = [k for k in KS if k <= args.deep_k_max]
+    per_seed = []
+    for seed in args.deep_seeds:
+        lw = log_weights(model, x, args.deep_k_max, seed=1000 + seed, chunk=2000)
+        per_seed.append(block_estimates(lw, ks, reference))
+        print(f"deep run: seed {seed} done", file=sys.stderr, flush=True)
+    return {"n": int(len(x)), "k_max": args.deep_k_max, "seeds": list(args.deep_seeds),
+            "is": {str(k): [list(e[k]) for e in per_seed] for k in ks},
+            "ais": {"mean": ais.mean, "se": ais.se, "mc_se": ais.mc_se, "chains": args.ais_chains,
+                    "steps": args.ais_steps}}
+
+
 def block_estimates(lw, ks, reference):
     """Per k: ``(mean, se, gap, gap_se)``: the mean over the images of each image's mean over
     disjoint blocks of k of ``log mean exp`` of the block's log weights, its SE over the images,
@@ -77,9 +100,23 @@ def plot(data, out):
     except ImportError:
         print("matplotlib not installed: the figure is skipped", file=sys.stderr)
         return None
-    fig = Figure(figsize=(10, 4), dpi=110)
+    deep = data.get("deep")
+    panels = 3 if deep else 2
+    fig = Figure(figsize=(5 * panels, 4), dpi=110)
     FigureCanvasAgg(fig)
-    ax, gap_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax, gap_ax = fig.add_subplot(1, panels, 1), fig.add_subplot(1, panels, 2)
+    if deep:
+        deep_ax = fig.add_subplot(1, panels, 3)
+        dks = [int(k) for k in deep["is"]]
+        for j, seed in enumerate(deep["seeds"]):
+            deep_ax.plot(dks, [deep["is"][str(k)][j][0] for k in dks], "o-", ms=3, alpha=0.8, label=f"IS, seed {seed}")
+        deep_ax.axhline(deep["ais"]["mean"], color="C3", ls="--", label="AIS")
+        deep_ax.set_title(f"the first {deep['n']} images, k to {deep['k_max']:,}", fontsize=10)
+        deep_ax.set_ylabel("mean log p(x) estimate, nats")
+        deep_ax.set_xscale("log")
+        deep_ax.set_xlabel("k (importance samples per image)")
+        deep_ax.grid(True, which="both", alpha=0.3)
+        deep_ax.legend(fontsize=8)
     ks = [int(k) for k in data["is"]]
     cell = np.array([data["is"][str(k)] for k in ks])             # mean, se, gap, gap_se
     ais = data["ais"]
@@ -130,9 +167,41 @@ def report(data, figure):
                   f"{data['is'][str(k_top)][0] - data['is'][str(k_prev)][0]:.2f} nats" if k_prev else "") +
               ". AIS too is a lower bound in expectation, so this says how far IS is below AIS, not below "
               "log p(x); it is one model, at the parameters of that stage.", ""]
+    lines += deep_section(data)
     if figure is not None:
         lines += [f"![log p(x) against k]({figure.name})", ""]
     return "\n".join(lines)
+
+
+def deep_section(data):
+    deep = data.get("deep")
+    if not deep:
+        return []
+    ks = [int(k) for k in deep["is"]]
+    seeds = len(deep["seeds"])
+    lines = [f"## To k = {deep['k_max']:,} on the first {deep['n']} images, {seeds} seeds", "",
+             f"Command: `{deep['command']}` ({deep['date']}).", "",
+             f"The same estimates from {deep['k_max']:,} log weights per image, drawn {seeds} times independently "
+             "(seeds " + ", ".join(str(s) for s in deep["seeds"]) + "): per k the mean over the seeds of the mean "
+             "over images, the spread of that mean over the seeds (max - min: at the largest k one block per "
+             "image, so it is the Monte Carlo spread of one k-sample estimate averaged over the images), and "
+             f"AIS minus it (one AIS run on these images, {deep['ais']['chains']} chains, {deep['ais']['steps']} "
+             "steps; mean over the seeds, and the largest paired SE over the images among them).", "",
+             "| k | mean log p(x) estimate | spread over seeds | AIS minus this (paired SE) |", "|---:|---:|---:|---:|"]
+    for k in ks:
+        rows = np.array(deep["is"][str(k)])
+        lines.append(f"| {k:,} | {rows[:, 0].mean():.2f} | {np.ptp(rows[:, 0]):.3f} | {rows[:, 2].mean():+.2f} "
+                     f"({rows[:, 3].max():.2f}) |")
+    ais = deep["ais"]
+    top, mid = np.array(deep["is"][str(ks[-1])]), np.array(deep["is"][str(5000)]) if "5000" in deep["is"] else None
+    lines += ["", f"AIS on these images: {ais['mean']:.2f} (SE over images {ais['se']:.2f}, Monte Carlo SE "
+                  f"{ais['mc_se']:.3f})."]
+    if mid is not None:
+        rise = top[:, 0] - mid[:, 0]
+        lines.append(f"From k = 5,000 to {ks[-1]:,} the estimate rises {rise.mean():.2f} nats (per seed "
+                     f"{rise.min():.2f} to {rise.max():.2f}); at k = {ks[-1]:,} AIS minus it is "
+                     f"{top[:, 2].mean():+.2f} (per seed {top[:, 2].min():+.2f} to {top[:, 2].max():+.2f}).")
+    return lines + [""]
 
 
 def build_parser():
@@ -146,6 +215,12 @@ def build_parser():
     p.add_argument("--data", help="folder holding MNIST (default: $NPVAE_DATA, then the user cache)")
     p.add_argument("--out", default=str(RESULTS / "ll_vs_k"), help="OUT.md, OUT.json and OUT.png")
     p.add_argument("--report-only", action="store_true", help="redraw OUT.md and OUT.png from OUT.json")
+    p.add_argument("--deep", action="store_true",
+                   help="add to OUT.json the curve to --deep-k-max on the first --deep-n images over --deep-seeds "
+                        "(the model must be the one OUT.json is of)")
+    p.add_argument("--deep-n", type=int, default=50, help="images of the deep run")
+    p.add_argument("--deep-k-max", type=int, default=100000, help="log weights per image of the deep run")
+    p.add_argument("--deep-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the deep run's log weights")
     return p
 
 
@@ -185,9 +260,24 @@ def main(argv=None):
         return 0
     model_path = Path(args.model).resolve()
     model = npvae.load(model_path)
-    x = binarize(load_mnist(args.data)[1][:args.n], "dynamic", np.random.default_rng(EVAL_SEED))
+    if args.deep:
+        data = json.loads(out.with_suffix(".json").read_text())
+        digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        if data.get("model_sha256") != digest:
+            raise SystemExit(f"ll_vs_k.py: --deep adds to {out.with_suffix('.json').name}, whose numbers are of "
+                             f"another model than {model_path.name}: pass the model it kept "
+                             f"(--model {data.get('model')}), or rerun without --deep")
+    x = binarize(load_mnist(args.data)[1][:max(args.n, args.deep_n)], "dynamic", np.random.default_rng(EVAL_SEED))
+    if args.deep:
+        data["deep"] = deep_run(model, x[:args.deep_n].astype(model.dtype), args)
+        data["deep"]["command"] = " ".join(["python benchmarks/ll_vs_k.py", *map(shlex.quote, argv)])
+        data["deep"]["date"] = f"{datetime.now():%Y-%m-%d %H:%M}"
+        io.atomic_write_text(out.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
+        io.atomic_write_text(out.with_suffix(".md"), report(data, plot(data, out)))
+        return 0
+    x = x[:args.n]
     lw = log_weights(model, x.astype(model.dtype), args.k_max, seed=0)
-    ks = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if k <= args.k_max]
+    ks = [k for k in KS if k <= args.k_max]
     ais = log_likelihood(model, x.astype(model.dtype), method="ais", chains=args.ais_chains, steps=args.ais_steps,
                          seed=1, progress=True, file=sys.stderr)
     estimates = block_estimates(lw, ks, np.asarray(ais.per_example, dtype=np.float64))

@@ -1106,3 +1106,23 @@ def test_ll_vs_k_keeps_the_model_its_numbers_are_of(tmp_path):
     assert ll_vs_k.pin_model(copy.resolve(), out) == (note, shown, digest)
     (cell / "model.npz").unlink()
     assert ll_vs_k.pin_model(copy.resolve(), out)[0] == note      # the copy stands alone
+
+
+def test_ll_vs_k_deep_run_is_reported_per_seed_and_refuses_another_models_json(tmp_path):
+    import json
+    import ll_vs_k
+    import npvae
+    deep = {"n": 3, "k_max": 10000, "seeds": [0, 1], "command": "python benchmarks/ll_vs_k.py --deep",
+            "date": "2026-12-07 19:00", "ais": {"mean": -80.0, "se": 1.0, "mc_se": 0.01, "chains": 16, "steps": 200},
+            "is": {"5000": [[-81.0, 1.0, 1.0, 0.1], [-81.2, 1.0, 1.2, 0.1]],
+                   "10000": [[-80.9, 1.0, 0.9, 0.1], [-80.9, 1.0, 0.9, 0.2]]}}
+    text = "\n".join(ll_vs_k.deep_section({"deep": deep}))
+    assert "## To k = 10,000 on the first 3 images, 2 seeds" in text
+    assert "| 5,000 | -81.10 | 0.200 | +1.10 (0.10) |" in text and "| 10,000 | -80.90 | 0.000 | +0.90 (0.20) |" in text
+    assert "From k = 5,000 to 10,000 the estimate rises 0.20 nats (per seed 0.10 to 0.30)" in text
+    assert ll_vs_k.deep_section({}) == []
+    model = tmp_path / "m.npz"
+    npvae.VAE(hidden=(8,), latent_dim=2, seed=0).save(model)
+    (tmp_path / "ll.json").write_text(json.dumps({"model_sha256": "0" * 64, "model": "other.npz"}))
+    with pytest.raises(SystemExit, match="whose numbers are of another model"):
+        ll_vs_k.main(["--deep", "--model", str(model), "--out", str(tmp_path / "ll")])

@@ -691,11 +691,12 @@ def test_the_binary_first_layer_equals_the_dense_products(rng, dtype):
     """On binary data the encoder's first layer sums the weight rows of the ones: x @ W and
     x.T @ d as BLAS computes them, up to the order of the additions (an all-zero row included)."""
     x = (rng.random((7, 30)) < 0.2).astype(dtype)
-    x[3] = 0
+    x[3], x[6] = 0, 1                                   # a row of no ones, a row of ones only
     W, d = rng.standard_normal((30, 9)).astype(dtype), rng.standard_normal((7, 9)).astype(dtype)
     cols, counts = np.empty((7, 30), np.int32), np.empty(7, np.int32)
     assert dense.binary_rows(x, cols, counts)
-    assert counts.tolist() == x.sum(1).astype(int).tolist() and counts[3] == 0
+    assert counts.tolist() == x.sum(1).astype(int).tolist() and counts[3] == 0 and counts[6] == 30
+    assert all(cols[i, :counts[i]].tolist() == np.flatnonzero(x[i]).tolist() for i in range(7))
     out, dW = np.full((7, 9), np.nan, dtype), np.full((30, 9), np.nan, dtype)
     dense.binary_product(cols, counts, W, out)
     dense.binary_weight_grad(cols, counts, d, dW)

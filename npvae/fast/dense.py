@@ -350,14 +350,18 @@ def binary_rows(x, cols, counts):
     n, d = x.shape
     zero, one = x.dtype.type(0.0), x.dtype.type(1.0)
     for i in range(n):
+        # branch-free: every column is written at the next free place and kept only where x is 1
+        # (c <= j, so within the row); on data with ~20% ones a branch per pixel mispredicted
+        # often enough to take ~1.5x as long
         c = 0
+        bad = False
         for j in range(d):
             v = x[i, j]
-            if v == one:
-                cols[i, c] = j
-                c += 1
-            elif v != zero:
-                return False
+            cols[i, c] = j
+            c += v == one
+            bad |= (v != zero) & (v != one)
+        if bad:
+            return False
         counts[i] = c
     return True
 

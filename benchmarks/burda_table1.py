@@ -27,6 +27,9 @@ beside Burda et al.'s numbers, the stage each cell reached and what the rest wou
 Example (the real run, cheapest cells first)::
 
     OPENBLAS_NUM_THREADS=1 taskset -c 1 python benchmarks/burda_table1.py --hours 200
+
+Each cell trains under a lock of its folder: the same command started once per core shares the
+cells among the processes (a cell in training is skipped by the others).
 """
 
 import os
@@ -50,6 +53,7 @@ import npvae  # noqa: E402
 from npvae import io, protocol  # noqa: E402
 from npvae.datasets import binarize  # noqa: E402
 from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
+from npvae.runfolder import RunFolderError, RunLock  # noqa: E402
 from npvae.train import load_checkpoint  # noqa: E402
 
 RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.npz", "model.npz"
@@ -584,12 +588,24 @@ def ais_section(results, checks):
 
 
 def train_cells(args):
+    """Every cell of ``--cells`` x ``--seeds`` in turn, each under its folder's lock
+    (:class:`npvae.runfolder.RunLock`): a cell another process trains is skipped, so the same
+    command started on several cores shares the grid among them."""
     deadline = time.time() + (args.hours * 3600 if args.hours is not None else float("inf"))
     data = load_data(args)
     try:
         for seed in args.seeds:
             for name in args.cells:
-                run_cell(name, seed, data, args, deadline)
+                folder = Path(args.out) / "cells" / cell_name(name, seed)
+                try:
+                    lock = RunLock(folder).acquire()
+                except RunFolderError as exc:
+                    log(f"{cell_name(name, seed)}: skipped, {exc}".split("; wait")[0])
+                    continue
+                try:
+                    run_cell(name, seed, data, args, deadline)
+                finally:
+                    lock.release()
     except Stop:
         log(f"time budget of {args.hours} h spent: stopped at an epoch's end; run again to continue")
     except KeyboardInterrupt:

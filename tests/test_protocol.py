@@ -283,3 +283,21 @@ def test_the_budget_grid_trains_each_split_of_the_samples_and_evaluates_from_its
     assert "python benchmarks/burda_table1.py --grid budget" in text
     assert Path(str(out) + ".png").stat().st_size > 0 and "![NLL and active units against epochs](budget.png)" in text
     assert Path(str(out) + "_split.png").stat().st_size > 0 and "![What each split buys](budget_split.png)" in text
+
+
+def test_the_runner_skips_a_cell_another_process_trains(tmp_path, capsys):
+    """Each cell trains under its folder's lock: the same command on several cores shares the grid."""
+    from npvae.runfolder import RunLock
+    bt = _runner()
+    out = tmp_path / "shared"
+    held = RunLock(out / "cells" / "vae-k1-seed0").acquire()        # another worker trains this cell
+    try:
+        assert bt.main(TINY + ["--out", str(out), "--max-stage", "0"]) == 0
+    finally:
+        held.release()
+    err = capsys.readouterr().err
+    assert "vae-k1-seed0: skipped," in err and "is in use by process" in err
+    assert not (out / "cells" / "vae-k1-seed0" / "result.json").exists()
+    assert (out / "cells" / "iwae-k5-seed0" / "result.json").exists()
+    assert bt.main(TINY + ["--out", str(out), "--max-stage", "0"]) == 0    # free again: it trains now
+    assert (out / "cells" / "vae-k1-seed0" / "result.json").exists()

@@ -234,7 +234,7 @@ def _ordered(results, cells):
     return sorted(results, key=lambda r: (order.get(r["name"], 99), r["seed"]))
 
 
-def report(results, command, checks=None):
+def report(results, command, checks=None, out=None):
     checks = checks or {}
     results = _ordered(results, CELLS)
     lines = ["# Burda et al.'s Table 1 under their protocol, stage by stage", "",
@@ -265,7 +265,7 @@ def report(results, command, checks=None):
                          f"{s['posterior_gap']:.2f} | {s['active_units']} | {'-' if theirs is None else theirs[1]} | "
                          f"{s['ess_median']:.1f} | {s.get('pareto_k_over_0.7', '-')} |")
         lines += [""] + gains(rows)
-    lines += ais_section(results, checks)
+    lines += ais_section(results, checks, out, AGAINST["table1"])
     return "\n".join(lines)
 
 
@@ -290,7 +290,7 @@ def _theirs(value):
     return f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f}"
 
 
-def budget_report(results, command, checks=None):
+def budget_report(results, command, checks=None, out=None):
     """The fixed-budget grid's report: per evaluated stage, each cell's IWAE-64, log-likelihood,
     ELBO, posterior gap and active units (and the seeds' means)."""
     results = _ordered(results, BUDGET_CELLS)
@@ -333,7 +333,7 @@ def budget_report(results, command, checks=None):
               "trains the encoder and the decoder with two Adam optimizers, ours one over both (the same "
               "per-parameter update, as Adam's is elementwise); their VAE column is trained with K = 1 in the "
               "reproduction but listed as MIWAE(64, 1) elsewhere: ours spends the 64 samples as the ELBO's mean.", ""]
-    lines += ais_section(results, checks or {})
+    lines += ais_section(results, checks or {}, out, AGAINST["budget"])
     return "\n".join(lines) + "\n"
 
 
@@ -486,7 +486,7 @@ def main(argv=None):
         if args.ais:
             run_ais(args)
     results = read_results(args.out)
-    text = (report if args.grid == "table1" else budget_report)(results, command, read_ais(args.out))
+    text = (report if args.grid == "table1" else budget_report)(results, command, read_ais(args.out), args.out)
     figure = plot_stages(_ordered(results, ALL_CELLS), args.out,
                          {n: v for n, v in BURDA_TABLE1.items()} if args.grid == "table1" else None)
     if figure is not None:
@@ -516,8 +516,9 @@ def run_ais(args):
     IS with ``--k`` samples on the same images (paired: AIS minus IS per image, its mean and SE),
     and BDMC (:func:`npvae.ais.bdmc`) on ``--bdmc-images`` images simulated from the model at the
     same chain settings: the forward/reverse gap bounds how far AIS of that length is from log p(x).
-    A file of its own, so a cell that trains meanwhile in another process loses nothing; a stage
-    checked already with the same settings is skipped (a rerun continues)."""
+    A file of its own, so a cell that trains meanwhile in another process loses nothing; the
+    per-image values go to ``ais-stage<stage>.npz`` (cells are compared on the same images); a
+    stage checked already with the same settings is skipped (a rerun continues)."""
     from npvae.ais import bdmc
     images = args.ais_images
     _, x_test, _ = load_data(args)
@@ -531,8 +532,10 @@ def run_ais(args):
             settings = dict(stage=stage, epochs=protocol.BURDA_STAGE_ENDS[stage], images=int(x.shape[0]),
                             chains=args.ais_chains, steps=args.ais_steps, k=args.k, bdmc_images=args.bdmc_images)
             done = json.loads((folder / AIS).read_text()) if (folder / AIS).exists() else []
-            if any(all(r.get(key) == v for key, v in settings.items()) for r in done):
+            per_image = folder / f"ais-stage{stage}.npz"
+            if per_image.exists() and any(all(r.get(key) == v for key, v in settings.items()) for r in done):
                 continue
+            done = [r for r in done if not all(r.get(key) == v for key, v in settings.items())]
             model = npvae.load(folder / MODEL)
             t0 = time.perf_counter()
             ais = log_likelihood(model, x, method="ais", chains=args.ais_chains, steps=args.ais_steps,
@@ -546,6 +549,9 @@ def run_ais(args):
                           seed=[seed, BDMC_SEED], progress=not args.quiet, file=sys.stderr)
                 record["bdmc"] = bd.to_dict()
             record["seconds"] = time.perf_counter() - t0
+            # per image, so that cells are compared on the same images (paired)
+            io.atomic_savez(per_image, {"ais": np.asarray(ais.per_example, np.float64),
+                                        "is": np.asarray(is_.per_example, np.float64)}, compress=True)
             done.append(record)
             io.atomic_write_text(folder / AIS, json.dumps(done, indent=1) + "\n")
             log(f"{cell_name(name, seed)}: stage {stage} AIS {ais.mean:.2f} ± {ais.se:.2f}, IS {is_.mean:.2f}, "
@@ -562,9 +568,48 @@ def read_ais(out):
     return checks
 
 
-def ais_section(results, checks):
+#: The cell each cell is compared with by AIS in the reports (the same seed, the same images).
+AGAINST = {"table1": {"iwae-k5": "vae-k5", "iwae-k50": "vae-k50", "iwae-dreg-k5": "iwae-k5",
+                      "iwae-dreg-k50": "iwae-k50"},
+           "budget": {n: "iwae-64" for n in BUDGET_CELLS if n != "iwae-64"}}
+
+
+def _per_image(out, cell, check):
+    path = Path(out) / "cells" / cell / f"ais-stage{check['stage']}.npz"
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return f["ais"], f["is"]
+
+
+def comparisons(results, checks, out, against):
+    """Lines: each cell minus the cell it is compared with (``against``), by AIS and by IS on the
+    same images (paired: the mean over the images of the per-image difference, its SE), where
+    both were checked at the same stage on the same images."""
+    by_cell = {r["cell"]: r for r in results}
+    lines = []
+    for r in results:
+        ref = against.get(r["name"])
+        other = cell_name(ref, r["seed"]) if ref else None
+        a, b = checks.get(r["cell"]), checks.get(other)
+        if a is None or b is None or (a["stage"], a["images"]) != (b["stage"], b["images"]) or other not in by_cell:
+            continue
+        mine, theirs = _per_image(out, r["cell"], a), _per_image(out, other, b)
+        if mine is None or theirs is None:
+            continue
+        (da, sa), (di, si) = _paired(mine[0], theirs[0]), _paired(mine[1], theirs[1])
+        bias = max((c["bdmc"]["gap"] for c in (a, b) if c.get("bdmc")), default=None)
+        verdict = ("beyond 2 SE" if abs(da) > 2 * sa else "within 2 SE") + (
+            "" if bias is None else (", and beyond 2 SE plus the larger BDMC gap" if abs(da) - 2 * sa > bias
+                                     else f", not beyond 2 SE plus the larger BDMC gap ({bias:.2f})"))
+        lines.append(f"- {r['cell']} minus {other} (epoch {a['epochs']}, {a['images']} images): "
+                     f"{da:+.2f} ± {sa:.2f} by AIS, {di:+.2f} ± {si:.2f} by IS; by AIS {verdict}.")
+    return lines
+
+
+def ais_section(results, checks, out=None, against=None):
     """The report's section on AIS at the last stage checked: AIS and IS on the same images, paired,
-    and the BDMC gap on simulated images."""
+    the BDMC gap on simulated images, and each cell against the one it is compared with."""
     lines = ["", "## AIS at the last stage checked", ""]
     rows = [(r, checks[r["cell"]]) for r in results if r["cell"] in checks]
     if not rows:
@@ -584,6 +629,11 @@ def ais_section(results, checks):
                      f"({c['k']}) | {c['ais_minus_is']:+.2f} ± {c['ais_minus_is_se']:.2f} | "
                      f"{a['acceptance_mean']:.2f} | "
                      + ("-" if bd is None else f"{bd['gap']:.2f} ({bd['gap_max']:.2f}), {bd['n']}") + " |")
+    pairs = comparisons(results, checks, out, against or {}) if out is not None else []
+    if pairs:
+        lines += ["", "Cells against each other on the same images (the AIS estimates are lower bounds in "
+                      "expectation, each below log p(x) by up to about its BDMC gap, so a difference is read as "
+                      "real only beyond 2 SE plus the larger gap):", ""] + pairs
     return lines + [""]
 
 

@@ -246,6 +246,9 @@ def test_the_runner_stops_at_its_time_budget_then_adds_ais_at_the_last_stage(tmp
         assert check["stage"] == len(result["stages"]) - 1 and check["images"] == 3 and check["k"] == 50
         assert check["ais"]["method"] == "ais" and check["ais"]["n"] == 3 and check["ais"]["chains"] == 2
         assert check["bdmc"]["n"] == 2 and check["bdmc"]["upper"] >= check["bdmc"]["lower"] - 5.0
+        with np.load(Path(out) / "cells" / cell / f"ais-stage{check['stage']}.npz") as f:
+            assert f["ais"].shape == f["is"].shape == (3,)
+            assert f["ais"].mean() == pytest.approx(check["ais"]["log_likelihood"])
         # paired on the same images: AIS - IS is the difference of the two means
         assert check["ais_minus_is"] == pytest.approx(check["ais"]["log_likelihood"] - check["is_log_likelihood"],
                                                       abs=1e-9)
@@ -301,3 +304,29 @@ def test_the_runner_skips_a_cell_another_process_trains(tmp_path, capsys):
     assert (out / "cells" / "iwae-k5-seed0" / "result.json").exists()
     assert bt.main(TINY + ["--out", str(out), "--max-stage", "0"]) == 0    # free again: it trains now
     assert (out / "cells" / "vae-k1-seed0" / "result.json").exists()
+
+
+def test_cells_are_compared_by_ais_on_the_same_images_paired(tmp_path):
+    bt = _runner()
+    rng = np.random.default_rng(0)
+    base = rng.normal(-90, 5, 400)
+    values = {"iwae-64-seed0": base, "ciwae-0.5-seed0": base + 0.5 + rng.normal(0, 0.2, 400),
+              "vae-64-seed0": base - 0.05 + rng.normal(0, 0.2, 400)}
+    checks = {}
+    for cell, v in values.items():
+        folder = tmp_path / "cells" / cell
+        folder.mkdir(parents=True)
+        np.savez(folder / "ais-stage3.npz", ais=v, **{"is": v - 1.0})
+        checks[cell] = {"stage": 3, "images": 400, "epochs": 40, "bdmc": {"gap": 0.3}}
+    results = [{"cell": c, "name": c.rsplit("-seed", 1)[0], "seed": 0} for c in values]
+    lines = bt.comparisons(results, checks, tmp_path, bt.AGAINST["budget"])
+    text = "\n".join(lines)
+    assert len(lines) == 2 and "iwae-64-seed0 minus" not in text
+    ciwae = next(line for line in lines if line.startswith("- ciwae"))
+    d = values["ciwae-0.5-seed0"] - base
+    assert f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(400):.2f} by AIS" in ciwae
+    assert "beyond 2 SE, and beyond 2 SE plus the larger BDMC gap" in ciwae
+    vae = next(line for line in lines if line.startswith("- vae"))
+    assert "not beyond 2 SE plus the larger BDMC gap (0.30)" in vae
+    checks["vae-64-seed0"]["images"] = 500                     # other images: not compared
+    assert len(bt.comparisons(results, checks, tmp_path, bt.AGAINST["budget"])) == 1

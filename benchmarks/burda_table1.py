@@ -517,7 +517,8 @@ def run_ais(args):
     and BDMC (:func:`npvae.ais.bdmc`) on ``--bdmc-images`` images simulated from the model at the
     same chain settings: the forward/reverse gap bounds how far AIS of that length is from log p(x).
     A file of its own, so a cell that trains meanwhile in another process loses nothing; the
-    per-image values go to ``ais-stage<stage>.npz`` (cells are compared on the same images); a
+    per-image values go to ``ais-stage<S>-<images>x<chains>x<steps>.npz`` (cells are compared on the
+    same images, checked the same way); a
     stage checked already with the same settings is skipped (a rerun continues)."""
     from npvae.ais import bdmc
     images = args.ais_images
@@ -532,7 +533,7 @@ def run_ais(args):
             settings = dict(stage=stage, epochs=protocol.BURDA_STAGE_ENDS[stage], images=int(x.shape[0]),
                             chains=args.ais_chains, steps=args.ais_steps, k=args.k, bdmc_images=args.bdmc_images)
             done = json.loads((folder / AIS).read_text()) if (folder / AIS).exists() else []
-            per_image = folder / f"ais-stage{stage}.npz"
+            per_image = folder / per_image_name(settings)
             if per_image.exists() and any(all(r.get(key) == v for key, v in settings.items()) for r in done):
                 continue
             done = [r for r in done if not all(r.get(key) == v for key, v in settings.items())]
@@ -574,8 +575,13 @@ AGAINST = {"table1": {"iwae-k5": "vae-k5", "iwae-k50": "vae-k50", "iwae-dreg-k5"
            "budget": {n: "iwae-64" for n in BUDGET_CELLS if n != "iwae-64"}}
 
 
+def per_image_name(check):
+    """The file of a check's per-image AIS and IS values (by its stage and settings)."""
+    return f"ais-stage{check['stage']}-{check['images']}x{check['chains']}x{check['steps']}.npz"
+
+
 def _per_image(out, cell, check):
-    path = Path(out) / "cells" / cell / f"ais-stage{check['stage']}.npz"
+    path = Path(out) / "cells" / cell / per_image_name(check)
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as f:
@@ -592,7 +598,8 @@ def comparisons(results, checks, out, against):
         ref = against.get(r["name"])
         other = cell_name(ref, r["seed"]) if ref else None
         a, b = checks.get(r["cell"]), checks.get(other)
-        if a is None or b is None or (a["stage"], a["images"]) != (b["stage"], b["images"]) or other not in by_cell:
+        same = ("stage", "images", "chains", "steps", "k")
+        if a is None or b is None or any(a.get(key) != b.get(key) for key in same) or other not in by_cell:
             continue
         mine, theirs = _per_image(out, r["cell"], a), _per_image(out, other, b)
         if mine is None or theirs is None:

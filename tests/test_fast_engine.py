@@ -86,9 +86,11 @@ def test_numba_backend_equals_numpy_backend(dtype, arch, objective, kl, estimato
 
 
 BUDGET_COMBOS = [("miwae-2", "standard"), ("miwae-2", "stl"), ("miwae-2", "dreg"), ("miwae-3x2", "dreg"),
-                 ("ciwae", "standard"), ("ciwae", "stl")]
+                 ("ciwae", "standard"), ("ciwae", "stl"), ("piwae-2", "standard"), ("piwae-2", "stl"),
+                 ("piwae-2", "dreg"), ("piwae-3x2", "dreg")]
 BUDGET = {"miwae-2": npvae.objectives.MIWAE(outer=2), "miwae-3x2": npvae.objectives.MIWAE(outer=3, inner=2),
-          "ciwae": npvae.objectives.CIWAE(beta=0.3)}
+          "ciwae": npvae.objectives.CIWAE(beta=0.3), "piwae-2": npvae.objectives.PIWAE(outer=2),
+          "piwae-3x2": npvae.objectives.PIWAE(outer=3, inner=2)}
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -105,11 +107,29 @@ def test_numba_backend_equals_numpy_backend_for_the_budget_objectives(dtype, arc
         assert_close(fast.bound(x, eps, rule).per_example, ref.bound(x, eps, rule).per_example, dtype)
 
 
-def test_the_budget_objectives_have_kernels_but_piwae_runs_through_the_reference():
+def test_the_budget_objectives_have_kernels_and_piwae_the_encoders_beside_its_own():
     from npvae.fast import bounds
     assert isinstance(bounds.kernels_for(BUDGET["miwae-2"]), bounds.MIWAE)
     assert isinstance(bounds.kernels_for(BUDGET["ciwae"]), bounds.CIWAE)
-    assert bounds.kernels_for(npvae.objectives.PIWAE(outer=2)) is None
+    piwae = bounds.kernels_for(npvae.objectives.PIWAE(outer=3, inner=2))
+    assert isinstance(piwae, bounds.IWAE) and isinstance(piwae.encoder, bounds.MIWAE)
+    assert piwae.encoder.objective.outer == 3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_piwae_runs_on_the_fast_path_not_through_the_reference(dtype, monkeypatch):
+    ref, fast = pair(dtype, **ARCHS[1])
+    x, eps = data(ref, 4, 6, seed=3)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the numba engine ran PIWAE through its reference")
+    monkeypatch.setattr(fast.engine.reference, "loss_and_grads", refused)
+    monkeypatch.setattr(fast.engine.reference, "bound", refused)
+    rule = npvae.objectives.PIWAE(outer=2)
+    fast.loss_and_grads(x, eps, rule, "analytic", "dreg")
+    fast.bound(x, eps, rule)
+    with pytest.raises(ValueError):
+        fast.bound(x, eps[:, :5], npvae.objectives.PIWAE(outer=2))     # 5 samples: not M x K
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

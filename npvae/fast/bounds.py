@@ -4,8 +4,11 @@ The reference's :class:`npvae.objectives.Objective` is the specification; an ent
 :data:`KERNELS` computes the same on the arrays of a :class:`npvae.fast.step.Workspace`
 (``nll``, ``kl``, ``log_w`` (B, S) filled by the forward; ``w_tilde``, ``bound``, ``dlog_w``,
 ``row_w``, ``dkl`` for the backward). An objective without an entry runs on the numba
-engine through its reference engine (correct, not fast): PIWAE, whose encoder follows another
-objective's weighting (:attr:`npvae.objectives.Objective.encoder_objective`), does so for now.
+engine through its reference engine (correct, not fast). PIWAE's entry holds a second one,
+:attr:`PIWAE.encoder`, the kernels of the bound its encoder follows
+(:attr:`npvae.objectives.Objective.encoder_objective`): the training step then runs the
+decoder's backward once with each weighting (:func:`npvae.fast.step.train_step`), as the
+reference does.
 
 An entry is a class made with the objective (``KERNELS[name](objective)``, :func:`kernels_for`),
 so that a parameterized objective's kernels read its parameters (MIWAE's ``outer``,
@@ -16,7 +19,7 @@ import numpy as np
 
 from . import latent
 
-__all__ = ["KERNELS", "Kernels", "ELBO", "IWAE", "MIWAE", "CIWAE", "kernels_for"]
+__all__ = ["KERNELS", "Kernels", "ELBO", "IWAE", "MIWAE", "CIWAE", "PIWAE", "kernels_for"]
 
 
 class Kernels:
@@ -108,8 +111,22 @@ class CIWAE(Kernels):
         np.add(ws.dlog_w, (beta / S) * dbound, out=ws.dlog_w)
 
 
+class PIWAE(IWAE):
+    """:class:`npvae.objectives.PIWAE` on a workspace: the bound and the decoder's weighting are
+    IWAE's over all ``M * K`` samples; :attr:`encoder` (MIWAE's kernels) gives the encoder's."""
+
+    def __init__(self, objective=None):
+        super().__init__(objective)
+        self.encoder = MIWAE(objective.encoder_objective)
+
+    def forward(self, ws):
+        """IWAE's bound over all the samples (a copy), after checking ``S = M * K``."""
+        self.objective.check_samples(ws.log_w.shape[1])
+        return IWAE.forward(ws)
+
+
 #: The kernels of each objective with a fast path, by the objective's name.
-KERNELS = {"elbo": ELBO, "iwae": IWAE, "miwae": MIWAE, "ciwae": CIWAE}
+KERNELS = {"elbo": ELBO, "iwae": IWAE, "miwae": MIWAE, "ciwae": CIWAE, "piwae": PIWAE}
 
 
 def kernels_for(objective):

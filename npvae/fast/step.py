@@ -144,6 +144,15 @@ class Workspace:
         self.work = bernoulli.bernoulli_scratch(D, dtype)
         self.has_grads = grads
 
+    def second_pass(self):
+        """The arrays of a second decoder backward (PIWAE: the encoder's weighting), made on first
+        use: ``{"dz": (B, S, L), "row_w": (B * S,), "grads": the decoder's gradients}``, whose
+        ``grads`` are dropped."""
+        if getattr(self, "second_dz", None) is None:
+            self.second_dz, self.second_row_w = np.empty_like(self.dz), np.empty_like(self.row_w)
+            self.second_grads = {k: np.empty_like(v) for k, v in self.grads.items() if k.startswith("dec.")}
+        return {"dz": self.second_dz, "row_w": self.second_row_w, "grads": self.second_grads}
+
     @property
     def nbytes(self):
         """Bytes held by the arrays."""
@@ -271,6 +280,36 @@ def encoder_backward_into(model, ws, x, act):
                                 ws.enc_d[i - 1] if i > 0 else None)   # no dx for the data
 
 
+def decoder_backward_into(model, ws, w, g, dz, act):
+    """The decoder's backward from ``ws.logits`` (``sigmoid(l) - x``, its rows weighted by ``w``
+    (B * S,): the NLL's upstream gradients): its gradients into ``g`` (a dict with the decoder's
+    names), ``d nll / d z`` (weighted) into ``dz`` (B, S, L). ``ws.logits`` is left as it was."""
+    p, nh = model.params, len(model.hidden)
+    B, S, L = ws.z.shape
+    N = B * S
+    grad_logits = ws.logits                                           # sigmoid(l) - x, (B * S, D)
+    h_last, kern = ws.dec_h[-1], ws.passes
+    kern.scale_rows_into(h_last, w, ws.hs)
+    np.matmul(ws.hs.T, grad_logits, out=g["dec.out.W"])               # (dnll * h).T @ g
+    kern.weighted_bias_grad(grad_logits, w, g["dec.out.b"])
+    np.matmul(grad_logits, p["dec.out.W"].T, out=ws.dec_d[-1])       # g @ W.T, unscaled
+    z2 = ws.z.reshape(N, L)
+    weighted = True                          # dnll still to apply (with the last layer's act')
+    for i in reversed(range(nh)):
+        dout = ws.dec_d[i]                                            # (B * S, H_i), before act'
+        if i == 0 and L <= dense.NARROW_INPUT:   # act', dW, db and dz of the latent's layer: one pass
+            kern.narrow_dense_act_backward(dout, ws.dec_h[0], act, w, weighted, z2, p["dec.0.W"],
+                                           g["dec.0.W"], g["dec.0.b"], dz.reshape(N, L))
+            break
+        if weighted:
+            dense.act_backward_rows(dout, ws.dec_h[i], act, w, dout)      # dnll * (g @ W.T) * act'
+            weighted = False
+        else:
+            dense.act_backward(dout, ws.dec_h[i], act, dout)
+        dense_backward_into(dout, ws.dec_h[i - 1] if i > 0 else z2, p, g, f"dec.{i}",
+                            ws.dec_d[i - 1] if i > 0 else dz.reshape(N, L))
+
+
 def bound(ws, objective, kl, eps):
     """Per-example bound (B,) as the reference computes it, by the objective's kernels
     (:mod:`npvae.fast.bounds`); fills ``log_w`` (and what the objective keeps) when used."""
@@ -328,10 +367,17 @@ def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFI
 
     # ---- backward: the bound's gradients on the sample axis --------------------
     dbound = model.dtype.type(-1.0 / batch)                          # d loss / d bound
+    enc_kernels = getattr(kernels, "encoder", None)                  # PIWAE: the encoder's own bound
     if log_weights:
         kernels.backward(ws, dbound)                                 # dlog_w (B, S)
         negligible_weights(ws.dlog_w, dbound)
         np.negative(ws.dlog_w, out=ws.row_w.reshape(B, S))           # dnll = -dlog_px
+        if enc_kernels is not None:
+            # the decoder's weighting kept in row_w; the encoder's bound and weights from here on
+            # (its forward overwrites w_tilde with its own, which DReG's path weights then read)
+            enc_kernels.forward(ws)
+            enc_kernels.backward(ws, dbound)
+            negligible_weights(ws.dlog_w, dbound)
         # direct gradients of log p(z) - log q(z|x) (z held fixed)
         latent.log_weights_backward(ws.dlog_w, ws.z, eps, ws.log_var, ws.dz_direct, ws.dmu_q, ws.dlog_var_q)
         ws.dkl.fill(0.0)
@@ -340,30 +386,17 @@ def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFI
 
     prof.mark("bound, log weights and their backward")
     # ---- decoder backward ---------------------------------------------------------
-    w = ws.row_w
-    grad_logits = ws.logits                                           # sigmoid(l) - x, (B * S, D)
-    h_last, kern = ws.dec_h[-1], ws.passes
-    kern.scale_rows_into(h_last, w, ws.hs)
-    np.matmul(ws.hs.T, grad_logits, out=g["dec.out.W"])               # (dnll * h).T @ g
-    kern.weighted_bias_grad(grad_logits, w, g["dec.out.b"])
-    np.matmul(grad_logits, p["dec.out.W"].T, out=ws.dec_d[-1])       # g @ W.T, unscaled
-    prof.mark("output layer backward: dW, db, dh (GEMMs, row weights)")
-    z2 = ws.z.reshape(N, L)
-    weighted = True                          # dnll still to apply (with the last layer's act')
-    for i in reversed(range(nh)):
-        dout = ws.dec_d[i]                                            # (B * S, H_i), before act'
-        if i == 0 and L <= dense.NARROW_INPUT:   # act', dW, db and dz of the latent's layer: one pass
-            kern.narrow_dense_act_backward(dout, ws.dec_h[0], act, w, weighted, z2, p["dec.0.W"],
-                                           g["dec.0.W"], g["dec.0.b"], ws.dz.reshape(N, L))
-            break
-        if weighted:
-            dense.act_backward_rows(dout, ws.dec_h[i], act, w, dout)      # dnll * (g @ W.T) * act'
-            weighted = False
-        else:
-            dense.act_backward(dout, ws.dec_h[i], act, dout)
-        dense_backward_into(dout, ws.dec_h[i - 1] if i > 0 else z2, p, g, f"dec.{i}",
-                        ws.dec_d[i - 1] if i > 0 else ws.dz.reshape(N, L))
-
+    if enc_kernels is None or not log_weights:
+        decoder_backward_into(model, ws, ws.row_w, g, ws.dz, act)
+    else:
+        # once with the decoder's weights for its gradients (dz dropped), once with the
+        # encoder's for the path to z (the decoder's gradients of that pass dropped)
+        extra = ws.second_pass()
+        decoder_backward_into(model, ws, ws.row_w, g, extra["dz"], act)
+        np.negative(ws.dlog_w, out=extra["row_w"].reshape(B, S))
+        decoder_backward_into(model, ws, extra["row_w"], extra["grads"], ws.dz, act)
+    if log_weights and enc_kernels is not None:
+        kernels = enc_kernels                                        # the encoder's from here on
     prof.mark("decoder hidden layers backward")
     # ---- latent: estimators, reparameterization and KL ---------------------------
     dz = ws.dz

@@ -622,7 +622,7 @@ def comparisons(results, checks, out, against):
         if mine is None or theirs is None:
             continue
         (da, sa), (di, si) = _paired(mine[0], theirs[0]), _paired(mine[1], theirs[1])
-        bias = max((c["bdmc"]["gap"] for c in (a, b) if c.get("bdmc")), default=None)
+        bias = max((max(0.0, c["bdmc"]["gap"]) for c in (a, b) if c.get("bdmc")), default=None)   # < 0: noise
         verdict = ("beyond 2 SE" if abs(da) > 2 * sa else "within 2 SE") + (
             "" if bias is None else (", and beyond 2 SE plus the larger BDMC gap" if abs(da) - 2 * sa > bias
                                      else f", not beyond 2 SE plus the larger BDMC gap ({bias:.2f})"))

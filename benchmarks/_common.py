@@ -221,6 +221,13 @@ def plural(n, word):
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def paired(a, b):
+    """Mean over the images of ``a - b`` (per-image values of two estimates on the same images)
+    and its SE over them (ddof=1; NaN for one image)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+
+
 def ess(log_w, axis=-1):
     """Effective sample size ``(sum_s w_s)^2 / sum_s w_s^2`` of importance weights given by their
     logarithms ``log_w`` (e.g. ``(B, S)``), along ``axis``: between 1 and the number of weights.

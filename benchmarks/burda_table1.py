@@ -521,12 +521,6 @@ AIS_SEED, AIS_IS_SEED, BDMC_SEED = 25, 26, 27
 AIS = "ais.json"
 
 
-def _paired(a, b):
-    """Mean of ``a - b`` over the images and its SE over them (ddof=1)."""
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-
-
 def run_ais(args):
     """The check of the last stage each cell reached (:func:`npvae.log_likelihood`, ``cells/<cell>/ais.json``):
     AIS on the first ``--ais-images`` test images (binarized as the IS numbers' test images),
@@ -559,7 +553,7 @@ def run_ais(args):
             ais = log_likelihood(model, x, method="ais", chains=args.ais_chains, steps=args.ais_steps,
                                  seed=[seed, AIS_SEED], progress=not args.quiet, file=sys.stderr)
             is_ = log_likelihood(model, x, k=args.k, seed=[seed, AIS_IS_SEED], progress=not args.quiet, file=sys.stderr)
-            diff, diff_se = _paired(ais.per_example, is_.per_example)
+            diff, diff_se = _common.paired(ais.per_example, is_.per_example)
             record = dict(settings, ais=ais.to_dict(), is_log_likelihood=is_.mean, is_mc_se=is_.mc_se,
                           ais_minus_is=diff, ais_minus_is_se=diff_se)
             if args.bdmc_images:
@@ -621,7 +615,7 @@ def comparisons(results, checks, out, against):
         mine, theirs = _per_image(out, r["cell"], a), _per_image(out, other, b)
         if mine is None or theirs is None:
             continue
-        (da, sa), (di, si) = _paired(mine[0], theirs[0]), _paired(mine[1], theirs[1])
+        (da, sa), (di, si) = _common.paired(mine[0], theirs[0]), _common.paired(mine[1], theirs[1])
         bias = max((max(0.0, c["bdmc"]["gap"]) for c in (a, b) if c.get("bdmc")), default=None)   # < 0: noise
         verdict = ("beyond 2 SE" if abs(da) > 2 * sa else "within 2 SE") + (
             "" if bias is None else (", and beyond 2 SE plus the larger BDMC gap" if abs(da) - 2 * sa > bias

@@ -49,6 +49,7 @@ import sample_sizes  # noqa: E402
 import npvae  # noqa: E402
 from npvae import io  # noqa: E402
 from npvae.ais import bdmc  # noqa: E402
+from _common import paired  # noqa: E402
 from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
 from npvae.serialization import model_arrays  # noqa: E402
 
@@ -229,12 +230,6 @@ def _bdmc_done(folder, args):
 def _load(folder, name):
     with np.load(folder / name, allow_pickle=False) as f:
         return f["per_example"]
-
-
-def paired(a, b):
-    """Mean of ``a - b`` over the images and its SE over them (ddof=1)."""
-    d = a - b
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
 
 
 def finished(out):

@@ -309,7 +309,7 @@ def _theirs(value):
 
 def budget_report(results, command, checks=None, out=None):
     """The fixed-budget grid's report: per evaluated stage, each cell's IWAE-64, log-likelihood,
-    ELBO, posterior gap and active units (and the seeds' means)."""
+    ELBO, posterior gap and active units, and the seeds side by side (:func:`seeds_section`)."""
     results = _ordered(results, BUDGET_CELLS)
     lines = ["# 64 samples per image, split M x K ways, under Burda et al.'s protocol", "",
              "MNIST, Burda et al.'s architecture (784-200-200-50, tanh), trained with their protocol "
@@ -350,8 +350,72 @@ def budget_report(results, command, checks=None, out=None):
               "trains the encoder and the decoder with two Adam optimizers, ours one over both (the same "
               "per-parameter update, as Adam's is elementwise); their VAE column is trained with K = 1 in the "
               "reproduction but listed as MIWAE(64, 1) elsewhere: ours spends the 64 samples as the ELBO's mean.", ""]
+    lines += seeds_section(results)
     lines += ais_section(results, checks or {}, out, AGAINST["budget"])
     return "\n".join(lines) + "\n"
+
+
+#: What :func:`seeds_section` sets side by side: (the stage record's key, the column's name, sign).
+SEED_COLUMNS = (("test_iwae64", "IWAE-64", 1), ("nll", "log p(x)", -1), ("test_elbo", "ELBO", 1),
+                ("posterior_gap", "gap", 1), ("active_units", "active", 1))
+
+
+def seeds_section(results, reference="iwae-64"):
+    """Lines: at the last stage that two or more seeds of a cell reached, each cell's values per seed
+    and their mean, and each cell minus ``reference`` of the same seed (IS on all test images), per
+    seed: with so few seeds, the seeds' values are given, not an SE; a difference is called
+    consistent only where every seed has the same sign."""
+    by = {}
+    for r in results:
+        for s in r["stages"]:
+            if "nll" in s:
+                by.setdefault(s["stage"], {}).setdefault(r["name"], {})[r["seed"]] = s
+    shared = [st for st, cells in by.items() if any(len(seeds) > 1 for seeds in cells.values())]
+    if not shared:
+        return []
+    stage = max(shared)
+    cells = {name: seeds for name, seeds in by[stage].items() if len(seeds) > 1}
+    names = [n for n in BUDGET_CELLS if n in cells]
+    seeds = sorted({seed for n in names for seed in cells[n]})
+    end = protocol.BURDA_STAGE_ENDS[stage]
+
+    def value(s, key, sign):
+        v = s.get(key)
+        return None if v is None else sign * v
+
+    def fmt(values, digits=2):
+        shown = [v for v in values if v is not None]
+        if not shown:
+            return "-"
+        each = ", ".join("-" if v is None else f"{v:.{digits}f}" for v in values)
+        return f"{np.mean(shown):.{digits}f} ({each})"
+
+    lines = ["", f"## The seeds together: stage {stage} (epoch {end})", "",
+             f"Each cell's mean over the seeds {', '.join(map(str, seeds))} that reached it, each seed's value in "
+             "brackets (in the seeds' order); the seeds are too few for an SE, so the spread is the seeds' values "
+             "themselves.", "",
+             "| cell | seeds | " + " | ".join(c for _, c, _ in SEED_COLUMNS) + " |",
+             "|---|---:|" + "---:|" * len(SEED_COLUMNS)]
+    for n in names:
+        row = [cells[n].get(seed) for seed in seeds]
+        cols = [fmt([None if s is None else value(s, key, sign) for s in row], 0 if key == "active_units" else 2)
+                for key, _, sign in SEED_COLUMNS]
+        lines.append(f"| {n} | {sum(s is not None for s in row)} | " + " | ".join(cols) + " |")
+    if reference in cells:
+        lines += ["", f"Each cell minus {reference} of the same seed (log p(x) by IS, k = 5000, all test images; "
+                  "the posterior gap), per seed; 'same sign in every seed' where all seeds agree:", ""]
+        for n in names:
+            if n == reference:
+                continue
+            both = [seed for seed in seeds if seed in cells[n] and seed in cells[reference]]
+            if len(both) < 2:
+                continue
+            dll = [cells[reference][seed]["nll"] - cells[n][seed]["nll"] for seed in both]
+            dgap = [cells[n][seed]["posterior_gap"] - cells[reference][seed]["posterior_gap"] for seed in both]
+            agree = "same sign in every seed" if len({np.sign(d) for d in dll}) == 1 else "the seeds disagree in sign"
+            lines.append(f"- {n}: log p(x) {', '.join(f'{d:+.2f}' for d in dll)} (seeds {', '.join(map(str, both))}; "
+                         f"{agree}); posterior gap {', '.join(f'{d:+.2f}' for d in dgap)}.")
+    return lines
 
 
 def plot_stages(results, out, theirs=None):

@@ -331,3 +331,26 @@ def test_cells_are_compared_by_ais_on_the_same_images_paired(tmp_path):
     assert "not beyond 2 SE plus the larger BDMC gap (0.30)" in vae
     checks["vae-64-seed0"]["steps"] = 1000                     # checked another way: not compared
     assert len(bt.comparisons(results, checks, tmp_path, bt.AGAINST["budget"])) == 1
+
+
+def test_the_budget_report_sets_the_seeds_side_by_side_at_the_last_stage_they_share():
+    """Two seeds of a cell: each seed's value and their mean at the last stage both reached; each
+    split minus IWAE(64) of the same seed, its sign called consistent only if every seed agrees."""
+    bt = _runner()
+
+    def result(name, seed, nll, gap, stages=(3,)):
+        recs = [{"stage": s, "nll": nll + s, "posterior_gap": gap, "test_iwae64": -nll - 2.0, "test_elbo": -nll - gap,
+                 "active_units": 20 + seed} for s in stages]
+        return {"cell": f"{name}-seed{seed}", "name": name, "seed": seed, "stages": recs}
+
+    results = [result("iwae-64", 0, 90.0, 16.0, (2, 3)), result("iwae-64", 1, 89.0, 17.0, (2, 3)),
+               result("miwae-8x8", 0, 89.8, 10.0, (2, 3)), result("miwae-8x8", 1, 89.5, 9.0, (2, 3)),
+               result("vae-64", 0, 91.0, 6.0, (2, 3)), result("vae-64", 1, 90.0, 5.0, (2,)),
+               result("ciwae-0.5", 0, 90.5, 7.0, (2, 3))]
+    text = "\n".join(bt.seeds_section(results))
+    assert "## The seeds together: stage 3 (epoch 40)" in text
+    assert "| iwae-64 | 2 | -91.50 (-92.00, -91.00) | -92.50 (-93.00, -92.00) |" in text
+    assert "| vae-64 |" not in text and "| ciwae-0.5 |" not in text          # one seed at stage 3
+    assert "- miwae-8x8: log p(x) +0.20, -0.50 (seeds 0, 1; the seeds disagree in sign); " \
+           "posterior gap -6.00, -8.00." in text
+    assert bt.seeds_section([result("iwae-64", 0, 90.0, 16.0)]) == []     # one seed: nothing to set beside

@@ -284,8 +284,8 @@ class CIWAE(Objective):
 
     ``beta = 1`` is the ELBO with ``kl="mc"``, ``beta = 0`` the IWAE bound. STL applies; DReG does
     not (as such): it turns the IWAE part's ``w~_s`` into ``w~_s^2`` but leaves the ELBO
-    part's ``beta / S``, which a factor on the path of each sample cannot do
-    (``docs/gradients.md``).
+    part's ``beta / S``, which DReG's rule (the path times the path weights) gives only through
+    a per-sample ratio that no paper defines as DReG (``docs/gradients.md``).
 
     Parameters
     ----------
@@ -392,7 +392,8 @@ def check_objective(objective="elbo", kl="analytic", estimator="standard"):
     Raises ValueError for unknown names and for estimators that do not apply (the
     objective's :meth:`Objective.estimators`): ``"stl"`` needs the log weights
     (``objective="iwae"`` or ``kl="mc"``: with an analytic KL there is no score term to
-    drop), ``"dreg"`` needs an objective with importance weights (``"iwae"``).
+    drop), ``"dreg"`` needs an objective whose bound is made of IWAE bounds (``"iwae"``,
+    ``"miwae"``, ``"piwae"``; not ``"ciwae"``, see :class:`CIWAE`).
     """
     if not isinstance(objective, Objective):
         objective = check.choice(objective, "objective", tuple(REGISTRY))

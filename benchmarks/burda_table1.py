@@ -80,9 +80,12 @@ ALL_CELLS = {**CELLS, **BUDGET_CELLS}
 #: units after the whole schedule (3,280 epochs). DReG is not theirs.
 BURDA_TABLE1 = {"vae-k1": (86.76, 19), "vae-k5": (86.47, 20), "vae-k50": (86.35, 20),
                 "iwae-k5": (85.54, 22), "iwae-k50": (84.78, 25)}
-#: The epochs each Table 1 cell is run to at least: every cell through stage 6 (its evaluation at
-#: epoch 364), the k = 1 and k = 5 cells on through stage 7 (1,093 epochs).
+#: The epochs each Table 1 cell is run to at least: every cell to the end of stage 5 (epoch 364;
+#: stages count from 0 here, so this is the study issue's "stage 6"), the k = 1 and k = 5 cells on to
+#: the end of stage 6 (1,093 epochs; the issue's "stage 7").
 TABLE1_AIM = {name: (1093 if name.endswith(("-k1", "-k5")) else 364) for name in CELLS}
+#: The epochs each budget-grid cell is run to (the end of stage 3; the issue asks for at least 40).
+BUDGET_AIM = 40
 ARCHITECTURE = dict(hidden=(200, 200), latent_dim=50, activation="tanh")
 EVAL_SEED = 123                   # their evaluations' seed (iwae.py, measure_marginal_log_likelihood)
 ACTIVE_IMAGES = 500               # iwae.py, get_units_variances
@@ -175,6 +178,8 @@ def run_cell(name, seed, data, args, deadline):
     result = read_result(folder, name, seed, args)
     result["test_images"] = int(data[1].shape[0])
     last_end = protocol.BURDA_STAGE_ENDS[args.max_stage]
+    if len(result["stages"]) <= args.max_stage and args.command not in result.setdefault("commands", []):
+        result["commands"].append(args.command)           # every command that trained this cell, in order
     while len(result["stages"]) <= args.max_stage:
         stage = len(result["stages"])
         end = protocol.BURDA_STAGE_ENDS[stage]
@@ -220,14 +225,38 @@ def _hours(seconds):
     return "n/a" if seconds is None else f"{seconds / 3600:.1f} h"
 
 
+def commands_lines(results, checks, command):
+    """Lines: the commands that trained the cells (each cell's ``result.json`` keeps those that trained
+    it), those that checked them by AIS (``ais.json``), and the one that wrote this report; the
+    cells that keep no command are named."""
+    trained, checked, missing = {}, {}, []
+    for r in results:
+        for c in r.get("commands") or []:
+            trained.setdefault(c, []).append(r["cell"])
+        if not r.get("commands"):
+            missing.append(r["cell"])
+    for cell, check in checks.items():
+        if check.get("command"):
+            checked.setdefault(check["command"], []).append(cell)
+    lines = ["Commands (run from the repository's top folder; `OPENBLAS_NUM_THREADS=1`, one process per core):", ""]
+    for what, found in (("trained", trained), ("checked by AIS", checked)):
+        for c, cells in found.items():
+            lines.append(f"- {what} {', '.join(cells)}: `{c}`")
+    if missing:
+        lines.append(f"- trained {', '.join(missing)}: not recorded in their result.json")
+    return lines + [f"- this report: `{command}`", ""]
+
+
 def progress_table(results, cells=(), goal=None):
     """Where each cell is: epochs and stages done, seconds per epoch, the hours to ``goal`` epochs
-    (``{name: epochs}``, e.g. the end of stage 6 or 7) and to 3,280 epochs; the names of ``cells``
+    (``{name: epochs}``, e.g. the end of stage 5 or 6, counting from 0) and to 3,280 epochs; the names of ``cells``
     not started yet get a row of their own."""
     goal = goal or {}
     head = "| cell | epochs done | stages done | s / epoch | " + (
-        "the rest to the aim (epochs) | " if goal else "") + "the rest to 3,280 epochs |"
-    lines = ["## Where each cell is", "", head, "|---|---:|---:|---:|" + ("---:|" if goal else "") + "---:|"]
+        "hours to the aim (the aim's epoch) | " if goal else "") + "hours to 3,280 epochs |"
+    lines = ["## Where each cell is", "",
+             "Hours: the median seconds per epoch so far times the epochs to go, one core each; the stages' "
+             "evaluations (several minutes each) not counted.", "", head, "|---|---:|---:|---:|" + ("---:|" if goal else "") + "---:|"]
     for r in results:
         spe = seconds_per_epoch(r)
         rest = None if spe is None else spe * (protocol.BURDA_EPOCHS - r["epochs_done"])
@@ -255,17 +284,21 @@ def report(results, command, checks=None, out=None):
     checks = checks or {}
     results = _ordered(results, CELLS)
     lines = ["# Burda et al.'s Table 1 under their protocol, stage by stage", "",
-             "MNIST, one stochastic layer (784-200-200-50, tanh), trained as Burda et al. (2016) "
-             "trained it (`npvae.fit(..., protocol=\"burda\")`; `npvae/protocol.py` cites each choice). "
+             "MNIST, one stochastic layer (784-200-200-50, tanh), trained as Burda et al.'s (2016) code "
+             "trains it (`npvae.fit(..., protocol=\"burda\")`; `npvae/protocol.py` cites each choice, and "
+             "`burda_table1/README.md` names where it departs). "
              "NLL: minus the importance-sampled log-likelihood on the test images, binarized once; "
-             "theirs is after all 3,280 epochs (Table 1, k = 5000). Gap: log-likelihood minus test ELBO. "
+             "theirs is after all 3,280 epochs (Table 1, k = 5000). MC SE: the delta-method Monte Carlo SE of the "
+             "IS estimate, from the same heavy-tailed weights; where k-hat > 0.7 (most images, last column) it does "
+             "not bound the estimate's error: IS with k = 5000 is below log p(x) by more (`ll_vs_k.md`: IS against "
+             "k and AIS on vae-k1's epoch-364 model). Gap: log-likelihood minus test ELBO. "
              "Active: units whose encoder mean varies over 500 training images by more than 0.01.", "",
              "Their numbers: the NLLs of Burda et al.'s Table 1 (one stochastic layer, dynamic binarization) as "
              "the replication nbip/IWAE quotes them (its README); the paper's own text could not be read here. "
              "Their active units (19, 20, 20 for the VAE at k = 1, 5, 50; 22, 25 for IWAE at k = 5, 50) are from "
              "the study issue's reading of the paper, not checked here: no readable copy or replication lists them.",
              "",
-             f"Command: `{command}`", ""]
+             ] + commands_lines(results, checks, command)
     lines += progress_table(results, CELLS, TABLE1_AIM)
     for stage, end in enumerate(protocol.BURDA_STAGE_ENDS):
         rows = [(r, r["stages"][stage]) for r in results if len(r["stages"]) > stage and "nll" in r["stages"][stage]]
@@ -274,7 +307,7 @@ def report(results, command, checks=None, out=None):
         lines += ["", f"## Stage {stage}: epoch {end}, learning rate "
                       f"{protocol.learning_rate('burda', end, 1e-3):.2g}", "",
                   "| cell | NLL | MC SE | k | images | Burda et al. (3,280 epochs) | test ELBO | gap | "
-                  "active | theirs | ESS median | k-hat > 0.7 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "active | theirs (3,280 epochs) | ESS median | k-hat > 0.7 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r, s in rows:
             theirs = BURDA_TABLE1.get(r["name"])
             lines.append(f"| {r['cell']} | {s['nll']:.2f} | {s['log_likelihood_mc_se']:.3f} | {s['k']} | {s['n']} | "
@@ -319,10 +352,10 @@ def budget_report(results, command, checks=None, out=None):
              "half the IWAE bound, of the same 64 samples) and PIWAE (the decoder on the IWAE bound of all 64, the "
              "encoder on MIWAE(8, 8)). On the test images, binarized once: IWAE-64 (the IWAE bound with 64 fresh "
              "samples, one draw), log p(x) by importance sampling (k = 5000) with its Monte Carlo SE, the ELBO "
-             "(analytic KL, 10 samples), the posterior gap (log p(x) minus the ELBO: the mean KL(q || posterior), "
-             "the encoder's quality; Rainforth et al.'s -KL(Q||P) is IWAE-64 minus log p(x) instead) and the "
-             "active units.", "", f"Command: `{command}`", ""]
-    lines += progress_table(results, BUDGET_CELLS)
+             "(analytic KL, 10 samples), the posterior gap (log p(x) minus the ELBO: an estimate, biased low as IS "
+             "is below log p(x), of the mean KL(q || posterior), the encoder's quality; Rainforth et al.'s -KL(Q||P) is IWAE-64 minus log p(x) instead) and the "
+             "active units.", ""] + commands_lines(results, checks or {}, command)
+    lines += progress_table(results, BUDGET_CELLS, {name: BUDGET_AIM for name in BUDGET_CELLS})
     for stage, end in enumerate(protocol.BURDA_STAGE_ENDS):
         rows = [(r, r["stages"][stage]) for r in results if len(r["stages"]) > stage and "nll" in r["stages"][stage]]
         if not rows:
@@ -342,9 +375,10 @@ def budget_report(results, command, checks=None, out=None):
               "madhubabuv/TightIWAE (the paper's text could not be read here): averages over 4 runs after all "
               "3,280 epochs of Burda's schedule, ± as given there (per that study), so not comparable to a cell before its last "
               "stage. A second source, pythae's reproducibility benchmark, quotes the same log p(x) for IWAE, "
-              "PIWAE(8, 8) and MIWAE(8, 8), but a CIWAE at beta = 0.05 (-84.57 ± 0.09) where TightIWAE's column "
-              "reads beta = 0.5 (-85.24): the CIWAE column's beta, the VAE column's settings and MIWAE(4, 16) "
-              "(-84.56, quoted by yoonholee/pytorch-vae) rest on one secondary source each. Other "
+              "PIWAE(8, 8) and MIWAE(8, 8), and a CIWAE at beta = 0.05 (-84.57 ± 0.09), most likely another column "
+              "of the same table beside beta = 0.5 (-85.24, TightIWAE's), as MIWAE(4, 16) (-84.56, quoted by "
+              "yoonholee/pytorch-vae) most likely is; the paper could not be read to confirm. The CIWAE(0.5) "
+              "column, the VAE column's settings and MIWAE(4, 16) rest on one secondary source each. Other "
               "differences: their CIWAE's ELBO part is the single-sample VAE bound (beta ELBO(K = 1) + (1 - beta) "
               "IWAE(K = 64), per the reproduction), ours the ELBO's mean over the same 64 samples; their PIWAE "
               "trains the encoder and the decoder with two Adam optimizers, ours one over both (the same "
@@ -557,9 +591,9 @@ def main(argv=None):
     cells, folder = GRIDS[args.grid]
     args.cells = args.cells or list(cells)
     args.out = args.out or str(_common.RESULTS / folder)
-    # the command that trains the cells (a --report-only redraw records the run's command)
-    command = "python benchmarks/burda_table1.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
+    # this invocation, as the cells it trains or checks record it (result.json "commands", ais.json "command")
+    args.command = command = "python benchmarks/burda_table1.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     if not args.report_only:
         status = train_cells(args)
         if status:
@@ -619,11 +653,11 @@ def run_ais(args):
             is_ = log_likelihood(model, x, k=args.k, seed=[seed, AIS_IS_SEED], progress=not args.quiet, file=sys.stderr)
             diff, diff_se = _common.paired(ais.per_example, is_.per_example)
             record = dict(settings, ais=ais.to_dict(), is_log_likelihood=is_.mean, is_mc_se=is_.mc_se,
-                          ais_minus_is=diff, ais_minus_is_se=diff_se)
+                          ais_minus_is=diff, ais_minus_is_se=diff_se, command=args.command)
             if args.bdmc_images:
                 bd = bdmc(model, args.bdmc_images, chains=args.ais_chains, steps=args.ais_steps,
                           seed=[seed, BDMC_SEED], progress=not args.quiet, file=sys.stderr)
-                record["bdmc"] = bd.to_dict()
+                record["bdmc"] = dict(bd.to_dict(), gap_se=float(_common.paired(bd.upper, bd.lower)[1]))
             record["seconds"] = time.perf_counter() - t0
             # per image, so that cells are compared on the same images (paired)
             io.atomic_savez(per_image, {"ais": np.asarray(ais.per_example, np.float64),
@@ -701,8 +735,8 @@ def ais_section(results, checks, out=None, against=None):
               "images; IS with k samples on the same images; AIS - IS per image, its mean and SE over the images; "
               "BDMC on images simulated from the model, same chains and steps: the mean gap between the reverse "
               "(upper) and forward (lower) bounds, how far AIS of that length may be from log p(x) on such images.",
-              "", "| cell | epoch | images | chains x steps | AIS log p(x) | SE | IS (k) | AIS - IS | acceptance | "
-              "BDMC gap (max), images |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "", "| cell | epoch | images | chains x steps | AIS log p(x) | SE over images | IS (k) | AIS - IS | acceptance | "
+              "BDMC gap ± SE (max), images |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r, c in rows:
         a = c["ais"]
         bd = c.get("bdmc")
@@ -710,7 +744,8 @@ def ais_section(results, checks, out=None, against=None):
                      f"{a['log_likelihood']:.2f} | {a['log_likelihood_se']:.2f} | {c['is_log_likelihood']:.2f} "
                      f"({c['k']}) | {c['ais_minus_is']:+.2f} ± {c['ais_minus_is_se']:.2f} | "
                      f"{a['acceptance_mean']:.2f} | "
-                     + ("-" if bd is None else f"{bd['gap']:.2f} ({bd['gap_max']:.2f}), {bd['n']}") + " |")
+                     + ("-" if bd is None else f"{bd['gap']:.2f}" + (f" ± {bd['gap_se']:.2f}" if "gap_se" in bd else "")
+                        + f" ({bd['gap_max']:.2f}), {bd['n']}") + " |")
     pairs = comparisons(results, checks, out, against or {}) if out is not None else []
     if pairs:
         lines += ["", "Cells against each other on the same images (the AIS estimates are lower bounds in "

@@ -203,6 +203,8 @@ def _numbers(out):
 
 
 def test_the_runner_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch, capsys):
+    import json
+    from pathlib import Path
     bt = _runner()
     assert bt.main(TINY + ["--out", str(tmp_path / "whole")]) == 0
     whole = _numbers(tmp_path / "whole")
@@ -226,7 +228,14 @@ def test_the_runner_resumes_after_an_interruption_to_the_same_numbers(tmp_path, 
     assert _numbers(part) == whole
     text = (tmp_path / "part.md").read_text()
     assert "## Stage 1: epoch 4" in text and "| vae-k1-seed0 | 4 | 2 of 8 |" in text and "86.76" in text
+    # the report names the command that trained the cells (each result.json keeps it), not only its own
+    command = "python benchmarks/burda_table1.py " + " ".join(TINY + ["--out", part])
+    result = json.loads((Path(part) / "cells" / "vae-k1-seed0" / "result.json").read_text())
+    assert result["commands"] == [command]
     assert bt.main(TINY + ["--out", part, "--report-only"]) == 0
+    text = (tmp_path / "part.md").read_text()
+    assert f"- trained vae-k1-seed0, iwae-k5-seed0: `{command}`" in text
+    assert f"- this report: `{command} --report-only`" in text
 
 
 def test_the_runner_stops_at_its_time_budget_then_adds_ais_at_the_last_stage(tmp_path, capsys):
@@ -246,6 +255,7 @@ def test_the_runner_stops_at_its_time_budget_then_adds_ais_at_the_last_stage(tmp
         assert check["stage"] == len(result["stages"]) - 1 and check["images"] == 3 and check["k"] == 50
         assert check["ais"]["method"] == "ais" and check["ais"]["n"] == 3 and check["ais"]["chains"] == 2
         assert check["bdmc"]["n"] == 2 and check["bdmc"]["upper"] >= check["bdmc"]["lower"] - 5.0
+        assert check["bdmc"]["gap_se"] > 0 and check["command"].endswith("--bdmc-images 2")
         with np.load(Path(out) / "cells" / cell / "ais-stage{stage}-3x2x5.npz".format(**check)) as f:
             assert f["ais"].shape == f["is"].shape == (3,)
             assert f["ais"].mean() == pytest.approx(check["ais"]["log_likelihood"])

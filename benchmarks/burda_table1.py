@@ -157,11 +157,34 @@ def train_epoch(folder, name, seed, epoch, x_train):
     return model, history.records[-1]
 
 
-def evaluate_stage(model, stage, data, args):
-    """The numbers of a stage's end: log-likelihood, ELBO, posterior gap, active units."""
+def per_image_is_name(stage):
+    """The file of a stage's per-image IS log-likelihoods (every test image), beside result.json."""
+    return f"is-stage{stage}.npz"
+
+
+def save_per_image_is(folder, stage, ll):
+    """Keep a stage's per-image IS estimates (so that cells are compared on all test images, paired)."""
+    io.atomic_savez(Path(folder) / per_image_is_name(stage),
+                    {"log_likelihood": np.asarray(ll.per_example, np.float64), "k": np.asarray(ll.k)}, compress=True)
+
+
+def load_per_image_is(folder, stage):
+    """A stage's per-image IS estimates, or None if they were not kept."""
+    path = Path(folder) / per_image_is_name(stage)
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return f["log_likelihood"]
+
+
+def evaluate_stage(model, stage, data, args, folder=None):
+    """The numbers of a stage's end: log-likelihood, ELBO, posterior gap, active units; with
+    ``folder``, the per-image log-likelihoods go to its ``is-stage<S>.npz``."""
     _, x_test, x_active = data
     t0 = time.perf_counter()
     ll = log_likelihood(model, x_test, k=args.k, seed=stage, progress=not args.quiet, file=sys.stderr)
+    if folder is not None:
+        save_per_image_is(folder, stage, ll)
     elbo = evaluate_bound(model, x_test, mc_samples=10, objective="elbo", batch_size=500, seed=stage)
     iwae64 = evaluate_bound(model, x_test, mc_samples=64, objective="iwae", batch_size=100, seed=stage)
     active = protocol.active_units(model, x_active)
@@ -198,7 +221,7 @@ def run_cell(name, seed, data, args, deadline):
             model = load_checkpoint(folder / CHECKPOINT)["model"]
         record = dict(stage=stage, epochs=end, lr=protocol.learning_rate("burda", end, 1e-3))
         if stage >= args.eval_from:
-            record.update(evaluate_stage(model, stage, data, args))
+            record.update(evaluate_stage(model, stage, data, args, folder))
         result["stages"].append(record)
         model.save(folder / MODEL)
         compress(folder / MODEL)
@@ -385,8 +408,38 @@ def budget_report(results, command, checks=None, out=None):
               "per-parameter update, as Adam's is elementwise); their VAE column is trained with K = 1 in the "
               "reproduction but listed as MIWAE(64, 1) elsewhere: ours spends the 64 samples as the ELBO's mean.", ""]
     lines += seeds_section(results)
+    if out is not None:
+        lines += is_pairs_section(results, out, AGAINST["budget"])
     lines += ais_section(results, checks or {}, out, AGAINST["budget"])
     return "\n".join(lines) + "\n"
+
+
+def is_pairs_section(results, out, against):
+    """Lines: at each evaluated stage, each cell minus the cell it is compared with (``against``, the
+    same seed) by IS on every test image, paired (the mean of the per-image differences and its SE),
+    where both kept their per-image values (``is-stage<S>.npz``)."""
+    by_cell = {r["cell"]: r for r in results}
+    lines = []
+    for r in results:
+        ref = against.get(r["name"])
+        other = by_cell.get(cell_name(ref, r["seed"])) if ref else None
+        if other is None:
+            continue
+        for s in r["stages"]:
+            mine = load_per_image_is(Path(out) / "cells" / r["cell"], s["stage"])
+            theirs = load_per_image_is(Path(out) / "cells" / other["cell"], s["stage"])
+            if mine is None or theirs is None or mine.shape != theirs.shape:
+                continue
+            d, se = _common.paired(mine, theirs)
+            lines.append(f"- {r['cell']} minus {other['cell']} (stage {s['stage']}, epoch {s['epochs']}): "
+                         f"{d:+.2f} ± {se:.2f} on {mine.size:,} images ({'beyond' if abs(d) > 2 * se else 'within'} 2 SE)")
+    if not lines:
+        return []
+    return ["", "## Cells against each other by IS on every test image", "",
+            "log p(x) by IS (k = 5000) per test image, each cell minus the one it is compared with, same seed, "
+            "same stage: the mean of the per-image differences and its SE over the images. IS is below log p(x) "
+            "by an amount that differs between models (the AIS section measures it on a subset), so a "
+            "difference smaller than that difference in bias is not read as a difference in log p(x).", ""] + lines
 
 
 #: What :func:`seeds_section` sets side by side: (the stage record's key, the column's name, sign).
@@ -573,6 +626,9 @@ def build_parser():
     p.add_argument("--synthetic", type=int, default=0, help=argparse.SUPPRESS)           # tests
     p.add_argument("--ais", action="store_true",
                    help="at the last stage each cell reached: AIS and IS on --ais-images test images, BDMC (ais.json)")
+    p.add_argument("--per-image-is", action="store_true",
+                   help="keep the per-image IS values of cells evaluated before they were kept (IS again, checked "
+                        "against the stored mean)")
     p.add_argument("--ais-images", type=int, default=500, help="test images AIS evaluates")
     p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per image")
     p.add_argument("--ais-steps", type=int, default=200, help="AIS temperatures")
@@ -598,6 +654,8 @@ def main(argv=None):
         status = train_cells(args)
         if status:
             return status
+        if args.per_image_is:
+            backfill_per_image_is(args)
         if args.ais:
             run_ais(args)
     results = read_results(args.out)
@@ -612,6 +670,31 @@ def main(argv=None):
     io.atomic_write_text(Path(args.out).with_suffix(".md"), text)
     log(f"report: {Path(args.out).with_suffix('.md')}")
     return 0
+
+
+def backfill_per_image_is(args):
+    """``--per-image-is``: for each cell whose last stage was evaluated before per-image values were
+    kept, IS again on every test image with the stage's own seed, checked to give the stored mean
+    (the same computation), and kept (:func:`save_per_image_is`)."""
+    _, x_test, _ = load_data(args)
+    for seed in args.seeds:
+        for name in args.cells:
+            folder = Path(args.out) / "cells" / cell_name(name, seed)
+            if not (folder / RESULT).exists() or not (folder / MODEL).exists():
+                continue
+            stages = json.loads((folder / RESULT).read_text())["stages"]
+            last = stages[-1] if stages else None
+            if last is None or "nll" not in last or load_per_image_is(folder, last["stage"]) is not None:
+                continue
+            model = npvae.load(folder / MODEL)
+            ll = log_likelihood(model, x_test, k=last["k"], seed=last["stage"], progress=not args.quiet,
+                                file=sys.stderr)
+            if abs(-ll.mean - last["nll"]) > 1e-6 * abs(last["nll"]):
+                raise SystemExit(f"{folder.name}: IS again gives NLL {-ll.mean!r}, the stored {last['nll']!r}: "
+                                 "not the computation that made it (another engine, dtype or thread count?); "
+                                 "nothing kept")
+            save_per_image_is(folder, last["stage"], ll)
+            log(f"{folder.name}: per-image IS of stage {last['stage']} kept (NLL {-ll.mean:.4f}, as stored)")
 
 
 #: Seeds (with the cell's seed) of the last stage's AIS, of IS on the same images, and of BDMC.

@@ -364,3 +364,46 @@ def test_the_budget_report_sets_the_seeds_side_by_side_at_the_last_stage_they_sh
     assert "- miwae-8x8: log p(x) +0.20, -0.50 (seeds 0, 1; the seeds disagree in sign); " \
            "posterior gap -6.00, -8.00." in text
     assert bt.seeds_section([result("iwae-64", 0, 90.0, 16.0)]) == []     # one seed: nothing to set beside
+
+
+def test_per_image_is_values_are_kept_and_a_missing_file_is_made_again_identical(tmp_path):
+    """Each evaluated stage keeps its per-image IS values; ``--per-image-is`` makes a missing file
+    again with the stage's own seed, checked against the stored mean, and refuses another mean."""
+    import json
+    bt = _runner()
+    out = tmp_path / "t"
+    args = TINY + ["--out", str(out), "--cells", "vae-k1"]
+    assert bt.main(args) == 0
+    folder = out / "cells" / "vae-k1-seed0"
+    kept = bt.load_per_image_is(folder, 1)
+    result = json.loads((folder / "result.json").read_text())
+    assert kept.shape == (50,) and -kept.mean() == pytest.approx(result["stages"][1]["nll"], rel=1e-12)
+    (folder / "is-stage1.npz").unlink()
+    assert bt.main(args + ["--per-image-is"]) == 0
+    assert np.array_equal(bt.load_per_image_is(folder, 1), kept)
+    (folder / "is-stage1.npz").unlink()
+    result["stages"][1]["nll"] += 0.5                      # not what this computation gives
+    (folder / "result.json").write_text(json.dumps(result))
+    with pytest.raises(SystemExit, match="not the computation that made it"):
+        bt.main(args + ["--per-image-is"])
+    assert bt.load_per_image_is(folder, 1) is None
+
+
+def test_cells_are_compared_by_is_on_every_test_image_paired(tmp_path):
+    bt = _runner()
+    rng = np.random.default_rng(1)
+    base = rng.normal(-90, 5, 1000)
+    values = {"iwae-64-seed0": base, "miwae-8x8-seed0": base + 0.1 + rng.normal(0, 0.3, 1000),
+              "vae-64-seed0": base - 1.0 + rng.normal(0, 0.3, 1000)}
+    results = []
+    for cell, v in values.items():
+        folder = tmp_path / "cells" / cell
+        folder.mkdir(parents=True)
+        bt.save_per_image_is(folder, 3, type("LL", (), {"per_example": v, "k": 5000})())
+        results.append({"cell": cell, "name": cell.rsplit("-seed", 1)[0], "seed": 0,
+                        "stages": [{"stage": 3, "epochs": 40}]})
+    text = "\n".join(bt.is_pairs_section(results, tmp_path, bt.AGAINST["budget"]))
+    d = values["miwae-8x8-seed0"] - base
+    assert f"- miwae-8x8-seed0 minus iwae-64-seed0 (stage 3, epoch 40): {d.mean():+.2f} ± " \
+           f"{d.std(ddof=1) / np.sqrt(1000):.2f} on 1,000 images (beyond 2 SE)" in text
+    assert "- vae-64-seed0 minus iwae-64-seed0" in text and "iwae-64-seed0 minus" not in text

@@ -316,12 +316,17 @@ def test_the_runner_skips_a_cell_another_process_trains(tmp_path, capsys):
     assert (out / "cells" / "vae-k1-seed0" / "result.json").exists()
 
 
+def _per_image_values(seed, n, shifts, noise):
+    """Per-image log-likelihoods of IWAE(64) (``base``) and of cells ``base + shift + noise`` (seed 0)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(-90, 5, n)
+    return base, {"iwae-64-seed0": base, **{f"{name}-seed0": base + shift + rng.normal(0, noise, n)
+                                            for name, shift in shifts.items()}}
+
+
 def test_cells_are_compared_by_ais_on_the_same_images_paired(tmp_path):
     bt = _runner()
-    rng = np.random.default_rng(0)
-    base = rng.normal(-90, 5, 400)
-    values = {"iwae-64-seed0": base, "ciwae-0.5-seed0": base + 0.5 + rng.normal(0, 0.2, 400),
-              "vae-64-seed0": base - 0.05 + rng.normal(0, 0.2, 400)}
+    base, values = _per_image_values(0, 400, {"ciwae-0.5": 0.5, "vae-64": -0.05}, 0.2)
     checks = {}
     for cell, v in values.items():
         folder = tmp_path / "cells" / cell
@@ -391,10 +396,7 @@ def test_per_image_is_values_are_kept_and_a_missing_file_is_made_again_identical
 
 def test_cells_are_compared_by_is_on_every_test_image_paired(tmp_path):
     bt = _runner()
-    rng = np.random.default_rng(1)
-    base = rng.normal(-90, 5, 1000)
-    values = {"iwae-64-seed0": base, "miwae-8x8-seed0": base + 0.1 + rng.normal(0, 0.3, 1000),
-              "vae-64-seed0": base - 1.0 + rng.normal(0, 0.3, 1000)}
+    base, values = _per_image_values(1, 1000, {"miwae-8x8": 0.1, "vae-64": -1.0}, 0.3)
     results = []
     for cell, v in values.items():
         folder = tmp_path / "cells" / cell

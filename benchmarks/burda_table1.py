@@ -254,13 +254,15 @@ def commands_lines(results, checks, command):
     cells that keep no command are named."""
     trained, checked, missing = {}, {}, []
     for r in results:
+        later = " (recorded after the run, from its notes)" if r.get("commands_recorded_later") else ""
         for c in r.get("commands") or []:
-            trained.setdefault(c, []).append(r["cell"])
+            trained.setdefault(c, []).append(r["cell"] + later)
         if not r.get("commands"):
             missing.append(r["cell"])
     for cell, check in checks.items():
         if check.get("command"):
-            checked.setdefault(check["command"], []).append(cell)
+            later = " (recorded after the run, from its notes)" if check.get("command_recorded_later") else ""
+            checked.setdefault(check["command"], []).append(cell + later)
     lines = ["Commands (run from the repository's top folder; `OPENBLAS_NUM_THREADS=1`, one process per core):", ""]
     for what, found in (("trained", trained), ("checked by AIS", checked)):
         for c, cells in found.items():

@@ -710,7 +710,8 @@ def run_ais(args):
     IS with ``--k`` samples on the same images (paired: AIS minus IS per image, its mean and SE),
     and BDMC (:func:`npvae.ais.bdmc`) on ``--bdmc-images`` images simulated from the model at the
     same chain settings: the forward/reverse gap bounds how far AIS of that length is from log p(x).
-    A file of its own, so a cell that trains meanwhile in another process loses nothing; the
+    A cell that another process is training (its folder locked) is skipped. A file of its own, so
+    a cell that trains later loses nothing; the
     per-image values go to ``ais-stage<S>-<images>x<chains>x<steps>.npz`` (cells are compared on the
     same images, checked the same way); a
     stage checked already with the same settings is skipped (a rerun continues)."""
@@ -722,6 +723,11 @@ def run_ais(args):
         for name in args.cells:
             folder = Path(args.out) / "cells" / cell_name(name, seed)
             if not (folder / MODEL).exists():
+                continue
+            try:                 # a cell another process trains: its last stage is not the one it will reach
+                RunLock(folder).acquire().release()
+            except RunFolderError as exc:
+                log(f"{cell_name(name, seed)}: AIS skipped, {exc}".split("; wait")[0])
                 continue
             stage = len(json.loads((folder / RESULT).read_text())["stages"]) - 1
             settings = dict(stage=stage, epochs=protocol.BURDA_STAGE_ENDS[stage], images=int(x.shape[0]),

@@ -306,9 +306,15 @@ def test_the_runner_skips_a_cell_another_process_trains(tmp_path, capsys):
     held = RunLock(out / "cells" / "vae-k1-seed0").acquire()        # another worker trains this cell
     try:
         assert bt.main(TINY + ["--out", str(out), "--max-stage", "0"]) == 0
+        # nor is it checked by AIS meanwhile: its last stage is not the one it will reach
+        (out / "cells" / "vae-k1-seed0").mkdir(parents=True, exist_ok=True)
+        (out / "cells" / "vae-k1-seed0" / "model.npz").write_bytes(b"")
+        assert bt.main(TINY + ["--out", str(out), "--max-stage", "0", "--cells", "vae-k1", "--ais"]) == 0
+        (out / "cells" / "vae-k1-seed0" / "model.npz").unlink()
     finally:
         held.release()
     err = capsys.readouterr().err
+    assert "vae-k1-seed0: AIS skipped," in err
     assert "vae-k1-seed0: skipped," in err and "is in use by process" in err
     assert not (out / "cells" / "vae-k1-seed0" / "result.json").exists()
     assert (out / "cells" / "iwae-k5-seed0" / "result.json").exists()

@@ -252,17 +252,18 @@ def commands_lines(results, checks, command):
     """Lines: the commands that trained the cells (each cell's ``result.json`` keeps those that trained
     it), those that checked them by AIS (``ais.json``), and the one that wrote this report; the
     cells that keep no command are named."""
+    def named(cell, later):
+        return cell + (" (recorded after the run, from its notes)" if later else "")
+
     trained, checked, missing = {}, {}, []
     for r in results:
-        later = " (recorded after the run, from its notes)" if r.get("commands_recorded_later") else ""
         for c in r.get("commands") or []:
-            trained.setdefault(c, []).append(r["cell"] + later)
+            trained.setdefault(c, []).append(named(r["cell"], r.get("commands_recorded_later")))
         if not r.get("commands"):
             missing.append(r["cell"])
     for cell, check in checks.items():
         if check.get("command"):
-            later = " (recorded after the run, from its notes)" if check.get("command_recorded_later") else ""
-            checked.setdefault(check["command"], []).append(cell + later)
+            checked.setdefault(check["command"], []).append(named(cell, check.get("command_recorded_later")))
     lines = ["Commands (run from the repository's top folder; `OPENBLAS_NUM_THREADS=1`, one process per core):", ""]
     for what, found in (("trained", trained), ("checked by AIS", checked)):
         for c, cells in found.items():

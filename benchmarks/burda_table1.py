@@ -792,12 +792,14 @@ def _per_image(out, cell, check):
         return f["ais"], f["is"]
 
 
-def comparisons(results, checks, out, against):
-    """Lines: each cell minus the cell it is compared with (``against``), by AIS and by IS on the
-    same images (paired: the mean over the images of the per-image difference, its SE), where
-    both were checked at the same stage on the same images."""
+def paired_checks(results, checks, out, against):
+    """Each cell against the cell it is compared with (``against``), where both were checked at the
+    same stage on the same images: a list of dicts ``cell``, ``name``, ``seed``, ``other``,
+    ``check`` (the cell's), ``ais`` and ``is_`` (``(mean, SE)`` over the images of the per-image
+    difference), ``bias`` (the larger positive BDMC gap, None without BDMC) and ``resolved``
+    (``|AIS difference|`` beyond 2 SE plus ``bias``)."""
     by_cell = {r["cell"]: r for r in results}
-    lines = []
+    pairs = []
     for r in results:
         ref = against.get(r["name"])
         other = cell_name(ref, r["seed"]) if ref else None
@@ -808,13 +810,50 @@ def comparisons(results, checks, out, against):
         mine, theirs = _per_image(out, r["cell"], a), _per_image(out, other, b)
         if mine is None or theirs is None:
             continue
-        (da, sa), (di, si) = _common.paired(mine[0], theirs[0]), _common.paired(mine[1], theirs[1])
+        (da, sa), ais_is = _common.paired(mine[0], theirs[0]), _common.paired(mine[1], theirs[1])
         bias = max((max(0.0, c["bdmc"]["gap"]) for c in (a, b) if c.get("bdmc")), default=None)   # < 0: noise
+        pairs.append(dict(cell=r["cell"], name=r["name"], seed=r["seed"], other=other, check=a, ais=(da, sa),
+                          is_=ais_is, bias=bias, resolved=abs(da) - 2 * sa > (bias or 0.0)))
+    return pairs
+
+
+def comparisons(results, checks, out, against):
+    """Lines: each cell minus the cell it is compared with (``against``), by AIS and by IS on the
+    same images (paired: the mean over the images of the per-image difference, its SE), where
+    both were checked at the same stage on the same images (:func:`paired_checks`)."""
+    lines = []
+    for p in paired_checks(results, checks, out, against):
+        (da, sa), (di, si), bias, a = p["ais"], p["is_"], p["bias"], p["check"]
         verdict = ("beyond 2 SE" if abs(da) > 2 * sa else "within 2 SE") + (
-            "" if bias is None else (", and beyond 2 SE plus the larger BDMC gap" if abs(da) - 2 * sa > bias
+            "" if bias is None else (", and beyond 2 SE plus the larger BDMC gap" if p["resolved"]
                                      else f", not beyond 2 SE plus the larger BDMC gap ({bias:.2f})"))
-        lines.append(f"- {r['cell']} minus {other} (epoch {a['epochs']}, {a['images']} images): "
+        lines.append(f"- {p['cell']} minus {p['other']} (epoch {a['epochs']}, {a['images']} images): "
                      f"{da:+.2f} ± {sa:.2f} by AIS, {di:+.2f} ± {si:.2f} by IS; by AIS {verdict}.")
+    return lines
+
+
+def ais_seeds(results, checks, out, against):
+    """Lines: for each cell checked by AIS against the same cell in two or more seeds, the AIS
+    difference of every seed, their mean with the SE over the images (``sqrt(sum SE^2) / n``: the
+    images' and the chains' noise, not the seeds'), whether the seeds agree in sign, and whether the
+    difference is resolved (beyond 2 SE plus the larger BDMC gap) in every seed."""
+    by = {}
+    for p in paired_checks(results, checks, out, against):
+        by.setdefault((p["name"], p["other"].rsplit("-seed", 1)[0], p["check"]["stage"]), []).append(p)
+    lines = []
+    for (name, other, stage), pairs in by.items():
+        if len(pairs) < 2:
+            continue
+        pairs = sorted(pairs, key=lambda p: p["seed"])
+        diffs = [p["ais"][0] for p in pairs]
+        mean, se = float(np.mean(diffs)), float(np.sqrt(sum(p["ais"][1] ** 2 for p in pairs)) / len(pairs))
+        signs = "same sign in every seed" if len({np.sign(d) for d in diffs}) == 1 else "the seeds disagree in sign"
+        resolved = sum(p["resolved"] for p in pairs)
+        verdict = ("resolved in every seed" if resolved == len(pairs) else
+                   "resolved in no seed" if resolved == 0 else f"resolved in {resolved} of {len(pairs)} seeds")
+        each = ", ".join(f"{p['ais'][0]:+.2f} ± {p['ais'][1]:.2f} (seed {p['seed']})" for p in pairs)
+        lines.append(f"- {name} minus {other} (stage {stage}): {each}; mean {mean:+.2f} ± {se:.2f}; {signs}; "
+                     f"{verdict}.")
     return lines
 
 
@@ -846,6 +885,12 @@ def ais_section(results, checks, out=None, against=None):
         lines += ["", "Cells against each other on the same images (the AIS estimates are lower bounds in "
                       "expectation, each below log p(x) by up to about its BDMC gap, so a difference is read as "
                       "real only beyond 2 SE plus the larger gap):", ""] + pairs
+    seeds = ais_seeds(results, checks, out, against or {}) if out is not None else []
+    if seeds:
+        lines += ["", "The seeds together, by AIS: each seed's difference (as above), their mean with the SE over the "
+                      "images (the images' and the chains' noise only: two seeds give no SE over seeds), whether the "
+                      "seeds agree in sign, and in how many seeds the difference is beyond 2 SE plus the larger BDMC "
+                      "gap:", ""] + seeds
     return lines + [""]
 
 

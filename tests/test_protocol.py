@@ -354,6 +354,33 @@ def test_cells_are_compared_by_ais_on_the_same_images_paired(tmp_path):
     assert len(bt.comparisons(results, checks, tmp_path, bt.AGAINST["budget"])) == 1
 
 
+def test_the_seeds_are_set_together_by_ais_with_the_images_se_and_each_seeds_verdict(tmp_path):
+    """Two seeds of CIWAE and IWAE(64) checked by AIS on the same images: each seed's paired difference,
+    their mean with the SE over the images, the seeds' signs and the verdict in each seed."""
+    bt = _runner()
+    checks, results = {}, []
+    for seed, (shift, gap) in enumerate([(0.5, 0.3), (0.05, 0.3)]):
+        rng = np.random.default_rng(seed)
+        base = rng.normal(-90, 5, 400)
+        for name, v in (("iwae-64", base), ("ciwae-0.5", base + shift + rng.normal(0, 0.2, 400))):
+            cell = f"{name}-seed{seed}"
+            folder = tmp_path / "cells" / cell
+            folder.mkdir(parents=True)
+            checks[cell] = {"stage": 3, "images": 400, "chains": 16, "steps": 200, "k": 5000, "epochs": 40,
+                            "bdmc": {"gap": gap}}
+            np.savez(folder / bt.per_image_name(checks[cell]), ais=v, **{"is": v - 1.0})
+            results.append({"cell": cell, "name": name, "seed": seed})
+    lines = bt.ais_seeds(results, checks, tmp_path, bt.AGAINST["budget"])
+    assert len(lines) == 1 and lines[0].startswith("- ciwae-0.5 minus iwae-64 (stage 3): ")
+    pairs = bt.paired_checks(results, checks, tmp_path, bt.AGAINST["budget"])
+    (d0, s0), (d1, s1) = (next(p["ais"] for p in pairs if p["seed"] == seed) for seed in (0, 1))
+    assert f"{d0:+.2f} ± {s0:.2f} (seed 0), {d1:+.2f} ± {s1:.2f} (seed 1)" in lines[0]
+    assert f"mean {(d0 + d1) / 2:+.2f} ± {np.sqrt(s0 ** 2 + s1 ** 2) / 2:.2f}" in lines[0]
+    assert "same sign in every seed" in lines[0] and "resolved in 1 of 2 seeds" in lines[0]
+    checks["ciwae-0.5-seed1"]["steps"] = 1000                  # seed 1 checked another way: one seed left
+    assert bt.ais_seeds(results, checks, tmp_path, bt.AGAINST["budget"]) == []
+
+
 def test_the_budget_report_sets_the_seeds_side_by_side_at_the_last_stage_they_share():
     """Two seeds of a cell: each seed's value and their mean at the last stage both reached; each
     split minus IWAE(64) of the same seed, its sign called consistent only if every seed agrees."""

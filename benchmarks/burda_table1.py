@@ -547,12 +547,13 @@ def plot_stages(results, out, theirs=None):
     return path
 
 
-def plot_budget(results, out):
+def plot_budget(results, out, pairs=()):
     """``<out>_split.png``: what each split of the 64 samples buys, at the last evaluated stage of
-    every cell: the test log-likelihood (IS, k = 5000, all test images; AIS on a subset is in the
-    report's table) and the encoder's distance from the posterior (log p(x) - ELBO, and Rainforth et al.'s IWAE-64 -
-    log p(x)), each seed a dot, with their published values (after 3,280 epochs) as stars. Returns
-    the path, or None without matplotlib or evaluated cells."""
+    every cell: the test log-likelihood (IS, k = 5000, all test images), the encoder's distance from
+    the posterior (log p(x) - ELBO, and Rainforth et al.'s IWAE-64 - log p(x)), each seed a dot, with
+    their published values (after 3,280 epochs) as stars, and, given ``pairs``
+    (:func:`paired_checks`), each split minus IWAE(64) by AIS on the same images, paired, each seed a
+    dot with bars of 2 SE. Returns the path, or None without matplotlib or evaluated cells."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -561,23 +562,26 @@ def plot_budget(results, out):
     names = [n for n in BUDGET_CELLS if any(r["name"] == n and any("nll" in s for s in r["stages"]) for r in results)]
     if not names:
         return None
-    fig = Figure(figsize=(11, 4.2), dpi=110)
+    pairs = [p for p in pairs if p["name"] in names]
+    panels = 3 if pairs else 2
+    fig = Figure(figsize=(5.5 * panels, 4.2), dpi=110)
     FigureCanvasAgg(fig)
-    ll_ax, gap_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ll_ax, gap_ax = fig.add_subplot(1, panels, 1), fig.add_subplot(1, panels, 2)
     epochs = set()
     for i, name in enumerate(names):
-        for r in (r for r in results if r["name"] == name):
+        for j, r in enumerate(r for r in results if r["name"] == name):
             evaluated = [s for s in r["stages"] if "nll" in s]
             if not evaluated:
                 continue
             last = evaluated[-1]
             epochs.add(last["epochs"])
             dx = 0.08 * (r["seed"] - 0.5)
-            ll_ax.plot(i + dx, -last["nll"], "o", color="C0", label="IS, k = 5000 (a seed)" if i == 0 else None)
-            gap_ax.plot(i + dx, last["posterior_gap"], "o", color="C1", label="log p(x) - ELBO" if i == 0 else None)
+            first = i == 0 and j == 0                                     # one legend entry each
+            ll_ax.plot(i + dx, -last["nll"], "o", color="C0", label="IS, k = 5000 (a seed)" if first else None)
+            gap_ax.plot(i + dx, last["posterior_gap"], "o", color="C1", label="log p(x) - ELBO" if first else None)
             if last.get("test_iwae64") is not None:
                 gap_ax.plot(i + dx, -last["nll"] - last["test_iwae64"], "s", color="C4",
-                            label="log p(x) - IWAE-64" if i == 0 else None)
+                            label="log p(x) - IWAE-64" if first else None)
         theirs = RAINFORTH.get(name)
         if theirs and theirs[1]:
             ll_ax.plot(i + 0.25, theirs[1][0], "*", ms=11, color="k",
@@ -586,8 +590,17 @@ def plot_budget(results, out):
             gap_ax.plot(i + 0.25, -theirs[2][0], "*", ms=11, color="C4",
                         label="theirs: log p(x) - IWAE-64" if i == 0 else None)
     when = ", ".join(str(e) for e in sorted(epochs))
-    for ax, title in ((ll_ax, f"test log-likelihood (nats), epoch {when}"),
-                      (gap_ax, f"the encoder's distance from the posterior (nats), epoch {when}")):
+    axes = [(ll_ax, f"test log-likelihood (nats), epoch {when}"),
+            (gap_ax, f"the encoder's distance from the posterior (nats), epoch {when}")]
+    if pairs:
+        ais_ax = fig.add_subplot(1, panels, 3)
+        ais_ax.axhline(0.0, color="k", lw=0.8, label=f"{pairs[0]['other'].rsplit('-seed', 1)[0]} (the reference)")
+        for k, p in enumerate(pairs):
+            (d, se), i = p["ais"], names.index(p["name"])
+            ais_ax.errorbar(i + 0.08 * (p["seed"] - 0.5), d, yerr=2 * se, fmt="o", color="C2", capsize=3,
+                            label=f"by AIS, {p['check']['images']} images, ± 2 SE (a seed)" if k == 0 else None)
+        axes.append((ais_ax, "log p(x) minus the reference's, paired, by AIS (nats)"))
+    for ax, title in axes:
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
@@ -670,7 +683,8 @@ def main(argv=None):
                          {n: v for n, v in BURDA_TABLE1.items()} if args.grid == "table1" else None)
     if figure is not None:
         text += f"\n![NLL and active units against epochs]({figure.name})\n"
-    split = plot_budget(results, args.out) if args.grid == "budget" else None
+    split = (plot_budget(results, args.out, paired_checks(results, read_ais(args.out), args.out, AGAINST["budget"]))
+             if args.grid == "budget" else None)
     if split is not None:
         text += f"\n![What each split buys]({split.name})\n"
     io.atomic_write_text(Path(args.out).with_suffix(".md"), text)

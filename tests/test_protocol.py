@@ -377,6 +377,14 @@ def test_the_seeds_are_set_together_by_ais_with_the_images_se_and_each_seeds_ver
     assert f"{d0:+.2f} ± {s0:.2f} (seed 0), {d1:+.2f} ± {s1:.2f} (seed 1)" in lines[0]
     assert f"mean {(d0 + d1) / 2:+.2f} ± {np.sqrt(s0 ** 2 + s1 ** 2) / 2:.2f}" in lines[0]
     assert "same sign in every seed" in lines[0] and "resolved in 1 of 2 seeds" in lines[0]
+    # the split figure gains a third panel, the paired AIS differences (wider by half: three panels of two)
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+    for r in results:
+        r["stages"] = [{"stage": 3, "epochs": 40, "nll": 90.0, "posterior_gap": 8.0, "test_iwae64": -91.0}]
+    widths = [imread(bt.plot_budget(results, tmp_path / f"fig{n}", chosen)).shape[1]
+              for n, chosen in ((2, ()), (3, pairs))]
+    assert widths[1] == widths[0] * 3 // 2
     checks["ciwae-0.5-seed1"]["steps"] = 1000                  # seed 1 checked another way: one seed left
     assert bt.ais_seeds(results, checks, tmp_path, bt.AGAINST["budget"]) == []
 

@@ -417,7 +417,34 @@ def budget_report(results, command, checks=None, out=None):
     if out is not None:
         lines += is_pairs_section(results, out, AGAINST["budget"])
     lines += ais_section(results, checks or {}, out, AGAINST["budget"])
+    if out is not None:
+        lines += neighbours_section(results, checks or {}, out)
     return "\n".join(lines) + "\n"
+
+
+def rainforth_order():
+    """The budget grid's cells in the order of Rainforth et al.'s log p(x) column (:data:`RAINFORTH`),
+    the best first."""
+    return sorted(RAINFORTH, key=lambda name: -RAINFORTH[name][1][0])
+
+
+def neighbours_section(results, checks, out):
+    """Lines: by AIS, each cell minus the next in :func:`rainforth_order` (paired, per seed, and the
+    seeds together: :func:`comparisons`, :func:`ais_seeds`), i.e. whether each step of their ranking
+    is resolved here."""
+    order = rainforth_order()
+    steps = dict(zip(order, order[1:]))
+    results = sorted((r for r in results if r["name"] in order), key=lambda r: (order.index(r["name"]), r["seed"]))
+    pairs = comparisons(results, checks, out, steps)
+    if not pairs:
+        return []
+    shown = ", ".join(f"{n} ({RAINFORTH[n][1][0]:.2f})" for n in order)
+    together = ais_seeds(results, checks, out, steps)
+    return (["", "## Each step of Rainforth et al.'s ranking, by AIS", "",
+             f"Their log p(x) column ranks the splits {shown}. Each cell minus the next in that order, on the "
+             "same images (paired), read as above (beyond 2 SE plus the larger BDMC gap):", ""] + pairs
+            + (["", "The seeds together (as above: the SE is the images' and the chains', not the seeds'):", ""]
+               + together if together else []) + [""])
 
 
 def is_pairs_section(results, out, against):

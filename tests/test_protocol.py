@@ -389,6 +389,28 @@ def test_the_seeds_are_set_together_by_ais_with_the_images_se_and_each_seeds_ver
     assert bt.ais_seeds(results, checks, tmp_path, bt.AGAINST["budget"]) == []
 
 
+def test_each_step_of_rainforths_ranking_is_checked_by_ais_in_their_order(tmp_path):
+    """The budget report's last section: their log p(x) column's order (best first), and each cell minus
+    the next in it, paired on the same images, every step once per seed."""
+    bt = _runner()
+    order = bt.rainforth_order()
+    assert set(order) == set(bt.BUDGET_CELLS)
+    theirs = [bt.RAINFORTH[n][1][0] for n in order]
+    assert theirs == sorted(theirs, reverse=True)
+    checks, results = {}, []
+    base = np.random.default_rng(0).normal(-90, 5, 100)
+    for i, name in enumerate(reversed(order)):                 # each better split 0.5 nats ahead
+        cell = f"{name}-seed0"
+        (tmp_path / "cells" / cell).mkdir(parents=True)
+        checks[cell] = {"stage": 3, "images": 100, "chains": 16, "steps": 200, "k": 5000, "epochs": 40}
+        np.savez(tmp_path / "cells" / cell / bt.per_image_name(checks[cell]), ais=base + 0.5 * i, **{"is": base})
+        results.append({"cell": cell, "name": name, "seed": 0})
+    lines = [line for line in bt.neighbours_section(results, checks, tmp_path) if line.startswith("- ")]
+    assert [line.split(" (epoch")[0] for line in lines] == [f"- {a}-seed0 minus {b}-seed0"
+                                                             for a, b in zip(order, order[1:])]
+    assert all("+0.50 ± 0.00 by AIS" in line for line in lines)
+
+
 def test_the_budget_report_sets_the_seeds_side_by_side_at_the_last_stage_they_share():
     """Two seeds of a cell: each seed's value and their mean at the last stage both reached; each
     split minus IWAE(64) of the same seed, its sign called consistent only if every seed agrees."""

@@ -22,7 +22,13 @@ the test images:
   (:func:`snr_at_floor`).
 
 Objectives: ``elbo``, ``iwae`` and ``iwae-dreg`` (the IWAE bound trained with the DReG
-estimator of Tucker et al. 2018). ``--binarize dynamic`` trains on a fresh Bernoulli draw of
+estimator of Tucker et al. 2018), and the splits of a sample budget of Rainforth et al. (2018),
+their parameter in the name: ``miwae-M8`` (the mean of M = 8 IWAE bounds of K = S / 8 samples
+each; ``miwae-dreg-M8`` with DReG), ``piwae-M8`` (the decoder on the IWAE bound of all S
+samples, the encoder on MIWAE(8, S / 8)) and ``ciwae-b0.5`` (beta ELBO + (1 - beta) IWAE, beta =
+0.5). For them S is the budget M * K: ``--samples 8 16 64 --objectives iwae miwae-M4 miwae-M8``
+compares splits of each budget, and a cell whose S is not a multiple of its M is left out of the
+grid. ``--binarize dynamic`` trains on a fresh Bernoulli draw of
 every batch (Burda et al.) and evaluates on one fixed binarization of the test images;
 ``--dtype`` is float32 (the numba engine's fast path, as ``npvae train``) unless float64 is asked.
 
@@ -130,6 +136,63 @@ OBJECTIVES = {"elbo": ("elbo", "standard"), "iwae": ("iwae", "standard"), "iwae-
 #: How the report names each objective.
 OBJECTIVE_TEXT = {"elbo": "elbo (analytic KL)", "iwae": "iwae",
                   "iwae-dreg": "iwae-dreg (the IWAE bound trained with the DReG estimator)"}
+#: The splits of a sample budget, named with their parameter (``miwae-M8``, ``ciwae-b0.5``):
+#: prefix -> (objective, estimator, parameter, its letter in the name).
+SPLITS = {"miwae": ("miwae", "standard", "outer", "M"), "miwae-dreg": ("miwae", "dreg", "outer", "M"),
+          "piwae": ("piwae", "standard", "outer", "M"), "ciwae": ("ciwae", "standard", "beta", "b")}
+
+
+def objective_spec(name):
+    """``(objective, estimator, params)`` of an ``--objectives`` name, ``params`` the keyword
+    arguments of :func:`npvae.fit` that the name sets (``{"outer": 8}`` for ``miwae-M8``,
+    ``{"beta": 0.5}`` for ``ciwae-b0.5``, ``{}`` for the others). Raises ValueError for a name
+    that is neither."""
+    if name in OBJECTIVES:
+        return (*OBJECTIVES[name], {})
+    prefix, _, value = name.rpartition("-")
+    split = SPLITS.get(prefix)
+    if split is not None and value[:1] == split[3]:
+        objective, estimator, param, letter = split
+        try:
+            v = int(value[1:]) if param == "outer" else float(value[1:])
+        except ValueError:
+            v = None
+        if v is not None and (v >= 1 if param == "outer" else 0.0 <= v <= 1.0) and name == split_name(prefix, v):
+            return objective, estimator, {param: v}
+    raise ValueError(f"expected one of {', '.join(OBJECTIVES)}, or a split named with its parameter: miwae-M8, "
+                     f"miwae-dreg-M8, piwae-M8 (M >= 1 groups), ciwae-b0.5 (beta in [0, 1]); got {name!r}")
+
+
+def split_name(prefix, value):
+    """The ``--objectives`` name of a split: ``split_name("miwae", 8) == "miwae-M8"``."""
+    _, _, param, letter = SPLITS[prefix]
+    return f"{prefix}-{letter}{value if param == 'outer' else f'{value:g}'}"
+
+
+def objective_text(name):
+    """How the report names an objective."""
+    if name in OBJECTIVE_TEXT:
+        return OBJECTIVE_TEXT[name]
+    objective, estimator, params = objective_spec(name)
+    if objective == "ciwae":
+        b = params["beta"]
+        return f"{name} ({b:g} ELBO + {1 - b:g} IWAE of the same S samples)"
+    M = params["outer"]
+    what = (f"the mean of {M} IWAE bounds of S / {M} samples" if objective == "miwae" else
+            f"the decoder on the IWAE bound of all S samples, the encoder on MIWAE({M}, S / {M})")
+    return f"{name} ({what}" + (", DReG's estimator)" if estimator == "dreg" else ")")
+
+
+def fits(name, S):
+    """Whether ``S`` samples split as the objective ``name`` asks (a multiple of its M)."""
+    return S % objective_spec(name)[2].get("outer", 1) == 0
+
+
+def _objective(cell):
+    """The cell's objective for the SNR (:func:`npvae.objectives.make` with the name's parameter)
+    and its estimator."""
+    objective, estimator, params = objective_spec(cell["objective"])
+    return (npvae.objectives.make(objective, **params) if params else objective), estimator
 #: Settings added after the first committed grid, with the values that grid used: a stored
 #: cell without them was computed with these.
 LATER_SETTINGS = {"dtype": "float64", "binarize": "none", "activation": "relu", "curve": 0}
@@ -209,7 +272,7 @@ def _failure(cell, exc):
 
 
 def _snr(model, x, cell, seed):
-    objective, estimator = OBJECTIVES[cell["objective"]]
+    objective, estimator = _objective(cell)
     return gradient_snr(model, x, cell["mc_samples"], objective, estimator=estimator, repeats=cell["snr_repeats"],
                         seed=seed)
 
@@ -250,7 +313,7 @@ def _run_cell(cell):
     t_cell = time.perf_counter()
     x_train, x_test = _load_data(cell)
     S, seed = cell["mc_samples"], cell["seed"]
-    objective, estimator = OBJECTIVES[cell["objective"]]
+    objective, estimator, params = objective_spec(cell["objective"])
     binarize = cell.get("binarize", "none")
     model = npvae.VAE(input_dim=x_train.shape[1], hidden=cell["hidden"], latent_dim=cell["latent_dim"], seed=seed,
                       activation=cell.get("activation", "relu"), dtype=cell.get("dtype", "float64"))
@@ -261,7 +324,7 @@ def _run_cell(cell):
     checkpoint = folder / "checkpoint.npz"
     history = npvae.fit(model, x_train, epochs=cell["epochs"], batch_size=cell["batch_size"], mc_samples=S,
                         objective=objective, estimator=estimator, binarize=binarize, seed=seed,
-                        checkpoint=checkpoint, resume=True, verbose=0, callback=_curve(cell, x_test))
+                        checkpoint=checkpoint, resume=True, verbose=0, callback=_curve(cell, x_test), **params)
     t_eval = time.perf_counter()
     metrics = _test_metrics(model, x_test, cell)
     snr = _snr(model, x_snr, cell, [seed, 15])
@@ -299,7 +362,7 @@ def make_cells(args):
     out = Path(args.out).expanduser().resolve()
     cells = []
     for S in args.samples:
-        for objective in args.objectives:
+        for objective in (o for o in args.objectives if fits(o, S)):     # a split's S: a multiple of its M
             for seed in args.seeds:
                 cell = dict(mc_samples=S, objective=objective, seed=seed, epochs=args.epochs, subset=args.subset,
                             test_subset=args.test_subset, k=args.k, batch_size=args.batch_size,
@@ -544,7 +607,7 @@ def duration(seconds, short=False):
 def setup_line(args, results):
     """The report's paragraph on what ran: model, data, objectives (those of the cells), estimates."""
     seeds = sorted({r["seed"] for r in results})
-    ran = [o for o in OBJECTIVES if any(r["objective"] == o for r in results)]
+    ran = sorted({r["objective"] for r in results}, key=lambda o: (o not in OBJECTIVES, o))
     estimator = ("the cell's S, objective and estimator" + (": DReG's for the iwae-dreg cells"
                                                             if "iwae-dreg" in ran else ""))
     return (
@@ -552,7 +615,7 @@ def setup_line(args, results):
         f"{args.batch_size}, {args.dtype}; {plural(args.epochs, 'epoch')} on the first {args.subset} training "
         "images (" + ("grayscale targets" if args.binarize == "none" else "dynamically binarized, a fresh draw per "
                       "batch; the test images binarized once") + f"), seeds {seeds}; test metrics on the first "
-        f"{args.test_subset} test images. Objectives: {', '.join(OBJECTIVE_TEXT[o] for o in ran)}. "
+        f"{args.test_subset} test images. Objectives: {', '.join(objective_text(o) for o in ran)}. "
         f"Log-likelihood: importance sampling with k = {args.k} (`npvae.evaluate.log_likelihood`); "
         "± is the SD over seeds (rows with n > 1); the log-likelihood's Monte Carlo standard error and the "
         "effective sample size of its k importance samples (median over the test images) are means over seeds. "
@@ -863,8 +926,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     p.add_argument("--samples", type=int, nargs="+", default=[1, 5, 25, 50], help="values of S")
-    p.add_argument("--objectives", nargs="+", default=["elbo", "iwae"], choices=tuple(OBJECTIVES),
-                   help="training objectives")
+    p.add_argument("--objectives", nargs="+", default=["elbo", "iwae"], metavar="OBJECTIVE",
+                   help=f"training objectives: {', '.join(OBJECTIVES)}, or a split of the S samples named with its "
+                        "parameter: miwae-M8, miwae-dreg-M8, piwae-M8 (M groups of K = S / M), ciwae-b0.5 (beta)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every (S, objective)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs of every cell")
     p.add_argument("--subset", type=int, default=10000, help="training images (the first N)")
@@ -912,6 +976,14 @@ def check_args(p, args):
                  "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
+    for name in args.objectives:
+        try:
+            objective_spec(name)
+        except ValueError as exc:
+            p.error(f"--objectives: {exc}")
+        if not any(fits(name, S) for S in args.samples):
+            p.error(f"--objectives: {name} splits S into {objective_spec(name)[2]['outer']} groups, but no S of "
+                    f"--samples ({', '.join(map(str, args.samples))}) is a multiple of it")
     if args.snr_repeats < 2:
         p.error(f"--snr-repeats: expected an integer >= 2, got {args.snr_repeats}")
     if args.test_subset < 2:

@@ -40,6 +40,8 @@ import snr_vs_mk
 import speed
 import speed_study
 
+import npvae  # after _common: this checkout's
+
 REPORT = """# Training speed per epoch
 
 Threads: 2 for every contender (OPENBLAS/OMP/MKL_NUM_THREADS=2, torch.set_num_threads(2)); ...
@@ -427,6 +429,39 @@ def test_study_runs_cells_in_workers_and_resumes(tmp_path, capsys):
 def _has(module):
     import importlib.util
     return importlib.util.find_spec(module) is not None
+
+
+def test_study_splits_the_sample_budget_as_the_objectives_name_says(tmp_path, capsys):
+    """``miwae-M2``, ``piwae-M2``, ``ciwae-b0.5``: each cell trains :func:`npvae.fit` with the name's
+    parameter (its loss equals a direct fit's), a split whose M does not divide S is left out, and
+    the report names each split."""
+    out = tmp_path / "ss"
+    argv = tiny_argv(out, "--samples", "1", "4", "--objectives", "iwae", "miwae-M2", "piwae-M2", "ciwae-b0.5",
+                     "--no-plots")
+    assert study.main(argv) == 0
+    cells = sorted(p.name for p in (out / "cells").glob("*"))
+    assert cells == ["ciwae-b0.5-S1-seed0", "ciwae-b0.5-S4-seed0", "iwae-S1-seed0", "iwae-S4-seed0",
+                     "miwae-M2-S4-seed0", "piwae-M2-S4-seed0"]
+    args = study.build_parser().parse_args(argv)
+    for name, params in (("miwae-M2", {"outer": 2}), ("piwae-M2", {"outer": 2}), ("ciwae-b0.5", {"beta": 0.5})):
+        cell = next(c for c in study.make_cells(args) if c["objective"] == name and c["mc_samples"] == 4)
+        x_train, _ = study._load_data(cell)
+        model = npvae.VAE(input_dim=x_train.shape[1], hidden=cell["hidden"], latent_dim=cell["latent_dim"],
+                          seed=0, dtype=cell["dtype"])
+        history = npvae.fit(model, x_train, epochs=1, batch_size=cell["batch_size"], mc_samples=4,
+                            objective=name.split("-")[0], seed=0, verbose=0, **params)
+        result = json.loads((out / "cells" / f"{name}-S4-seed0" / "result.json").read_text())
+        assert result["train_loss"] == history[-1]["loss"]
+    iwae = json.loads((out / "cells" / "iwae-S4-seed0" / "result.json").read_text())
+    miwae = json.loads((out / "cells" / "miwae-M2-S4-seed0" / "result.json").read_text())
+    assert iwae["train_loss"] != miwae["train_loss"]           # the split is trained, not IWAE(4)
+    report = Path(str(out) + ".md").read_text()
+    assert "miwae-M2 (the mean of 2 IWAE bounds of S / 2 samples)" in report and "| piwae-M2 | 4 | 1 |" in report
+    for bad, says in ((["miwae-8"], "a split named with its parameter"), (["miwae-M3"], "no S of --samples (1, 4)"),
+                      (["ciwae-b2"], "beta in [0, 1]")):
+        with pytest.raises(SystemExit):
+            study.main(tiny_argv(tmp_path / "x", "--samples", "1", "4", "--objectives", *bad))
+        assert says in capsys.readouterr().err
 
 
 def test_study_refuses_bad_grid(tmp_path, capsys):

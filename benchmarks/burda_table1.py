@@ -400,11 +400,13 @@ def budget_report(results, command, checks=None, out=None):
     lines += ["", "Theirs: Rainforth et al. (2018), Table 1, as transcribed by the reproducibility study "
               "madhubabuv/TightIWAE (the paper's text could not be read here): averages over 4 runs after all "
               "3,280 epochs of Burda's schedule, ± as given there (per that study), so not comparable to a cell before its last "
-              "stage. A second source, pythae's reproducibility benchmark, quotes the same log p(x) for IWAE, "
-              "PIWAE(8, 8) and MIWAE(8, 8), and a CIWAE at beta = 0.05 (-84.57 ± 0.09), most likely another column "
+              "stage. A second source, pythae's reproducibility benchmark, quotes the same log p(x) for "
+              "PIWAE(8, 8) and MIWAE(8, 8) (its IWAE row is IWAE(50) against Burda et al.'s 87.1, not this table), "
+              "and a CIWAE at beta = 0.05 (-84.57 ± 0.09), most likely another column "
               "of the same table beside beta = 0.5 (-85.24, TightIWAE's), as MIWAE(4, 16) (-84.56, quoted by "
-              "yoonholee/pytorch-vae) most likely is; the paper could not be read to confirm. The CIWAE(0.5) "
-              "column, the VAE column's settings and MIWAE(4, 16) rest on one secondary source each. Other "
+              "yoonholee/pytorch-vae) most likely is; the paper could not be read to confirm. The values of "
+              "IWAE(64), CIWAE(0.5) and the VAE, the VAE column's settings, every IWAE-64 and -KL(Q||P) value and "
+              "MIWAE(4, 16) rest on one secondary source each. Other "
               "differences: their CIWAE's ELBO part is the single-sample VAE bound (beta ELBO(K = 1) + (1 - beta) "
               "IWAE(K = 64), per the reproduction), ours the ELBO's mean over the same 64 samples; their PIWAE "
               "trains the encoder and the decoder with two Adam optimizers, ours one over both (the same "
@@ -508,7 +510,8 @@ def seeds_section(results, reference="iwae-64"):
         if not shown:
             return "-"
         each = ", ".join("-" if v is None else f"{v:.{digits}f}" for v in values)
-        return f"{np.mean(shown):.{digits}f} ({each})"
+        mean = np.mean(shown)          # a count's mean keeps its half (19.5), never rounded to even
+        return f"{mean:.{digits if digits or float(mean).is_integer() else 1}f} ({each})"
 
     lines = ["", f"## The seeds together: stage {stage} (epoch {end})", "",
              f"Each cell's mean over the seeds {', '.join(map(str, seeds))} that reached it, each seed's value in "

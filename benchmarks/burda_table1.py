@@ -879,8 +879,8 @@ def comparisons(results, checks, out, against):
 def ais_seeds(results, checks, out, against):
     """Lines: for each cell checked by AIS against the same cell in two or more seeds, the AIS
     difference of every seed, their mean with the SE over the images (``sqrt(sum SE^2) / n``: the
-    images' and the chains' noise, not the seeds'), whether the seeds agree in sign, and whether the
-    difference is resolved (beyond 2 SE plus the larger BDMC gap) in every seed."""
+    images' and the chains' noise, not the seeds'), whether the seeds agree in sign, and in how many
+    seeds the difference is resolved (``resolved`` of :func:`paired_checks`)."""
     by = {}
     for p in paired_checks(results, checks, out, against):
         by.setdefault((p["name"], p["other"].rsplit("-seed", 1)[0], p["check"]["stage"]), []).append(p)

@@ -146,18 +146,19 @@ def objective_spec(name):
     """``(objective, estimator, params)`` of an ``--objectives`` name, ``params`` the keyword
     arguments of :func:`npvae.fit` that the name sets (``{"outer": 8}`` for ``miwae-M8``,
     ``{"beta": 0.5}`` for ``ciwae-b0.5``, ``{}`` for the others). Raises ValueError for a name
-    that is neither."""
+    that is neither, or whose parameter the objective refuses (:func:`npvae.objectives.make`)."""
     if name in OBJECTIVES:
         return (*OBJECTIVES[name], {})
     prefix, _, value = name.rpartition("-")
     split = SPLITS.get(prefix)
     if split is not None and value[:1] == split[3]:
-        objective, estimator, param, letter = split
+        objective, estimator, param, _ = split
         try:
             v = int(value[1:]) if param == "outer" else float(value[1:])
+            npvae.objectives.make(objective, **{param: v})       # the objective's own check of the value
         except ValueError:
             v = None
-        if v is not None and (v >= 1 if param == "outer" else 0.0 <= v <= 1.0) and name == split_name(prefix, v):
+        if v is not None and name == split_name(prefix, v):       # one spelling a split, one cell name
             return objective, estimator, {param: v}
     raise ValueError(f"expected one of {', '.join(OBJECTIVES)}, or a split named with its parameter: miwae-M8, "
                      f"miwae-dreg-M8, piwae-M8 (M >= 1 groups), ciwae-b0.5 (beta in [0, 1]); got {name!r}")
@@ -183,16 +184,23 @@ def objective_text(name):
     return f"{name} ({what}" + (", DReG's estimator)" if estimator == "dreg" else ")")
 
 
+def _objective(name):
+    """The objective of an ``--objectives`` name (:func:`npvae.objectives.make` with the name's
+    parameter) and its estimator."""
+    objective, estimator, params = objective_spec(name)
+    return npvae.objectives.make(objective, **params), estimator
+
+
 def fits(name, S):
-    """Whether ``S`` samples split as the objective ``name`` asks (a multiple of its M)."""
-    return S % objective_spec(name)[2].get("outer", 1) == 0
+    """Whether the objective ``name`` can use ``S`` samples per example (for a split: a multiple of
+    its M; the objective's own :meth:`~npvae.objectives.Objective.check_samples`)."""
+    try:
+        _objective(name)[0].check_samples(S)
+    except ValueError:
+        return False
+    return True
 
 
-def _objective(cell):
-    """The cell's objective for the SNR (:func:`npvae.objectives.make` with the name's parameter)
-    and its estimator."""
-    objective, estimator, params = objective_spec(cell["objective"])
-    return (npvae.objectives.make(objective, **params) if params else objective), estimator
 #: Settings added after the first committed grid, with the values that grid used: a stored
 #: cell without them was computed with these.
 LATER_SETTINGS = {"dtype": "float64", "binarize": "none", "activation": "relu", "curve": 0}
@@ -272,7 +280,7 @@ def _failure(cell, exc):
 
 
 def _snr(model, x, cell, seed):
-    objective, estimator = _objective(cell)
+    objective, estimator = _objective(cell["objective"])
     return gradient_snr(model, x, cell["mc_samples"], objective, estimator=estimator, repeats=cell["snr_repeats"],
                         seed=seed)
 

@@ -282,7 +282,9 @@ def progress_table(results, cells=(), goal=None):
         "hours to the aim (the aim's epoch) | " if goal else "") + "hours to 3,280 epochs |"
     lines = ["## Where each cell is", "",
              "Hours: the median seconds per epoch so far times the epochs to go, one core each; the stages' "
-             "evaluations (several minutes each) not counted.", "", head, "|---|---:|---:|---:|" + ("---:|" if goal else "") + "---:|"]
+             "evaluations (several minutes each) not counted. The aim is the study's, not a command's "
+             "`--max-stage`, which may stop a cell short of it (stages 0-7 end at epochs "
+             + ", ".join(f"{e:,}" for e in protocol.BURDA_STAGE_ENDS) + ").", "", head, "|---|---:|---:|---:|" + ("---:|" if goal else "") + "---:|"]
     for r in results:
         spe = seconds_per_epoch(r)
         rest = None if spe is None else spe * (protocol.BURDA_EPOCHS - r["epochs_done"])
@@ -312,7 +314,9 @@ def report(results, command, checks=None, out=None):
     lines = ["# Burda et al.'s Table 1 under their protocol, stage by stage", "",
              "MNIST, one stochastic layer (784-200-200-50, tanh), trained as Burda et al.'s (2016) code "
              "trains it (`npvae.fit(..., protocol=\"burda\")`; `npvae/protocol.py` cites each choice, and "
-             "`burda_table1/README.md` names where it departs). "
+             "`burda_table1/README.md` names where it departs: their Adam applies the previous step's moments, a "
+             "one-step lag of every gradient, and their encoder outputs sigma = exp(linear) where npvae's outputs "
+             "the log-variance; neither is reproduced). "
              "NLL: minus the importance-sampled log-likelihood on the test images, binarized once; "
              "theirs is after all 3,280 epochs (Table 1, k = 5000). MC SE: the delta-method Monte Carlo SE of the "
              "IS estimate, from the same heavy-tailed weights; where k-hat > 0.7 (most images, last column) it does "

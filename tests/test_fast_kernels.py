@@ -64,14 +64,53 @@ def test_module_reports_numba_available():
 @pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
 @pytest.mark.parametrize("N,F", [(1, 1), (7, 5), (12, 9)])
 def test_bias_act_forward_equals_dense_bias_then_activation(rng, dtype, act, N, F):
+    """ReLU and identity bit for bit; tanh within its stated ulps (float32: of the exact tanh of
+    the float32 sum; float64: of NumPy's)."""
     a, b = normal(rng, (N, F), dtype, 2.0), normal(rng, (F,), dtype)
     want = a + b if act == "identity" else ops.ACTIVATIONS[act][0](a + b)[0]
+    exact = np.tanh((a + b).astype(np.float64)) if dtype == np.float32 else want
     out = np.full_like(a, np.nan)
     dense.bias_act_forward(a, b, dense.ACT_CODES[act], out)
     assert out.dtype == dtype
-    np.testing.assert_array_equal(out, want)
+
+    def check(got):
+        if act != "tanh":
+            np.testing.assert_array_equal(got, want)
+            return
+        assert tanh_ulps(got, exact).max() <= (3.0 if dtype == np.float32 else 2.0)
+
+    check(out)
     dense.bias_act_forward(a, b, dense.ACT_CODES[act], a)  # in place
-    np.testing.assert_array_equal(a, want)
+    check(a)
+
+
+def tanh_ulps(got, exact):
+    """``|got - exact|`` in units of the last place of ``exact`` rounded to ``got``'s dtype."""
+    ulp = np.spacing(np.abs(exact).astype(got.dtype)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - exact) / np.maximum(ulp, np.finfo(got.dtype).smallest_subnormal)
+
+
+def test_float32_tanh_within_ulps_of_exact_with_its_signs_and_limits():
+    """The compiled float32 tanh (:func:`npvae.fast.dense._tanh_f32`, through the vectorized
+    bias pass) over a dense grid, both sides of its series/exp cut, tiny and huge inputs:
+    within 3 ulp of tanh in float64, odd bit for bit, and tanh's zeros, limits and NaN."""
+    cut = np.float32(dense._TANH_SERIES_BELOW)
+    x = np.concatenate([np.linspace(-12, 12, 400001), np.geomspace(1e-38, 1.0, 4001),
+                        np.nextafter(cut, np.float32(0)) + np.arange(-50, 50) * np.spacing(cut),
+                        [9.0, 9.01, 43.7, 88.0, 1e30]]).astype(np.float32)
+    x = np.concatenate([x, -x])
+    out = np.empty((1, x.size), np.float32)
+    dense.bias_act_forward(x[None], np.zeros(x.size, np.float32), dense.TANH, out)
+    got = out[0]
+    assert tanh_ulps(got, np.tanh(x.astype(np.float64))).max() <= 3.0
+    half = x.size // 2
+    np.testing.assert_array_equal(got[half:], -got[:half])
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45], np.float32)
+    out = np.empty((1, special.size), np.float32)
+    minus_zero = np.full(special.size, -0.0, np.float32)             # x + (-0.0) is x, -0.0 kept
+    dense.bias_act_forward(special[None], minus_zero, dense.TANH, out)
+    np.testing.assert_array_equal(out[0], np.tanh(special))
+    assert np.signbit(out[0, 1]) and not np.signbit(out[0, 0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -584,14 +623,14 @@ def test_bernoulli_job_parts_equal_the_one_pass_kernel_bit_for_bit(rng, add_bias
     np.testing.assert_array_equal(got_nll, want_nll)
 
 
-@pytest.mark.parametrize("act", ["relu", "identity"])
+@pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
 def test_narrow_forward_and_scale_rows_jobs_equal_the_kernels_bit_for_bit(rng, act):
     N, L, F = 11, 2, 7
     z, W = rng.standard_normal((N, L)).astype(np.float32), rng.standard_normal((L, F)).astype(np.float32)
     b = rng.standard_normal(F).astype(np.float32)
     want, got = np.empty((N, F), np.float32), np.empty((N, F), np.float32)
     dense.narrow_dense_act_forward(z, W, b, dense.ACT_CODES[act], want)
-    run_jobs_here(job_table(jobs.JOB_NARROW_FORWARD, N, F, L, int(act == "relu"), [z, W, b, got], 4, parts=3))
+    run_jobs_here(job_table(jobs.JOB_NARROW_FORWARD, N, F, L, dense.ACT_CODES[act], [z, W, b, got], 4, parts=3))
     np.testing.assert_array_equal(got, want)
     w = rng.standard_normal(N).astype(np.float32)
     dense.scale_rows_into(want, w, want)

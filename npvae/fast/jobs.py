@@ -37,7 +37,7 @@ JOB_FIELDS = 16
 #:
 #: * ``JOB_BERNOULLI``: logits (n, f) in place, x (n // k, f), nll (n,), bias (f,), term (f,);
 #:   ``flag`` 1 to add the bias; rows ``r0:r1`` whole examples (multiples of ``k``).
-#: * ``JOB_NARROW_FORWARD``: z (n, k), W (k, f), b (f,), out (n, f); ``flag`` 1 for relu.
+#: * ``JOB_NARROW_FORWARD``: z (n, k), W (k, f), b (f,), out (n, f); ``flag`` the activation's code.
 #: * ``JOB_SCALE_ROWS``: a (n, f), w (n,), out (n, f).
 #: * ``JOB_WEIGHTED_BIAS``: d (n, f), w (n,), db (f,) float64 (this part's sum).
 #: * ``JOB_NARROW_BACKWARD``: dout (n, f), out_act (n, f), w (n,), z (n, k), W (k, f),
@@ -90,7 +90,7 @@ def _row_job(rec_address):
                                nll[r0:r1], _f32_at(rec[11], (f,)))
     elif op == JOB_NARROW_FORWARD:
         z, out = _f32_at(rec[7], (n, k)), _f32_at(rec[10], (n, f))
-        dense.narrow_forward_rows(z[r0:r1], _f32_at(rec[8], (k, f)), _f32_at(rec[9], (f,)), flag == 1, out[r0:r1])
+        dense.narrow_forward_rows(z[r0:r1], _f32_at(rec[8], (k, f)), _f32_at(rec[9], (f,)), flag, out[r0:r1])
     elif op == JOB_SCALE_ROWS:
         a, w, out = _f32_at(rec[7], (n, f)), _f32_at(rec[8], (n,)), _f32_at(rec[9], (n, f))
         dense.scale_rows_into(a[r0:r1], w[r0:r1], out[r0:r1])
@@ -227,11 +227,8 @@ class Jobs(_Serial):
         return True
 
     def narrow_dense_act_forward(self, z, W, b, act, out):
-        if not self._run(JOB_NARROW_FORWARD, len(z), W.shape[1], W.shape[0], int(act == dense.RELU),
-                         [z, W, b, out]):
+        if not self._run(JOB_NARROW_FORWARD, len(z), W.shape[1], W.shape[0], act, [z, W, b, out]):
             dense.narrow_dense_act_forward(z, W, b, act, out)
-        elif act == dense.TANH:
-            np.tanh(out, out=out)
 
     def bernoulli_nll_and_grad(self, logits, x, nll, dlogits, work=None, bias=None):
         B, S, D = logits.shape

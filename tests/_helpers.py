@@ -32,7 +32,8 @@ def small_model(input_dim=6, hidden=(5,), latent_dim=2, activation="tanh", seed=
 def fake_blas(monkeypatch, threads, run=None):
     """Make ``blas`` control a stand-in library holding a thread count (starting at
     ``threads``) instead of NumPy's BLAS, so that its logic is tested on any machine.
-    ``run``: the stand-in's ``gotoblas_pthread`` (None: it has none).
+    ``run``: the stand-in's ``gotoblas_pthread`` (None: it has none). It offers no ``cblas_?gemm``
+    (:func:`npvae.fast.blas.gemm_address` None), so the step's layer stacks run as Python.
     Returns the dict that holds the stand-in's count."""
     from npvae.fast import blas
     state = {"threads": threads}
@@ -40,7 +41,7 @@ def fake_blas(monkeypatch, threads, run=None):
     def set_threads(n):
         state["threads"] = n
 
-    monkeypatch.setattr(blas, "_found", [("stand-in", lambda: state["threads"], set_threads, run)])
+    monkeypatch.setattr(blas, "_found", [("stand-in", lambda: state["threads"], set_threads, run, {})])
     return state
 
 

@@ -100,3 +100,39 @@ def test_jobs_run_on_the_real_library_where_it_has_a_thread_server(blas_on_two_t
     jobs.job_records(records, jobs.JOB_SCALE_ROWS, n, 3, 0, 0, 1, (a, w, out), 3)
     blas.run_jobs(jobs.row_job_address(), records)
     np.testing.assert_array_equal(out, 2 * a)           # both parts ran
+
+
+# --------------------------------------------------------------------------
+# Matrix products from compiled code (npvae.fast.gemm)
+# --------------------------------------------------------------------------
+def test_gemm_address_is_none_without_an_openblas_offering_it(monkeypatch):
+    fake_blas(monkeypatch, threads=2)                  # a stand-in library: no cblas_?gemm
+    assert blas.gemm_address(np.float32) is None and blas.gemm_address(np.float64) is None
+    monkeypatch.setattr(blas, "_found", [])
+    assert blas.gemm_address(np.float32) is None
+
+
+@pytest.mark.numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_matmul_is_numpys_product_bit_for_bit(dtype):
+    """Every transpose combination and shape (every side at least 2, where NumPy calls gemm itself):
+    the compiled call through the address equals ``np.matmul`` bit for bit; an inner size of 0
+    gives zeros, an empty result nothing."""
+    import numba
+
+    from npvae.fast import gemm
+    if not blas.controllable():
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS")
+    addr = gemm.address(dtype)
+    assert addr, "NumPy's OpenBLAS wheel exports cblas_?gemm with 64-bit sizes"
+    compiled = numba.njit(lambda addr, a, ta, b, tb, out: gemm.matmul(addr, a, ta, b, tb, out))
+    rng = np.random.default_rng(0)
+    for m, k, n in [(2, 2, 2), (20, 200, 784), (7, 3, 5), (1000, 50, 200), (3, 0, 4), (0, 5, 3)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+                b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+                got, want = np.full((m, n), np.nan, dtype), np.empty((m, n), dtype)
+                compiled(addr, a, ta, b, tb, got)
+                np.matmul(a.T if ta else a, b.T if tb else b, out=want)
+                np.testing.assert_array_equal(got, want, err_msg=f"{(m, k, n, ta, tb)}")

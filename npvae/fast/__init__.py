@@ -13,8 +13,10 @@ maps one to the other):
 * :mod:`~npvae.fast.latent` -- reparameterization, KL, log weights, the IWAE's logsumexp;
 * :mod:`~npvae.fast.updates` -- SGD, RMSprop and Adam in one pass per parameter;
 * :mod:`~npvae.fast.jobs` -- the job-record layout: row passes in parts on BLAS's threads;
-* :mod:`~npvae.fast.blas` -- NumPy's OpenBLAS: its thread count, and work for its threads;
+* :mod:`~npvae.fast.blas` -- NumPy's OpenBLAS: its thread count, work for its threads, its gemm's address;
 * :mod:`~npvae.fast.threads` -- groups of examples on threads, the pool;
+* :mod:`~npvae.fast.gemm` -- NumPy's BLAS products called from compiled code;
+* :mod:`~npvae.fast.layers` -- the step's layer stacks, each one compiled call;
 * :mod:`~npvae.fast.step` -- the training step, its workspace and its profiler;
 * :mod:`~npvae.fast.engine` -- :class:`NumbaEngine`, the interface of :mod:`npvae.engine`.
 """

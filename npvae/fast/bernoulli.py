@@ -12,7 +12,7 @@ them), while NumPy's ufuncs use SIMD implementations; on the development machine
 :func:`bernoulli_nll_and_grad` therefore takes one of two routes:
 
 * **float32** (training): one numba loop over the logits with its own ``exp(-|l|)``
-  and ``log1p`` (:func:`_exp_neg_f32`, :func:`_log1p_unit_f32`: range reduction and
+  and ``log1p`` (:func:`exp_neg_f32`, :func:`_log1p_unit_f32`: range reduction and
   short polynomials of plain float arithmetic, which LLVM vectorizes). Each element
   is read once and written once, with everything in registers; about twice as fast
   as the route below. The results are not the reference's bit for bit but within a
@@ -41,7 +41,8 @@ import numpy as np
 
 from ._jit import AVAILABLE, JIT, fma_inline, fma_kernel, kernel, reassoc_kernel, wide_vectors
 
-__all__ = ["bernoulli_nll_and_grad", "bernoulli_nll", "bernoulli_scratch", "bernoulli_scratch_bytes", "bernoulli_f32_rows", "BLOCK_ELEMENTS"]
+__all__ = ["bernoulli_nll_and_grad", "bernoulli_nll", "bernoulli_scratch", "bernoulli_scratch_bytes", "bernoulli_f32_rows", "BLOCK_ELEMENTS",
+           "exp_neg_f32"]
 
 # --------------------------------------------------------------------------
 # Decoder output: Bernoulli NLL and its gradient in one pass over the logits
@@ -229,7 +230,7 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125
 _LN2_LO = 1.4286068203094173e-06
 #: The largest float32 ``a`` whose ``exp(-a)`` is a normal float32 (>= 2**-126), for both
-#: :func:`_exp_neg_f32` and NumPy's ``exp`` (checked in the tests): the float32 Bernoulli
+#: :func:`exp_neg_f32` and NumPy's ``exp`` (checked in the tests): the float32 Bernoulli
 #: pass takes ``exp(-|l|)`` as 0 above it (``ops.flush_subnormal``).
 _EXP_NEG_NORMAL = 87.33654022216797
 #: 2**-25: for float32 ``e`` below it, ``log1p(e)`` rounds to ``e`` (``e**2 / 2`` is less
@@ -247,7 +248,7 @@ if JIT:
         """``2.0 ** -k`` in the float type of ``like``, built from its bits (vectorizes).
 
         ``k`` an integer with ``-bias < -k <= bias`` (float32: 0 <= k <= 126), as
-        :func:`_exp_neg_f32` uses it; ``like`` only chooses the float type.
+        :func:`exp_neg_f32` uses it; ``like`` only chooses the float type.
         """
         if not isinstance(k, _types.Integer) or not isinstance(like, _types.Float):
             return None
@@ -274,7 +275,7 @@ else:
 
 
 @fma_inline
-def _exp_neg_f32(a):
+def exp_neg_f32(a):
     """``exp(-a)`` in float32 for ``a >= 0`` (or NaN): within 1.5 ulp, and 0 where the
     result would be subnormal (``a >`` :data:`_EXP_NEG_NORMAL`, as ``ops.sigmoid`` flushes).
 
@@ -335,11 +336,11 @@ def _log1p_unit_f32(e):
 @fma_inline
 def _bernoulli_pixel_f32(l, xd):
     """One pixel in float32: ``(max(l, 0) - x l + log1p(exp(-|l|)), sigmoid(l) - x)``,
-    with ``exp(-|l|)`` taken as 0 where it is subnormal (:func:`_exp_neg_f32`), as
+    with ``exp(-|l|)`` taken as 0 where it is subnormal (:func:`exp_neg_f32`), as
     ``ops.sigmoid`` does."""
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    e = _exp_neg_f32(abs(l))                                          # exp(-|l|), or 0
+    e = exp_neg_f32(abs(l))                                          # exp(-|l|), or 0
     term = ((l if l > zero else zero) - xd * l) + _log1p_unit_f32(e)
     # sigmoid(l) = 1 / (1 + e) for l >= 0, e / (1 + e) below, as ops.sigmoid
     return term, (one if l >= zero else e) / (one + e) - xd
@@ -433,5 +434,5 @@ def _bernoulli_nll_f32(logits, x, S, bias, add_bias, nll, term):
         for d in range(D):
             l = logits[r, d] + bias[d] if add_bias else logits[r, d]
             xd = x[b, d]
-            term[d] = ((l if l > zero else zero) - xd * l) + _log1p_unit_f32(_exp_neg_f32(abs(l)))
+            term[d] = ((l if l > zero else zero) - xd * l) + _log1p_unit_f32(exp_neg_f32(abs(l)))
         nll[r] = _sum_f64(term)

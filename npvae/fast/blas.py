@@ -22,6 +22,10 @@ them work: the step's elementwise passes, cut into parts, through
 ``gotoblas_pthread`` (OpenBLAS's own way to run a function on its threads,
 exported by its pthreads builds; where it is missing, :func:`jobs_available` is
 False and the passes run on the calling thread).
+
+Compiled code calls OpenBLAS's own ``cblas_sgemm`` / ``cblas_dgemm`` at the address
+:func:`gemm_address` reads from the same library (:mod:`npvae.fast.gemm`): the step's layer
+stacks run their products without returning to Python.
 """
 
 import ctypes
@@ -33,10 +37,15 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["controllable", "get_threads", "current_threads", "set_threads", "single_threaded", "library_paths",
-           "jobs_available", "run_jobs"]
+           "jobs_available", "run_jobs", "gemm_address"]
 
 _SYMBOLS = [(f"{p}openblas_get_num_threads{s}", f"{p}openblas_set_num_threads{s}")
             for p in ("scipy_", "") for s in ("64_", "")]
+#: ``cblas_sgemm`` / ``cblas_dgemm`` of the 64-bit-integer (ILP64) builds NumPy's wheels ship, by
+#: dtype: the only interface :func:`gemm_address` offers (an LP64 build's 32-bit sizes would need
+#: another signature, so such a build offers none).
+_GEMM_SYMBOLS = {"float32": ("scipy_cblas_sgemm64_", "cblas_sgemm64_"),
+                 "float64": ("scipy_cblas_dgemm64_", "cblas_dgemm64_")}
 
 _lock = threading.Lock()
 _found = None          # list of (path, get, set, run or None) once searched
@@ -96,7 +105,12 @@ def _search():
                 if run is not None:   # int gotoblas_pthread(int n, void *function, void *args, int stride)
                     run.restype, run.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                                                ctypes.c_int]
-                found.append((path, get, set_, run))
+                gemm = {}                                      # see gemm_address
+                for dtype, names in _GEMM_SYMBOLS.items():
+                    fn = next((getattr(lib, n) for n in names if hasattr(lib, n)), None)
+                    if fn is not None:
+                        gemm[dtype] = ctypes.cast(fn, ctypes.c_void_p).value
+                found.append((path, get, set_, run, gemm))
                 break
     return found
 
@@ -202,3 +216,20 @@ def run_jobs(function, records):
     if threads is None or threads < n:
         raise RuntimeError(f"run_jobs: {n} jobs need BLAS on at least {n} threads, it runs on {threads}")
     _libs()[0][3](n, function, records.ctypes.data, records.strides[0])
+
+
+# --------------------------------------------------------------------------
+# Matrix products called from compiled code
+# --------------------------------------------------------------------------
+def gemm_address(dtype):
+    """The address of NumPy's own ``cblas_sgemm`` (``dtype`` float32) or ``cblas_dgemm``
+    (float64) with 64-bit sizes, for compiled code to call (:func:`npvae.fast.gemm.matmul`); or
+    None where NumPy's BLAS is not one OpenBLAS exporting it (MKL, Accelerate, an LP64 build).
+
+    The same function ``np.matmul`` calls for a 2-D product, so a product through this address
+    equals NumPy's bit for bit (tested).
+    """
+    libs = _libs()
+    if len(libs) != 1:
+        return None
+    return libs[0][4].get(np.dtype(dtype).name)

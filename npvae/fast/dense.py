@@ -19,7 +19,7 @@ faster than a numba loop calling the C library's).
 import numpy as np
 
 from ._jit import JIT, fma_inline, inline_kernel, kernel, reassoc_kernel, wide_vectors
-from .bernoulli import _exp_neg_f32
+from .bernoulli import exp_neg_f32
 
 __all__ = ["RELU", "TANH", "IDENTITY", "ACT_CODES", "bias_act_forward", "act_backward", "act_backward_rows",
            "bias_grad", "weighted_bias_grad", "scale_rows_into", "NARROW_INPUT",
@@ -102,7 +102,7 @@ def _tanh_f32(x):
 
     ``|x| < 0.4``: ``x + x z P(z)``, ``z = x^2``, ``P`` tanh's Taylor series to ``x^13`` (the
     next term is under 4e-9 of the value); else ``sign(x) (1 - t) / (1 + t)``, ``t =
-    exp(-2|x|)`` (:func:`npvae.fast.bernoulli._exp_neg_f32`, within 1.5 ulp; 0 beyond
+    exp(-2|x|)`` (:func:`npvae.fast.bernoulli.exp_neg_f32`, within 1.5 ulp; 0 beyond
     ``|x| > 43.7``, where tanh rounds to 1). Each branch runs on a bounded stand-in where the
     other is taken, so that no vector lane computes a subnormal.
     """
@@ -120,7 +120,7 @@ def _tanh_f32(x):
     p = p * z + f(-1.0 / 3.0)
     series = xs + xs * (z * p)
     series = xs if z == f(0.0) else series               # x itself where x^2 underflows: keeps -0.0
-    t = _exp_neg_f32(f(2.0) * (cut if small else a))     # NaN stays NaN
+    t = exp_neg_f32(f(2.0) * (cut if small else a))     # NaN stays NaN
     large = (f(1.0) - t) / (f(1.0) + t)
     large = -large if x < f(0.0) else large
     return series if small else large

@@ -1,18 +1,20 @@
 """The VAE's training step composed from numba kernels and BLAS, in a preallocated workspace.
 
 :meth:`npvae.engine.ReferenceEngine.forward` and :meth:`~npvae.engine.ReferenceEngine.backward`
-(the NumPy ops, top to bottom) are the specification; :func:`step` computes the same loss,
+(the NumPy ops, top to bottom) are the specification; :func:`train_step` computes the same loss,
 bound and gradients for every combination they support (any number of hidden layers,
 relu/tanh, ``objective`` elbo/iwae, ``kl`` analytic/mc, ``estimator`` standard/stl/dreg),
 equal to ~1e-11 relative in float64 (only the order of float operations differs; tested).
 
 What it does differently from the reference, for speed:
 
-* Every dense product is one BLAS call on a contiguous 2-D view, written with
-  ``np.matmul(..., out=)`` into a :class:`Workspace` reused from step to step; the
-  elementwise passes around the products are fused kernels (:mod:`npvae.fast.dense`,
-  :mod:`npvae.fast.latent`): bias + activation, activation backward, the
-  reparameterization with its KL, the log weights and their backward. The exception is
+* Every dense product is one BLAS call on a contiguous 2-D view, written into a
+  :class:`Workspace` reused from step to step; the elementwise passes around the products
+  are fused kernels (:mod:`npvae.fast.dense`, :mod:`npvae.fast.latent`): bias + activation,
+  activation backward, the reparameterization with its KL, the log weights and their
+  backward. The dense layers run in layer stacks (:mod:`npvae.fast.layers`), each one
+  compiled call where NumPy's BLAS can be called from compiled code (:func:`stack_address`),
+  so that no product or pass returns to Python in between. The exception is
   the decoder's first layer, whose input is the latent ``z``
   (``L <= dense.NARROW_INPUT`` columns): its product, bias and activation are one kernel
   pass, and so are its activation's backward, ``dW``, ``db`` and ``dz``.
@@ -33,14 +35,16 @@ groups and threads is :mod:`npvae.fast.threads`, and the workspaces' life is
 :class:`npvae.fast.engine.NumbaEngine`'s.
 """
 
+import operator
 import warnings
 
 import numpy as np
 
 from .. import objectives as obj
-from . import bernoulli, bounds, dense, jobs, latent
+from . import bernoulli, bounds, dense, gemm, jobs, latent, layers
 
-__all__ = ["Workspace", "layout", "workspace_bytes", "forward_into", "decoder_into", "log_joint_into", "bound", "negligible_weights", "train_step", "step", "Profiler", "NO_PROFILE"]
+__all__ = ["Workspace", "layout", "workspace_bytes", "stack_address", "forward_into", "decoder_into", "log_joint_into",
+           "decoder_backward_into", "bound", "negligible_weights", "train_step", "step", "Profiler", "NO_PROFILE"]
 
 
 class _NoProfile:
@@ -134,13 +138,20 @@ class Workspace:
         self.slot = slot                                 # the thread (group) that uses it
         self.passes = jobs.Jobs(parts, D) if parts > 1 else jobs.SERIAL
         for name, shape in layout(model, B, S, grads).items():
-            if isinstance(shape, list):
-                setattr(self, name, [np.empty(s, dtype) for s in shape])
+            if isinstance(shape, list):              # one array per hidden layer: a tuple for the stacks
+                setattr(self, name, tuple(np.empty(s, dtype) for s in shape))
             elif isinstance(shape, dict):
                 setattr(self, name, {k: np.empty(s, dtype) for k, s in shape.items()})
             else:
                 setattr(self, name, np.empty(shape, INDEX_ARRAYS.get(name, dtype)))
         self.x_binary = False                            # whether x's ones are in x_cols (the last forward)
+        # the layer stacks (npvae.fast.layers): getters of the hidden layers' (W, b) tuples (_weights), and
+        # the BLAS address they run compiled with (0: as Python), see stack_address
+        nh = len(model.hidden)
+        self.enc_names = tuple(_Getter([f"enc.{i}.{k}" for i in range(nh)]) for k in "Wb")
+        self.dec_names = tuple(_Getter([f"dec.{i}.{k}" for i in range(nh)]) for k in "Wb")
+        self.gemm = gemm.address(dtype)
+        self.checked_params, self.params_ok = None, False
         self.work = bernoulli.bernoulli_scratch(D, dtype)
         self.has_grads = grads
 
@@ -158,10 +169,50 @@ class Workspace:
         """Bytes held by the arrays."""
         total = 0
         for v in vars(self).values():
-            for a in (v.values() if isinstance(v, dict) else v if isinstance(v, list)
+            for a in (v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple))
                       else vars(v).values() if isinstance(v, jobs.Jobs) else [v]):
                 total += a.nbytes if isinstance(a, np.ndarray) else 0
         return total
+
+
+def stack_address(model, ws, *arrays):
+    """The BLAS address the layer stacks of this call run compiled with
+    (:func:`npvae.fast.layers.runner`): ``ws.gemm`` when the model's parameters and ``arrays``
+    (the call's data) are all C-contiguous of the model's dtype, else 0 (the stacks then run as
+    Python, their products ``np.matmul``, which takes any layout). The parameters are checked
+    once per set of arrays (an array's layout and dtype cannot change)."""
+    if not ws.gemm:
+        return 0
+    dtype = model.dtype
+    if not all(a.dtype == dtype and a.flags.c_contiguous for a in arrays):
+        return 0
+    params = model.params
+    key = tuple(map(id, params.values()))
+    if key != ws.checked_params:
+        ws.params_ok = all(a.dtype == dtype and a.flags.c_contiguous for a in params.values())
+        ws.checked_params = key
+    return ws.gemm if ws.params_ok else 0
+
+
+def _weights(d, names):
+    """``(tuple of the W arrays, tuple of the b arrays)`` of the hidden layers in ``d`` (the
+    parameters, or a dict of their gradients); ``names``: the workspace's ``enc_names`` or
+    ``dec_names``, a pair of getters of those tuples."""
+    return names[0](d), names[1](d)
+
+
+class _Getter:
+    """``d -> tuple(d[k] for k in keys)``, through ``operator.itemgetter`` (which returns the item
+    itself for one key); picklable, as a workspace is."""
+
+    __slots__ = ("get", "one")
+
+    def __init__(self, keys):
+        self.get, self.one = operator.itemgetter(*keys), len(keys) == 1
+
+    def __call__(self, d):
+        v = self.get(d)
+        return (v,) if self.one else v
 
 
 def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
@@ -172,48 +223,37 @@ def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
     ``ws.logits`` then holds ``sigmoid(logits) - x`` (``nll_only``: nothing of use, the
     forward-only Bernoulli pass). ``prof`` is marked at the end of each phase.
     """
-    p, nh = model.params, len(model.hidden)
-    h = x
+    p = model.params
+    addr = stack_address(model, ws, x, eps)
     # binary data (binarized images): the first layer's product sums the weight rows of the ones
     ws.x_binary = dense.binary_rows(x, ws.x_cols, ws.x_counts)
-    for i in range(nh):
-        out = ws.enc_h[i]                                            # (B, H_i)
-        if i == 0 and ws.x_binary:
-            dense.binary_product(ws.x_cols, ws.x_counts, p["enc.0.W"], out)
-        else:
-            np.matmul(h, p[f"enc.{i}.W"], out=out)
-        dense.bias_act_forward(out, p[f"enc.{i}.b"], act, out)
-        h = out
-    np.matmul(h, p["enc.mu.W"], out=ws.mu)                           # (B, L)
-    np.add(ws.mu, p["enc.mu.b"], out=ws.mu)
-    np.matmul(h, p["enc.logvar.W"], out=ws.log_var)
-    np.add(ws.log_var, p["enc.logvar.b"], out=ws.log_var)
-    prof.mark("encoder GEMMs + bias/act")
-    latent.reparam_kl_forward(ws.mu, ws.log_var, eps, ws.z, ws.kl)       # (B, S, L), (B,)
-    prof.mark("reparam + KL")
-    decoder_into(model, ws, x, act, prof, nll_only)
+    W, b = _weights(p, ws.enc_names)
+    layers.runner(layers.encoder_forward, addr)(
+        addr, x, ws.x_binary, ws.x_cols, ws.x_counts, W, b, p["enc.mu.W"], p["enc.mu.b"], p["enc.logvar.W"],
+        p["enc.logvar.b"], ws.enc_h, ws.mu, ws.log_var, eps, ws.z, ws.kl, act)
+    prof.mark("encoder, reparam + KL")
+    decoder_into(model, ws, x, act, prof, nll_only, addr)
 
 
-def decoder_into(model, ws, x, act, prof=NO_PROFILE, nll_only=False):
+def decoder_into(model, ws, x, act, prof=NO_PROFILE, nll_only=False, addr=None):
     """The decoder and the Bernoulli pass from the latent points in ``ws.z`` (B, S, L), into
     ``ws``: the hidden activations, ``ws.nll`` (B, S) and, unless ``nll_only``,
     ``ws.logits`` overwritten by ``sigmoid(logits) - x`` (the second half of
-    :func:`forward_into`; :func:`log_joint_into` runs it alone)."""
-    p, nh = model.params, len(model.hidden)
+    :func:`forward_into`; :func:`log_joint_into` runs it alone). ``addr``: the stacks' BLAS
+    address (:func:`stack_address`, found here when None)."""
+    p = model.params
     B, S, L = ws.z.shape
     D = x.shape[1]
-    h = ws.z.reshape(B * S, L)
-    for i in range(nh):
-        out = ws.dec_h[i]                                            # (B * S, H_i)
-        if i == 0 and L <= dense.NARROW_INPUT:                           # z @ W + b, act: one pass
-            ws.passes.narrow_dense_act_forward(h, p["dec.0.W"], p["dec.0.b"], act, out)
-        else:
-            np.matmul(h, p[f"dec.{i}.W"], out=out)
-            dense.bias_act_forward(out, p[f"dec.{i}.b"], act, out)
-        h = out
-    prof.mark("decoder hidden layers")
-    np.matmul(h, p["dec.out.W"], out=ws.logits)                      # (B * S, D), bias added below
-    prof.mark("output layer GEMM")
+    if addr is None:
+        addr = stack_address(model, ws, x)
+    z2 = ws.z.reshape(B * S, L)
+    first = 0
+    if L <= dense.NARROW_INPUT:                                      # z @ W + b, act: one pass
+        ws.passes.narrow_dense_act_forward(z2, p["dec.0.W"], p["dec.0.b"], act, ws.dec_h[0])
+        first = 1
+    W, b = _weights(p, ws.dec_names)
+    layers.runner(layers.decoder_forward, addr)(addr, z2, first, W, b, ws.dec_h, p["dec.out.W"], ws.logits, act)
+    prof.mark("decoder hidden layers and output product")
     logits = ws.logits.reshape(B, S, D)
     # nll (B, S); the logits become g = sigmoid(logits) - x, in place
     if nll_only:
@@ -234,80 +274,43 @@ def log_joint_into(model, ws, x, act, grad=True):
     a training step's decoder backward). The reference is
     :meth:`npvae.engines.ReferenceEngine.log_joint`; equal up to the order of float sums.
     """
-    decoder_into(model, ws, x, act, nll_only=not grad)
-    if not grad:
-        return
-    p, nh = model.params, len(model.hidden)
+    addr = stack_address(model, ws, x)
+    decoder_into(model, ws, x, act, nll_only=not grad, addr=addr)
+    if grad:
+        _decoder_backward(model, ws, ws.row_w, False, ws.grads, ws.dz, act, addr, params=False)
+
+
+def _decoder_backward(model, ws, w, weighted, g, dz, act, addr, params=True):
+    """The decoder's backward stack (:func:`npvae.fast.layers.decoder_backward`) and, for a
+    narrow latent layer, its one-pass backward on ``ws.passes``; ``g`` a dict of the decoder's
+    gradients (written only with ``params``), ``dz`` (B, S, L) written."""
+    p = model.params
     B, S, L = ws.z.shape
     N = B * S
-    z2, dz2 = ws.z.reshape(N, L), ws.dz.reshape(N, L)
-    np.matmul(ws.logits, p["dec.out.W"].T, out=ws.dec_d[-1])         # (N, H): g @ W.T
-    for i in reversed(range(nh)):
-        dout = ws.dec_d[i]
-        if i == 0 and L <= dense.NARROW_INPUT:   # its dW and db land in the workspace's grads, unused
-            ws.passes.narrow_dense_act_backward(dout, ws.dec_h[0], act, ws.row_w, False, z2, p["dec.0.W"],
-                                                ws.grads["dec.0.W"], ws.grads["dec.0.b"], dz2)
-            return
-        dense.act_backward(dout, ws.dec_h[i], act, dout)
-        np.matmul(dout, p[f"dec.{i}.W"].T, out=ws.dec_d[i - 1] if i > 0 else dz2)
+    z2, dz2 = ws.z.reshape(N, L), dz.reshape(N, L)
+    narrow = L <= dense.NARROW_INPUT
+    W, _ = _weights(p, ws.dec_names)
+    gW, gb = _weights(g, ws.dec_names)
+    weighted = layers.runner(layers.decoder_backward, addr)(
+        addr, ws.logits, ws.hs, p["dec.out.W"], g["dec.out.W"], z2, W, ws.dec_h, ws.dec_d, gW, gb, w, weighted,
+        1 if narrow else 0, act, dz2, params)
+    if narrow:      # act', dW, db and dz of the latent's layer: one pass (its dW, db unused without params)
+        ws.passes.narrow_dense_act_backward(ws.dec_d[0], ws.dec_h[0], act, w, weighted, z2, p["dec.0.W"],
+                                            g["dec.0.W"], g["dec.0.b"], dz2)
 
 
-def dense_backward_into(da, h_in, p, g, name, d_in):
-    """``ops.dense_backward`` into the workspace: ``g[name.W] = h_in.T @ da``,
-    ``g[name.b] = da.sum(0)`` and, unless ``d_in`` is None, ``d_in = da @ W.T``."""
-    np.matmul(h_in.T, da, out=g[f"{name}.W"])
-    dense.bias_grad(da, g[f"{name}.b"])
-    if d_in is not None:
-        np.matmul(da, p[f"{name}.W"].T, out=d_in)
-
-
-def encoder_backward_into(model, ws, x, act):
-    """The encoder's backward from ``ws.dmu`` and ``ws.dlog_var`` into ``ws.grads`` (no
-    gradient for the data ``x``; on binary data the first layer's ``dW`` from the ones)."""
-    p, g = model.params, ws.grads
-    h_last, dh = ws.enc_h[-1], ws.enc_d[-1]
-    dense_backward_into(ws.dmu, h_last, p, g, "enc.mu", dh)
-    dense_backward_into(ws.dlog_var, h_last, p, g, "enc.logvar", ws.enc_tmp)
-    np.add(dh, ws.enc_tmp, out=dh)
-    for i in reversed(range(len(model.hidden))):
-        da = ws.enc_d[i]                                              # (B, H_i)
-        dense.act_backward(da, ws.enc_h[i], act, da)
-        if i == 0 and ws.x_binary:                                    # dW = x.T @ da from the ones
-            dense.binary_weight_grad(ws.x_cols, ws.x_counts, da, g["enc.0.W"])
-            dense.bias_grad(da, g["enc.0.b"])
-        else:
-            dense_backward_into(da, ws.enc_h[i - 1] if i > 0 else x, p, g, f"enc.{i}",
-                                ws.enc_d[i - 1] if i > 0 else None)   # no dx for the data
-
-
-def decoder_backward_into(model, ws, w, g, dz, act):
+def decoder_backward_into(model, ws, w, g, dz, act, addr=None):
     """The decoder's backward from ``ws.logits`` (``sigmoid(l) - x``, its rows weighted by ``w``
     (B * S,): the NLL's upstream gradients): its gradients into ``g`` (a dict with the decoder's
-    names), ``d nll / d z`` (weighted) into ``dz`` (B, S, L). ``ws.logits`` is left as it was."""
-    p, nh = model.params, len(model.hidden)
-    B, S, L = ws.z.shape
-    N = B * S
-    grad_logits = ws.logits                                           # sigmoid(l) - x, (B * S, D)
-    h_last, kern = ws.dec_h[-1], ws.passes
-    kern.scale_rows_into(h_last, w, ws.hs)
-    np.matmul(ws.hs.T, grad_logits, out=g["dec.out.W"])               # (dnll * h).T @ g
-    kern.weighted_bias_grad(grad_logits, w, g["dec.out.b"])
-    np.matmul(grad_logits, p["dec.out.W"].T, out=ws.dec_d[-1])       # g @ W.T, unscaled
-    z2 = ws.z.reshape(N, L)
-    weighted = True                          # dnll still to apply (with the last layer's act')
-    for i in reversed(range(nh)):
-        dout = ws.dec_d[i]                                            # (B * S, H_i), before act'
-        if i == 0 and L <= dense.NARROW_INPUT:   # act', dW, db and dz of the latent's layer: one pass
-            kern.narrow_dense_act_backward(dout, ws.dec_h[0], act, w, weighted, z2, p["dec.0.W"],
-                                           g["dec.0.W"], g["dec.0.b"], dz.reshape(N, L))
-            break
-        if weighted:
-            dense.act_backward_rows(dout, ws.dec_h[i], act, w, dout)      # dnll * (g @ W.T) * act'
-            weighted = False
-        else:
-            dense.act_backward(dout, ws.dec_h[i], act, dout)
-        dense_backward_into(dout, ws.dec_h[i - 1] if i > 0 else z2, p, g, f"dec.{i}",
-                            ws.dec_d[i - 1] if i > 0 else dz.reshape(N, L))
+    names), ``d nll / d z`` (weighted) into ``dz`` (B, S, L). ``ws.logits`` is left as it was.
+    The row weights go in on the ``(B * S, H)`` side: to the last hidden layer's activations for
+    the output layer's ``dW`` (``ws.hs``), and with that layer's activation backward."""
+    if addr is None:
+        addr = stack_address(model, ws)
+    kern = ws.passes
+    kern.scale_rows_into(ws.dec_h[-1], w, ws.hs)
+    kern.weighted_bias_grad(ws.logits, w, g["dec.out.b"])
+    _decoder_backward(model, ws, w, True, g, dz, act, addr)
 
 
 def bound(ws, objective, kl, eps):
@@ -351,9 +354,7 @@ def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFI
     examples, and the gradients of the *whole batch's* loss (``-mean`` of the bound
     over ``batch`` examples) with respect to the parameters, through these examples.
     """
-    p, nh = model.params, len(model.hidden)
-    B, S, L = eps.shape
-    N = B * S
+    B, S, _ = eps.shape
     act = dense.ACT_CODES[model.activation]
     g = ws.grads
 
@@ -361,6 +362,7 @@ def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFI
     kernels = bounds.kernels_for(rule)
     # ---- forward ---------------------------------------------------------------
     forward_into(model, ws, x, eps, act, prof)
+    addr = stack_address(model, ws, x, eps)
     log_weights = rule.uses_log_weights(kl)
     per_example = bound(ws, rule, kl, eps)                            # (B,)
     sums = float(ws.nll.sum(dtype=np.float64)), float(ws.kl.sum(dtype=np.float64))
@@ -387,31 +389,28 @@ def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFI
     prof.mark("bound, log weights and their backward")
     # ---- decoder backward ---------------------------------------------------------
     if enc_kernels is None or not log_weights:
-        decoder_backward_into(model, ws, ws.row_w, g, ws.dz, act)
+        decoder_backward_into(model, ws, ws.row_w, g, ws.dz, act, addr)
     else:
         # once with the decoder's weights for its gradients (dz dropped), once with the
         # encoder's for the path to z (the decoder's gradients of that pass dropped)
         extra = ws.second_pass()
-        decoder_backward_into(model, ws, ws.row_w, g, extra["dz"], act)
+        decoder_backward_into(model, ws, ws.row_w, g, extra["dz"], act, addr)
         np.negative(ws.dlog_w, out=extra["row_w"].reshape(B, S))
-        decoder_backward_into(model, ws, extra["row_w"], extra["grads"], ws.dz, act)
+        decoder_backward_into(model, ws, extra["row_w"], extra["grads"], ws.dz, act, addr)
     if log_weights and enc_kernels is not None:
         kernels = enc_kernels                                        # the encoder's from here on
-    prof.mark("decoder hidden layers backward")
-    # ---- latent: estimators, reparameterization and KL ---------------------------
-    dz = ws.dz
-    if log_weights:
-        np.add(dz, ws.dz_direct, out=dz)
-    if est.reweights_path:                                           # DReG: w~ -> w~^2 on the path
-        np.multiply(dz, kernels.path_weights(ws)[:, :, None], out=dz)
-    latent.reparam_kl_backward(dz, eps, ws.mu, ws.log_var, ws.dkl, ws.dmu, ws.dlog_var)
-    if log_weights and not est.drops_score:                          # STL/DReG drop the score term
-        np.add(ws.dmu, ws.dmu_q, out=ws.dmu)
-        np.add(ws.dlog_var, ws.dlog_var_q, out=ws.dlog_var)
-
-    prof.mark("reparam + KL backward")
-    encoder_backward_into(model, ws, x, act)
-    prof.mark("encoder backward GEMMs + act/bias grads")
+    prof.mark("decoder backward")
+    # ---- latent (estimators, reparameterization, KL) and the encoder --------------
+    p = model.params
+    W, _ = _weights(p, ws.enc_names)
+    gW, gb = _weights(g, ws.enc_names)
+    layers.runner(layers.latent_encoder_backward, addr)(
+        addr, ws.dz, ws.dz_direct, log_weights, kernels.path_weights(ws) if est.reweights_path else ws.w_tilde,
+        est.reweights_path, eps, ws.mu, ws.log_var, ws.dkl, ws.dmu, ws.dlog_var, ws.dmu_q, ws.dlog_var_q,
+        log_weights and not est.drops_score, x, ws.x_binary, ws.x_cols, ws.x_counts, W, ws.enc_h, ws.enc_d, gW, gb,
+        p["enc.mu.W"], p["enc.logvar.W"], g["enc.mu.W"], g["enc.mu.b"], g["enc.logvar.W"], g["enc.logvar.b"],
+        ws.enc_tmp, act)
+    prof.mark("latent and encoder backward")
     return per_example, sums[0], sums[1], g
 
 

@@ -27,7 +27,7 @@ for _path in (PEERS, REPO):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-__all__ = ["BENCHMARKS", "REPO", "RESULTS", "PEERS", "cpu_name", "loadavg", "machine", "numpy_blas",
+__all__ = ["BENCHMARKS", "REPO", "RESULTS", "PEERS", "code_version", "cpu_name", "loadavg", "machine", "numpy_blas",
            "library_versions", "gflops", "product", "gemm_rate", "gemm_rate_parallel", "step_products", "step_flops",
            "epoch_flops", "load_mnist", "ess", "plural"]
 
@@ -35,6 +35,20 @@ __all__ = ["BENCHMARKS", "REPO", "RESULTS", "PEERS", "cpu_name", "loadavg", "mac
 # --------------------------------------------------------------------------
 # The machine
 # --------------------------------------------------------------------------
+def code_version():
+    """The checkout's commit (short hash), with ``+changes`` when its tracked files differ from it,
+    or ``"unknown"`` where git cannot say (no git, not a clone): what a result records as the code
+    that made it."""
+    import subprocess
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "npvae"], cwd=REPO, timeout=30).returncode
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def cpu_name():
     """The processor's model name (``/proc/cpuinfo``), or what :mod:`platform` knows off Linux."""
     try:

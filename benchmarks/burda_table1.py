@@ -55,6 +55,11 @@ from npvae.datasets import binarize  # noqa: E402
 from npvae.evaluate import evaluate_bound, log_likelihood  # noqa: E402
 from npvae.runfolder import RunFolderError, RunLock  # noqa: E402
 from npvae.train import load_checkpoint  # noqa: E402
+from _common import code_version  # noqa: E402
+
+#: The npvae code this process runs (read once, as its modules were imported: the files may change
+#: on disk while a long run goes on).
+CODE = code_version()
 
 RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.npz", "model.npz"
 
@@ -194,6 +199,15 @@ def evaluate_stage(model, stage, data, args, folder=None):
     return record
 
 
+def note_code(result, epoch):
+    """Record in ``result["code"]`` the npvae code that trains from ``epoch`` on (:data:`CODE`, its
+    commit), when it differs from the code that trained the epochs before:
+    a change of the step's floats (a faster kernel, say) is then visible in the cell's record."""
+    runs = result.setdefault("code", [])
+    if not runs or runs[-1]["commit"] != CODE:
+        runs.append({"from_epoch": epoch, "commit": CODE})
+
+
 def run_cell(name, seed, data, args, deadline):
     """Train and evaluate one cell up to ``--max-stage``; raises Stop when out of time."""
     folder = Path(args.out) / "cells" / cell_name(name, seed)
@@ -210,6 +224,7 @@ def run_cell(name, seed, data, args, deadline):
         for epoch in range(result["epochs_done"] + 1, end + 1):
             if time.time() > deadline:
                 raise Stop()
+            note_code(result, epoch)
             model, record = train_epoch(folder, name, seed, epoch, data[0])
             result["epochs_done"], result["train_seconds"] = epoch, result["train_seconds"] + record["seconds"]
             result["epoch_seconds"].append(round(record["seconds"], 3))

@@ -224,8 +224,14 @@ def test_the_runner_resumes_after_an_interruption_to_the_same_numbers(tmp_path, 
     assert bt.main(TINY + ["--out", part]) == 130
     assert "Interrupted: every finished epoch is in its cell's checkpoint.npz" in capsys.readouterr().err
     monkeypatch.setattr(bt, "train_epoch", train_epoch)
+    first_code = bt.CODE
+    monkeypatch.setattr(bt, "CODE", "abc1234")              # the run resumed by other code: recorded
     assert bt.main(TINY + ["--out", part]) == 0
     assert _numbers(part) == whole
+    codes = {c: json.loads((Path(part) / "cells" / c / "result.json").read_text())["code"]
+             for c in ("vae-k1-seed0", "iwae-k5-seed0")}
+    assert codes["vae-k1-seed0"] == [{"from_epoch": 1, "commit": first_code}]
+    assert codes["iwae-k5-seed0"] == [{"from_epoch": 1, "commit": first_code}, {"from_epoch": 3, "commit": "abc1234"}]
     text = (tmp_path / "part.md").read_text()
     assert "## Stage 1: epoch 4" in text and "| vae-k1-seed0 | 4 | 2 of 8 |" in text and "86.76" in text
     # the report names the command that trained the cells (each result.json keeps it), not only its own

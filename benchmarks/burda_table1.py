@@ -293,11 +293,13 @@ def progress_table(results, cells=(), goal=None):
     (``{name: epochs}``, e.g. the end of stage 5 or 6, counting from 0) and to 3,280 epochs; the names of ``cells``
     not started yet get a row of their own."""
     goal = goal or {}
-    head = "| cell | epochs done | stages done | s / epoch | " + (
+    head = "| cell | epochs done | stages evaluated | s / epoch | " + (
         "hours to the aim (the aim's epoch) | " if goal else "") + "hours to 3,280 epochs |"
     lines = ["## Where each cell is", "",
              "Hours: the median seconds per epoch so far times the epochs to go, one core each; the stages' "
-             "evaluations (several minutes each) not counted. The aim is the study's, not a command's "
+             "evaluations (several minutes each) not counted; the median leaves out epochs a busy host slowed "
+             "(the mean seconds per epoch are higher). Stages evaluated: a stage trained but not yet "
+             "evaluated (an interrupted run) is evaluated first when the cell goes on. The aim is the study's, not a command's "
              "`--max-stage`, which may stop a cell short of it (stages 0-7 end at epochs "
              + ", ".join(f"{e:,}" for e in protocol.BURDA_STAGE_ENDS) + ").", "", head, "|---|---:|---:|---:|" + ("---:|" if goal else "") + "---:|"]
     for r in results:

@@ -101,10 +101,10 @@ def _tanh_f32(x):
     bit operations, so that a loop calling it vectorizes.
 
     ``|x| < 0.4``: ``x + x z P(z)``, ``z = x^2``, ``P`` tanh's Taylor series to ``x^13`` (the
-    next term is under 4e-9 of the value); else ``sign(x) (1 - t) / (1 + t)``, ``t =
+    next term is about 4.1e-9 of the value at 0.4); else ``sign(x) (1 - t) / (1 + t)``, ``t =
     exp(-2|x|)`` (:func:`npvae.fast.bernoulli.exp_neg_f32`, within 1.5 ulp; 0 beyond
     ``|x| > 43.7``, where tanh rounds to 1). Each branch runs on a bounded stand-in where the
-    other is taken, so that no vector lane computes a subnormal.
+    other is taken, so that the branch not taken computes no subnormal in a vector lane.
     """
     f = np.float32
     cut = f(_TANH_SERIES_BELOW)

@@ -9,7 +9,7 @@ backward, the latent layer's and the encoder's backward -- as one call: its prod
 BLAS through :func:`npvae.fast.gemm.matmul`, its passes are the kernels of
 :mod:`npvae.fast.dense` and :mod:`npvae.fast.latent`, and nothing returns to Python between them
 (at batch 20 and one sample, a step of Burda et al.'s model made ~60 calls from Python, each
-costing 1-2 us more than its work).
+costing 1-2 us more than its work, as measured during development).
 
 One source, two ways to run (:func:`runner`): compiled by numba where NumPy's BLAS can be
 called from compiled code (:func:`npvae.fast.gemm.address`) and every array is C-contiguous of

@@ -81,7 +81,9 @@ def test_two_trainers_racing_for_one_folder(mnist_dir, tmp_path):
     out = tmp_path / "run"
     # -W: without numba the CLI's one notice of the slower engine is not the error line looked for
     python = [sys.executable, "-W", "ignore:numba could not be imported"]
-    procs = [subprocess.Popen([*python, "-m", "npvae", *train_argv(out, mnist_dir, "--seed", str(seed), epochs=2)],
+    # long enough that the winner still holds the folder when the other has started (at 2 epochs, ~1 s
+    # with the compiled step, the winner could finish first and the other find a finished run instead)
+    procs = [subprocess.Popen([*python, "-m", "npvae", *train_argv(out, mnist_dir, "--seed", str(seed), epochs=30)],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for seed in (0, 1)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]

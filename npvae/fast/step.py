@@ -221,7 +221,8 @@ def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
     ``ops`` order of :meth:`npvae.engine.ReferenceEngine.forward` up to the bound:
     ``ws.mu``, ``ws.log_var``, ``ws.kl``, ``ws.z``, the hidden activations and ``ws.nll``;
     ``ws.logits`` then holds ``sigmoid(logits) - x`` (``nll_only``: nothing of use, the
-    forward-only Bernoulli pass). ``prof`` is marked at the end of each phase.
+    forward-only Bernoulli pass). ``prof`` is marked at the end of each phase. Returns the
+    layer stacks' BLAS address of this call (:func:`stack_address`), for the backward.
     """
     p = model.params
     addr = stack_address(model, ws, x, eps)
@@ -233,6 +234,7 @@ def forward_into(model, ws, x, eps, act, prof=NO_PROFILE, nll_only=False):
         p["enc.logvar.b"], ws.enc_h, ws.mu, ws.log_var, eps, ws.z, ws.kl, act)
     prof.mark("encoder, reparam + KL")
     decoder_into(model, ws, x, act, prof, nll_only, addr)
+    return addr
 
 
 def decoder_into(model, ws, x, act, prof=NO_PROFILE, nll_only=False, addr=None):
@@ -361,8 +363,7 @@ def train_step(model, ws, x, eps, objective, kl, estimator, batch, prof=NO_PROFI
     rule, est = obj.get(objective), obj.ESTIMATOR_RULES[estimator]
     kernels = bounds.kernels_for(rule)
     # ---- forward ---------------------------------------------------------------
-    forward_into(model, ws, x, eps, act, prof)
-    addr = stack_address(model, ws, x, eps)
+    addr = forward_into(model, ws, x, eps, act, prof)
     log_weights = rule.uses_log_weights(kl)
     per_example = bound(ws, rule, kl, eps)                            # (B,)
     sums = float(ws.nll.sum(dtype=np.float64)), float(ws.kl.sum(dtype=np.float64))
